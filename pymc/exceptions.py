@@ -1,0 +1,90 @@
+"""The pymc exception tree, rooted at :class:`MemcacheError`.
+
+The names of pymemcache 4.0 are kept so that ``except`` clauses keep working after a
+switch. Failures of the network are also :class:`OSError` (and timeouts also
+:class:`TimeoutError` / ``socket.timeout``), so code written against raw sockets keeps
+catching them too.
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Tuple, Type
+
+__all__ = [
+    "MemcacheAuthenticationError",
+    "MemcacheClientError",
+    "MemcacheConnectError",
+    "MemcacheConnectTimeoutError",
+    "MemcacheError",
+    "MemcacheIllegalInputError",
+    "MemcacheNetworkError",
+    "MemcachePoolTimeoutError",
+    "MemcacheProtocolError",
+    "MemcacheServerError",
+    "MemcacheTimeoutError",
+    "MemcacheUnexpectedCloseError",
+    "MemcacheUnknownCommandError",
+    "MemcacheUnknownError",
+]
+
+
+class MemcacheError(Exception):
+    """Base class of every error pymc raises."""
+
+
+class MemcacheClientError(MemcacheError):
+    """The server answered ``CLIENT_ERROR``, or the request was refused before sending."""
+
+
+class MemcacheUnknownCommandError(MemcacheClientError):
+    """The server answered ``ERROR``: it does not know the command."""
+
+
+class MemcacheIllegalInputError(MemcacheClientError):
+    """A key, value or argument is not legal for memcached. Nothing was sent."""
+
+
+class MemcacheAuthenticationError(MemcacheClientError):
+    """The server refused the username and password (ASCII auth, ``memcached -Y``)."""
+
+
+class MemcacheServerError(MemcacheError):
+    """The server answered ``SERVER_ERROR`` (for example: object too large for cache)."""
+
+
+class MemcacheUnknownError(MemcacheError):
+    """The server sent a reply that pymc could not understand."""
+
+
+class MemcacheProtocolError(MemcacheUnknownError):
+    """A malformed or unexpected reply. The connection it came from has been closed."""
+
+
+class MemcacheNetworkError(MemcacheError, OSError):
+    """The connection failed. Also an :class:`OSError`; the connection has been closed."""
+
+
+class MemcacheConnectError(MemcacheNetworkError):
+    """Could not connect: the server never saw the request, so any command may be retried."""
+
+
+_TIMEOUT_BASES: Tuple[Type[BaseException], ...] = (
+    (TimeoutError,) if socket.timeout is TimeoutError else (socket.timeout, TimeoutError)
+)
+
+
+class MemcacheTimeoutError(MemcacheNetworkError, *_TIMEOUT_BASES):  # type: ignore[misc]
+    """A send or receive timed out. Also :class:`TimeoutError` and ``socket.timeout``."""
+
+
+class MemcacheConnectTimeoutError(MemcacheConnectError, MemcacheTimeoutError):
+    """Connecting took longer than ``connect_timeout``."""
+
+
+class MemcacheUnexpectedCloseError(MemcacheServerError, MemcacheNetworkError):
+    """The server closed the connection in the middle of a command."""
+
+
+class MemcachePoolTimeoutError(MemcacheError):
+    """No connection became free in the pool within ``pool_timeout`` seconds."""
