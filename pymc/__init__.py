@@ -1,0 +1,1 @@
+"""pymc: a fast, thread- and gevent-safe memcached client."""

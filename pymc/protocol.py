@@ -1,0 +1,529 @@
+"""The memcached text protocol, sans I/O: bytes in, replies out; no sockets, no clocks.
+
+Two halves:
+
+* encoders turn a validated command into the exact bytes to send (``encode_*``), and
+  :func:`validate_key` refuses every key the server could misread before a byte is sent;
+* :class:`Reader` is fed whatever chunks arrive and hands back complete replies one at a
+  time from :meth:`Reader.next_reply`, or :data:`NEED_DATA`.
+
+A reply that does not parse raises :class:`~pymc.exceptions.MemcacheProtocolError` and
+poisons the reader: every later call raises too, so the connection that fed it must be
+thrown away. Nothing here ever guesses.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Final, List, NamedTuple, Optional, Sequence, Tuple, Union
+
+from .exceptions import (
+    MemcacheClientError,
+    MemcacheError,
+    MemcacheIllegalInputError,
+    MemcacheProtocolError,
+    MemcacheServerError,
+    MemcacheUnknownCommandError,
+)
+
+__all__ = [
+    "END",
+    "MAX_KEY_LENGTH",
+    "NEED_DATA",
+    "ClusterConfig",
+    "ClusterNode",
+    "ErrorReply",
+    "Reader",
+    "Reply",
+    "Stat",
+    "Value",
+    "Version",
+    "encode_auth",
+    "encode_cache_memlimit",
+    "encode_config_get",
+    "encode_delete",
+    "encode_flush_all",
+    "encode_incr_decr",
+    "encode_quit",
+    "encode_retrieval",
+    "encode_shutdown",
+    "encode_stats",
+    "encode_storage",
+    "encode_touch",
+    "encode_verbosity",
+    "encode_version",
+    "parse_cluster_config",
+    "validate_key",
+]
+
+Key = Union[str, bytes]
+
+MAX_KEY_LENGTH: Final = 250
+#: A reply line longer than this, with no ``\r\n`` in sight, is garbage, not a slow server.
+MAX_LINE_LENGTH: Final = 8192
+_UINT32: Final = 1 << 32
+_UINT64: Final = 1 << 64
+
+# Bytes the server treats as separators or terminators: control characters, space, DEL.
+_BAD_KEY_BYTE = re.compile(rb"[\x00-\x20\x7f]").search
+_DIGITS = re.compile(rb"[0-9]{1,20}").fullmatch
+
+
+# --------------------------------------------------------------------------- keys
+
+
+def validate_key(key: Key, prefix: bytes = b"", allow_unicode: bool = False) -> bytes:
+    """Return ``prefix + key`` as bytes, or raise :class:`MemcacheIllegalInputError`.
+
+    A key is ``str`` (ASCII, or UTF-8 with ``allow_unicode``) or ``bytes``; with its prefix
+    it is 1 to 250 bytes long and holds no space, control character or DEL, so it can never
+    split into two arguments or smuggle a second command into the request.
+    """
+    if isinstance(key, str):
+        try:
+            raw = key.encode("ascii")
+        except UnicodeEncodeError:
+            if not allow_unicode:
+                raise MemcacheIllegalInputError(
+                    f"non-ASCII key {key!r}: pass allow_unicode_keys=True to store it as UTF-8"
+                ) from None
+            try:
+                raw = key.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                raise MemcacheIllegalInputError(f"key {key!r} is not valid Unicode") from exc
+    elif isinstance(key, bytes):
+        raw = key
+    else:
+        raise MemcacheIllegalInputError(f"a key must be str or bytes, not {type(key).__name__}")
+    if prefix:
+        raw = prefix + raw
+    if not raw:
+        raise MemcacheIllegalInputError("a key must not be empty")
+    if len(raw) > MAX_KEY_LENGTH:
+        raise MemcacheIllegalInputError(
+            f"key is {len(raw)} bytes long (with its prefix); memcached allows at most "
+            f"{MAX_KEY_LENGTH}: {raw[:40]!r}..."
+        )
+    if _BAD_KEY_BYTE(raw) is not None:
+        raise MemcacheIllegalInputError(f"key {raw!r} contains whitespace or a control character")
+    return raw
+
+
+def _int_arg(value: object, name: str, low: int, high: int) -> bytes:
+    if type(value) is not int:
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise MemcacheIllegalInputError(
+                f"{name} must be an int, not {type(value).__name__}: {value!r}"
+            )
+        value = int(value)
+    if not low <= value < high:
+        raise MemcacheIllegalInputError(f"{name} must be in [{low}, {high}), got {value}")
+    return b"%d" % value
+
+
+def _cas_arg(cas: object) -> bytes:
+    if isinstance(cas, (bytes, str)):
+        raw = cas.encode("ascii", "replace") if isinstance(cas, str) else cas
+        if _DIGITS(raw) is None or int(raw) >= _UINT64:
+            raise MemcacheIllegalInputError(f"cas must be a 64-bit unsigned number: {cas!r}")
+        return raw
+    return _int_arg(cas, "cas", 0, _UINT64)
+
+
+def _token(arg: Union[str, bytes], what: str) -> bytes:
+    raw = arg.encode("ascii", "replace") if isinstance(arg, str) else arg
+    if not isinstance(raw, bytes) or not raw or _BAD_KEY_BYTE(raw) is not None:
+        raise MemcacheIllegalInputError(f"bad {what} argument: {arg!r}")
+    return raw
+
+
+# --------------------------------------------------------------------------- encoders
+
+_NOREPLY: Final = b" noreply"
+_EXPIRE_LOW: Final = -(1 << 31)
+_EXPIRE_HIGH: Final = 1 << 31
+
+
+def encode_storage(
+    command: bytes,
+    key: bytes,
+    data: bytes,
+    flags: int = 0,
+    expire: int = 0,
+    noreply: bool = False,
+    cas: object = None,
+) -> bytes:
+    """``set|add|replace|append|prepend|cas`` of an already validated key."""
+    head = b"%s %s %s %s %d" % (
+        command,
+        key,
+        _int_arg(flags, "flags", 0, _UINT32),
+        _int_arg(expire, "expire", _EXPIRE_LOW, _EXPIRE_HIGH),
+        len(data),
+    )
+    if cas is not None:
+        head += b" " + _cas_arg(cas)
+    if noreply:
+        head += _NOREPLY
+    return head + b"\r\n" + data + b"\r\n"
+
+
+def encode_retrieval(command: bytes, keys: Sequence[bytes], expire: Optional[int] = None) -> bytes:
+    """``get|gets`` of validated keys, or ``gat|gats`` with an ``expire``."""
+    if expire is not None:
+        command += b" " + _int_arg(expire, "expire", _EXPIRE_LOW, _EXPIRE_HIGH)
+    return command + b" " + b" ".join(keys) + b"\r\n"
+
+
+def encode_delete(key: bytes, noreply: bool = False) -> bytes:
+    return b"delete " + key + (_NOREPLY if noreply else b"") + b"\r\n"
+
+
+def encode_incr_decr(command: bytes, key: bytes, delta: int, noreply: bool = False) -> bytes:
+    return b"%s %s %s%s\r\n" % (
+        command,
+        key,
+        _int_arg(delta, "value", 0, _UINT64),
+        _NOREPLY if noreply else b"",
+    )
+
+
+def encode_touch(key: bytes, expire: int, noreply: bool = False) -> bytes:
+    return b"touch %s %s%s\r\n" % (
+        key,
+        _int_arg(expire, "expire", _EXPIRE_LOW, _EXPIRE_HIGH),
+        _NOREPLY if noreply else b"",
+    )
+
+
+def encode_stats(*args: Union[str, bytes]) -> bytes:
+    return b" ".join([b"stats", *(_token(a, "stats") for a in args)]) + b"\r\n"
+
+
+def encode_version() -> bytes:
+    return b"version\r\n"
+
+
+def encode_verbosity(level: int, noreply: bool = False) -> bytes:
+    return b"verbosity %s%s\r\n" % (
+        _int_arg(level, "level", 0, _UINT32),
+        _NOREPLY if noreply else b"",
+    )
+
+
+def encode_cache_memlimit(megabytes: int, noreply: bool = False) -> bytes:
+    return b"cache_memlimit %s%s\r\n" % (
+        _int_arg(megabytes, "memlimit", 0, _UINT32),
+        _NOREPLY if noreply else b"",
+    )
+
+
+def encode_flush_all(delay: int = 0, noreply: bool = False) -> bytes:
+    return b"flush_all %s%s\r\n" % (
+        _int_arg(delay, "delay", 0, _EXPIRE_HIGH),
+        _NOREPLY if noreply else b"",
+    )
+
+
+def encode_quit() -> bytes:
+    return b"quit\r\n"
+
+
+def encode_shutdown(graceful: bool = False) -> bytes:
+    return b"shutdown graceful\r\n" if graceful else b"shutdown\r\n"
+
+
+def encode_config_get(name: Union[str, bytes] = b"cluster") -> bytes:
+    return b"config get " + _token(name, "config") + b"\r\n"
+
+
+def encode_auth(username: Union[str, bytes], password: Union[str, bytes]) -> bytes:
+    """memcached's ASCII authentication (``memcached -Y``): a ``set`` whose data is
+    ``"<username> <password>"``. The key is ignored by the server."""
+    user = _token(username, "username")
+    secret = password.encode("utf-8") if isinstance(password, str) else password
+    if not secret or b"\r\n" in secret:
+        raise MemcacheIllegalInputError("a password must be non-empty and hold no CRLF")
+    return encode_storage(b"set", b"auth", user + b" " + secret)
+
+
+# --------------------------------------------------------------------------- replies
+
+
+class _NeedData:
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "NEED_DATA"
+
+
+#: :meth:`Reader.next_reply` returns this when the buffered bytes hold no complete reply.
+NEED_DATA: Final = _NeedData()
+
+
+class Value(NamedTuple):
+    """``VALUE <key> <flags> <bytes> [<cas>]`` and its data block."""
+
+    key: bytes
+    flags: int
+    data: bytes
+    cas: Optional[bytes]
+
+
+class Stat(NamedTuple):
+    """One ``STAT <name> <value>`` (or ``ITEM ...``) line of a ``stats`` block."""
+
+    name: bytes
+    value: bytes
+
+
+class Version(NamedTuple):
+    version: bytes
+
+
+class ClusterNode(NamedTuple):
+    hostname: str
+    ip: str
+    port: int
+
+
+class ClusterConfig(NamedTuple):
+    """An ElastiCache ``config get cluster`` answer: its version and node list."""
+
+    version: int
+    nodes: Tuple[ClusterNode, ...]
+
+
+class ErrorReply(NamedTuple):
+    """``ERROR``, ``CLIENT_ERROR <msg>`` or ``SERVER_ERROR <msg>``: the server refused
+    the command but the connection is still in step with it."""
+
+    kind: bytes
+    message: str
+
+    def exception(self, command: str = "") -> MemcacheError:
+        where = f" (to {command})" if command else ""
+        if self.kind == b"CLIENT_ERROR":
+            return MemcacheClientError(f"{self.message}{where}")
+        if self.kind == b"SERVER_ERROR":
+            return MemcacheServerError(f"{self.message}{where}")
+        return MemcacheUnknownCommandError(f"{self.message or 'ERROR'}{where}")
+
+
+# The fixed one-word replies; the reader hands back these very objects.
+END: Final = b"END"
+STORED: Final = b"STORED"
+NOT_STORED: Final = b"NOT_STORED"
+EXISTS: Final = b"EXISTS"
+NOT_FOUND: Final = b"NOT_FOUND"
+DELETED: Final = b"DELETED"
+TOUCHED: Final = b"TOUCHED"
+OK: Final = b"OK"
+RESET: Final = b"RESET"
+_WORDS = {w: w for w in (END, STORED, NOT_STORED, EXISTS, NOT_FOUND, DELETED, TOUCHED, OK, RESET)}
+
+Reply = Union[bytes, int, Value, Stat, Version, ClusterConfig, ErrorReply]
+
+
+def parse_cluster_config(block: bytes) -> ClusterConfig:
+    """Parse the data block of ``CONFIG cluster``: ``<version>\\n<host>|<ip>|<port> ...\\n``.
+
+    Strict: anything off (a missing field, a bad port, no nodes, stray bytes) raises
+    :class:`MemcacheProtocolError`; a half-parsed node list is never returned.
+    """
+    lines = block.split(b"\n")
+    if len(lines) != 3 or lines[2] != b"" or _DIGITS(lines[0]) is None:
+        raise MemcacheProtocolError(f"malformed cluster config: {block[:200]!r}")
+    nodes = []
+    for entry in lines[1].split(b" "):
+        fields = entry.split(b"|")
+        if len(fields) != 3:
+            raise MemcacheProtocolError(f"malformed cluster node {entry[:100]!r}")
+        host, ip, port = fields
+        if (
+            not host
+            or _BAD_KEY_BYTE(host + ip) is not None
+            or _DIGITS(port) is None
+            or not 0 < int(port) < 65536
+        ):
+            raise MemcacheProtocolError(f"malformed cluster node {entry[:100]!r}")
+        try:
+            nodes.append(ClusterNode(host.decode("ascii"), ip.decode("ascii"), int(port)))
+        except UnicodeDecodeError:
+            raise MemcacheProtocolError(f"non-ASCII cluster node {entry[:100]!r}") from None
+    return ClusterConfig(int(lines[0]), tuple(nodes))
+
+
+class Reader:
+    """Buffers what the server sent and parses it into replies, one per call.
+
+    ``feed()`` only stores bytes; ``next_reply()`` returns the next complete reply, or
+    :data:`NEED_DATA`. A data block of known size is gathered without re-copying the
+    buffer on every chunk, so a large value costs one join, not one per chunk.
+    """
+
+    __slots__ = ("_broken", "_buf", "_need", "_parts", "_parts_len", "_pos")
+
+    def __init__(self) -> None:
+        self._buf = b""
+        self._pos = 0
+        self._parts: List[bytes] = []
+        self._parts_len = 0
+        self._need = 0  # do not look again before this many bytes are buffered
+        self._broken: Optional[MemcacheProtocolError] = None
+
+    # -- input
+
+    def feed(self, data: bytes) -> None:
+        if self._broken is not None:
+            raise self._poisoned()
+        if not data:
+            return
+        if self._pos >= len(self._buf) and not self._parts:
+            self._buf = data
+            self._pos = 0
+            if len(data) < self._need:
+                return
+            self._need = 0
+            return
+        self._parts.append(data)
+        self._parts_len += len(data)
+        if len(self._buf) - self._pos + self._parts_len >= self._need:
+            self._buf = b"".join([self._buf[self._pos :], *self._parts])
+            self._pos = 0
+            self._parts = []
+            self._parts_len = 0
+            self._need = 0
+
+    @property
+    def buffered(self) -> int:
+        """How many received bytes no reply has consumed yet."""
+        return len(self._buf) - self._pos + self._parts_len
+
+    @property
+    def broken(self) -> bool:
+        return self._broken is not None
+
+    # -- output
+
+    def next_reply(self) -> Union[Reply, _NeedData]:
+        """The next complete reply, or :data:`NEED_DATA`."""
+        if self._need:
+            if self._broken is not None:
+                raise self._poisoned()
+            return NEED_DATA
+        buf = self._buf
+        pos = self._pos
+        end = buf.find(b"\r\n", pos)
+        if end < 0:
+            return self._wait_for_line()
+        line = buf[pos:end]
+        word = _WORDS.get(line)
+        if word is not None:
+            self._pos = end + 2
+            return word
+        if line[:6] == b"VALUE ":
+            return self._value(line, end + 2)
+        if line[:5] == b"STAT " or line[:5] == b"ITEM ":
+            parts = line.split(b" ", 2)
+            if len(parts) < 2 or not parts[1]:
+                raise self._fail(f"malformed stats line {line[:100]!r}")
+            self._pos = end + 2
+            return Stat(parts[1], parts[2] if len(parts) == 3 else b"")
+        if _DIGITS(line) is not None:
+            self._pos = end + 2
+            return int(line)
+        if line[:8] == b"VERSION ":
+            self._pos = end + 2
+            return Version(line[8:])
+        if line[:15] == b"CONFIG cluster ":
+            return self._config(line, end + 2)
+        if line[:5] == b"ERROR" or line[:12] == b"CLIENT_ERROR" or line[:12] == b"SERVER_ERROR":
+            kind, _, message = line.partition(b" ")
+            if kind.rstrip(b":") not in (b"ERROR", b"CLIENT_ERROR", b"SERVER_ERROR"):
+                raise self._fail(f"unexpected reply {line[:100]!r}")
+            self._pos = end + 2
+            return ErrorReply(kind.rstrip(b":"), message.decode("utf-8", "replace"))
+        raise self._fail(f"unexpected reply {line[:100]!r}")
+
+    def read_until(self, token: bytes) -> Union[bytes, _NeedData]:
+        """Everything up to ``token`` (which is consumed, not returned), for raw commands."""
+        if self._broken is not None:
+            raise self._poisoned()
+        if not token:
+            raise ValueError("read_until needs a non-empty token")
+        buf = self._joined()
+        end = buf.find(token, self._pos)
+        if end < 0:
+            return NEED_DATA
+        out = buf[self._pos : end]
+        self._pos = end + len(token)
+        return out
+
+    # -- internals
+
+    def _joined(self) -> bytes:
+        if self._parts:
+            self._buf = b"".join([self._buf[self._pos :], *self._parts])
+            self._pos = 0
+            self._parts = []
+            self._parts_len = 0
+        self._need = 0
+        return self._buf
+
+    def _wait_for_line(self) -> _NeedData:
+        pending = len(self._buf) - self._pos
+        if pending > MAX_LINE_LENGTH:
+            raise self._fail(f"reply line longer than {MAX_LINE_LENGTH} bytes")
+        self._need = pending + 1
+        return NEED_DATA
+
+    def _block(self, start: int, size: int) -> Optional[bytes]:
+        """The ``size`` bytes at ``start`` followed by ``\\r\\n``, or None (and _need set)."""
+        buf = self._buf
+        stop = start + size
+        if len(buf) < stop + 2:
+            self._need = stop + 2 - self._pos
+            return None
+        if buf[stop : stop + 2] != b"\r\n":
+            raise self._fail("data block is not followed by CRLF")
+        self._pos = stop + 2
+        return buf[start:stop]
+
+    def _value(self, line: bytes, start: int) -> Union[Value, _NeedData]:
+        parts = line.split(b" ")
+        n = len(parts)
+        if (
+            n not in (4, 5)
+            or not parts[1]
+            or _DIGITS(parts[2]) is None
+            or _DIGITS(parts[3]) is None
+            or (n == 5 and _DIGITS(parts[4]) is None)
+        ):
+            raise self._fail(f"malformed VALUE line {line[:300]!r}")
+        data = self._block(start, int(parts[3]))
+        if data is None:
+            return NEED_DATA
+        return Value(parts[1], int(parts[2]), data, parts[4] if n == 5 else None)
+
+    def _config(self, line: bytes, start: int) -> Union[ClusterConfig, _NeedData]:
+        parts = line.split(b" ")
+        if len(parts) != 4 or _DIGITS(parts[2]) is None or _DIGITS(parts[3]) is None:
+            raise self._fail(f"malformed CONFIG line {line[:100]!r}")
+        block = self._block(start, int(parts[3]))
+        if block is None:
+            return NEED_DATA
+        try:
+            return parse_cluster_config(block)
+        except MemcacheProtocolError as exc:
+            raise self._fail(str(exc)) from None
+
+    def _fail(self, message: str) -> MemcacheProtocolError:
+        self._broken = MemcacheProtocolError(message)
+        self._buf = b""
+        self._parts = []
+        self._need = 1
+        return self._broken
+
+    def _poisoned(self) -> MemcacheProtocolError:
+        return MemcacheProtocolError(f"connection state is unknown after: {self._broken}")
