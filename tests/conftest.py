@@ -1,0 +1,104 @@
+"""Fixtures for network tests: real memcached servers and a fault proxy.
+
+Session-scoped servers: ``memcached_server`` (plain, ``-I 1m``), ``memcached_nodes`` (4 plain),
+``memcached_tls``, ``memcached_auth`` (``.username``/``.password``), ``memcached_unix``
+(``.server`` is the socket path). Per test: ``memcached`` (the plain server, flushed, restarted if
+a test killed it), ``new_memcached(*args, **kw)`` (a private server for kill/restart tests) and
+``fault_proxy(address)`` (a started FaultProxy). All are stopped at teardown.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable, Iterator, List, Tuple
+
+import pytest
+from support.faultproxy import FaultProxy
+from support.servers import MEMCACHED, MemcachedProcess, memcached_path
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    if memcached_path() is None:
+        pytest.exit(
+            f"{MEMCACHED!r} not found on PATH: the network tests need a real memcached "
+            "(`make test` installs it with apt-get; or set MEMCACHED_BIN)",
+            returncode=pytest.ExitCode.USAGE_ERROR,
+        )
+
+
+def _serve(*args: str, **kw: Any) -> Iterator[MemcachedProcess]:
+    server = MemcachedProcess(args, **kw)
+    try:
+        yield server.start()
+    finally:
+        server.close()
+
+
+@pytest.fixture(scope="session")
+def memcached_server() -> Iterator[MemcachedProcess]:
+    yield from _serve("-I", "1m")
+
+
+@pytest.fixture(scope="session")
+def memcached_nodes() -> Iterator[List[MemcachedProcess]]:
+    nodes = [MemcachedProcess() for _ in range(4)]
+    try:
+        yield [node.start() for node in nodes]
+    finally:
+        for node in nodes:
+            node.close()
+
+
+@pytest.fixture(scope="session")
+def memcached_tls() -> Iterator[MemcachedProcess]:
+    yield from _serve(tls=True)
+
+
+@pytest.fixture(scope="session")
+def memcached_auth() -> Iterator[MemcachedProcess]:
+    yield from _serve(auth=("pymc", "s3cret-pw"))
+
+
+@pytest.fixture(scope="session")
+def memcached_unix(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MemcachedProcess]:
+    path: Path = tmp_path_factory.mktemp("mcsock") / "memcached.sock"
+    yield from _serve(unix_path=path)
+
+
+@pytest.fixture
+def memcached(memcached_server: MemcachedProcess) -> MemcachedProcess:
+    """The session's plain server, running and empty."""
+    if not memcached_server.is_running():
+        memcached_server.start()
+    memcached_server.flush_all()
+    return memcached_server
+
+
+@pytest.fixture
+def new_memcached() -> Iterator[Callable[..., MemcachedProcess]]:
+    """``new_memcached(*args, unix_path=..., tls=..., auth=...)``: a private started server."""
+    servers: List[MemcachedProcess] = []
+
+    def factory(*args: str, **kw: Any) -> MemcachedProcess:
+        server = MemcachedProcess(args, **kw)
+        servers.append(server)
+        return server.start()
+
+    yield factory
+    for server in servers:
+        server.close()
+
+
+@pytest.fixture
+def fault_proxy() -> Iterator[Callable[[Tuple[str, int]], FaultProxy]]:
+    """``fault_proxy(server.address)``: a started FaultProxy in "pass" mode."""
+    proxies: List[FaultProxy] = []
+
+    def factory(upstream: Tuple[str, int]) -> FaultProxy:
+        proxy = FaultProxy(upstream)
+        proxies.append(proxy)
+        return proxy.start()
+
+    yield factory
+    for proxy in proxies:
+        proxy.stop()

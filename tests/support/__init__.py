@@ -1,0 +1,1 @@
+"""Test-bed helpers: real memcached processes and a fault-injecting TCP proxy."""
