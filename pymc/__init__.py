@@ -1,1 +1,41 @@
-"""pymc: a fast, thread- and gevent-safe memcached client."""
+"""pymc: a fast, thread- and gevent-safe memcached client, a drop-in for pymemcache."""
+
+from .client import Client, ClientOptions, KeepaliveOpts
+from .exceptions import (
+    MemcacheAuthenticationError,
+    MemcacheClientError,
+    MemcacheConnectError,
+    MemcacheConnectTimeoutError,
+    MemcacheError,
+    MemcacheIllegalInputError,
+    MemcacheNetworkError,
+    MemcachePoolTimeoutError,
+    MemcacheProtocolError,
+    MemcacheServerError,
+    MemcacheTimeoutError,
+    MemcacheUnexpectedCloseError,
+    MemcacheUnknownCommandError,
+    MemcacheUnknownError,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Client",
+    "ClientOptions",
+    "KeepaliveOpts",
+    "MemcacheAuthenticationError",
+    "MemcacheClientError",
+    "MemcacheConnectError",
+    "MemcacheConnectTimeoutError",
+    "MemcacheError",
+    "MemcacheIllegalInputError",
+    "MemcacheNetworkError",
+    "MemcachePoolTimeoutError",
+    "MemcacheProtocolError",
+    "MemcacheServerError",
+    "MemcacheTimeoutError",
+    "MemcacheUnexpectedCloseError",
+    "MemcacheUnknownCommandError",
+    "MemcacheUnknownError",
+]
