@@ -17,6 +17,8 @@ from .exceptions import (
     MemcacheUnknownCommandError,
     MemcacheUnknownError,
 )
+from .pool import ObjectPool, PooledClient
+from .retry import RetryingClient, RetryPolicy
 
 __version__ = "0.1.0"
 
@@ -38,4 +40,8 @@ __all__ = [
     "MemcacheUnexpectedCloseError",
     "MemcacheUnknownCommandError",
     "MemcacheUnknownError",
+    "ObjectPool",
+    "PooledClient",
+    "RetryPolicy",
+    "RetryingClient",
 ]

@@ -11,6 +11,7 @@ meant for another command.
 from __future__ import annotations
 
 import dataclasses
+import select
 import socket
 import ssl
 from typing import (
@@ -491,6 +492,23 @@ class Client:
                 f"{server_name(self.server)} refused the credentials: {reply.message}"
             )
         raise MemcacheProtocolError(f"unexpected reply to authentication: {reply!r}")
+
+    def is_clean(self) -> bool:
+        """Whether the connection can take a command: nothing unread, not closed by the
+        server (True when not connected). Pools ask before reusing an idle connection."""
+        sock = self.sock
+        if sock is None:
+            return True
+        reader = self._reader
+        if reader is None or reader.buffered or reader.broken:
+            return False
+        try:
+            if isinstance(sock, ssl.SSLSocket) and sock.pending():
+                return False
+            readable, _, _ = select.select([sock], [], [], 0)
+        except (OSError, ValueError):
+            return False
+        return not readable
 
     def close(self) -> None:
         """Close the socket, if open. The next command reconnects."""
@@ -1019,3 +1037,40 @@ class Client:
 
     def __delitem__(self, key: Key) -> None:
         self.delete(key)
+
+
+#: The commands of a Client that the pooled, retrying and hashing layers pass through.
+COMMANDS: Tuple[str, ...] = tuple(
+    [
+        "set",
+        "set_many",
+        "set_multi",
+        "add",
+        "replace",
+        "append",
+        "prepend",
+        "cas",
+        "get",
+        "get_many",
+        "get_multi",
+        "gets",
+        "gets_many",
+        "gets_multi",
+        "gat",
+        "gats",
+        "delete",
+        "delete_many",
+        "delete_multi",
+        "incr",
+        "decr",
+        "touch",
+        "stats",
+        "cache_memlimit",
+        "version",
+        "verbosity",
+        "flush_all",
+        "quit",
+        "shutdown",
+        "raw_command",
+    ]
+)
