@@ -131,7 +131,10 @@ def _cas_arg(cas: object) -> bytes:
 
 
 def _token(arg: Union[str, bytes], what: str) -> bytes:
-    raw = arg.encode("ascii", "replace") if isinstance(arg, str) else arg
+    try:
+        raw = arg.encode("ascii") if isinstance(arg, str) else arg
+    except UnicodeEncodeError:
+        raise MemcacheIllegalInputError(f"non-ASCII {what} argument: {arg!r}") from None
     if not isinstance(raw, bytes) or not raw or _BAD_KEY_BYTE(raw) is not None:
         raise MemcacheIllegalInputError(f"bad {what} argument: {arg!r}")
     return raw
@@ -241,8 +244,11 @@ def encode_auth(username: Union[str, bytes], password: Union[str, bytes]) -> byt
     """memcached's ASCII authentication (``memcached -Y``): a ``set`` whose data is
     ``"<username> <password>"``. The key is ignored by the server."""
     user = _token(username, "username")
-    secret = password.encode("utf-8") if isinstance(password, str) else password
-    if not secret or b"\r\n" in secret:
+    try:
+        secret = password.encode("utf-8") if isinstance(password, str) else password
+    except UnicodeEncodeError:
+        raise MemcacheIllegalInputError("a password must be valid Unicode") from None
+    if not isinstance(secret, bytes) or not secret or b"\r\n" in secret:
         raise MemcacheIllegalInputError("a password must be non-empty and hold no CRLF")
     return encode_storage(b"set", b"auth", user + b" " + secret)
 
@@ -382,17 +388,11 @@ class Reader:
         if self._pos >= len(self._buf) and not self._parts:
             self._buf = data
             self._pos = 0
-            if len(data) < self._need:
-                return
-            self._need = 0
-            return
-        self._parts.append(data)
-        self._parts_len += len(data)
-        if len(self._buf) - self._pos + self._parts_len >= self._need:
-            self._buf = b"".join([self._buf[self._pos :], *self._parts])
-            self._pos = 0
-            self._parts = []
-            self._parts_len = 0
+        else:
+            # Only stored: the parts are joined once, when a reply is asked for.
+            self._parts.append(data)
+            self._parts_len += len(data)
+        if self._need and self.buffered >= self._need:
             self._need = 0
 
     @property
@@ -412,11 +412,13 @@ class Reader:
             if self._broken is not None:
                 raise self._poisoned()
             return NEED_DATA
-        buf = self._buf
+        buf = self._joined() if self._parts else self._buf
         pos = self._pos
         end = buf.find(b"\r\n", pos)
         if end < 0:
             return self._wait_for_line()
+        if end - pos > MAX_LINE_LENGTH:
+            raise self._fail(f"reply line longer than {MAX_LINE_LENGTH} bytes")
         line = buf[pos:end]
         word = _WORDS.get(line)
         if word is not None:
@@ -440,10 +442,11 @@ class Reader:
             return self._config(line, end + 2)
         if line[:5] == b"ERROR" or line[:12] == b"CLIENT_ERROR" or line[:12] == b"SERVER_ERROR":
             kind, _, message = line.partition(b" ")
-            if kind.rstrip(b":") not in (b"ERROR", b"CLIENT_ERROR", b"SERVER_ERROR"):
+            kind = kind.removesuffix(b":")
+            if kind not in (b"ERROR", b"CLIENT_ERROR", b"SERVER_ERROR"):
                 raise self._fail(f"unexpected reply {line[:100]!r}")
             self._pos = end + 2
-            return ErrorReply(kind.rstrip(b":"), message.decode("utf-8", "replace"))
+            return ErrorReply(kind, message.decode("utf-8", "replace"))
         raise self._fail(f"unexpected reply {line[:100]!r}")
 
     def read_until(self, token: bytes) -> Union[bytes, _NeedData]:
@@ -473,7 +476,8 @@ class Reader:
 
     def _wait_for_line(self) -> _NeedData:
         pending = len(self._buf) - self._pos
-        if pending > MAX_LINE_LENGTH:
+        # A final b"\r" may still become the CRLF of a line of exactly MAX_LINE_LENGTH.
+        if pending - self._buf.endswith(b"\r") > MAX_LINE_LENGTH:
             raise self._fail(f"reply line longer than {MAX_LINE_LENGTH} bytes")
         self._need = pending + 1
         return NEED_DATA
@@ -521,7 +525,9 @@ class Reader:
     def _fail(self, message: str) -> MemcacheProtocolError:
         self._broken = MemcacheProtocolError(message)
         self._buf = b""
+        self._pos = 0
         self._parts = []
+        self._parts_len = 0
         self._need = 1
         return self._broken
 
