@@ -17,6 +17,7 @@ import ssl
 from typing import (
     Any,
     Callable,
+    Container,
     Dict,
     Iterable,
     List,
@@ -54,7 +55,6 @@ from .protocol import (
     Reader,
     Reply,
     Stat,
-    Value,
     Version,
     encode_auth,
     encode_cache_memlimit,
@@ -75,6 +75,7 @@ __all__ = ["Client", "ClientOptions", "KeepaliveOpts", "normalize_server_spec"]
 
 Key = Union[str, bytes]
 ServerSpec = Union[Tuple[str, int], str]
+Item = Tuple[int, bytes, Optional[bytes]]  # flags, data, cas of one retrieved value
 T = TypeVar("T")
 A = TypeVar("A")
 
@@ -229,40 +230,26 @@ def _collect_n(client: Client, count: int) -> List[Reply]:
     return [read() for _ in range(count)]
 
 
-def _collect_value(client: Client, key: bytes) -> Union[Value, ErrorReply, None]:
-    reply = client._reply()
-    if reply is END:
-        return None
-    if type(reply) is Value:
-        if reply.key != key:
-            raise MemcacheProtocolError(f"asked for {key!r}, the server answered {reply.key!r}")
-        if client._reply() is not END:
-            raise MemcacheProtocolError(f"a second answer to the retrieval of {key!r}")
-        return reply
-    if type(reply) is ErrorReply:
-        return reply
-    raise MemcacheProtocolError(f"unexpected reply to a retrieval: {reply!r}")
-
-
-def _collect_values(
-    client: Client, wanted: Mapping[bytes, object]
-) -> Union[Dict[bytes, Value], ErrorReply]:
-    found: Dict[bytes, Value] = {}
-    read = client._reply
-    while True:
-        reply = read()
-        if reply is END:
-            return found
-        if type(reply) is Value:
-            if reply.key not in wanted or reply.key in found:
-                raise MemcacheProtocolError(
-                    f"the server answered a key not asked for: {reply.key!r}"
-                )
-            found[reply.key] = reply
-        elif type(reply) is ErrorReply and not found:
-            return reply
-        else:
-            raise MemcacheProtocolError(f"unexpected reply to a retrieval: {reply!r}")
+def _collect_items(
+    client: Client, wanted: Container[bytes]
+) -> Union[Dict[bytes, Item], ErrorReply]:
+    """The answer to one retrieval command: ``{raw key: (flags, data, cas)}``."""
+    reader = client._reader
+    sock = client.sock
+    assert reader is not None and sock is not None
+    found: Dict[bytes, Item] = {}
+    status = reader.read_values(wanted, found)
+    while status is NEED_DATA:
+        data = sock.recv(RECV_SIZE)
+        if not data:
+            raise client._closed_mid_reply()
+        reader.feed(data)
+        status = reader.read_values(wanted, found)
+    if status is END:
+        return found
+    if found:
+        raise MemcacheProtocolError(f"an error in the middle of a retrieval: {status!r}")
+    return status  # type: ignore[return-value]
 
 
 def _collect_stats(client: Client, _: object) -> Union[Dict[bytes, bytes], ErrorReply]:
@@ -564,12 +551,15 @@ class Client:
         while reply is NEED_DATA:
             data = self.sock.recv(RECV_SIZE)
             if not data:
-                raise MemcacheUnexpectedCloseError(
-                    f"{server_name(self.server)} closed the connection mid-reply"
-                )
+                raise self._closed_mid_reply()
             reader.feed(data)
             reply = reader.next_reply()
         return reply  # type: ignore[return-value]
+
+    def _closed_mid_reply(self) -> MemcacheUnexpectedCloseError:
+        return MemcacheUnexpectedCloseError(
+            f"{server_name(self.server)} closed the connection mid-reply"
+        )
 
     def _read_until(self, token: bytes) -> bytes:
         reader = self._reader
@@ -578,9 +568,7 @@ class Client:
         while out is NEED_DATA:
             data = self.sock.recv(RECV_SIZE)
             if not data:
-                raise MemcacheUnexpectedCloseError(
-                    f"{server_name(self.server)} closed the connection mid-reply"
-                )
+                raise self._closed_mid_reply()
             reader.feed(data)
             out = reader.read_until(token)
         return out  # type: ignore[return-value]
@@ -723,6 +711,10 @@ class Client:
     ) -> Optional[bool]:
         """Compare and swap: True if stored, False if the cas token was stale, None if the
         key does not exist."""
+        if cas is None:
+            # Sent without a token, the server would answer ERROR twice (to the line and to
+            # the data block read as a command), shifting every later reply by one.
+            raise MemcacheIllegalInputError("cas needs the token returned by gets")
         return self._store(b"cas", key, value, expire, noreply, flags, cas)
 
     def set_many(
@@ -772,130 +764,101 @@ class Client:
 
     # ------------------------------------------------------------------ retrieval
 
-    def _fetch_one(self, command: bytes, key: Key, expire: Optional[int]) -> Optional[Value]:
-        raw = self._key(key)
-        reply = self._execute(encode_retrieval(command, (raw,), expire), _collect_value, raw)
-        if reply is None or type(reply) is Value:
-            return reply
-        self._bad_reply(reply, command.decode())
+    def _wanted(self, keys: Iterable[Key]) -> Dict[bytes, Key]:
+        """Validate every key before anything is sent: ``{raw key: key}``."""
+        check = self._key
+        return {check(key): key for key in keys}
 
-    def _fetch_many(
-        self, command: bytes, keys: Iterable[Key], expire: Optional[int] = None
-    ) -> Dict[Key, Value]:
-        wanted: Dict[bytes, Key] = {}
-        for key in keys:
-            wanted[self._key(key)] = key
-        if not wanted:
-            return {}
-        found: Dict[Key, Value] = {}
+    def _fetch(
+        self, command: bytes, wanted: Dict[bytes, Key], expire: Optional[int]
+    ) -> Dict[bytes, Item]:
+        """Retrieve ``wanted`` in passes of bounded request size (see PIPELINE_BYTES)."""
         raws = list(wanted)
-        start = 0
-        while start < len(raws):  # passes of bounded request size (see PIPELINE_BYTES)
-            stop, size = start, 0
-            while stop < len(raws) and (size < PIPELINE_BYTES or stop == start):
-                size += len(raws[stop]) + 1
-                stop += 1
-            chunk = raws[start:stop]
-            request = encode_retrieval(command, chunk, expire)
-            reply = self._execute(request, _collect_values, wanted)
-            if type(reply) is ErrorReply:
+        chunks: List[List[bytes]] = [[]]
+        size = 0
+        for raw in raws:
+            if size >= PIPELINE_BYTES:
+                chunks.append([])
+                size = 0
+            chunks[-1].append(raw)
+            size += len(raw) + 1
+        found: Dict[bytes, Item] = {}
+        for chunk in chunks:
+            reply = self._execute(encode_retrieval(command, chunk, expire), _collect_items, wanted)
+            if type(reply) is not dict:
                 self._bad_reply(reply, command.decode())
-            for raw, value in reply.items():  # type: ignore[union-attr]
-                found[wanted[raw]] = value
-            start = stop
+            found.update(reply)
         return found
 
-    def get(self, key: Key, default: Any = None) -> Any:
-        """The value of ``key``, or ``default`` when it is missing."""
+    def _fetch_values(
+        self, command: bytes, keys: Iterable[Key], expire: Optional[int], with_cas: bool
+    ) -> Dict[Key, Any]:
+        wanted = self._wanted(keys)
+        if not wanted:
+            return {}
         try:
-            value = self._fetch_one(b"get", key, None)
-        except MemcacheIllegalInputError:
-            raise
-        except Exception:
-            if self._ignore_exc:
-                return default
-            raise
-        if value is None:
-            return default
-        return self._serde.deserialize(key, value.data, value.flags)
-
-    def get_many(self, keys: Iterable[Key]) -> Dict[Key, Any]:
-        """The values of the keys present, in one round trip: ``{key: value}``."""
-        try:
-            found = self._fetch_many(b"get", keys)
-        except MemcacheIllegalInputError:
-            raise
+            found = self._fetch(command, wanted, expire)
+            deserialize = self._serde.deserialize
+            out: Dict[Key, Any] = {}
+            for raw, (flags, data, cas) in found.items():
+                key = wanted[raw]
+                if not with_cas:
+                    out[key] = deserialize(key, data, flags)
+                elif cas is None:
+                    self.close()
+                    raise MemcacheProtocolError(f"{command.decode()} answered without a cas")
+                else:
+                    out[key] = (deserialize(key, data, flags), cas)
+            return out
         except Exception:
             if self._ignore_exc:
                 return {}
             raise
-        deserialize = self._serde.deserialize
-        return {key: deserialize(key, v.data, v.flags) for key, v in found.items()}
+
+    def get(self, key: Key, default: Any = None) -> Any:
+        """The value of ``key``, or ``default`` when it is missing."""
+        raw = self._key(key)
+        try:
+            found = self._execute(b"get " + raw + b"\r\n", _collect_items, (raw,))
+            if type(found) is not dict:
+                self._bad_reply(found, "get")
+            item = found.get(raw)
+            if item is None:
+                return default
+            return self._serde.deserialize(key, item[1], item[0])
+        except Exception:
+            if self._ignore_exc:
+                return default
+            raise
+
+    def get_many(self, keys: Iterable[Key]) -> Dict[Key, Any]:
+        """The values of the keys present, in one round trip: ``{key: value}``."""
+        return self._fetch_values(b"get", keys, None, False)
 
     get_multi = get_many
 
     def gets(self, key: Key, default: Any = None, cas_default: Any = None) -> Tuple[Any, Any]:
         """``(value, cas)`` for ``key``, or ``(default, cas_default)`` when missing."""
-        return self._gets(b"gets", key, None, default, cas_default)
+        found = self._fetch_values(b"gets", (key,), None, True)
+        return found[key] if found else (default, cas_default)
 
     def gets_many(self, keys: Iterable[Key]) -> Dict[Key, Tuple[Any, Any]]:
         """``{key: (value, cas)}`` for the keys present, in one round trip."""
-        try:
-            found = self._fetch_many(b"gets", keys)
-        except MemcacheIllegalInputError:
-            raise
-        except Exception:
-            if self._ignore_exc:
-                return {}
-            raise
-        deserialize = self._serde.deserialize
-        out = {}
-        for key, v in found.items():
-            if v.cas is None:
-                self.close()
-                raise MemcacheProtocolError(f"gets answered {v.key!r} without a cas token")
-            out[key] = (deserialize(key, v.data, v.flags), v.cas)
-        return out
+        return self._fetch_values(b"gets", keys, None, True)
 
     gets_multi = gets_many
 
     def gat(self, key: Key, expire: int = 0, default: Any = None) -> Any:
         """Get ``key`` and set its expiry to ``expire`` in one command."""
-        try:
-            value = self._fetch_one(b"gat", key, expire)
-        except MemcacheIllegalInputError:
-            raise
-        except Exception:
-            if self._ignore_exc:
-                return default
-            raise
-        if value is None:
-            return default
-        return self._serde.deserialize(key, value.data, value.flags)
+        found = self._fetch_values(b"gat", (key,), expire, False)
+        return found[key] if found else default
 
     def gats(
         self, key: Key, expire: int = 0, default: Any = None, cas_default: Any = None
     ) -> Tuple[Any, Any]:
         """Like :meth:`gets`, and set the expiry of ``key`` to ``expire``."""
-        return self._gets(b"gats", key, expire, default, cas_default)
-
-    def _gets(
-        self, command: bytes, key: Key, expire: Optional[int], default: Any, cas_default: Any
-    ) -> Tuple[Any, Any]:
-        try:
-            value = self._fetch_one(command, key, expire)
-        except MemcacheIllegalInputError:
-            raise
-        except Exception:
-            if self._ignore_exc:
-                return default, cas_default
-            raise
-        if value is None:
-            return default, cas_default
-        if value.cas is None:
-            self.close()
-            raise MemcacheProtocolError(f"{command.decode()} answered without a cas token")
-        return self._serde.deserialize(key, value.data, value.flags), value.cas
+        found = self._fetch_values(b"gats", (key,), expire, True)
+        return found[key] if found else (default, cas_default)
 
     # ------------------------------------------------------------------ other commands
 

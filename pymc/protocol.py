@@ -15,7 +15,7 @@ thrown away. Nothing here ever guesses.
 from __future__ import annotations
 
 import re
-from typing import Final, List, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import Container, Dict, Final, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 from .exceptions import (
     MemcacheClientError,
@@ -448,6 +448,57 @@ class Reader:
             self._pos = end + 2
             return ErrorReply(kind, message.decode("utf-8", "replace"))
         raise self._fail(f"unexpected reply {line[:100]!r}")
+
+    def read_values(
+        self, wanted: Container[bytes], found: Dict[bytes, Tuple[int, bytes, Optional[bytes]]]
+    ) -> Union[bytes, ErrorReply, _NeedData]:
+        """Parse the answer to ``get``/``gets``/``gat``/``gats`` into ``found``.
+
+        Each complete value goes into ``found`` as ``key: (flags, data, cas)``. Returns
+        :data:`END` once the answer is complete, an :class:`ErrorReply` when the server
+        refused the command, or :data:`NEED_DATA`. A key that is not in ``wanted``, or
+        that is answered twice, is a protocol error: never a value. This is the hot path
+        of every read, so it parses in one loop rather than a call per reply.
+        """
+        if self._need:
+            if self._broken is not None:
+                raise self._poisoned()
+            return NEED_DATA
+        buf = self._joined() if self._parts else self._buf
+        pos = self._pos
+        while True:
+            end = buf.find(b"\r\n", pos)
+            if end < 0 or end - pos > MAX_LINE_LENGTH or not buf.startswith(b"VALUE ", pos):
+                break
+            parts = buf[pos + 6 : end].split(b" ")
+            if len(parts) == 3:
+                key, flags, size = parts
+                cas = None
+            elif len(parts) == 4:
+                key, flags, size, cas = parts
+                if not cas.isdigit() or len(cas) > 20:
+                    raise self._fail(f"malformed VALUE line {buf[pos:end][:300]!r}")
+            else:
+                raise self._fail(f"malformed VALUE line {buf[pos:end][:300]!r}")
+            if not flags.isdigit() or not size.isdigit() or len(flags) > 10 or len(size) > 18:
+                raise self._fail(f"malformed VALUE line {buf[pos:end][:300]!r}")
+            start = end + 2
+            stop = start + int(size)
+            if len(buf) < stop + 2:
+                self._pos = pos
+                self._need = stop + 2 - pos
+                return NEED_DATA
+            if buf[stop : stop + 2] != b"\r\n":
+                raise self._fail("data block is not followed by CRLF")
+            if key not in wanted or key in found:
+                raise self._fail(f"the server answered {key!r}, which was not asked for")
+            found[key] = (int(flags), buf[start:stop], cas)
+            pos = stop + 2
+        self._pos = pos
+        reply = self.next_reply()
+        if reply is END or reply is NEED_DATA or type(reply) is ErrorReply:
+            return reply
+        raise self._fail(f"unexpected reply to a retrieval: {reply!r}"[:200])
 
     def read_until(self, token: bytes) -> Union[bytes, _NeedData]:
         """Everything up to ``token`` (which is consumed, not returned), for raw commands."""
