@@ -68,6 +68,7 @@ from .protocol import (
     encode_touch,
     encode_verbosity,
     validate_key,
+    validate_keys,
 )
 from .serde import DefaultSerde, LegacyWrappingSerde, Serde, coerce_to_bytes
 
@@ -238,7 +239,9 @@ def _collect_items(
     sock = client.sock
     assert reader is not None and sock is not None
     found: Dict[bytes, Item] = {}
-    status = reader.read_values(wanted, found)
+    status: object = NEED_DATA
+    if reader.buffered:
+        status = reader.read_values(wanted, found)
     while status is NEED_DATA:
         data = sock.recv(RECV_SIZE)
         if not data:
@@ -378,6 +381,7 @@ class Client:
         self._prefix = options.key_prefix
         self._unicode = options.allow_unicode_keys
         self._ignore_exc = options.ignore_exc
+        self._raw_values = type(options.serde) is DefaultSerde  # values are the bytes read
         self._noreply_default = options.default_noreply
         # A noreply command was sent since connecting: the server may still send an error
         # line for it, so after an error reply the connection cannot be trusted.
@@ -766,8 +770,7 @@ class Client:
 
     def _wanted(self, keys: Iterable[Key]) -> Dict[bytes, Key]:
         """Validate every key before anything is sent: ``{raw key: key}``."""
-        check = self._key
-        return {check(key): key for key in keys}
+        return validate_keys(keys, self._prefix, self._unicode)
 
     def _fetch(
         self, command: bytes, wanted: Dict[bytes, Key], expire: Optional[int]
@@ -798,6 +801,8 @@ class Client:
             return {}
         try:
             found = self._fetch(command, wanted, expire)
+            if self._raw_values and not with_cas:
+                return {wanted[raw]: item[1] for raw, item in found.items()}
             deserialize = self._serde.deserialize
             out: Dict[Key, Any] = {}
             for raw, (flags, data, cas) in found.items():

@@ -15,7 +15,18 @@ thrown away. Nothing here ever guesses.
 from __future__ import annotations
 
 import re
-from typing import Container, Dict, Final, List, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import (
+    Container,
+    Dict,
+    Final,
+    Iterable,
+    List,
+    NamedTuple,
+    Optional,
+    Sequence,
+    Tuple,
+    Union,
+)
 
 from .exceptions import (
     MemcacheClientError,
@@ -54,6 +65,7 @@ __all__ = [
     "encode_version",
     "parse_cluster_config",
     "validate_key",
+    "validate_keys",
 ]
 
 Key = Union[str, bytes]
@@ -107,6 +119,31 @@ def validate_key(key: Key, prefix: bytes = b"", allow_unicode: bool = False) -> 
     if _BAD_KEY_BYTE(raw) is not None:
         raise MemcacheIllegalInputError(f"key {raw!r} contains whitespace or a control character")
     return raw
+
+
+def validate_keys(
+    keys: Iterable[Key], prefix: bytes = b"", allow_unicode: bool = False
+) -> Dict[bytes, Key]:
+    """:func:`validate_key` for many keys at once: ``{prefix + key as bytes: key}``.
+
+    The common case (ASCII str or bytes keys of legal length) is checked with one scan of
+    all the keys together; anything unusual takes the one-by-one path for its error.
+    """
+    if not isinstance(keys, (list, tuple)):
+        keys = list(keys)
+    out: Dict[bytes, Key] = {}
+    limit = MAX_KEY_LENGTH - len(prefix)
+    try:
+        for key in keys:
+            raw = key.encode("ascii") if type(key) is str else key
+            if type(raw) is not bytes or not 0 < len(raw) <= limit:
+                raise ValueError
+            out[prefix + raw if prefix else raw] = key
+        if _BAD_KEY_BYTE(b"".join(out)) is None:
+            return out
+    except (UnicodeEncodeError, ValueError):
+        pass
+    return {validate_key(key, prefix, allow_unicode): key for key in keys}
 
 
 def _int_arg(value: object, name: str, low: int, high: int) -> bytes:
@@ -488,7 +525,7 @@ class Reader:
                 self._pos = pos
                 self._need = stop + 2 - pos
                 return NEED_DATA
-            if buf[stop : stop + 2] != b"\r\n":
+            if not buf.startswith(b"\r\n", stop):
                 raise self._fail("data block is not followed by CRLF")
             if key not in wanted or key in found:
                 raise self._fail(f"the server answered {key!r}, which was not asked for")
