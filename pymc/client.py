@@ -536,10 +536,32 @@ class Client:
                 return None  # type: ignore[return-value]
             return collect(self, arg)
         except BaseException as exc:
-            self.close()
-            if isinstance(exc, OSError) and not isinstance(exc, MemcacheError):
-                raise self._network_error(exc) from exc
-            raise
+            self._abort(exc)
+
+    def _begin(self, request: bytes) -> None:
+        """The sending half of :meth:`_execute`, for fanning out over many servers: a
+        caller sends to all of them before it reads any reply with :meth:`_complete`."""
+        sock = self.sock
+        if sock is None:
+            sock = self._connect()
+        try:
+            sock.sendall(request)
+        except BaseException as exc:
+            self._abort(exc)
+
+    def _complete(self, collect: Callable[[Client, A], T], arg: A) -> T:
+        """The reading half of :meth:`_execute`."""
+        try:
+            return collect(self, arg)
+        except BaseException as exc:
+            self._abort(exc)
+
+    def _abort(self, exc: BaseException) -> NoReturn:
+        """Close the connection (its state is unknown) and raise ``exc`` as pymc's."""
+        self.close()
+        if isinstance(exc, OSError) and not isinstance(exc, MemcacheError):
+            raise self._network_error(exc) from exc
+        raise exc
 
     def _network_error(self, exc: OSError) -> MemcacheNetworkError:
         name = server_name(self.server)
