@@ -49,6 +49,7 @@ from .retry import RetryPolicy, call_with_retry
 __all__ = ["DEFAULT_POOL_TIMEOUT", "ObjectPool", "PooledClient"]
 
 T = TypeVar("T")
+_MISSING: Any = object()
 
 #: Seconds a PooledClient call waits for a free connection before it raises
 #: :class:`MemcachePoolTimeoutError`.
@@ -67,16 +68,27 @@ if hasattr(os, "register_at_fork"):
 
 
 class _Lock:
-    """Adapts a ``lock_generator`` product (anything with acquire/release) to a Condition."""
+    """Adapts a ``lock_generator`` product (anything with acquire/release) to a Condition.
+
+    It tracks its owner, because Condition's fallback ownership test (``acquire(False)``
+    fails) is wrong for re-entrant locks such as ``threading.RLock``."""
 
     def __init__(self, lock: Any) -> None:
         self._lock = lock
+        self._owner: Optional[int] = None
 
     def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
-        return bool(self._lock.acquire(blocking) if timeout == -1 else self._lock.acquire())
+        got = bool(self._lock.acquire(blocking) if timeout == -1 else self._lock.acquire())
+        if got:
+            self._owner = threading.get_ident()
+        return got
 
     def release(self) -> None:
+        self._owner = None
         self._lock.release()
+
+    def _is_owned(self) -> bool:
+        return self._owner == threading.get_ident()
 
     __enter__ = acquire
 
@@ -425,7 +437,12 @@ class PooledClient(_Commands):
         )
 
     def __getitem__(self, key: Any) -> Any:
-        return self._call("__getitem__", (key,), {})
+        # A miss raises KeyError here, outside the pool: it says nothing against the
+        # connection, which goes back for reuse.
+        value = self._call("get", (key, _MISSING), {})
+        if value is _MISSING:
+            raise KeyError(key)
+        return value
 
     def __setitem__(self, key: Any, value: Any) -> None:
         self._call("__setitem__", (key, value), {})

@@ -1,0 +1,745 @@
+"""ObjectPool and PooledClient against real memcached processes.
+
+Everything a user would see is checked on a real server: values read back, how many
+connections the server saw (its ``total_connections`` / ``curr_connections`` stats), what the
+pool reports, and how long a caller waited.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import signal
+import socket
+import threading
+import time
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import pymemcache.client.base
+import pytest
+from support.faultproxy import FaultProxy
+from support.servers import MemcachedProcess, request
+
+import pymc
+import pymc.pool
+from pymc import (
+    Client,
+    KeepaliveOpts,
+    MemcacheError,
+    MemcacheNetworkError,
+    MemcachePoolTimeoutError,
+    ObjectPool,
+    PooledClient,
+)
+
+ProxyFactory = Callable[[Tuple[str, int]], FaultProxy]
+ServerFactory = Callable[..., MemcachedProcess]
+
+pytestmark = pytest.mark.timeout(30)
+
+
+class Interrupt(BaseException):
+    """Stands for gevent.Timeout, KeyboardInterrupt, SystemExit: not an Exception."""
+
+
+# -- helpers ------------------------------------------------------------------------------------
+
+
+def tcp(server: MemcachedProcess) -> Tuple[str, int]:
+    assert isinstance(server.address, tuple)
+    return server.address
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 3.0, what: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what or predicate}")
+        time.sleep(0.005)
+
+
+def stat(server: MemcachedProcess, name: str) -> int:
+    return int(server.stats()[name])
+
+
+def settled_stat(server: MemcachedProcess, name: str) -> int:
+    """A stat read until it holds still (connections closed just before may still count)."""
+    last = stat(server, name)
+    for _ in range(100):
+        time.sleep(0.01)
+        now = stat(server, name)
+        if now == last:
+            return now
+        last = now
+    raise AssertionError(f"{name} does not settle")
+
+
+def total_connections(server: MemcachedProcess) -> int:
+    """The server's ``total_connections``, once the count has caught up: memcached counts a
+    new connection on a worker thread, so a reading just after start can lag. Settled, each
+    reading adds exactly its own connection."""
+    last = stat(server, "total_connections")
+    for _ in range(100):
+        now = stat(server, "total_connections")
+        if now == last + 1:
+            return now
+        last = now
+        time.sleep(0.01)
+    raise AssertionError("total_connections does not settle")
+
+
+def raw_set(server: MemcachedProcess, key: bytes, value: bytes) -> None:
+    with server.connect() as sock:
+        reply = request(sock, b"set %s 0 0 %d\r\n%s\r\n" % (key, len(value), value), b"\r\n")
+    assert reply == b"STORED\r\n"
+
+
+def raw_get(server: MemcachedProcess, key: bytes) -> Optional[bytes]:
+    with server.connect() as sock:
+        reply = request(sock, b"get %s\r\n" % key, b"END\r\n")
+    if reply == b"END\r\n":
+        return None
+    header, _, rest = reply.partition(b"\r\n")
+    size = int(header.split()[3])
+    return rest[:size]
+
+
+class FaultySockets:
+    """A ``socket_module``: the real socket module, except that its sockets count connects
+    and raise :class:`Interrupt` from ``recv`` when armed (on the ``n``-th recv from then)."""
+
+    def __init__(self) -> None:
+        self.connects = 0
+        self.recv_countdown = 0  # 0: disarmed; n: the n-th recv from now raises
+        self.interrupts = 0
+        outer = self
+
+        class Sock(socket.socket):
+            def connect(self, address: Any) -> None:
+                outer.connects += 1
+                super().connect(address)
+
+            def recv(self, bufsize: int, *flags: int) -> bytes:
+                if outer.recv_countdown:
+                    outer.recv_countdown -= 1
+                    if outer.recv_countdown == 0:
+                        outer.interrupts += 1
+                        raise Interrupt("interrupted mid-reply")
+                return super().recv(bufsize, *flags)
+
+        self.socket = Sock
+
+    def arm(self, nth_recv: int = 1) -> None:
+        self.recv_countdown = nth_recv
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(socket, name)
+
+
+def pool_stats(client: PooledClient) -> Dict[str, Any]:
+    return client.client_pool.stats()
+
+
+# -- concurrency --------------------------------------------------------------------------------
+
+
+def test_64_threads_share_4_connections_and_read_their_own_values(
+    new_memcached: ServerFactory,
+) -> None:
+    server = new_memcached()
+    client = PooledClient(tcp(server), max_pool_size=4, pool_timeout=10, timeout=5)
+    before = total_connections(server)  # counts the connection of this stats call
+    threads_n, rounds = 64, 100
+    errors: List[BaseException] = []
+    wrong: List[str] = []
+    done = [0]
+    barrier = threading.Barrier(threads_n)
+
+    def worker(tid: int) -> None:
+        try:
+            barrier.wait(5)
+            for i in range(rounds):
+                key, other = f"t{tid}:{i % 7}", f"t{tid}:other"
+                value = f"{tid}-{i}-{os.urandom(4).hex()}".encode()
+                assert client.set(key, value) is True
+                assert client.set(other, value[::-1]) is True
+                got = client.get(key)
+                if got != value:
+                    wrong.append(f"get {key}: {got!r} != {value!r}")
+                many = client.get_many([key, other, f"t{tid}:missing"])
+                if many != {key: value, other: value[::-1]}:
+                    wrong.append(f"get_many {key}: {many!r}")
+            done[0] += 1
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(t,), daemon=True) for t in range(threads_n)]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + 25
+    for t in threads:
+        t.join(max(0.0, deadline - time.monotonic()))
+    assert not any(t.is_alive() for t in threads), "a worker hung"
+    assert not errors, errors[:3]
+    assert not wrong, wrong[:5]
+    assert done[0] == threads_n
+    after = stat(server, "total_connections")
+    # the pool opened at most 4 connections; the second stats call opened one more
+    assert after - before <= 4 + 1
+    s = pool_stats(client)
+    assert s["created"] <= 4 and s["destroyed"] == 0
+    assert s["in_use"] == 0 and s["waiting"] == 0 and s["idle"] == s["created"]
+
+
+# -- exhaustion and hand-off --------------------------------------------------------------------
+
+
+def test_exhausted_pool_times_out_after_pool_timeout(memcached: MemcachedProcess) -> None:
+    client = PooledClient(tcp(memcached), max_pool_size=1, pool_timeout=0.3)
+    assert client.set("k", b"v")
+    held = client.client_pool.get()
+    try:
+        start = time.monotonic()
+        with pytest.raises(MemcachePoolTimeoutError) as info:
+            client.get("k")
+        waited = time.monotonic() - start
+        assert isinstance(info.value, MemcacheError)
+        assert 0.25 <= waited < 3.0
+        s = pool_stats(client)
+        assert s["timeouts"] == 1 and s["in_use"] == 1 and s["waiting"] == 0
+    finally:
+        client.client_pool.release(held)
+    assert client.get("k") == b"v"  # the released connection serves the next call
+    assert pool_stats(client)["created"] == 1
+
+
+def test_exhausted_pool_times_out_while_a_slow_reply_holds_the_connection(
+    memcached: MemcachedProcess, fault_proxy: ProxyFactory
+) -> None:
+    proxy = fault_proxy(tcp(memcached))
+    client = PooledClient(proxy.address, max_pool_size=1, pool_timeout=0.3, timeout=5)
+    assert client.set("k", b"slow")
+    proxy.set_mode("delay", seconds=0.8)
+    results: List[Any] = []
+    slow = threading.Thread(target=lambda: results.append(client.get("k")), daemon=True)
+    slow.start()
+    wait_until(lambda: pool_stats(client)["in_use"] == 1, what="the slow call to check out")
+    start = time.monotonic()
+    with pytest.raises(MemcachePoolTimeoutError):
+        client.get("k")
+    assert 0.25 <= time.monotonic() - start < 3.0
+    slow.join(5)
+    assert results == [b"slow"]
+    proxy.set_mode("pass")
+    assert client.get("k") == b"slow"
+
+
+def test_released_connection_goes_to_a_waiter(memcached: MemcachedProcess) -> None:
+    client = PooledClient(tcp(memcached), max_pool_size=1, pool_timeout=5)
+    assert client.set("k", b"v")
+    held = client.client_pool.get()
+    finished: List[float] = []
+    results: List[Any] = []
+
+    def waiter() -> None:
+        results.append(client.get("k"))
+        finished.append(time.monotonic())
+
+    t = threading.Thread(target=waiter, daemon=True)
+    t.start()
+    wait_until(lambda: pool_stats(client)["waiting"] == 1, what="the waiter to block")
+    time.sleep(0.1)
+    assert not finished, "the waiter did not wait"
+    assert "waiting=1" in repr(client) and "in_use=1" in repr(client)
+    released = time.monotonic()
+    client.client_pool.release(held)
+    t.join(4)
+    assert results == [b"v"]
+    assert finished[0] - released < 1.0  # well before its 5 s pool_timeout
+    s = pool_stats(client)
+    assert s["created"] == 1 and s["timeouts"] == 0 and s["waiting"] == 0 and s["in_use"] == 0
+
+
+def test_object_pool_timeout_argument_and_waiters_all_served() -> None:
+    pool: ObjectPool[object] = ObjectPool(object, max_size=2, timeout=5)
+    a, b = pool.get(), pool.get()
+    start = time.monotonic()
+    with pytest.raises(MemcachePoolTimeoutError):
+        pool.get(timeout=0.1)
+    assert 0.08 <= time.monotonic() - start < 2
+    got: List[object] = []
+    waiters = [threading.Thread(target=lambda: got.append(pool.get()), daemon=True) for _ in "xy"]
+    for w in waiters:
+        w.start()
+    wait_until(lambda: pool.stats()["waiting"] == 2)
+    pool.release(a)
+    pool.destroy(b)  # a destroyed object frees its slot too
+    for w in waiters:
+        w.join(3)
+    assert len(got) == 2 and a in got
+    s = pool.stats()
+    assert s["in_use"] == 2 and s["created"] == 3 and s["destroyed"] == 1
+    assert s["timeouts"] == 1 and s["waiting"] == 0
+
+
+# -- BaseException mid-command ------------------------------------------------------------------
+
+
+def test_interrupt_with_unread_reply_destroys_the_connection_and_frees_the_slot(
+    memcached: MemcachedProcess,
+) -> None:
+    sockets = FaultySockets()
+    client = PooledClient(
+        tcp(memcached), max_pool_size=1, pool_timeout=0.5, timeout=5, socket_module=sockets
+    )
+    big = os.urandom(300_000)  # several recv()s: the interrupt leaves most of it unread
+    assert client.set("big", big)
+    assert client.set("small", b"right value")
+    for i in range(50):
+        before = pool_stats(client)
+        sockets.arm(nth_recv=2 if i % 2 else 1)  # before any byte, or after the first chunk
+        with pytest.raises(Interrupt):
+            client.get("big")
+        s = pool_stats(client)
+        assert s["destroyed"] == before["destroyed"] + 1
+        assert s["in_use"] == 0 and s["idle"] == 0
+        # the next call (one slot only) works and is not fed the rest of "big"
+        assert client.get("small") == b"right value"
+    assert sockets.interrupts == 50
+    s = pool_stats(client)
+    assert s["created"] == 51 and s["destroyed"] == 50 and s["timeouts"] == 0
+    assert s["in_use"] == 0 and s["idle"] == 1
+    assert client.get("big") == big
+
+
+def test_interrupt_raised_by_the_serde_destroys_the_connection(
+    memcached: MemcachedProcess,
+) -> None:
+    class BoomSerde:
+        def serialize(self, key: Any, value: Any) -> Tuple[bytes, int]:
+            return value, 0
+
+        def deserialize(self, key: Any, value: bytes, flags: int) -> Any:
+            if value == b"boom":
+                raise Interrupt()
+            return value
+
+    client = PooledClient(tcp(memcached), BoomSerde(), max_pool_size=1, pool_timeout=0.5)
+    client.set("a", b"boom")
+    client.set("b", b"fine")
+    for _ in range(5):
+        with pytest.raises(Interrupt):
+            client.get("a")
+        assert client.get("b") == b"fine"
+    s = pool_stats(client)
+    assert s["destroyed"] == 5 and s["in_use"] == 0 and s["created"] == 6
+
+
+def test_object_pool_get_and_release_destroys_on_base_exception() -> None:
+    removed: List[object] = []
+    pool: ObjectPool[object] = ObjectPool(
+        object, after_remove=removed.append, max_size=1, timeout=0.2
+    )
+    for _ in range(20):
+        with pytest.raises(Interrupt), pool.get_and_release() as obj:
+            raise Interrupt()
+        assert removed[-1] is obj
+    with pool.get_and_release() as obj:
+        pass
+    with pool.get_and_release() as again:
+        assert again is obj  # a clean exit returns the object for reuse
+    s = pool.stats()
+    assert s["destroyed"] == 20 and s["in_use"] == 0 and s["idle"] == 1 and s["timeouts"] == 0
+
+
+# -- reuse, reaping, lifetime -------------------------------------------------------------------
+
+
+def test_object_pool_is_lifo() -> None:
+    made = iter(range(100))
+    pool: ObjectPool[int] = ObjectPool(lambda: next(made), max_size=3)
+    a, b, c = pool.get(), pool.get(), pool.get()
+    assert (a, b, c) == (0, 1, 2)
+    for obj in (b, c, a):
+        pool.release(obj)
+    assert pool.get() == a  # the last released comes out first
+    assert pool.get() == c
+    pool.release(c)
+    assert pool.get() == c
+    assert pool.stats()["created"] == 3
+
+
+def test_pooled_client_reuses_one_warm_connection(new_memcached: ServerFactory) -> None:
+    server = new_memcached()
+    client = PooledClient(tcp(server), max_pool_size=4)
+    before = total_connections(server)
+    for i in range(50):
+        client.set("k", str(i))
+        assert client.get("k") == str(i).encode()
+    assert stat(server, "total_connections") - before == 1 + 1  # ours + this stats call
+    assert pool_stats(client)["created"] == 1
+
+
+def test_idle_connections_are_reaped(new_memcached: ServerFactory) -> None:
+    server = new_memcached()
+    client = PooledClient(tcp(server), max_pool_size=4, pool_idle_timeout=0.25)
+    base = settled_stat(server, "curr_connections")
+    held = [client.client_pool.get() for _ in range(4)]
+    for conn in held:
+        assert conn.version()
+    wait_until(lambda: stat(server, "curr_connections") == base + 4)
+    for conn in held:
+        client.client_pool.release(conn)
+    # light load: LIFO keeps using the same connection; the other three idle out
+    end = time.monotonic() + 0.5
+    while time.monotonic() < end:
+        assert client.get("nothing") is None
+        time.sleep(0.02)
+    s = pool_stats(client)
+    assert s["created"] == 4 and s["destroyed"] == 3 and s["idle"] == 1
+    wait_until(lambda: stat(server, "curr_connections") == base + 1, what="3 closed")
+    time.sleep(0.35)
+    assert client.client_pool.reap() == 1
+    wait_until(lambda: stat(server, "curr_connections") == base, what="all closed")
+    assert client.get("nothing") is None
+    assert pool_stats(client)["created"] == 5
+
+
+def test_max_lifetime_replaces_old_connections(new_memcached: ServerFactory) -> None:
+    server = new_memcached()
+    client = PooledClient(tcp(server), max_pool_size=2, max_lifetime=0.3)
+    base = settled_stat(server, "curr_connections")
+    client.set("k", b"v")
+    first = client.client_pool.get()
+    client.client_pool.release(first)
+    assert client.get("k") == b"v"
+    assert pool_stats(client)["created"] == 1  # young: reused
+    time.sleep(0.35)
+    assert client.get("k") == b"v"  # the old one is dropped at checkout
+    s = pool_stats(client)
+    assert s["created"] == 2 and s["destroyed"] == 1
+    assert first.sock is None
+    wait_until(lambda: stat(server, "curr_connections") == base + 1)
+    # a connection that outlives max_lifetime while checked out is dropped when released
+    conn = client.client_pool.get()
+    time.sleep(0.35)
+    client.client_pool.release(conn)
+    s = pool_stats(client)
+    assert s["destroyed"] == 2 and s["idle"] == 0 and conn.sock is None
+    assert client.get("k") == b"v"
+
+
+# -- servers going away -------------------------------------------------------------------------
+
+
+def test_server_restart_between_calls(new_memcached: ServerFactory) -> None:
+    server = new_memcached()
+    client = PooledClient(tcp(server), max_pool_size=2)
+    assert client.set("k", b"before")
+    server.kill()
+    server.start()  # same port, empty cache
+    time.sleep(pymc.pool.CHECK_IDLE_AFTER * 2)
+    assert client.get("k") is None  # no error: the dead connection was replaced
+    assert client.set("k", b"after")
+    assert client.get("k") == b"after"
+    s = pool_stats(client)
+    assert s["created"] == 2 and s["destroyed"] == 1
+
+
+def test_incr_after_restart_succeeds_through_the_checkout_check(
+    new_memcached: ServerFactory,
+) -> None:
+    server = new_memcached()
+    client = PooledClient(tcp(server), max_pool_size=1)  # no retry policy at all
+    assert client.set("n", b"1")
+    server.kill()
+    server.start()
+    raw_set(server, b"n", b"41")
+    time.sleep(pymc.pool.CHECK_IDLE_AFTER * 2)
+    assert client.incr("n", 1) == 42
+    assert raw_get(server, b"n") == b"42"  # incremented exactly once
+
+
+def test_connection_closed_by_peer_is_discarded_at_checkout(
+    memcached: MemcachedProcess, fault_proxy: ProxyFactory
+) -> None:
+    proxy = fault_proxy(tcp(memcached))
+    client = PooledClient(proxy.address, max_pool_size=1)
+    assert client.set("n", b"10")
+    proxy.close_all()
+    time.sleep(pymc.pool.CHECK_IDLE_AFTER * 2)
+    assert client.incr("n", 5) == 15
+    assert proxy.accepted == 2
+    s = pool_stats(client)
+    assert s["created"] == 2 and s["destroyed"] == 1
+    assert client.get("n") == b"15"
+
+
+def test_without_the_checkout_check_incr_would_fail(
+    memcached: MemcachedProcess, fault_proxy: ProxyFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The control for the test above: it is the check that saves the call."""
+    monkeypatch.setattr(pymc.pool, "CHECK_IDLE_AFTER", 1e9)
+    proxy = fault_proxy(tcp(memcached))
+    client = PooledClient(proxy.address, max_pool_size=1)
+    assert client.set("n", b"10")
+    proxy.close_all()
+    time.sleep(0.1)
+    with pytest.raises(MemcacheNetworkError):
+        client.incr("n", 5)
+    assert client.get("n") == b"10"  # the failed incr never reached the server
+
+
+# -- fork ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_fork_child_gets_its_own_connections(memcached: MemcachedProcess) -> None:
+    client = PooledClient(tcp(memcached), max_pool_size=2, timeout=5, pool_timeout=2)
+    assert client.set("parent", b"p")
+    conn = client.client_pool.get()
+    client.client_pool.release(conn)
+    assert conn.sock is not None
+    parent_sockname = conn.sock.getsockname()
+
+    pid = os.fork()
+    if pid == 0:  # the child: never return into pytest
+        code = 10
+        try:
+            code = 11
+            for i in range(20):
+                client.set(f"child{i}", f"c{i}")
+            if client.get_many([f"child{i}" for i in range(20)]) != {
+                f"child{i}": f"c{i}".encode() for i in range(20)
+            }:
+                os._exit(12)
+            if client.get("parent") != b"p":
+                os._exit(13)
+            mine = client.client_pool.get()
+            client.client_pool.release(mine)
+            if mine is conn or mine.sock is None or mine.sock.getsockname() == parent_sockname:
+                os._exit(14)
+            if client.client_pool.stats()["created"] != 1:
+                os._exit(15)
+            code = 0
+        finally:
+            os._exit(code)
+
+    deadline = time.monotonic() + 10
+    status = None
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        time.sleep(0.01)
+    else:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        pytest.fail("the child did not finish in 10 s")
+    assert status is not None and os.WIFEXITED(status)
+    assert os.WEXITSTATUS(status) == 0, f"child failed with code {os.WEXITSTATUS(status)}"
+
+    # the parent: its idle connection was left alone and is reused
+    assert client.get("parent") == b"p"
+    assert client.get("child19") == b"c19"
+    for i in range(10):
+        client.set("p2", str(i))
+        assert client.get("p2") == str(i).encode()
+    s = pool_stats(client)
+    assert s["created"] == 1 and s["destroyed"] == 0
+    again = client.client_pool.get()
+    client.client_pool.release(again)
+    assert again is conn and again.sock is not None
+    assert again.sock.getsockname() == parent_sockname
+
+
+# -- introspection ------------------------------------------------------------------------------
+
+
+def test_stats_and_repr_show_live_counts() -> None:
+    pool: ObjectPool[object] = ObjectPool(object, max_size=2, timeout=0.05)
+    a = pool.get()
+    b = pool.get()
+    with pytest.raises(MemcachePoolTimeoutError):
+        pool.get()
+    pool.destroy(b)
+    waiter_got: List[object] = []
+    hold = pool.get()
+    t = threading.Thread(target=lambda: waiter_got.append(pool.get(timeout=3)), daemon=True)
+    t.start()
+    wait_until(lambda: pool.stats()["waiting"] == 1)
+    s = pool.stats()
+    assert s == {
+        "in_use": 2,
+        "idle": 0,
+        "waiting": 1,
+        "created": 3,
+        "destroyed": 1,
+        "timeouts": 1,
+        "max_size": 2,
+    }
+    text = repr(pool)
+    for part in ("in_use=2", "idle=0", "waiting=1", "created=3", "destroyed=1", "timeouts=1"):
+        assert part in text
+    pool.release(hold)
+    t.join(3)
+    assert waiter_got == [hold]
+    pool.release(a)
+    pool.release(hold)
+    s = pool.stats()
+    assert (s["in_use"], s["idle"], s["waiting"]) == (0, 2, 0)
+    assert "idle=2" in repr(pool) and "in_use=0" in repr(pool)
+
+
+def test_pooled_client_repr(memcached: MemcachedProcess) -> None:
+    client = PooledClient(tcp(memcached), max_pool_size=3)
+    client.get("x")
+    text = repr(client)
+    assert f"127.0.0.1:{memcached.port}" in text
+    assert "in_use=0" in text and "idle=1" in text and "waiting=0" in text
+    held = client.client_pool.get()
+    assert "in_use=1" in repr(client) and "idle=0" in repr(client)
+    client.client_pool.release(held)
+
+
+# -- locks --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("lock_generator", [threading.Lock, threading.RLock])
+def test_lock_generator(memcached: MemcachedProcess, lock_generator: Any) -> None:
+    client = PooledClient(
+        tcp(memcached), max_pool_size=2, pool_timeout=5, lock_generator=lock_generator
+    )
+    errors: List[BaseException] = []
+
+    def worker(tid: int) -> None:
+        try:
+            for i in range(50):
+                client.set(f"lg{tid}", str(i))
+                assert client.get(f"lg{tid}") == str(i).encode()
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(t,), daemon=True) for t in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert not errors, errors[:3]
+    assert pool_stats(client)["created"] <= 2
+    # the waiting path (Condition.wait on the generated lock) and a timeout
+    held = [client.client_pool.get(), client.client_pool.get()]
+    with pytest.raises(MemcachePoolTimeoutError):
+        client.client_pool.get(timeout=0.1)
+    for conn in held:
+        client.client_pool.release(conn)
+    assert client.get("lg0") == b"49"
+
+
+def test_threading_primitives_are_looked_up_when_the_pool_is_made(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    made: List[str] = []
+    real_lock, real_condition = threading.Lock, threading.Condition
+
+    def counting_lock() -> Any:
+        made.append("Lock")
+        return real_lock()
+
+    def counting_condition(*args: Any) -> Any:
+        made.append("Condition")
+        return real_condition(*args)
+
+    monkeypatch.setattr(threading, "Lock", counting_lock)
+    monkeypatch.setattr(threading, "Condition", counting_condition)
+    pool: ObjectPool[object] = ObjectPool(object, max_size=1, timeout=0.05)
+    assert "Lock" in made and "Condition" in made
+    monkeypatch.undo()
+    obj = pool.get()
+    with pytest.raises(MemcachePoolTimeoutError):
+        pool.get()
+    pool.release(obj)
+    assert pool.get() is obj
+
+
+# -- pymemcache compatibility -------------------------------------------------------------------
+
+
+def test_every_pymemcache_pooled_client_parameter_is_accepted(
+    memcached: MemcachedProcess,
+) -> None:
+    def serializer(key: Any, value: Any) -> Tuple[bytes, int]:
+        return (value if isinstance(value, bytes) else str(value).encode()), 7
+
+    def deserializer(key: Any, value: bytes, flags: int) -> Any:
+        return (value, flags)
+
+    values: Dict[str, Any] = {
+        "serde": None,
+        "serializer": serializer,
+        "deserializer": deserializer,
+        "connect_timeout": 2.0,
+        "timeout": 2.0,
+        "no_delay": True,
+        "ignore_exc": False,
+        "socket_module": socket,
+        "socket_keepalive": KeepaliveOpts(idle=5, intvl=2, cnt=3),
+        "key_prefix": b"pre:",
+        "max_pool_size": 3,
+        "pool_idle_timeout": 30,
+        "lock_generator": threading.Lock,
+        "default_noreply": False,
+        "allow_unicode_keys": False,
+        "encoding": "ascii",
+        "tls_context": None,
+    }
+    names = [
+        name
+        for name in inspect.signature(pymemcache.client.base.PooledClient.__init__).parameters
+        if name not in ("self", "server")
+    ]
+    missing = set(names) - set(values)
+    assert not missing, f"pymemcache PooledClient grew parameters this test lacks: {missing}"
+    client = PooledClient(tcp(memcached), **{name: values[name] for name in names})
+    assert client.set("k", b"value")
+    assert client.get("k") == (b"value", 7)
+    assert raw_get(memcached, b"pre:k") == b"value"
+    assert client.client_pool.max_size == 3
+    # and pymc's published signature lists them all, for IDEs and help()
+    published = inspect.signature(PooledClient).parameters
+    assert set(names) <= set(published)
+
+
+def test_pooled_client_has_every_public_pymemcache_method() -> None:
+    theirs = {n for n in dir(pymemcache.client.base.PooledClient) if not n.startswith("_")}
+    missing = {n for n in theirs if not hasattr(PooledClient, n)}
+    assert not missing
+    for name in theirs - {"client_class"}:
+        assert callable(getattr(PooledClient, name)), name
+
+
+def test_pooled_client_method_signatures_are_clients() -> None:
+    assert inspect.signature(PooledClient.get) == inspect.signature(Client.get)
+    for name in ("set", "get_many", "incr", "cas", "gets", "delete_many", "stats"):
+        assert inspect.signature(getattr(PooledClient, name)) == inspect.signature(
+            getattr(Client, name)
+        ), name
+    params = inspect.signature(PooledClient.get).parameters
+    assert list(params) == ["self", "key", "default"]
+
+
+def test_pooled_client_mapping_sugar_and_close(memcached: MemcachedProcess) -> None:
+    with PooledClient(tcp(memcached), max_pool_size=2) as client:
+        client["a"] = b"1"
+        assert client["a"] == b"1"
+        del client["a"]
+        with pytest.raises(KeyError):
+            client["a"]
+        s = pool_stats(client)
+        assert s["created"] == 1 and s["destroyed"] == 0  # a miss is no reason to reconnect
+        conn = client.client_pool.get()
+        client.client_pool.release(conn)
+        assert conn.sock is not None
+    assert conn.sock is None  # closed on exit
+    assert pool_stats(client)["idle"] == 0
+    assert isinstance(pymc.PooledClient, type)
