@@ -142,6 +142,7 @@ class ObjectPool(Generic[T]):
         self._created = 0
         self._destroyed = 0
         self._timeouts = 0
+        self._retired = False
 
     # ------------------------------------------------------------------ checkout
 
@@ -223,7 +224,11 @@ class ObjectPool(Generic[T]):
                 return  # not ours, or already given back
             self._in_use -= 1
             now = time.monotonic()
-            if not destroy and (self.max_lifetime is None or now - born < self.max_lifetime):
+            if (
+                not destroy
+                and not self._retired
+                and (self.max_lifetime is None or now - born < self.max_lifetime)
+            ):
                 self._idle.append((obj, now, born))
                 obj = None  # type: ignore[assignment]
             else:
@@ -277,6 +282,14 @@ class ObjectPool(Generic[T]):
             self._reap(time.monotonic(), doomed)
         self._drop(doomed)
         return len(doomed)
+
+    def retire(self) -> None:
+        """Wind the pool down without disturbing work in progress: idle objects are dropped
+        now, objects in use when they come back. (For a node that left the cluster: the
+        operations that already chose it finish normally.)"""
+        with self._cond:
+            self._retired = True
+        self.clear()
 
     def clear(self) -> None:
         """Drop every idle object (objects in use are dropped when given back)."""
@@ -431,10 +444,8 @@ class PooledClient(_Commands):
 
     def __repr__(self) -> str:
         s = self.client_pool.stats()
-        return (
-            f"<{type(self).__name__} {server_name(self.server)} in_use={s['in_use']} "
-            f"idle={s['idle']} waiting={s['waiting']}>"
-        )
+        counts = " ".join(f"{k}={v}" for k, v in s.items())
+        return f"<{type(self).__name__} {server_name(self.server)} {counts}>"
 
     def __getitem__(self, key: Any) -> Any:
         # A miss raises KeyError here, outside the pool: it says nothing against the
