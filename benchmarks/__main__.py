@@ -15,6 +15,7 @@ import platform
 import socket
 import statistics
 import sys
+import threading
 import time
 from dataclasses import asdict, dataclass
 from typing import Any, Callable, Dict, List, Optional, Tuple
@@ -99,8 +100,37 @@ def single_server_cases(address: Address) -> Dict[str, Dict[str, Op]]:
             "pylibmc": lambda c=clients["pylibmc"]: c.get_multi(keys100),
         },
     }
+    cases.update(pooled_cases(address))
     cases["Client.get"]["bare socket"] = _bare_get(address, b"bench:one")
     cases["Client.set"]["bare socket"] = _bare_set(address, b"bench:one")
+    return cases
+
+
+def pooled_cases(address: Address) -> Dict[str, Dict[str, Any]]:
+    """PooledClient.get alone and under 4, 16 and 64 threads."""
+    import pylibmc
+    from pymemcache.client.base import PooledClient as PymemcachePooled
+
+    import pymc
+
+    pymc_pool = pymc.PooledClient(address)
+    peer_pool = PymemcachePooled(address, no_delay=True, default_noreply=False)
+    libmc_pool = pylibmc.ClientPool(
+        pylibmc.Client(["%s:%d" % address], binary=False, behaviors={"tcp_nodelay": True}), 64
+    )
+
+    def libmc_get() -> Any:
+        with libmc_pool.reserve() as mc:
+            return mc.get("bench:one")
+
+    ops: Dict[str, Op] = {
+        "pymc": lambda: pymc_pool.get("bench:one"),
+        "pymemcache": lambda: peer_pool.get("bench:one"),
+        "pylibmc": libmc_get,
+    }
+    cases: Dict[str, Dict[str, Any]] = {"PooledClient.get": dict(ops)}
+    for threads in (4, 16, 64):
+        cases[f"PooledClient.get x{threads}"] = {n: Threaded(op, threads) for n, op in ops.items()}
     return cases
 
 
@@ -111,6 +141,31 @@ def _check(cases: Dict[str, Dict[str, Op]]) -> None:
         assert got == VALUE or (name == "bare socket" and VALUE in got), (name, got)
     for name, op in cases["Client.get_many(100)"].items():
         assert len(op()) == 100, name
+
+
+@dataclass
+class Threaded:
+    """An op run by ``threads`` threads at once; the case reports their total ops/s."""
+
+    op: Op
+    threads: int
+
+
+def measure_threaded(case: Threaded, seconds: float) -> Tuple[float, List[int]]:
+    samples: List[List[int]] = []
+    barrier = threading.Barrier(case.threads)
+
+    def worker() -> None:
+        barrier.wait()
+        samples.append(measure(case.op, seconds)[1])
+
+    threads = [threading.Thread(target=worker) for _ in range(case.threads)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    flat = [x for s in samples for x in s]
+    return len(flat) / seconds, flat
 
 
 def measure(op: Op, seconds: float) -> Tuple[float, List[int]]:
@@ -138,9 +193,12 @@ def run(
     for _ in range(rounds):
         for case, ops in cases.items():
             for client, op in ops.items():
-                for _ in range(200):  # warm up caches and connections
-                    op()
-                rate, samples = measure(op, seconds)
+                if isinstance(op, Threaded):
+                    rate, samples = measure_threaded(op, seconds)
+                else:
+                    for _ in range(200):  # warm up caches and connections
+                        op()
+                    rate, samples = measure(op, seconds)
                 if rate > best.get((case, client), (0.0, []))[0]:
                     best[(case, client)] = (rate, samples)
                 done += 1

@@ -844,7 +844,7 @@ class Client:
 
     def get(self, key: Key, default: Any = None) -> Any:
         """The value of ``key``, or ``default`` when it is missing."""
-        raw = self._key(key)
+        raw = validate_key(key, self._prefix, self._unicode)
         try:
             found = self._execute(b"get " + raw + b"\r\n", _collect_items, (raw,))
             if type(found) is not dict:

@@ -153,31 +153,38 @@ class ObjectPool(Generic[T]):
             self._reset()  # a forked child: forget (never close) the parent's objects
         if timeout is ...:
             timeout = self.timeout
+        validate = self._validate
+        while True:
+            taken = self._take(timeout)
+            if taken is None:
+                return self._create()
+            obj, idle_seconds = taken
+            # Checked outside the lock: it may cost a system call.
+            if validate is None or validate(obj, idle_seconds):
+                return obj
+            self._give_back(obj, destroy=True)
+
+    def _take(self, timeout: Optional[float]) -> Optional[Tuple[T, float]]:
+        """Reserve a slot: an idle object and its idle time, or None (create one)."""
         doomed: List[T] = []
-        create = False
-        obj: Any = None
         try:
             with self._cond:
                 deadline = None
                 while True:
                     now = time.monotonic()
-                    if self._idle:
-                        self._reap(now, doomed)
-                    if self._idle:
-                        obj, released, born = self._idle.pop()
-                        validate = self._validate
-                        if validate is not None and not validate(obj, now - released):
-                            doomed.append(obj)
-                            self._destroyed += 1
-                            continue
-                        self._born[id(obj)] = born
-                        self._in_use += 1
-                        break
+                    idle = self._idle
+                    if idle:
+                        if self.idle_timeout or self.max_lifetime is not None:
+                            self._reap(now, doomed)
+                        if idle:
+                            obj, released, born = idle.pop()
+                            self._born[id(obj)] = born
+                            self._in_use += 1
+                            return obj, now - released
                     if self.max_size is None or self._in_use < self.max_size:
                         self._in_use += 1
                         self._created += 1
-                        create = True
-                        break
+                        return None
                     if deadline is None:
                         deadline = now + (timeout if timeout is not None else 1e9)
                     remaining = deadline - now
@@ -193,19 +200,22 @@ class ObjectPool(Generic[T]):
                     finally:
                         self._waiting -= 1
         finally:
-            self._drop(doomed)
-        if create:
-            try:
-                obj = self._creator()
-            except BaseException:
-                with self._cond:
-                    self._in_use -= 1
-                    self._created -= 1
-                    self._cond.notify()
-                raise
+            if doomed:
+                self._drop(doomed)
+
+    def _create(self) -> T:
+        """Make an object for a slot already reserved; free the slot if that fails."""
+        try:
+            obj = self._creator()
+        except BaseException:
             with self._cond:
-                self._born[id(obj)] = time.monotonic()
-        return obj  # type: ignore[no-any-return]
+                self._in_use -= 1
+                self._created -= 1
+                self._cond.notify()
+            raise
+        with self._cond:
+            self._born[id(obj)] = time.monotonic()
+        return obj
 
     def release(self, obj: T, silent: bool = True) -> None:
         """Give ``obj`` back for reuse (destroyed instead when past ``max_lifetime``)."""

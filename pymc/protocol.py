@@ -24,6 +24,7 @@ from typing import (
     NamedTuple,
     Optional,
     Sequence,
+    Set,
     Tuple,
     Union,
 )
@@ -78,6 +79,7 @@ _UINT64: Final = 1 << 64
 
 # Bytes the server treats as separators or terminators: control characters, space, DEL.
 _BAD_KEY_BYTE = re.compile(rb"[\x00-\x20\x7f]").search
+_CLEAN_PREFIXES: Set[bytes] = set()  # prefixes already seen to hold no bad byte
 _DIGITS = re.compile(rb"[0-9]{1,20}").fullmatch
 
 
@@ -91,6 +93,18 @@ def validate_key(key: Key, prefix: bytes = b"", allow_unicode: bool = False) -> 
     it is 1 to 250 bytes long and holds no space, control character or DEL, so it can never
     split into two arguments or smuggle a second command into the request.
     """
+    # Fast path: an ASCII str with no control character and no space (isprintable()
+    # refuses 0x00-0x1f and 0x7f).
+    if (
+        type(key) is str
+        and key.isascii()
+        and key.isprintable()
+        and " " not in key
+        and (not prefix or prefix in _CLEAN_PREFIXES)
+    ):
+        raw = prefix + key.encode("ascii") if prefix else key.encode("ascii")
+        if 0 < len(raw) <= MAX_KEY_LENGTH:
+            return raw
     if isinstance(key, str):
         try:
             raw = key.encode("ascii")
@@ -118,6 +132,8 @@ def validate_key(key: Key, prefix: bytes = b"", allow_unicode: bool = False) -> 
         )
     if _BAD_KEY_BYTE(raw) is not None:
         raise MemcacheIllegalInputError(f"key {raw!r} contains whitespace or a control character")
+    if prefix and len(_CLEAN_PREFIXES) < 256:
+        _CLEAN_PREFIXES.add(prefix)  # it passed as part of raw: no bad byte in it
     return raw
 
 
@@ -504,8 +520,13 @@ class Reader:
         buf = self._joined() if self._parts else self._buf
         pos = self._pos
         while True:
+            if not buf.startswith(b"VALUE ", pos):
+                if buf.startswith(b"END\r\n", pos):
+                    self._pos = pos + 5
+                    return END
+                break
             end = buf.find(b"\r\n", pos)
-            if end < 0 or end - pos > MAX_LINE_LENGTH or not buf.startswith(b"VALUE ", pos):
+            if end < 0 or end - pos > MAX_LINE_LENGTH:
                 break
             parts = buf[pos + 6 : end].split(b" ")
             if len(parts) == 3:
@@ -529,7 +550,7 @@ class Reader:
                 raise self._fail("data block is not followed by CRLF")
             if key not in wanted or key in found:
                 raise self._fail(f"the server answered {key!r}, which was not asked for")
-            found[key] = (int(flags), buf[start:stop], cas)
+            found[key] = (0 if flags == b"0" else int(flags), buf[start:stop], cas)
             pos = stop + 2
         self._pos = pos
         reply = self.next_reply()
