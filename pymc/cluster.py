@@ -1,0 +1,805 @@
+"""`HashClient`: keys spread over many servers through an immutable node-set snapshot.
+
+Every operation reads ``self._nodes`` once and uses that :class:`NodeSet` to the end, so a
+concurrent change (``add_server``, ``remove_server``, an ejection, a revival, an ElastiCache
+poll) can never show it half a node set. A change builds a new NodeSet and swaps it in with
+one assignment; the read path takes no lock.
+
+Failover: a connection-level failure (network error, timeout, unexpected close, malformed
+reply) counts against its node. After ``retry_attempts`` failures the node is ejected: a
+new snapshot without it is swapped in and its keys move to the other nodes. After
+``dead_timeout`` seconds a background probe (a thread, or a greenlet under gevent) asks it
+for its version and re-admits it if it answers.
+
+Multi-key commands group the keys by node, send every node its request, and only then read
+the replies, so they take the slowest node's time, not the sum.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+import time
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Callable,
+    Dict,
+    Iterable,
+    List,
+    Mapping,
+    Optional,
+    Tuple,
+    Union,
+)
+
+from .client import (
+    PIPELINE_BYTES,
+    Client,
+    ClientOptions,
+    ServerSpec,
+    _collect_items,
+    _collect_n,
+    normalize_server_spec,
+    server_name,
+)
+from .exceptions import (
+    MemcacheError,
+    MemcacheNetworkError,
+    MemcacheProtocolError,
+)
+from .hashing import RendezvousHash
+from .pool import DEFAULT_POOL_TIMEOUT, PooledClient
+from .protocol import (
+    DELETED,
+    NOT_FOUND,
+    STORED,
+    TOUCHED,
+    ErrorReply,
+    encode_delete,
+    encode_retrieval,
+    encode_storage,
+    encode_touch,
+    validate_keys,
+)
+from .retry import RetryPolicy
+from .serde import coerce_to_bytes
+
+__all__ = ["HashClient", "NodeSet"]
+
+logger = logging.getLogger("pymc")
+
+Key = Union[str, bytes]
+AnyKey = Union[Key, Tuple[Any, Key]]
+EventHook = Callable[[str, str, Dict[str, Any]], Any]
+
+_MISSING: Any = object()
+
+#: Placement answers kept per snapshot (a snapshot is immutable, so they never go stale).
+PLACEMENT_CACHE_SIZE = 65536
+#: A fan-out sends at most this many commands to one node before reading its replies.
+FANOUT_MAX_COMMANDS = 2048
+
+
+class _NodeResting(MemcacheNetworkError):
+    """A node failed less than retry_timeout ago, so it was not tried (not a new failure)."""
+
+
+class AllNodesDownError(MemcacheError):
+    """No node is left to send the key to: every server is ejected."""
+
+
+def _is_connection_failure(exc: BaseException) -> bool:
+    return isinstance(exc, (MemcacheNetworkError, MemcacheProtocolError)) and not isinstance(
+        exc, _NodeResting
+    )
+
+
+class NodeSet:
+    """One immutable view of the cluster: node names, locator, per-node clients, version."""
+
+    __slots__ = ("_cache", "clients", "locator", "names", "servers", "version")
+
+    def __init__(
+        self,
+        version: int,
+        servers: Mapping[str, ServerSpec],
+        clients: Mapping[str, PooledClient],
+        hasher: Callable[[], Any],
+    ) -> None:
+        self.version = version
+        self.servers = dict(servers)
+        self.clients = dict(clients)
+        self.names = tuple(servers)
+        locator = hasher()
+        for name in self.names:
+            locator.add_node(name)  # a fresh locator, not yet shared: never changed later
+        self.locator = locator
+        self._cache: Dict[Any, Optional[str]] = {}
+
+    def node_for(self, key: Any) -> Optional[str]:
+        """The node a key (str/bytes, or a tuple's server key) lives on; None if no node."""
+        cache = self._cache
+        name = cache.get(key)
+        if name is None:
+            if not self.names:
+                return None
+            name = self.locator.get_node(key)
+            if len(cache) >= PLACEMENT_CACHE_SIZE:
+                cache.clear()
+            cache[key] = name
+        return name
+
+    def __repr__(self) -> str:
+        return f"<NodeSet v{self.version} {list(self.names)}>"
+
+
+def _real(key: AnyKey) -> Key:
+    """The key itself, without the routing part of a ``(server_key, key)`` tuple."""
+    return key[1] if type(key) is tuple else key  # type: ignore[return-value]
+
+
+def _split(key: AnyKey) -> Tuple[Any, Key]:
+    """(routing key, key): a ``(server_key, key)`` tuple routes by its server key."""
+    if type(key) is tuple:
+        return key[0], key[1]
+    return key, key  # type: ignore[return-value]
+
+
+if TYPE_CHECKING:  # to type checkers a HashClient has every Client method
+    _Commands = Client
+else:
+    _Commands = object
+
+
+class HashClient(_Commands):
+    """A client for a cluster of memcached servers, thread-safe.
+
+    pymemcache 4.0's arguments: ``servers``, ``hasher`` (``RendezvousHash`` places keys as
+    pymemcache does; ``KetamaHash`` as libmemcached/pylibmc do), ``use_pooling``,
+    ``max_pool_size``, ``pool_idle_timeout``, ``lock_generator``, ``retry_attempts``,
+    ``retry_timeout``, ``dead_timeout``, ``ignore_exc`` and every :class:`Client` option;
+    plus ``pool_timeout``, ``retry`` (a :class:`RetryPolicy`) and ``on_event(event,
+    node, info)``, called on ``node_failed``, ``node_ejected``, ``node_revived`` and
+    ``snapshot_swapped``. Without ``use_pooling`` each node gets one connection, shared
+    safely (callers take turns).
+    """
+
+    def __init__(
+        self,
+        servers: Iterable[Any],
+        hasher: Callable[[], Any] = RendezvousHash,
+        serde: Any = None,
+        *,
+        max_pool_size: Optional[int] = None,
+        pool_idle_timeout: float = 0,
+        lock_generator: Optional[Callable[[], Any]] = None,
+        retry_attempts: int = 2,
+        retry_timeout: float = 1,
+        dead_timeout: float = 60,
+        use_pooling: bool = False,
+        pool_timeout: Optional[float] = DEFAULT_POOL_TIMEOUT,
+        retry: Optional[RetryPolicy] = None,
+        on_event: Optional[EventHook] = None,
+        options: Optional[ClientOptions] = None,
+        **client_options: Any,
+    ) -> None:
+        if options is None:
+            options = ClientOptions.create(serde, **client_options)
+        elif serde is not None or client_options:
+            raise TypeError("pass either options= or client arguments, not both")
+        self.options = options
+        self.ignore_exc = options.ignore_exc
+        # The nodes always raise; this client decides what ignore_exc hides.
+        self._node_options = dataclasses.replace(options, ignore_exc=False)
+        self.hasher = hasher
+        self.use_pooling = use_pooling
+        self._pool_args: Dict[str, Any] = {
+            "max_pool_size": max_pool_size if use_pooling else 1,
+            "pool_idle_timeout": pool_idle_timeout,
+            "lock_generator": lock_generator,
+            "pool_timeout": pool_timeout,
+            "retry": retry,
+        }
+        self.retry = retry
+        self.retry_attempts = retry_attempts
+        self.retry_timeout = retry_timeout
+        self.dead_timeout = dead_timeout
+        self.on_event = on_event
+        self._lock = threading.Lock()  # guards changes of the node set and health books
+        self._failures: Dict[str, Tuple[int, float]] = {}  # node -> (count, last failure)
+        self._dead: Dict[str, Tuple[ServerSpec, PooledClient, float]] = {}
+        self._next_probe = 0.0
+        self._probe_lock = threading.Lock()  # held while a probe thread runs
+        specs = [normalize_server_spec(s) for s in servers]
+        self._nodes = NodeSet(
+            0,
+            {server_name(s): s for s in specs},
+            {server_name(s): self._make_pool(s) for s in specs},
+            hasher,
+        )
+
+    # ------------------------------------------------------------------ the node set
+
+    @property
+    def nodes(self) -> NodeSet:
+        """The current snapshot."""
+        return self._nodes
+
+    @property
+    def clients(self) -> Dict[str, PooledClient]:
+        """``{node name: its pooled client}`` of the current snapshot."""
+        return dict(self._nodes.clients)
+
+    def _make_pool(self, server: ServerSpec) -> PooledClient:
+        return PooledClient(server, options=self._node_options, **self._pool_args)
+
+    def _emit(self, event: str, node: str, **info: Any) -> None:
+        level = logging.INFO if event in ("snapshot_swapped", "node_revived") else logging.WARNING
+        logger.log(level, "pymc %s: %s %s", event, node, info or "")
+        if self.on_event is not None:
+            try:
+                self.on_event(event, node, info)
+            except Exception:
+                logger.exception("pymc on_event hook failed")
+
+    def _swap(self, servers: Dict[str, ServerSpec], clients: Dict[str, PooledClient]) -> NodeSet:
+        """Build and publish a new snapshot (lock held). Returns the old one."""
+        old = self._nodes
+        self._nodes = NodeSet(old.version + 1, servers, clients, self.hasher)
+        return old
+
+    def set_servers(self, servers: Iterable[Any]) -> bool:
+        """Make the node set exactly ``servers``: pools of nodes that stay are kept, new
+        nodes get new pools, removed nodes' pools close once their operations finish.
+        Returns whether anything changed."""
+        specs = {server_name(s): s for s in map(normalize_server_spec, servers)}
+        retired: List[PooledClient] = []
+        with self._lock:
+            old = self._nodes
+            live = {n: s for n, s in specs.items() if n not in self._dead}
+            if set(live) == set(old.names) and all(n in specs for n in self._dead):
+                return False
+            clients = {}
+            for name, spec in live.items():
+                clients[name] = old.clients.get(name) or self._make_pool(spec)
+            retired = [c for n, c in old.clients.items() if n not in live]
+            for name in [n for n in self._dead if n not in specs]:
+                retired.append(self._dead.pop(name)[1])
+            for name in [n for n in self._failures if n not in specs]:
+                del self._failures[name]
+            new = self._swap(live, clients)
+        for pool in retired:
+            pool.client_pool.retire()
+        self._emit("snapshot_swapped", ",".join(self._nodes.names), version=self._nodes.version)
+        del new
+        return True
+
+    def add_server(self, server: Any, port: Optional[int] = None) -> None:
+        """Add a node (``server`` may be a host with ``port``)."""
+        spec = normalize_server_spec((server, port) if port is not None else server)
+        self.set_servers([*self._nodes.servers.values(), spec, *self._dead_specs()])
+
+    def remove_server(self, server: Any, port: Optional[int] = None) -> None:
+        """Remove a node for good; its keys move to the others."""
+        name = server_name(normalize_server_spec((server, port) if port is not None else server))
+        rest = [s for n, s in self._nodes.servers.items() if n != name]
+        self.set_servers(rest + [s for n, s in self._dead_items() if n != name])
+
+    def _dead_specs(self) -> List[ServerSpec]:
+        return [spec for spec, _, _ in list(self._dead.values())]
+
+    def _dead_items(self) -> List[Tuple[str, ServerSpec]]:
+        return [(n, v[0]) for n, v in list(self._dead.items())]
+
+    # ------------------------------------------------------------------ health
+
+    def _failed(self, name: str, exc: BaseException) -> None:
+        """Count a connection-level failure of ``name``; eject it after retry_attempts."""
+        now = time.monotonic()
+        ejected = None
+        with self._lock:
+            count = self._failures.get(name, (0, 0.0))[0] + 1
+            self._failures[name] = (count, now)
+            nodes = self._nodes
+            if count >= self.retry_attempts and name in nodes.clients:
+                pool = nodes.clients[name]
+                self._dead[name] = (nodes.servers[name], pool, now)
+                del self._failures[name]
+                servers = {n: s for n, s in nodes.servers.items() if n != name}
+                clients = {n: c for n, c in nodes.clients.items() if n != name}
+                self._swap(servers, clients)
+                self._next_probe = min(
+                    self._next_probe or now + self.dead_timeout, now + self.dead_timeout
+                )
+                ejected = pool
+        self._emit("node_failed", name, error=repr(exc), failures=count)
+        if ejected is not None:
+            ejected.client_pool.clear()
+            self._emit("node_ejected", name, version=self._nodes.version)
+
+    def _succeeded(self, name: str) -> None:
+        with self._lock:
+            self._failures.pop(name, None)
+
+    def _fail_fast(self, name: str) -> bool:
+        """A node that failed less than retry_timeout ago is not tried again yet."""
+        record = self._failures.get(name)
+        return record is not None and time.monotonic() - record[1] < self.retry_timeout
+
+    def _maybe_probe(self) -> None:
+        if time.monotonic() < self._next_probe or not self._probe_lock.acquire(blocking=False):
+            return
+        try:
+            threading.Thread(target=self._probe, name="pymc-probe", daemon=True).start()
+        except BaseException:
+            self._probe_lock.release()
+            raise
+
+    def _probe(self) -> None:
+        """Ask every dead node past dead_timeout for its version; re-admit those that answer."""
+        try:
+            now = time.monotonic()
+            due = [(n, v) for n, v in list(self._dead.items()) if now - v[2] >= self.dead_timeout]
+            for name, (spec, pool, _) in due:
+                probe = Client.from_options(spec, self._node_options)
+                try:
+                    probe.version()
+                except Exception:
+                    with self._lock:
+                        if name in self._dead:
+                            self._dead[name] = (spec, pool, time.monotonic())
+                    continue
+                finally:
+                    probe.close()
+                with self._lock:
+                    if self._dead.pop(name, None) is None:
+                        continue
+                    nodes = self._nodes
+                    self._swap({**nodes.servers, name: spec}, {**nodes.clients, name: pool})
+                self._emit("node_revived", name, version=self._nodes.version)
+        finally:
+            with self._lock:
+                deadlines = [v[2] + self.dead_timeout for v in self._dead.values()]
+                self._next_probe = min(deadlines) if deadlines else 0.0
+            self._probe_lock.release()
+
+    # ------------------------------------------------------------------ single keys
+
+    def _run(
+        self,
+        command: str,
+        key: AnyKey,
+        args: Tuple[Any, ...],
+        kwargs: Dict[str, Any],
+        on_failure: Any,
+    ) -> Any:
+        nodes = self._nodes
+        routing_key, real_key = _split(key)
+        if self._dead:
+            self._maybe_probe()
+        name = nodes.node_for(routing_key)
+        try:
+            if name is None:
+                raise AllNodesDownError("all memcached nodes are down (every one was ejected)")
+            if self._failures and self._fail_fast(name):
+                raise _NodeResting(f"{name} failed less than {self.retry_timeout} s ago")
+            result = nodes.clients[name]._call(command, (real_key, *args), kwargs)
+        except Exception as exc:
+            if name is not None and _is_connection_failure(exc):
+                self._failed(name, exc)
+            if self.ignore_exc:
+                return on_failure(args, kwargs) if callable(on_failure) else on_failure
+            raise
+        if self._failures and name in self._failures:
+            self._succeeded(name)
+        return result
+
+    # ------------------------------------------------------------------ fan-out
+
+    def _groups(self, nodes: NodeSet, keys: Iterable[AnyKey]) -> Dict[str, List[AnyKey]]:
+        if self._dead:
+            self._maybe_probe()
+        node_for = nodes.node_for
+        groups: Dict[str, List[AnyKey]] = {}
+        for key in keys:
+            name = node_for(key[0] if type(key) is tuple else key)
+            if name is None:
+                raise AllNodesDownError("all memcached nodes are down (every one was ejected)")
+            group = groups.get(name)
+            if group is None:
+                groups[name] = [key]
+            else:
+                group.append(key)
+        return groups
+
+    def _fan_out(
+        self,
+        command: str,
+        nodes: NodeSet,
+        batches: Dict[str, Optional[Tuple[bytes, Callable[[Client, Any], Any], Any]]],
+        fallback: Callable[[str], Any],
+    ) -> Dict[str, Any]:
+        """Send each node its request, then read each reply: ``{node: collected}``.
+
+        A node whose part fails is retried alone through its pool (as the retry policy
+        allows) or, with ignore_exc, left out of the result. A node whose batch is None
+        (too big for one pass) goes alone through its pool from the start.
+        """
+        started: List[Tuple[str, Client]] = []
+        results: Dict[str, Any] = {}
+        failed: Dict[str, BaseException] = {}
+        clean: Dict[str, bool] = {}
+        alone = [name for name, batch in batches.items() if batch is None]
+        try:
+            for name, batch in batches.items():
+                if batch is None:
+                    continue
+                request = batch[0]
+                if self._failures and self._fail_fast(name):
+                    failed[name] = _NodeResting(f"{name} failed recently")
+                    continue
+                pool = nodes.clients[name].client_pool
+                conn = pool.get()
+                started.append((name, conn))
+                clean[name] = False
+                try:
+                    conn._begin(request)
+                except Exception as exc:
+                    failed[name] = exc
+            for name, conn in started:
+                if name in failed:
+                    continue
+                _, collect, arg = batches[name]  # type: ignore[misc]
+                try:
+                    results[name] = conn._complete(collect, arg)
+                    clean[name] = True
+                except Exception as exc:
+                    failed[name] = exc
+        finally:
+            for name, conn in started:
+                nodes.clients[name].client_pool._give_back(conn, destroy=not clean[name])
+        for name in alone:
+            try:
+                results[name] = fallback(name)
+            except Exception as exc:
+                failed[name] = exc
+        for name, error in failed.items():
+            retryable = self.retry is not None and self.retry.is_retryable(command, error)
+            if retryable and name not in alone:
+                try:
+                    results[name] = fallback(name)
+                    continue
+                except Exception as again:
+                    error = again
+            if _is_connection_failure(error):
+                self._failed(name, error)
+            if not self.ignore_exc:
+                raise error
+        if self._failures:
+            for name in results:
+                if name in self._failures:
+                    self._succeeded(name)
+        return results
+
+    def _retrieve(self, command: str, keys: Iterable[AnyKey], with_cas: bool) -> Dict[Any, Any]:
+        keys = list(keys)
+        if not keys:
+            return {}
+        nodes = self._nodes
+        opts = self.options
+        try:
+            groups = self._groups(nodes, keys)
+        except AllNodesDownError:
+            if self.ignore_exc:
+                return {}
+            raise
+        batches: Dict[str, Optional[Tuple[bytes, Callable[[Client, Any], Any], Any]]] = {}
+        wanted_by_node: Dict[str, Dict[bytes, AnyKey]] = {}
+        for name, group in groups.items():
+            plain = validate_keys(map(_real, group), opts.key_prefix, opts.allow_unicode_keys)
+            wanted: Dict[bytes, AnyKey] = (
+                dict(zip(plain, group))
+                if len(plain) == len(group)
+                else {raw: key for raw, key in zip(map(self._raw, group), group)}
+            )
+            wanted_by_node[name] = wanted
+            request = encode_retrieval(command.encode(), list(wanted))
+            # A request too big for one pass goes alone, in passes, through the node's pool.
+            big = len(request) > PIPELINE_BYTES
+            batches[name] = None if big else (request, _collect_items, wanted)
+        many = "gets_many" if with_cas else "get_many"
+
+        def alone(name: str) -> Any:
+            plain = [_real(k) for k in wanted_by_node[name].values()]
+            got = nodes.clients[name]._call(many, (plain,), {})
+            return {"__values__": got}
+
+        found = self._fan_out(many, nodes, batches, alone)
+        serde = opts.serde
+        out: Dict[Any, Any] = {}
+        for name, items in found.items():
+            wanted = wanted_by_node[name]
+            if "__values__" in items:  # came back through the node's own client
+                by_real = {_real(k): k for k in wanted.values()}
+                for real, value in items["__values__"].items():
+                    out[by_real[real]] = value
+                continue
+            for raw, (flags, data, cas) in items.items():
+                key = wanted[raw]
+                real = _real(key)
+                value = serde.deserialize(real, data, flags)
+                if with_cas:
+                    if cas is None:
+                        raise MemcacheProtocolError("gets answered without a cas token")
+                    out[key] = (value, cas)
+                else:
+                    out[key] = value
+        return out
+
+    def get_many(self, keys: Iterable[AnyKey]) -> Dict[Any, Any]:
+        """Values of the keys present over all nodes, fetched from the nodes in parallel."""
+        return self._retrieve("get", keys, False)
+
+    get_multi = get_many
+
+    def gets_many(self, keys: Iterable[AnyKey]) -> Dict[Any, Tuple[Any, Any]]:
+        """``{key: (value, cas)}`` over all nodes, fetched in parallel."""
+        return self._retrieve("gets", keys, True)
+
+    gets_multi = gets_many
+
+    def _pipelined(
+        self,
+        command: str,
+        items: List[Tuple[AnyKey, bytes]],
+        ok: Tuple[bytes, ...],
+        noreply: bool,
+        plain_call: Callable[[str, List[AnyKey]], Any],
+    ) -> Dict[Any, bool]:
+        """Fan out one line per key (set/delete/touch): ``{key: succeeded}``."""
+        nodes = self._nodes
+        try:
+            groups = self._groups(nodes, [k for k, _ in items])
+        except AllNodesDownError:
+            if self.ignore_exc:
+                return {k: False for k, _ in items}
+            raise
+        lines = dict(items)
+        batches: Dict[str, Optional[Tuple[bytes, Callable[[Client, Any], Any], Any]]] = {}
+        for name, group in groups.items():
+            if len(group) > FANOUT_MAX_COMMANDS:
+                batches[name] = None  # goes alone, in passes, through the node's pool
+                continue
+            request = b"".join(lines[k] for k in group)
+            collect = (lambda c, n: None) if noreply else _collect_n
+            batches[name] = (request, collect, len(group))
+
+        def fallback(name: str) -> Any:
+            return plain_call(name, groups[name])
+
+        results = self._fan_out(command, nodes, batches, fallback)
+        out: Dict[Any, bool] = {}
+        for name, group in groups.items():
+            replies = results.get(name)
+            if replies is None:
+                out.update((k, False) for k in group)
+            elif isinstance(replies, dict):  # from the node's own client
+                out.update(replies)
+            elif noreply:
+                out.update((k, True) for k in group)
+            else:
+                errors = [r for r in replies if type(r) is ErrorReply]
+                if errors and not self.ignore_exc:
+                    raise errors[0].exception(f"{command} on {name}")
+                out.update((k, r in ok) for k, r in zip(group, replies))
+        return out
+
+    def set_many(  # type: ignore[override]
+        self,
+        values: Mapping[AnyKey, Any],
+        expire: int = 0,
+        noreply: Optional[bool] = None,
+        flags: Optional[int] = None,
+    ) -> List[Any]:
+        """Store many values over all nodes in parallel; return the keys not stored."""
+        opts = self.options
+        if noreply is None:
+            noreply = opts.default_noreply
+        items = []
+        for key, value in values.items():
+            real = _real(key)
+            raw = self._raw(key)
+            data, data_flags = opts.serde.serialize(real, value)
+            if type(data) is not bytes:
+                data = coerce_to_bytes(data, opts.encoding, real)
+            line = encode_storage(
+                b"set", raw, data, data_flags if flags is None else flags, expire, noreply
+            )
+            items.append((key, line))
+
+        def plain(name: str, group: List[AnyKey]) -> Dict[Any, bool]:
+            sub = {_real(k): values[k] for k in group}
+            failed = set(
+                self._nodes_client(name)._call("set_many", (sub, expire, noreply, flags), {})
+            )
+            return {k: _real(k) not in failed for k in group}
+
+        result = self._pipelined("set_many", items, (STORED,), noreply, plain)
+        return [k for k, stored in result.items() if not stored]
+
+    set_multi = set_many  # type: ignore[assignment]
+
+    def delete_many(self, keys: Iterable[AnyKey], noreply: Optional[bool] = None) -> bool:
+        """Delete many keys over all nodes in parallel. True."""
+        opts = self.options
+        if noreply is None:
+            noreply = opts.default_noreply
+        items = []
+        for key in keys:
+            raw = self._raw(key)
+            items.append((key, encode_delete(raw, noreply)))
+
+        def plain(name: str, group: List[AnyKey]) -> Dict[Any, bool]:
+            reals = [_real(k) for k in group]
+            self._nodes_client(name)._call("delete_many", (reals, noreply), {})
+            return {k: True for k in group}
+
+        self._pipelined("delete_many", items, (DELETED, NOT_FOUND), noreply, plain)
+        return True
+
+    delete_multi = delete_many
+
+    def touch_many(
+        self, keys: Iterable[AnyKey], expire: int = 0, noreply: Optional[bool] = None
+    ) -> Dict[Any, bool]:
+        """Touch many keys over all nodes in parallel: ``{key: whether it existed}``."""
+        opts = self.options
+        if noreply is None:
+            noreply = opts.default_noreply
+        items = []
+        for key in keys:
+            raw = self._raw(key)
+            items.append((key, encode_touch(raw, expire, noreply)))
+
+        def plain(name: str, group: List[AnyKey]) -> Dict[Any, bool]:
+            client = self._nodes_client(name)
+            return {k: client._call("touch", (_real(k), expire, noreply), {}) for k in group}
+
+        return self._pipelined("touch", items, (TOUCHED,), noreply, plain)
+
+    def _raw(self, key: AnyKey) -> bytes:
+        opts = self.options
+        return validate_keys((_real(key),), opts.key_prefix, opts.allow_unicode_keys).popitem()[0]
+
+    def _nodes_client(self, name: str) -> PooledClient:
+        nodes = self._nodes
+        client = nodes.clients.get(name)
+        if client is None:
+            raise MemcacheNetworkError(f"{name} is no longer in the cluster")
+        return client
+
+    # ------------------------------------------------------------------ every node
+
+    def _each(self, command: str, *args: Any, **kwargs: Any) -> Dict[str, Any]:
+        out: Dict[str, Any] = {}
+        for name, client in self._nodes.clients.items():
+            try:
+                out[name] = client._call(command, args, kwargs)
+            except Exception as exc:
+                if _is_connection_failure(exc):
+                    self._failed(name, exc)
+                if not self.ignore_exc:
+                    raise
+        return out
+
+    def stats(self, *args: Any) -> Dict[str, Dict[bytes, Any]]:  # type: ignore[override]
+        """``{node: its stats}`` for every live node."""
+        return self._each("stats", *args)
+
+    def version(self) -> Dict[str, bytes]:  # type: ignore[override]
+        """``{node: its version}``."""
+        return self._each("version")
+
+    def flush_all(self, delay: int = 0, noreply: Optional[bool] = None) -> bool:
+        """Flush every node. True when all answered OK."""
+        return all(self._each("flush_all", delay, noreply).values())
+
+    def cache_memlimit(self, memlimit: int) -> bool:
+        return all(self._each("cache_memlimit", memlimit).values())
+
+    def verbosity(self, level: int, noreply: Optional[bool] = None) -> bool:
+        return all(self._each("verbosity", level, noreply).values())
+
+    def quit(self) -> None:
+        self._each("quit")
+
+    def close(self) -> None:
+        """Close every idle connection of every node (live or dead)."""
+        for client in list(self._nodes.clients.values()):
+            client.close()
+        for _, pool, _ in list(self._dead.values()):
+            pool.close()
+
+    disconnect_all = close
+
+    def __enter__(self) -> HashClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        nodes = self._nodes
+        return (
+            f"<{type(self).__name__} v{nodes.version} nodes={list(nodes.names)} "
+            f"dead={list(self._dead)}>"
+        )
+
+    def __getitem__(self, key: AnyKey) -> Any:
+        value = self._run("get", key, (_MISSING,), {}, _MISSING)
+        if value is _MISSING:
+            raise KeyError(key)
+        return value
+
+    def __setitem__(self, key: AnyKey, value: Any) -> None:
+        self._run("set", key, (value,), {}, False)
+
+    def __delitem__(self, key: AnyKey) -> None:
+        self._run("delete", key, (), {}, False)
+
+
+def _default_arg(position: int, name: str, fallback: Any = None) -> Callable[..., Any]:
+    """What ignore_exc returns: the caller's ``default`` argument (by position or name)."""
+
+    def pick(args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> Any:
+        if name in kwargs:
+            return kwargs[name]
+        return args[position] if len(args) > position else fallback
+
+    return pick
+
+
+def _both_defaults(args: Tuple[Any, ...], kwargs: Dict[str, Any], offset: int = 0) -> Any:
+    return (
+        _default_arg(offset, "default")(args, kwargs),
+        _default_arg(offset + 1, "cas_default")(args, kwargs),
+    )
+
+
+# command -> what it returns with ignore_exc when its node fails
+_ON_FAILURE: Dict[str, Any] = {
+    "get": _default_arg(0, "default"),
+    "gat": _default_arg(1, "default"),
+    "gets": _both_defaults,
+    "gats": lambda a, kw: _both_defaults(a, kw, 1),
+    "set": False,
+    "add": False,
+    "replace": False,
+    "append": False,
+    "prepend": False,
+    "cas": False,
+    "delete": False,
+    "touch": False,
+    "incr": None,
+    "decr": None,
+}
+
+
+def _keyed(command: str) -> Callable[..., Any]:
+    method = getattr(Client, command)
+    on_failure = _ON_FAILURE[command]
+
+    def call(self: HashClient, key: AnyKey, *args: Any, **kwargs: Any) -> Any:
+        return self._run(command, key, args, kwargs, on_failure)
+
+    call.__name__ = call.__qualname__ = command
+    call.__doc__ = method.__doc__
+    call.__wrapped__ = method  # type: ignore[attr-defined]
+    return call
+
+
+for _command in _ON_FAILURE:
+    setattr(HashClient, _command, _keyed(_command))
+del _command
