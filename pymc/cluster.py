@@ -223,9 +223,14 @@ class HashClient(_Commands):
     # ------------------------------------------------------------------ the node set
 
     @property
-    def nodes(self) -> NodeSet:
-        """The current snapshot."""
+    def snapshot(self) -> NodeSet:
+        """The current immutable snapshot of the node set."""
         return self._nodes
+
+    @property
+    def nodes(self) -> List[ServerSpec]:
+        """The live nodes now: ``[(host, port), ...]`` (a path for UNIX sockets)."""
+        return list(self._nodes.servers.values())
 
     @property
     def clients(self) -> Dict[str, PooledClient]:
