@@ -51,6 +51,7 @@ from .protocol import (
     OK,
     STORED,
     TOUCHED,
+    ClusterConfig,
     ErrorReply,
     Reader,
     Reply,
@@ -58,6 +59,7 @@ from .protocol import (
     Version,
     encode_auth,
     encode_cache_memlimit,
+    encode_config_get,
     encode_delete,
     encode_flush_all,
     encode_incr_decr,
@@ -269,6 +271,13 @@ def _collect_stats(client: Client, _: object) -> Union[Dict[bytes, bytes], Error
             raise MemcacheProtocolError(f"unexpected reply to stats: {reply!r}")
 
 
+def _collect_config(client: Client, _: object) -> Reply:
+    reply = client._reply()
+    if type(reply) is ClusterConfig and client._reply() is not END:
+        raise MemcacheProtocolError("a CONFIG block not followed by END")
+    return reply
+
+
 def _collect_raw(client: Client, token: bytes) -> bytes:
     return client._read_until(token)
 
@@ -376,6 +385,9 @@ class Client:
         self.options = options
         self.sock: Optional[socket.socket] = None
         self._reader: Optional[Reader] = None
+        #: The name TLS checks the certificate against, when it is not the host connected
+        #: to (a node reached by IP whose certificate names its DNS name).
+        self.tls_hostname: Optional[str] = None
         # Hot-path copies of options (attribute reads on self are the cheapest).
         self._serde = options.serde
         self._prefix = options.key_prefix
@@ -421,7 +433,7 @@ class Client:
             else:
                 sock = self._connect_tcp(mod, server, opts)
             if opts.tls_context is not None:
-                hostname = None if isinstance(server, str) else server[0]
+                hostname = self.tls_hostname or (None if isinstance(server, str) else server[0])
                 sock = opts.tls_context.wrap_socket(sock, server_hostname=hostname)
             sock.settimeout(opts.timeout)
             self.sock = sock
@@ -978,6 +990,15 @@ class Client:
         if type(reply) is Version:
             return reply.version
         self._bad_reply(reply, "version")
+
+    def cluster_config(self) -> ClusterConfig:
+        """AWS ElastiCache's ``config get cluster``: the cluster's version and nodes.
+        A server that is not an ElastiCache configuration endpoint answers ``ERROR``:
+        :class:`MemcacheUnknownCommandError`."""
+        reply = self._execute(encode_config_get(b"cluster"), _collect_config, None)
+        if type(reply) is ClusterConfig:
+            return reply
+        self._bad_reply(reply, "config get cluster")
 
     def quit(self) -> None:
         """Tell the server to close the connection, and close it."""

@@ -212,6 +212,7 @@ class HashClient(_Commands):
         self._dead: Dict[str, Tuple[ServerSpec, PooledClient, float]] = {}
         self._next_probe = 0.0
         self._probe_lock = threading.Lock()  # held while a probe thread runs
+        self._tls_hostnames: Dict[str, str] = {}  # node -> name its certificate carries
         specs = [normalize_server_spec(s) for s in servers]
         self._nodes = NodeSet(
             0,
@@ -238,7 +239,10 @@ class HashClient(_Commands):
         return dict(self._nodes.clients)
 
     def _make_pool(self, server: ServerSpec) -> PooledClient:
-        return PooledClient(server, options=self._node_options, **self._pool_args)
+        hostname = self._tls_hostnames.get(server_name(server))
+        return PooledClient(
+            server, options=self._node_options, tls_hostname=hostname, **self._pool_args
+        )
 
     def _emit(self, event: str, node: str, **info: Any) -> None:
         level = logging.INFO if event in ("snapshot_swapped", "node_revived") else logging.WARNING

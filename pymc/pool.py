@@ -391,10 +391,12 @@ class PooledClient(_Commands):
         pool_timeout: Optional[float] = DEFAULT_POOL_TIMEOUT,
         retry: Optional[RetryPolicy] = None,
         max_lifetime: Optional[float] = None,
+        tls_hostname: Optional[str] = None,
         options: Optional[ClientOptions] = None,
         **client_options: Any,
     ) -> None:
         self.server = normalize_server_spec(server)
+        self.tls_hostname = tls_hostname
         if options is None:
             options = ClientOptions.create(serde, **client_options)
         elif serde is not None or client_options:
@@ -414,7 +416,9 @@ class PooledClient(_Commands):
         )
 
     def _create_client(self) -> Client:
-        return self.client_class.from_options(self.server, self.options)
+        client = self.client_class.from_options(self.server, self.options)
+        client.tls_hostname = self.tls_hostname
+        return client
 
     @property
     def key_prefix(self) -> bytes:
