@@ -1,9 +1,11 @@
 """``make bench``: pymc against pymemcache, pylibmc and a bare socket, in one run.
 
 Every client runs every case on the same servers with the same keys and values. Rounds are
-interleaved (pymc, peer, peer, ... then again) so that drift in the machine's speed hits
-every client alike, and each case reports the best round. Figures are relative: compare the
-ratios, not the absolute numbers, between machines.
+interleaved (pymc, then each peer, then again) so that drift in the machine's speed hits
+every client alike, and each case reports its best round. By default the servers and the
+benchmark share one CPU, so that an exchange costs the same for every client and what differs
+is the clients' own work. Figures are relative: compare ratios, not absolute numbers, across
+machines.
 """
 
 from __future__ import annotations
@@ -12,170 +14,27 @@ import argparse
 import json
 import os
 import platform
-import socket
 import statistics
+import subprocess
 import sys
 import threading
 import time
-from dataclasses import asdict, dataclass
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
+from . import cases as bench_cases
+from .report import Result, chart, table
 from .servers import Address, LocalCluster
 
-VALUE = b"v" * 100
-Op = Callable[[], Any]
+Samples = Tuple[float, List[int]]
 
 
-@dataclass
-class Result:
-    case: str
-    client: str
-    ops_per_sec: float
-    p50_us: float
-    p99_us: float
-
-
-def _bare_get(address: Address, key: bytes) -> Op:
-    """The floor: the same single-key exchange with no client library at all."""
-    sock = socket.create_connection(address)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    request = b"get " + key + b"\r\n"
-
-    def op() -> bytes:
-        sock.sendall(request)
-        data = sock.recv(65536)
-        while not data.endswith(b"END\r\n"):
-            data += sock.recv(65536)
-        return data
-
-    return op
-
-
-def _bare_set(address: Address, key: bytes) -> Op:
-    sock = socket.create_connection(address)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    request = b"set %s 0 0 %d\r\n%s\r\n" % (key, len(VALUE), VALUE)
-
-    def op() -> bytes:
-        sock.sendall(request)
-        data = sock.recv(65536)
-        while not data.endswith(b"\r\n"):
-            data += sock.recv(65536)
-        return data
-
-    return op
-
-
-def _clients(address: Address) -> Dict[str, Any]:
-    import pylibmc
-    from pymemcache.client.base import Client as PymemcacheClient
-
-    import pymc
-
-    return {
-        "pymc": pymc.Client(address),
-        "pymemcache": PymemcacheClient(address, no_delay=True, default_noreply=False),
-        "pylibmc": pylibmc.Client(
-            ["%s:%d" % address], binary=False, behaviors={"tcp_nodelay": True}
-        ),
-    }
-
-
-def single_server_cases(address: Address) -> Dict[str, Dict[str, Op]]:
-    """``{case: {client: op}}`` for the single-server cases."""
-    clients = _clients(address)
-    keys100 = [f"bench:many:{i}" for i in range(100)]
-    for c in clients.values():
-        c.set("bench:one", VALUE)
-        for k in keys100:
-            c.set(k, VALUE)
-    cases: Dict[str, Dict[str, Op]] = {
-        "Client.get": {name: (lambda c=c: c.get("bench:one")) for name, c in clients.items()},
-        "Client.set": {
-            name: (lambda c=c: c.set("bench:one", VALUE)) for name, c in clients.items()
-        },
-        "Client.get_many(100)": {
-            "pymc": lambda c=clients["pymc"]: c.get_many(keys100),
-            "pymemcache": lambda c=clients["pymemcache"]: c.get_many(keys100),
-            "pylibmc": lambda c=clients["pylibmc"]: c.get_multi(keys100),
-        },
-    }
-    cases.update(pooled_cases(address))
-    cases["Client.get"]["bare socket"] = _bare_get(address, b"bench:one")
-    cases["Client.set"]["bare socket"] = _bare_set(address, b"bench:one")
-    return cases
-
-
-def pooled_cases(address: Address) -> Dict[str, Dict[str, Any]]:
-    """PooledClient.get alone and under 4, 16 and 64 threads."""
-    import pylibmc
-    from pymemcache.client.base import PooledClient as PymemcachePooled
-
-    import pymc
-
-    pymc_pool = pymc.PooledClient(address)
-    peer_pool = PymemcachePooled(address, no_delay=True, default_noreply=False)
-    libmc_pool = pylibmc.ClientPool(
-        pylibmc.Client(["%s:%d" % address], binary=False, behaviors={"tcp_nodelay": True}), 64
-    )
-
-    def libmc_get() -> Any:
-        with libmc_pool.reserve() as mc:
-            return mc.get("bench:one")
-
-    ops: Dict[str, Op] = {
-        "pymc": lambda: pymc_pool.get("bench:one"),
-        "pymemcache": lambda: peer_pool.get("bench:one"),
-        "pylibmc": libmc_get,
-    }
-    cases: Dict[str, Dict[str, Any]] = {"PooledClient.get": dict(ops)}
-    for threads in (4, 16, 64):
-        cases[f"PooledClient.get x{threads}"] = {n: Threaded(op, threads) for n, op in ops.items()}
-    return cases
-
-
-def _check(cases: Dict[str, Dict[str, Op]]) -> None:
-    """Refuse to time a client that returns the wrong thing."""
-    for name, op in cases["Client.get"].items():
-        got = op()
-        assert got == VALUE or (name == "bare socket" and VALUE in got), (name, got)
-    for name, op in cases["Client.get_many(100)"].items():
-        assert len(op()) == 100, name
-
-
-@dataclass
-class Threaded:
-    """An op run by ``threads`` threads at once; the case reports their total ops/s."""
-
-    op: Op
-    threads: int
-
-
-def measure_threaded(case: Threaded, seconds: float) -> Tuple[float, List[int]]:
-    samples: List[List[int]] = []
-    barrier = threading.Barrier(case.threads)
-
-    def worker() -> None:
-        barrier.wait()
-        samples.append(measure(case.op, seconds)[1])
-
-    threads = [threading.Thread(target=worker) for _ in range(case.threads)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    flat = [x for s in samples for x in s]
-    return len(flat) / seconds, flat
-
-
-def measure(op: Op, seconds: float) -> Tuple[float, List[int]]:
+def measure(op: bench_cases.Op, seconds: float) -> Samples:
     """Run ``op`` for about ``seconds``; return ops/s and each op's latency in ns."""
     clock = time.perf_counter_ns
     samples: List[int] = []
     append = samples.append
-    deadline = clock() + int(seconds * 1e9)
-    start = clock()
-    now = start
+    start = now = clock()
+    deadline = start + int(seconds * 1e9)
     while now < deadline:
         op()
         after = clock()
@@ -184,97 +43,140 @@ def measure(op: Op, seconds: float) -> Tuple[float, List[int]]:
     return len(samples) / ((now - start) / 1e9), samples
 
 
-def run(
-    cases: Dict[str, Dict[str, Op]], rounds: int, seconds: float, progress: bool = True
-) -> List[Result]:
-    best: Dict[Tuple[str, str], Tuple[float, List[int]]] = {}
-    total = rounds * sum(len(v) for v in cases.values())
-    done = 0
+def measure_threaded(case: bench_cases.Threaded, seconds: float) -> Samples:
+    collected: List[List[int]] = []
+    barrier = threading.Barrier(case.threads)
+
+    def worker() -> None:
+        barrier.wait()
+        collected.append(measure(case.op, seconds)[1])
+
+    threads = [threading.Thread(target=worker) for _ in range(case.threads)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    flat = [x for part in collected for x in part]
+    return len(flat) / seconds, flat
+
+
+class Progress:
+    def __init__(self, total: int, enabled: bool) -> None:
+        self.total, self.done, self.enabled = total, 0, enabled
+
+    def step(self, label: str) -> None:
+        self.done += 1
+        if self.enabled:
+            bar = "#" * (30 * self.done // max(self.total, 1))
+            sys.stderr.write(f"\r[{bar:<30}] {self.done}/{self.total} {label:<45}")
+            sys.stderr.flush()
+
+    def finish(self) -> None:
+        if self.enabled:
+            sys.stderr.write("\n")
+
+
+def _result(case: str, client: str, rate: float, samples: List[int]) -> Result:
+    samples.sort()
+    p99 = samples[min(len(samples) - 1, int(len(samples) * 0.99))]
+    return Result(case, client, rate, statistics.median(samples) / 1000, p99 / 1000)
+
+
+def run(cases: bench_cases.Cases, rounds: int, seconds: float, progress: Progress) -> List[Result]:
+    best: Dict[Tuple[str, str], Samples] = {}
     for _ in range(rounds):
         for case, ops in cases.items():
             for client, op in ops.items():
-                if isinstance(op, Threaded):
+                if isinstance(op, bench_cases.Threaded):
                     rate, samples = measure_threaded(op, seconds)
                 else:
-                    for _ in range(200):  # warm up caches and connections
+                    for _ in range(200):  # warm up connections and caches
                         op()
                     rate, samples = measure(op, seconds)
                 if rate > best.get((case, client), (0.0, []))[0]:
                     best[(case, client)] = (rate, samples)
-                done += 1
-                if progress:
-                    bar = "#" * (30 * done // total)
-                    sys.stderr.write(f"\r[{bar:<30}] {done}/{total} {case} {client:<12}")
-                    sys.stderr.flush()
-    if progress:
-        sys.stderr.write("\n")
+                progress.step(f"{case} {client}")
+    return [_result(case, client, *best[(case, client)]) for case, client in best]
+
+
+def run_gevent(
+    address: Address, counts: Sequence[int], rounds: int, seconds: float, progress: Progress
+) -> List[Result]:
     results = []
-    for (case, client), (rate, samples) in best.items():
-        samples.sort()
-        results.append(
-            Result(
-                case,
-                client,
-                rate,
-                statistics.median(samples) / 1000,
-                samples[min(len(samples) - 1, int(len(samples) * 0.99))] / 1000,
-            )
-        )
+    for greenlets in counts:
+        proc = subprocess.run(
+            [sys.executable, "-m", "benchmarks.gevent_case", bench_cases.spec(address),
+             str(greenlets), str(seconds), str(rounds)],
+            capture_output=True, text=True, timeout=600, check=False,
+            cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+        )  # fmt: skip
+        if proc.returncode != 0:
+            raise SystemExit(f"gevent case failed:\n{proc.stderr}")
+        for client, r in json.loads(proc.stdout).items():
+            results.append(
+                Result(f"gevent get x{greenlets}", client, r["ops_per_sec"], r["p50_us"],
+                       r["p99_us"])
+            )  # fmt: skip
+        progress.step(f"gevent x{greenlets}")
     return results
-
-
-def table(results: List[Result]) -> str:
-    by_case: Dict[str, Dict[str, Result]] = {}
-    for r in results:
-        by_case.setdefault(r.case, {})[r.client] = r
-    lines = [
-        f"{'case':<24} {'client':<12} {'ops/s':>10} {'p50 us':>8} {'p99 us':>8}  pymc ratio",
-        "-" * 78,
-    ]
-    for case, rows in by_case.items():
-        pymc = rows.get("pymc")
-        for client, r in rows.items():
-            ratio = ""
-            if pymc is not None and client != "pymc":
-                ratio = f"{pymc.ops_per_sec / r.ops_per_sec:.2f}x vs {client}"
-            lines.append(
-                f"{case:<24} {client:<12} {r.ops_per_sec:>10,.0f} {r.p50_us:>8.1f} "
-                f"{r.p99_us:>8.1f}  {ratio}"
-            )
-    return "\n".join(lines)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
-    parser.add_argument("--servers", help="host:port,... of servers to use instead of local")
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (best kept)")
+    parser.add_argument("--servers", help="host:port,... to use instead of 4 local servers")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds, best kept")
     parser.add_argument("--seconds", type=float, default=0.5, help="seconds per round and case")
+    parser.add_argument("--cpu", type=int, default=0, help="CPU to pin servers and bench to")
+    parser.add_argument("--no-pin", action="store_true", help="do not pin to one CPU")
+    parser.add_argument("--quick", action="store_true", help="one short round (smoke test)")
     parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
+    parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
+    if args.quick:
+        args.rounds, args.seconds = 1, 0.1
+    pin = None if args.no_pin or not hasattr(os, "sched_setaffinity") else args.cpu
+    if pin is not None:
+        os.sched_setaffinity(0, {pin})
 
     cluster = None
     if args.servers:
-        host, _, port = args.servers.split(",")[0].rpartition(":")
-        address: Address = (host, int(port))
+        addresses = []
+        for item in args.servers.split(","):
+            host, _, port = item.rpartition(":")
+            addresses.append((host, int(port)))
     else:
-        cluster = LocalCluster(count=1)
-        address = cluster.addresses[0]
+        cluster = LocalCluster(count=4, cpu=pin)
+        addresses = cluster.addresses
     try:
-        cases = single_server_cases(address)
-        _check(cases)
-        results = run(cases, args.rounds, args.seconds)
+        cases: bench_cases.Cases = {}
+        cases.update(bench_cases.single_server(addresses[0]))
+        cases.update(bench_cases.pooled(addresses[0]))
+        cases.update(bench_cases.cluster(addresses))
+        bench_cases.check(cases)
+        gevent_counts = (100, 1000)
+        total = args.rounds * sum(len(v) for v in cases.values()) + len(gevent_counts)
+        progress = Progress(total, not args.no_progress)
+        results = run(cases, args.rounds, args.seconds, progress)
+        results += run_gevent(addresses[0], gevent_counts, args.rounds, args.seconds, progress)
+        progress.finish()
     finally:
         if cluster is not None:
             cluster.stop()
+
+    machine = (
+        f"{platform.machine()}, {os.cpu_count()} cores"
+        f"{f' (bench pinned to CPU {pin})' if pin is not None else ''}, "
+        f"Python {platform.python_version()}, {len(addresses)} memcached nodes"
+    )
     text = table(results)
     print(text)
     os.makedirs(args.out, exist_ok=True)
-    machine = f"{platform.machine()} {os.cpu_count()} cores, Python {platform.python_version()}"
     with open(os.path.join(args.out, "latest.json"), "w") as f:
-        json.dump({"machine": machine, "results": [asdict(r) for r in results]}, f, indent=1)
+        json.dump({"machine": machine, "results": [r.__dict__ for r in results]}, f, indent=1)
     with open(os.path.join(args.out, "latest.txt"), "w") as f:
         f.write(f"{machine}\n\n{text}\n")
-    print(f"\nmachine: {machine}; written to {args.out}/latest.{{txt,json}}")
+    png = chart(results, os.path.join(args.out, "throughput.png"), machine)
+    print(f"\n{machine}\nwritten: {args.out}/latest.txt, latest.json" + (f", {png}" if png else ""))
     return 0
 
 

@@ -8,7 +8,7 @@ import shutil
 import socket
 import subprocess
 import time
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
 Address = Tuple[str, int]
 
@@ -22,7 +22,9 @@ def _free_port() -> int:
 class LocalCluster:
     """``count`` memcached nodes on free 127.0.0.1 ports."""
 
-    def __init__(self, count: int = 4, memory_mb: int = 256, threads: int = 2) -> None:
+    def __init__(
+        self, count: int = 4, memory_mb: int = 256, threads: int = 2, cpu: Optional[int] = None
+    ) -> None:
         binary = shutil.which("memcached")
         if binary is None:
             raise SystemExit("memcached not found: install it (apt-get install memcached)")
@@ -31,10 +33,11 @@ class LocalCluster:
         for _ in range(count):
             port = _free_port()
             args = [binary, "-l", "127.0.0.1", "-p", str(port), "-U", "0"]
-            args += ["-m", str(memory_mb), "-t", str(threads)]
+            args += ["-m", str(memory_mb), "-t", str(threads), "-c", "8192"]
             if os.geteuid() == 0:
                 args += ["-u", "root"]
-            self._procs.append(subprocess.Popen(args, stderr=subprocess.DEVNULL))
+            pin = None if cpu is None else (lambda: os.sched_setaffinity(0, {cpu}))
+            self._procs.append(subprocess.Popen(args, stderr=subprocess.DEVNULL, preexec_fn=pin))
             self.addresses.append(("127.0.0.1", port))
         atexit.register(self.stop)
         deadline = time.monotonic() + 5

@@ -1,6 +1,8 @@
 """pymc: a fast, thread- and gevent-safe memcached client, a drop-in for pymemcache."""
 
 from .client import Client, ClientOptions, KeepaliveOpts
+from .cluster import HashClient
+from .elasticache import AWSElastiCacheHashClient, ElastiCacheClient
 from .exceptions import (
     MemcacheAuthenticationError,
     MemcacheClientError,
@@ -17,15 +19,20 @@ from .exceptions import (
     MemcacheUnknownCommandError,
     MemcacheUnknownError,
 )
+from .hashing import KetamaHash, RendezvousHash
 from .pool import ObjectPool, PooledClient
 from .retry import RetryingClient, RetryPolicy
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AWSElastiCacheHashClient",
     "Client",
     "ClientOptions",
+    "ElastiCacheClient",
+    "HashClient",
     "KeepaliveOpts",
+    "KetamaHash",
     "MemcacheAuthenticationError",
     "MemcacheClientError",
     "MemcacheConnectError",
@@ -42,6 +49,7 @@ __all__ = [
     "MemcacheUnknownError",
     "ObjectPool",
     "PooledClient",
+    "RendezvousHash",
     "RetryPolicy",
     "RetryingClient",
 ]

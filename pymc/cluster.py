@@ -131,6 +131,14 @@ class NodeSet:
             cache[key] = name
         return name
 
+    def remember(self, keys: List[Any], name: str) -> None:
+        """Cache the placement of ``keys`` (all on node ``name``)."""
+        cache = self._cache
+        if len(cache) + len(keys) > PLACEMENT_CACHE_SIZE:
+            cache.clear()
+        for key in keys:
+            cache[key] = name
+
     def __repr__(self) -> str:
         return f"<NodeSet v{self.version} {list(self.names)}>"
 
@@ -408,19 +416,35 @@ class HashClient(_Commands):
     # ------------------------------------------------------------------ fan-out
 
     def _groups(self, nodes: NodeSet, keys: Iterable[AnyKey]) -> Dict[str, List[AnyKey]]:
+        """Keys grouped by node: placements come from the snapshot's cache, and the keys
+        it has not seen are placed in one batch by the locator when it can."""
         if self._dead:
             self._maybe_probe()
-        node_for = nodes.node_for
+        if not nodes.names:
+            raise AllNodesDownError("all memcached nodes are down (every one was ejected)")
+        cache = nodes._cache
         groups: Dict[str, List[AnyKey]] = {}
+        unseen: List[AnyKey] = []
         for key in keys:
-            name = node_for(key[0] if type(key) is tuple else key)
+            name = cache.get(key[0] if type(key) is tuple else key)
             if name is None:
-                raise AllNodesDownError("all memcached nodes are down (every one was ejected)")
-            group = groups.get(name)
-            if group is None:
-                groups[name] = [key]
+                unseen.append(key)
             else:
-                group.append(key)
+                group = groups.get(name)
+                if group is None:
+                    groups[name] = [key]
+                else:
+                    group.append(key)
+        if unseen:
+            batch = getattr(nodes.locator, "get_nodes", None)
+            if batch is not None and not any(type(k) is tuple for k in unseen):
+                for name, placed in batch(unseen).items():
+                    groups.setdefault(name, []).extend(placed)
+                    nodes.remember(placed, name)
+            else:
+                for key in unseen:
+                    name = nodes.node_for(key[0] if type(key) is tuple else key)
+                    groups.setdefault(name, []).append(key)  # type: ignore[arg-type]
         return groups
 
     def _fan_out(
@@ -442,7 +466,11 @@ class HashClient(_Commands):
         clean: Dict[str, bool] = {}
         alone = [name for name, batch in batches.items() if batch is None]
         try:
-            for name, batch in batches.items():
+            # Connections are checked out in one global order (by node name): two fan-outs
+            # that each hold one node's last connection and wait for the other's would
+            # otherwise deadlock (until the pool timeout) when pools are small.
+            for name in sorted(batches):
+                batch = batches[name]
                 if batch is None:
                     continue
                 request = batch[0]

@@ -1,0 +1,159 @@
+"""The benchmark cases: ``{case: {client: op}}``, every client on the same servers and keys.
+
+An op is a no-argument callable doing one operation; a :class:`Threaded` op is run by many
+threads at once. Every client is checked for correct answers before it is timed.
+"""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Sequence
+
+from .servers import Address
+
+VALUE = b"v" * 100
+Op = Callable[[], Any]
+Cases = Dict[str, Dict[str, Any]]
+
+
+@dataclass
+class Threaded:
+    """An op run by ``threads`` threads at once; the case reports their total ops/s."""
+
+    op: Op
+    threads: int
+
+
+def spec(address: Address) -> str:
+    return "%s:%d" % address  # noqa: UP031
+
+
+def bare_exchange(address: Address, request: bytes, end: bytes) -> Op:
+    """The floor: the same exchange over a plain socket, no client library at all."""
+    sock = socket.create_connection(address)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def op() -> bytes:
+        sock.sendall(request)
+        data = sock.recv(65536)
+        while not data.endswith(end):
+            data += sock.recv(65536)
+        return data
+
+    return op
+
+
+def _libmc(addresses: Sequence[Address], **behaviors: Any) -> Any:
+    import pylibmc
+
+    return pylibmc.Client(
+        [spec(a) for a in addresses],
+        binary=False,
+        behaviors={"tcp_nodelay": True, **behaviors},
+    )
+
+
+def single_server(address: Address) -> Cases:
+    """Client get/set/get_many(100) on one server, plus the bare-socket floor."""
+    from pymemcache.client.base import Client as PymemcacheClient
+
+    import pymc
+
+    clients = {
+        "pymc": pymc.Client(address),
+        "pymemcache": PymemcacheClient(address, no_delay=True, default_noreply=False),
+        "pylibmc": _libmc([address]),
+    }
+    keys = [f"bench:many:{i}" for i in range(100)]
+    for client in clients.values():
+        client.set("bench:one", VALUE)
+        for key in keys:
+            client.set(key, VALUE)
+    get_many = {
+        "pymc": clients["pymc"].get_many,
+        "pymemcache": clients["pymemcache"].get_many,
+        "pylibmc": clients["pylibmc"].get_multi,
+    }
+    cases: Cases = {
+        "Client.get": {n: (lambda c=c: c.get("bench:one")) for n, c in clients.items()},
+        "Client.set": {n: (lambda c=c: c.set("bench:one", VALUE)) for n, c in clients.items()},
+        "Client.get_many(100)": {n: (lambda f=f: f(keys)) for n, f in get_many.items()},
+    }
+    cases["Client.get"]["bare socket"] = bare_exchange(address, b"get bench:one\r\n", b"END\r\n")
+    set_request = b"set bench:one 0 0 %d\r\n%s\r\n" % (len(VALUE), VALUE)
+    cases["Client.set"]["bare socket"] = bare_exchange(address, set_request, b"\r\n")
+    return cases
+
+
+def pooled(address: Address, thread_counts: Sequence[int] = (1, 4, 16, 64)) -> Cases:
+    """PooledClient.get alone and under several threads."""
+    import pylibmc
+    from pymemcache.client.base import PooledClient as PymemcachePooled
+
+    import pymc
+
+    pymc_pool = pymc.PooledClient(address)
+    peer_pool = PymemcachePooled(address, no_delay=True, default_noreply=False)
+    libmc_pool = pylibmc.ClientPool(_libmc([address]), max(thread_counts))
+    pymc_pool.set("bench:one", VALUE)
+
+    def libmc_get() -> Any:
+        with libmc_pool.reserve() as mc:
+            return mc.get("bench:one")
+
+    ops: Dict[str, Op] = {
+        "pymc": lambda: pymc_pool.get("bench:one"),
+        "pymemcache": lambda: peer_pool.get("bench:one"),
+        "pylibmc": libmc_get,
+    }
+    cases: Cases = {}
+    for n in thread_counts:
+        name = "PooledClient.get" if n == 1 else f"PooledClient.get x{n}"
+        cases[name] = dict(ops) if n == 1 else {c: Threaded(op, n) for c, op in ops.items()}
+    return cases
+
+
+def cluster(addresses: List[Address]) -> Cases:
+    """HashClient get/set and get_many of 10 and 100 keys over all the servers."""
+    from pymemcache.client.hash import HashClient as PymemcacheHash
+
+    import pymc
+
+    clients = {
+        "pymc": pymc.HashClient(addresses),
+        "pymemcache": PymemcacheHash(addresses, no_delay=True, default_noreply=False),
+        "pylibmc": _libmc(addresses, ketama_weighted=True),
+    }
+    keys = [f"bench:cluster:{i}" for i in range(100)]
+    for client in clients.values():
+        for key in keys:
+            client.set(key, VALUE)
+    cases: Cases = {
+        "HashClient.get": {n: (lambda c=c: c.get("bench:cluster:7")) for n, c in clients.items()},
+        "HashClient.set": {
+            n: (lambda c=c: c.set("bench:cluster:7", VALUE)) for n, c in clients.items()
+        },
+    }
+    for count in (10, 100):
+        subset = keys[:count]
+        cases[f"HashClient.get_many({count})"] = {
+            "pymc": lambda s=subset: clients["pymc"].get_many(s),
+            "pymemcache": lambda s=subset: clients["pymemcache"].get_many(s),
+            "pylibmc": lambda s=subset: clients["pylibmc"].get_multi(s),
+        }
+    return cases
+
+
+def check(cases: Cases) -> None:
+    """Refuse to time a client that answers wrongly."""
+    for case, ops in cases.items():
+        for name, op in ops.items():
+            if isinstance(op, Threaded) or name == "bare socket":
+                continue
+            got = op()
+            if "get_many" in case:
+                want = int(case.split("(")[1].rstrip(")"))
+                assert len(got) == want and set(got.values()) == {VALUE}, (case, name)
+            elif ".get" in case:
+                assert got == VALUE, (case, name, got)

@@ -1,0 +1,73 @@
+"""The benchmark's outputs: a plain table with ratios, and a throughput chart."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Dict, List, Optional
+
+
+@dataclass
+class Result:
+    case: str
+    client: str
+    ops_per_sec: float
+    p50_us: float
+    p99_us: float
+
+
+def table(results: List[Result]) -> str:
+    by_case: Dict[str, Dict[str, Result]] = {}
+    for r in results:
+        by_case.setdefault(r.case, {})[r.client] = r
+    lines = [
+        f"{'case':<26} {'client':<12} {'ops/s':>10} {'p50 us':>9} {'p99 us':>9}  pymc is",
+        "-" * 86,
+    ]
+    for case, rows in by_case.items():
+        mine = rows.get("pymc")
+        for client, r in rows.items():
+            ratio = ""
+            if mine is not None and client != "pymc":
+                ratio = f"{mine.ops_per_sec / r.ops_per_sec:.2f}x {client}"
+            lines.append(
+                f"{case:<26} {client:<12} {r.ops_per_sec:>10,.0f} {r.p50_us:>9.1f} "
+                f"{r.p99_us:>9.1f}  {ratio}"
+            )
+    return "\n".join(lines)
+
+
+def chart(results: List[Result], path: str, title: str) -> Optional[str]:
+    """Throughput against concurrency per client (threads and greenlets); None without
+    matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    series: Dict[str, Dict[str, Dict[int, float]]] = {"threads": {}, "greenlets": {}}
+    for r in results:
+        if r.case.startswith("PooledClient.get"):
+            m = re.search(r"x(\d+)$", r.case)
+            series["threads"].setdefault(r.client, {})[int(m.group(1)) if m else 1] = r.ops_per_sec
+        elif r.case.startswith("gevent get"):
+            n = int(r.case.rsplit("x", 1)[1])
+            series["greenlets"].setdefault(r.client, {})[n] = r.ops_per_sec
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for ax, (kind, clients) in zip(axes, series.items()):
+        for client, points in sorted(clients.items()):
+            xs = sorted(points)
+            ax.plot(xs, [points[x] for x in xs], marker="o", label=client)
+        ax.set_xscale("log")
+        ax.set_xlabel(f"concurrent {kind}")
+        ax.set_ylabel("get ops/s (all callers)")
+        ax.set_title(f"pooled get under {kind}")
+        ax.grid(True, alpha=0.3)
+        ax.legend()
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
