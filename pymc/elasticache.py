@@ -98,7 +98,7 @@ class ElastiCacheClient(HashClient):
             self._warn(f"discovery at start-up failed ({exc!r}); using the endpoint as a node")
             self.set_servers([self.endpoint])
         else:
-            self._apply(config)
+            self._apply(config, notify=False)  # the first node set is no change
         self._poller = threading.Thread(
             target=self._poll, name=f"pymc-elasticache-{server_name(self.endpoint)}", daemon=True
         )
@@ -127,7 +127,7 @@ class ElastiCacheClient(HashClient):
                 self._tls_hostnames[server_name((host, node.port))] = node.hostname
         return servers
 
-    def _apply(self, config: ClusterConfig) -> bool:
+    def _apply(self, config: ClusterConfig, notify: bool = True) -> bool:
         """Use ``config`` if it is newer than what we have; return whether nodes changed."""
         with self._refresh_lock:
             current = self.config_version
@@ -137,12 +137,14 @@ class ElastiCacheClient(HashClient):
                         f"it reported version {config.version}, older than {current}; "
                         "keeping the last good node set"
                     )
+                else:  # a good answer: the next failure is news again
+                    self._warned = False
                 return False
             old = self.nodes
             changed = self.set_servers(self._servers_of(config))
             self.config_version = config.version
             self._warned = False
-        if changed and self.on_change is not None:
+        if changed and notify and self.on_change is not None:
             try:
                 self.on_change(old, self.nodes)
             except Exception:

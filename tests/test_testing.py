@@ -1,0 +1,368 @@
+"""pymc.testing.ConfigEndpoint, the emulated ElastiCache configuration endpoint, on its own:
+raw sockets and the protocol Reader (and one pymc.Client), no memcached needed."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from typing import List
+
+import pytest
+
+import pymc
+from pymc.exceptions import MemcacheProtocolError, MemcacheUnknownCommandError
+from pymc.protocol import ClusterConfig, ClusterNode, Reader
+from pymc.testing import ConfigEndpoint, config_reply
+
+CONFIG_GET = b"config get cluster\r\n"
+NODES = [("node-1.example", "10.0.0.1", 11211), ("2nd.example", "", 11212)]
+
+
+def connect(endpoint: ConfigEndpoint, timeout: float = 2.0) -> socket.socket:
+    return socket.create_connection(endpoint.address, timeout=timeout)
+
+
+def recv_exactly(sock: socket.socket, size: int) -> bytes:
+    buf = b""
+    while len(buf) < size:
+        chunk = sock.recv(size - len(buf))
+        if not chunk:
+            raise ConnectionError(f"closed after {buf!r}")
+        buf += chunk
+    return buf
+
+
+def recv_until(sock: socket.socket, terminator: bytes) -> bytes:
+    buf = b""
+    while not buf.endswith(terminator):
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ConnectionError(f"closed after {buf!r}")
+        buf += chunk
+    return buf
+
+
+def ask(sock: socket.socket, request: bytes = CONFIG_GET) -> bytes:
+    sock.sendall(request)
+    reply = recv_until(sock, b"\r\n")
+    if reply.startswith(b"CONFIG"):
+        reply += recv_until(sock, b"END\r\n") if not reply.endswith(b"END\r\n") else b""
+    return reply
+
+
+def parse(data: bytes) -> object:
+    reader = Reader()
+    reader.feed(data)
+    return reader.next_reply()
+
+
+def closed_by_peer(sock: socket.socket) -> bool:
+    try:
+        return sock.recv(1) == b""
+    except ConnectionResetError:
+        return True
+
+
+# -- the reply ----------------------------------------------------------------------------------
+
+
+def test_config_reply_is_exact_and_parses() -> None:
+    with ConfigEndpoint(NODES, version=7) as endpoint, connect(endpoint) as sock:
+        reply = ask(sock)
+        body = b"7\nnode-1.example|10.0.0.1|11211 2nd.example||11212\n"
+        assert reply == b"CONFIG cluster 0 %d\r\n%s\r\nEND\r\n" % (len(body), body)
+        assert reply == config_reply(7, NODES)
+        assert parse(reply) == ClusterConfig(
+            7, (ClusterNode(*NODES[0]), ClusterNode("2nd.example", "", 11212))
+        )
+        assert endpoint.requests == 1
+
+
+def test_host_port_pairs_use_the_host_as_hostname_and_ip() -> None:
+    with ConfigEndpoint([("127.0.0.1", 1), ("localhost", 2)]) as endpoint:
+        assert endpoint.nodes == (
+            ClusterNode("127.0.0.1", "127.0.0.1", 1),
+            ClusterNode("localhost", "localhost", 2),
+        )
+        with connect(endpoint) as sock:
+            config = parse(ask(sock))
+        assert isinstance(config, ClusterConfig)
+        assert config.version == 1 and config.nodes == endpoint.nodes
+
+
+def test_version_quit_and_other_commands() -> None:
+    with ConfigEndpoint(NODES) as endpoint, connect(endpoint) as sock:
+        assert ask(sock, b"version\r\n") == b"VERSION 1.6.18-emulator\r\n"
+        for line in (b"get foo", b"", b"config get", b"config get other", b"stats", b"CONFIG"):
+            assert ask(sock, line + b"\r\n") == b"ERROR\r\n", line
+        assert ask(sock, b"version\n") == b"VERSION 1.6.18-emulator\r\n"  # bare LF, as memcached
+        sock.sendall(b"quit\r\n")
+        assert closed_by_peer(sock)
+        assert endpoint.requests == 0
+
+
+def test_pipelined_requests_are_answered_in_order() -> None:
+    with ConfigEndpoint(NODES, version=3) as endpoint, connect(endpoint) as sock:
+        config = config_reply(3, NODES)
+        expected = config + b"VERSION 1.6.18-emulator\r\n" + b"ERROR\r\n" + config
+        sock.sendall(CONFIG_GET + b"version\r\nbogus\r\n" + CONFIG_GET + b"quit\r\nversion\r\n")
+        assert recv_exactly(sock, len(expected)) == expected
+        assert closed_by_peer(sock)  # nothing after quit is answered
+        assert endpoint.requests == 2
+
+
+def test_requests_split_byte_by_byte() -> None:
+    with ConfigEndpoint(NODES) as endpoint, connect(endpoint) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for byte in CONFIG_GET + b"version\r\n":
+            sock.sendall(bytes([byte]))
+            time.sleep(0.001)
+        expected = config_reply(1, NODES) + b"VERSION 1.6.18-emulator\r\n"
+        assert recv_exactly(sock, len(expected)) == expected
+
+
+def test_a_line_that_never_ends_is_refused() -> None:
+    with ConfigEndpoint(NODES) as endpoint, connect(endpoint) as sock:
+        sock.sendall(b"x" * 20000)
+        assert recv_until(sock, b"\r\n") == b"CLIENT_ERROR line too long\r\n"
+        assert closed_by_peer(sock)
+
+
+def test_many_clients_at_once() -> None:
+    errors: List[BaseException] = []
+    with ConfigEndpoint(NODES) as endpoint:
+
+        def worker() -> None:
+            try:
+                with connect(endpoint) as sock:
+                    for _ in range(20):
+                        assert ask(sock) == config_reply(1, NODES)
+            except BaseException as exc:
+                errors.append(exc)
+
+        threads = [threading.Thread(target=worker) for _ in range(16)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(10)
+        assert not errors
+        assert endpoint.requests == 16 * 20
+
+
+def test_pymc_client_reads_it() -> None:
+    with ConfigEndpoint([("0a.example", "", 11211)], version=5) as endpoint:
+        client = pymc.Client(endpoint.address, connect_timeout=1, timeout=1)
+        try:
+            assert client.cluster_config() == ClusterConfig(
+                5, (ClusterNode("0a.example", "", 11211),)
+            )
+            assert client.version() == b"1.6.18-emulator"
+            endpoint.set_mode("error")
+            with pytest.raises(MemcacheUnknownCommandError):
+                client.cluster_config()
+        finally:
+            client.close()
+
+
+# -- changing the cluster -----------------------------------------------------------------------
+
+
+def test_set_nodes_bumps_the_version_unless_given() -> None:
+    endpoint = ConfigEndpoint(NODES, version=4)
+    with endpoint, connect(endpoint) as sock:
+        assert endpoint.version == 4
+        assert endpoint.set_nodes([("127.0.0.1", 1)]) == 5
+        assert endpoint.version == 5
+        assert parse(ask(sock)) == ClusterConfig(5, (ClusterNode("127.0.0.1", "127.0.0.1", 1),))
+        endpoint.set_nodes(NODES, version=2)  # going back is allowed: clients must cope
+        assert parse(ask(sock)) == ClusterConfig(2, tuple(ClusterNode(*n) for n in NODES))
+        assert endpoint.set_nodes(endpoint.nodes) == 3
+
+
+@pytest.mark.parametrize(
+    "nodes",
+    [
+        [("host", 0)],
+        [("host", 65536)],
+        [("host", "11211")],
+        [("ho st", 1)],
+        [("a|b", 1)],
+        [("", "1.2.3.4", 1)],
+        [("host", "1.2.3.4 ", 1)],
+        [("host",)],
+        [("h", "i", 1, 2)],
+        ["host:11211"],
+        "host:11211",
+    ],
+)
+def test_bad_nodes_are_refused(nodes: object) -> None:
+    with pytest.raises((TypeError, ValueError)):
+        ConfigEndpoint(nodes)  # type: ignore[arg-type]
+    with ConfigEndpoint() as endpoint:
+        with pytest.raises((TypeError, ValueError)):
+            endpoint.set_nodes(nodes)  # type: ignore[arg-type]
+        assert endpoint.version == 1
+
+
+def test_bad_version_and_mode_are_refused() -> None:
+    with pytest.raises(ValueError):
+        ConfigEndpoint(version=-1)
+    with ConfigEndpoint() as endpoint:
+        with pytest.raises(ValueError):
+            endpoint.set_nodes(NODES, version=True)
+        with pytest.raises(ValueError):
+            endpoint.set_mode("broken")
+        assert endpoint.mode == "normal"
+
+
+# -- modes --------------------------------------------------------------------------------------
+
+
+def test_error_mode() -> None:
+    with ConfigEndpoint(NODES) as endpoint, connect(endpoint) as sock:
+        endpoint.set_mode("error")
+        assert ask(sock) == b"ERROR\r\n"
+        assert ask(sock, b"version\r\n") == b"VERSION 1.6.18-emulator\r\n"
+        endpoint.set_mode("normal")
+        assert ask(sock) == config_reply(1, NODES)
+        assert endpoint.requests == 2
+
+
+def test_garbage_mode_is_never_a_reply() -> None:
+    with ConfigEndpoint(NODES) as endpoint, connect(endpoint) as sock:
+        endpoint.set_mode("garbage")
+        for _ in range(20):
+            data = ask(sock)
+            assert data.startswith(b"\x00\xff")
+            with pytest.raises(MemcacheProtocolError):
+                parse(data)
+
+
+def test_malformed_mode_alternates_short_length_and_missing_port() -> None:
+    with ConfigEndpoint(NODES) as endpoint, connect(endpoint) as sock:
+        endpoint.set_mode("malformed")
+        seen = set()
+        for _ in range(4):
+            data = ask(sock)
+            header, _, rest = data.partition(b"\r\n")
+            body = rest[: -len(b"\r\nEND\r\n")]
+            assert data.endswith(b"\r\nEND\r\n")
+            if int(header.split()[3]) == len(body) - 1:
+                seen.add("length")
+            else:
+                assert int(header.split()[3]) == len(body)
+                assert b"node-1.example|10.0.0.1| " in body
+                seen.add("port")
+            with pytest.raises(MemcacheProtocolError):
+                parse(data)
+        assert seen == {"length", "port"}
+
+
+def test_stall_mode_answers_nothing_and_counts_requests() -> None:
+    with ConfigEndpoint(NODES) as endpoint, connect(endpoint, timeout=0.3) as sock:
+        endpoint.set_mode("stall")
+        sock.sendall(CONFIG_GET + b"version\r\n")
+        with pytest.raises(socket.timeout):
+            sock.recv(1)
+        assert endpoint.requests == 1
+        endpoint.set_mode("normal")  # what came in during the stall stays unanswered
+        sock.settimeout(2)
+        assert ask(sock) == config_reply(1, NODES)
+
+
+def test_down_closes_the_port_and_normal_reopens_the_same_one() -> None:
+    with ConfigEndpoint(NODES) as endpoint:
+        address = endpoint.address
+        sock = connect(endpoint)
+        try:
+            ask(sock)
+            endpoint.set_mode("down")
+            assert closed_by_peer(sock)
+        finally:
+            sock.close()
+        assert endpoint.connections == 0
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(address, timeout=1).close()
+        endpoint.set_mode("down")  # twice is fine
+        endpoint.set_mode("normal")
+        assert endpoint.address == address
+        with connect(endpoint) as sock:
+            assert ask(sock) == config_reply(1, NODES)
+        endpoint.set_mode("down")
+        endpoint.set_mode("error")  # any mode but down listens
+        with connect(endpoint) as sock:
+            assert ask(sock) == b"ERROR\r\n"
+
+
+def test_close_connections_keeps_listening() -> None:
+    with ConfigEndpoint(NODES) as endpoint:
+        with connect(endpoint) as sock:
+            ask(sock)
+            endpoint.close_connections()
+            assert closed_by_peer(sock)
+        with connect(endpoint) as sock:
+            assert ask(sock) == config_reply(1, NODES)
+
+
+# -- life cycle ---------------------------------------------------------------------------------
+
+
+def live_threads(endpoint: ConfigEndpoint) -> List[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.endswith(f":{endpoint.address[1]}")]
+
+
+def test_stop_ends_the_thread_and_frees_the_port() -> None:
+    endpoint = ConfigEndpoint(NODES).start()
+    assert endpoint.start() is endpoint  # idempotent
+    assert live_threads(endpoint) and all(t.daemon for t in live_threads(endpoint))
+    sock = connect(endpoint)
+    try:
+        ask(sock)
+        started = time.monotonic()
+        endpoint.stop()
+        assert time.monotonic() - started < 1.0
+        assert not live_threads(endpoint)
+        assert closed_by_peer(sock)
+    finally:
+        sock.close()
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(endpoint.address, timeout=1).close()
+    endpoint.stop()  # twice is fine
+    endpoint.set_mode("normal")  # so is changing a stopped endpoint; it stays stopped
+    with pytest.raises(RuntimeError):
+        endpoint.start()
+
+
+def test_modes_before_start() -> None:
+    endpoint = ConfigEndpoint(NODES)
+    try:
+        endpoint.set_mode("down")
+        endpoint.set_mode("normal")
+        endpoint.start()
+        with connect(endpoint) as sock:
+            assert ask(sock) == config_reply(1, NODES)
+    finally:
+        endpoint.stop()
+
+
+def test_repr_and_server() -> None:
+    with ConfigEndpoint(NODES, version=9) as endpoint:
+        host, port = endpoint.address
+        assert endpoint.server == f"{host}:{port}"
+        assert repr(endpoint) == (
+            f"<ConfigEndpoint 127.0.0.1:{port} mode=normal version=9 nodes=2 requests=0>"
+        )
+
+
+def test_ipv6_loopback() -> None:
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6")
+    try:
+        endpoint = ConfigEndpoint(NODES, host="::1")
+    except OSError:
+        pytest.skip("no IPv6 loopback")
+    with endpoint:
+        assert endpoint.server == f"[::1]:{endpoint.address[1]}"
+        with socket.create_connection(endpoint.address, timeout=2) as sock:
+            assert ask(sock) == config_reply(1, NODES)
