@@ -183,7 +183,7 @@ class ElastiCacheClient(HashClient):
         self._stop.set()
         poller = self._poller
         if poller is not None and poller is not threading.current_thread():
-            poller.join(timeout=self._discovery_timeout + 1)
+            poller.join(timeout=1.0)  # a poll stuck in discovery ends on its own timeout
         super().close()
 
     def __enter__(self) -> ElastiCacheClient:
