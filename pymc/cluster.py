@@ -317,10 +317,15 @@ class HashClient(_Commands):
         now = time.monotonic()
         ejected = None
         with self._lock:
+            nodes = self._nodes
+            if name not in nodes.clients:
+                # Already ejected (or removed) by an earlier failure: a request that chose
+                # it before then says nothing new, and must not count against it once it
+                # is re-admitted.
+                return
             count = self._failures.get(name, (0, 0.0))[0] + 1
             self._failures[name] = (count, now)
-            nodes = self._nodes
-            if count >= self.retry_attempts and name in nodes.clients:
+            if count >= self.retry_attempts:
                 pool = nodes.clients[name]
                 self._dead[name] = (nodes.servers[name], pool, now)
                 del self._failures[name]
@@ -478,7 +483,11 @@ class HashClient(_Commands):
                     failed[name] = _NodeResting(f"{name} failed recently")
                     continue
                 pool = nodes.clients[name].client_pool
-                conn = pool.get()
+                try:
+                    conn = pool.get()
+                except Exception as exc:  # no free connection in time: this node only
+                    failed[name] = exc
+                    continue
                 started.append((name, conn))
                 clean[name] = False
                 try:
