@@ -174,6 +174,10 @@ class HashClient(_Commands):
     safely (callers take turns).
     """
 
+    #: The class of each node's connections (pymemcache compatibility: a subclass of
+    #: :class:`Client` may be put here).
+    client_class = Client
+
     def __init__(
         self,
         servers: Iterable[Any],
@@ -248,9 +252,11 @@ class HashClient(_Commands):
 
     def _make_pool(self, server: ServerSpec) -> PooledClient:
         hostname = self._tls_hostnames.get(server_name(server))
-        return PooledClient(
+        pool = PooledClient(
             server, options=self._node_options, tls_hostname=hostname, **self._pool_args
         )
+        pool.client_class = self.client_class
+        return pool
 
     def _emit(self, event: str, node: str, **info: Any) -> None:
         level = logging.INFO if event in ("snapshot_swapped", "node_revived") else logging.WARNING
