@@ -67,33 +67,62 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-class _Lock:
-    """Adapts a ``lock_generator`` product (anything with acquire/release) to a Condition.
+class _Condition:
+    """The pool's condition when a ``lock_generator`` is given: the lock *and* the waiters
+    come from the generator.
 
-    It tracks its owner, because Condition's fallback ownership test (``acquire(False)``
-    fails) is wrong for re-entrant locks such as ``threading.RLock``."""
+    ``threading.Condition`` makes its waiters with the OS lock of ``threading`` as it is,
+    so with ``gevent.lock`` locks and no monkey-patching a greenlet waiting for a slot
+    would block the whole hub (and so the greenlet that would free the slot) until it
+    timed out. Here a waiter is a fresh product of the generator, held once and waited on
+    with a second ``acquire`` -- which needs a lock that is not re-entrant; for re-entrant
+    generators (``RLock``) the waiters are ``threading.Lock`` as it is when the pool is made.
+    """
 
-    def __init__(self, lock: Any) -> None:
-        self._lock = lock
-        self._owner: Optional[int] = None
+    def __init__(self, lock_generator: Callable[[], Any]) -> None:
+        self._lock = lock_generator()
+        probe = lock_generator()
+        probe.acquire()
+        try:
+            reentrant = bool(probe.acquire(False))
+        except TypeError:  # an acquire() without arguments: it cannot wait with a timeout
+            reentrant = True
+        else:
+            if reentrant:
+                probe.release()
+        probe.release()
+        self._new_waiter: Callable[[], Any] = threading.Lock if reentrant else lock_generator
+        self._waiters: Deque[Any] = collections.deque()
 
-    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
-        got = bool(self._lock.acquire(blocking) if timeout == -1 else self._lock.acquire())
-        if got:
-            self._owner = threading.get_ident()
-        return got
-
-    def release(self) -> None:
-        self._owner = None
-        self._lock.release()
-
-    def _is_owned(self) -> bool:
-        return self._owner == threading.get_ident()
-
-    __enter__ = acquire
+    def __enter__(self) -> bool:
+        return bool(self._lock.acquire())
 
     def __exit__(self, *exc: object) -> None:
-        self.release()
+        self._lock.release()
+
+    def wait(self, timeout: float) -> bool:
+        """Release the lock, wait up to ``timeout`` s for a notify, take the lock again."""
+        waiter = self._new_waiter()
+        waiter.acquire()
+        self._waiters.append(waiter)
+        self._lock.release()
+        got = False
+        try:
+            got = bool(waiter.acquire(True, timeout))
+        finally:
+            self._lock.acquire()
+            if not got:
+                try:
+                    self._waiters.remove(waiter)
+                except ValueError:
+                    got = True  # notified between the timeout and taking the lock
+        return got
+
+    def notify(self, n: int = 1) -> None:
+        waiters = self._waiters
+        while waiters and n > 0:
+            waiters.popleft().release()
+            n -= 1
 
 
 class ObjectPool(Generic[T]):
@@ -131,8 +160,10 @@ class ObjectPool(Generic[T]):
         self._reset()
 
     def _reset(self) -> None:
-        lock = threading.Lock() if self._lock_generator is None else _Lock(self._lock_generator())
-        self._cond = threading.Condition(lock)  # type: ignore[arg-type]
+        if self._lock_generator is None:
+            self._cond: Any = threading.Condition(threading.Lock())
+        else:
+            self._cond = _Condition(self._lock_generator)
         self._generation = _fork_generation[0]
         # Idle objects, oldest first: (object, released at, created at).
         self._idle: Deque[Tuple[T, float, float]] = collections.deque()
