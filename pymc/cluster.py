@@ -64,7 +64,7 @@ from .protocol import (
     validate_keys,
 )
 from .retry import RetryPolicy
-from .serde import coerce_to_bytes
+from .serde import DefaultSerde, coerce_to_bytes
 
 __all__ = ["HashClient", "NodeSet"]
 
@@ -146,13 +146,6 @@ class NodeSet:
 def _real(key: AnyKey) -> Key:
     """The key itself, without the routing part of a ``(server_key, key)`` tuple."""
     return key[1] if type(key) is tuple else key  # type: ignore[return-value]
-
-
-def _split(key: AnyKey) -> Tuple[Any, Key]:
-    """(routing key, key): a ``(server_key, key)`` tuple routes by its server key."""
-    if type(key) is tuple:
-        return key[0], key[1]
-    return key, key  # type: ignore[return-value]
 
 
 if TYPE_CHECKING:  # to type checkers a HashClient has every Client method
@@ -404,10 +397,13 @@ class HashClient(_Commands):
         on_failure: Any,
     ) -> Any:
         nodes = self._nodes
-        routing_key, real_key = _split(key)
+        routing_key: Any = key
+        real_key: Any = key
+        if type(key) is tuple:
+            routing_key, real_key = key
         if self._dead:
             self._maybe_probe()
-        name = nodes.node_for(routing_key)
+        name = nodes._cache.get(routing_key) or nodes.node_for(routing_key)
         try:
             if name is None:
                 raise AllNodesDownError("all memcached nodes are down (every one was ejected)")
@@ -549,13 +545,13 @@ class HashClient(_Commands):
             raise
         batches: Dict[str, Optional[Tuple[bytes, Callable[[Client, Any], Any], Any]]] = {}
         wanted_by_node: Dict[str, Dict[bytes, AnyKey]] = {}
+        tuples = any(type(k) is tuple for k in keys)
         for name, group in groups.items():
-            plain = validate_keys(map(_real, group), opts.key_prefix, opts.allow_unicode_keys)
-            wanted: Dict[bytes, AnyKey] = (
-                dict(zip(plain, group))
-                if len(plain) == len(group)
-                else {raw: key for raw, key in zip(map(self._raw, group), group)}
-            )
+            wanted: Dict[bytes, AnyKey]
+            if not tuples:
+                wanted = validate_keys(group, opts.key_prefix, opts.allow_unicode_keys)  # type: ignore[arg-type,assignment]
+            else:
+                wanted = {self._raw(key): key for key in group}
             wanted_by_node[name] = wanted
             request = encode_retrieval(command.encode(), list(wanted))
             # A request too big for one pass goes alone, in passes, through the node's pool.
@@ -570,6 +566,7 @@ class HashClient(_Commands):
 
         found = self._fan_out(many, nodes, batches, alone)
         serde = opts.serde
+        raw_values = not with_cas and not tuples and type(serde) is DefaultSerde
         out: Dict[Any, Any] = {}
         for name, items in found.items():
             wanted = wanted_by_node[name]
@@ -577,6 +574,9 @@ class HashClient(_Commands):
                 by_real = {_real(k): k for k in wanted.values()}
                 for real, value in items["__values__"].items():
                     out[by_real[real]] = value
+                continue
+            if raw_values:  # the default serde hands back the bytes read
+                out.update({wanted[raw]: item[1] for raw, item in items.items()})
                 continue
             for raw, (flags, data, cas) in items.items():
                 key = wanted[raw]

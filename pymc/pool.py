@@ -161,9 +161,11 @@ class ObjectPool(Generic[T]):
 
     def _reset(self) -> None:
         if self._lock_generator is None:
-            self._cond: Any = threading.Condition(threading.Lock())
+            self._lock: Any = threading.Lock()
+            self._cond: Any = threading.Condition(self._lock)
         else:
             self._cond = _Condition(self._lock_generator)
+            self._lock = self._cond
         self._generation = _fork_generation[0]
         # Idle objects, oldest first: (object, released at, created at).
         self._idle: Deque[Tuple[T, float, float]] = collections.deque()
@@ -199,7 +201,7 @@ class ObjectPool(Generic[T]):
         """Reserve a slot: an idle object and its idle time, or None (create one)."""
         doomed: List[T] = []
         try:
-            with self._cond:
+            with self._lock:
                 deadline = None
                 while True:
                     now = time.monotonic()
@@ -239,12 +241,13 @@ class ObjectPool(Generic[T]):
         try:
             obj = self._creator()
         except BaseException:
-            with self._cond:
+            with self._lock:
                 self._in_use -= 1
                 self._created -= 1
-                self._cond.notify()
+                if self._waiting:
+                    self._cond.notify()
             raise
-        with self._cond:
+        with self._lock:
             self._born[id(obj)] = time.monotonic()
         return obj
 
@@ -259,7 +262,7 @@ class ObjectPool(Generic[T]):
     def _give_back(self, obj: T, destroy: bool) -> None:
         if self._generation != _fork_generation[0]:
             return  # checked out before a fork: the parent's, not ours
-        with self._cond:
+        with self._lock:
             born = self._born.pop(id(obj), None)
             if born is None:
                 return  # not ours, or already given back
@@ -274,7 +277,8 @@ class ObjectPool(Generic[T]):
                 obj = None  # type: ignore[assignment]
             else:
                 self._destroyed += 1
-            self._cond.notify()
+            if self._waiting:
+                self._cond.notify()
         if obj is not None:
             self._drop([obj])
 
@@ -319,7 +323,7 @@ class ObjectPool(Generic[T]):
     def reap(self) -> int:
         """Drop idle objects past their time now; return how many."""
         doomed: List[T] = []
-        with self._cond:
+        with self._lock:
             self._reap(time.monotonic(), doomed)
         self._drop(doomed)
         return len(doomed)
@@ -328,13 +332,13 @@ class ObjectPool(Generic[T]):
         """Wind the pool down without disturbing work in progress: idle objects are dropped
         now, objects in use when they come back. (For a node that left the cluster: the
         operations that already chose it finish normally.)"""
-        with self._cond:
+        with self._lock:
             self._retired = True
         self.clear()
 
     def clear(self) -> None:
         """Drop every idle object (objects in use are dropped when given back)."""
-        with self._cond:
+        with self._lock:
             doomed = [entry[0] for entry in self._idle]
             self._idle.clear()
             self._destroyed += len(doomed)
@@ -351,7 +355,7 @@ class ObjectPool(Generic[T]):
         return len(self._idle)
 
     def stats(self) -> Dict[str, Any]:
-        with self._cond:
+        with self._lock:
             return {
                 "in_use": self._in_use,
                 "idle": len(self._idle),
@@ -460,9 +464,17 @@ class PooledClient(_Commands):
         return validate_key(key, prefix, self.options.allow_unicode_keys)
 
     def _call(self, name: str, args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> Any:
-        if self.retry is None:
-            return self._once(name, args, kwargs)
-        return call_with_retry(self.retry, name, self._once, name, args, kwargs)
+        if self.retry is not None:
+            return call_with_retry(self.retry, name, self._once, name, args, kwargs)
+        pool = self.client_pool  # _once, inlined: this is every call's path
+        client = pool.get()
+        clean = False
+        try:
+            result = getattr(client, name)(*args, **kwargs)
+            clean = True
+            return result
+        finally:
+            pool._give_back(client, destroy=not clean)
 
     def _once(self, name: str, args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> Any:
         pool = self.client_pool
