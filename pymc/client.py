@@ -241,15 +241,14 @@ def _collect_items(
     sock = client.sock
     assert reader is not None and sock is not None
     found: Dict[bytes, Item] = {}
+    # A request was just sent, so its answer is still to come: receive before parsing
+    # (whatever was left buffered is parsed first, in order).
     status: object = NEED_DATA
-    if reader.buffered:
-        status = reader.read_values(wanted, found)
     while status is NEED_DATA:
         data = sock.recv(RECV_SIZE)
         if not data:
             raise client._closed_mid_reply()
-        reader.feed(data)
-        status = reader.read_values(wanted, found)
+        status = reader.feed_values(data, wanted, found)
     if status is END:
         return found
     if found:
@@ -858,12 +857,22 @@ class Client:
         """The value of ``key``, or ``default`` when it is missing."""
         raw = validate_key(key, self._prefix, self._unicode)
         try:
-            found = self._execute(b"get " + raw + b"\r\n", _collect_items, (raw,))
+            # _execute(), written out: this is the hottest path of all.
+            sock = self.sock
+            if sock is None:
+                sock = self._connect()
+            try:
+                sock.sendall(b"get " + raw + b"\r\n")
+                found = _collect_items(self, (raw,))
+            except BaseException as exc:
+                self._abort(exc)
             if type(found) is not dict:
                 self._bad_reply(found, "get")
             item = found.get(raw)
             if item is None:
                 return default
+            if self._raw_values:
+                return item[1]
             return self._serde.deserialize(key, item[1], item[0])
         except Exception:
             if self._ignore_exc:

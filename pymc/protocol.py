@@ -558,6 +558,22 @@ class Reader:
             return reply
         raise self._fail(f"unexpected reply to a retrieval: {reply!r}"[:200])
 
+    def feed_values(
+        self,
+        data: bytes,
+        wanted: Container[bytes],
+        found: Dict[bytes, Tuple[int, bytes, Optional[bytes]]],
+    ) -> Union[bytes, ErrorReply, _NeedData]:
+        """:meth:`feed` then :meth:`read_values`, in one call (the read loop's hot path)."""
+        if not self._parts and self._pos >= len(self._buf) and not self._need:
+            if self._broken is not None:
+                raise self._poisoned()
+            self._buf = data
+            self._pos = 0
+        else:
+            self.feed(data)
+        return self.read_values(wanted, found)
+
     def read_until(self, token: bytes) -> Union[bytes, _NeedData]:
         """Everything up to ``token`` (which is consumed, not returned), for raw commands."""
         if self._broken is not None:
