@@ -798,7 +798,7 @@ class Interrupt(BaseException):
 
 
 class InterruptingSocket:
-    """Wraps a connected socket; raises :class:`Interrupt` at the chosen recv or sendall."""
+    """Wraps a connected socket; raises :class:`Interrupt` at the chosen recv or send."""
 
     def __init__(self, real: socket.socket, recv_at: int = 0, send_fraction: float = 0.0):
         self.real = real
@@ -818,6 +818,12 @@ class InterruptingSocket:
             self.real.sendall(data[: int(len(data) * self.send_fraction)])
             raise Interrupt()
         self.real.sendall(data)
+
+    def send(self, data: bytes) -> int:
+        if self.send_fraction:
+            self.real.sendall(data[: int(len(data) * self.send_fraction)])
+            raise Interrupt()
+        return self.real.send(data)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.real, name)
