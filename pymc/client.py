@@ -654,6 +654,8 @@ class Client:
         return validate_key(key, prefix, self._unicode)
 
     def _serialize(self, key: Key, value: Any, flags: Optional[int]) -> Tuple[bytes, int]:
+        if self._raw_values and type(value) is bytes:  # what the default serde would do
+            return value, 0 if flags is None else flags
         data, data_flags = self._serde.serialize(key, value)
         if type(data) is not bytes:
             data = coerce_to_bytes(data, self.options.encoding, key)

@@ -210,13 +210,21 @@ def encode_storage(
     cas: object = None,
 ) -> bytes:
     """``set|add|replace|append|prepend|cas`` of an already validated key."""
-    head = b"%s %s %s %s %d" % (
-        command,
-        key,
-        _int_arg(flags, "flags", 0, _UINT32),
-        _int_arg(expire, "expire", _EXPIRE_LOW, _EXPIRE_HIGH),
-        len(data),
-    )
+    if (
+        type(flags) is int
+        and type(expire) is int
+        and 0 <= flags < _UINT32
+        and _EXPIRE_LOW <= expire < _EXPIRE_HIGH
+    ):
+        head = b"%s %s %d %d %d" % (command, key, flags, expire, len(data))
+    else:  # the slow path says what is wrong
+        head = b"%s %s %s %s %d" % (
+            command,
+            key,
+            _int_arg(flags, "flags", 0, _UINT32),
+            _int_arg(expire, "expire", _EXPIRE_LOW, _EXPIRE_HIGH),
+            len(data),
+        )
     if cas is not None:
         head += b" " + _cas_arg(cas)
     if noreply:
@@ -465,7 +473,12 @@ class Reader:
             if self._broken is not None:
                 raise self._poisoned()
             return NEED_DATA
-        buf = self._joined() if self._parts else self._buf
+        if self._parts:
+            buf = self._joined()
+        else:
+            buf = self._buf
+            if self._pos >= len(buf):
+                return NEED_DATA  # nothing buffered (the common case before a recv)
         pos = self._pos
         end = buf.find(b"\r\n", pos)
         if end < 0:
