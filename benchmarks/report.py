@@ -6,6 +6,8 @@ import re
 from dataclasses import dataclass
 from typing import Dict, List, Optional
 
+COLORS = {"pymc": "tab:blue", "pymemcache": "tab:orange", "pylibmc": "tab:green"}
+
 
 @dataclass
 class Result:
@@ -59,8 +61,9 @@ def chart(results: List[Result], path: str, title: str) -> Optional[str]:
     for ax, (kind, clients) in zip(axes, series.items()):
         for client, points in sorted(clients.items()):
             xs = sorted(points)
-            ax.plot(xs, [points[x] for x in xs], marker="o", label=client)
+            ax.plot(xs, [points[x] for x in xs], marker="o", label=client, color=COLORS.get(client))
         ax.set_xscale("log")
+        ax.set_ylim(bottom=0)
         ax.set_xlabel(f"concurrent {kind}")
         ax.set_ylabel("get ops/s (all callers)")
         ax.set_title(f"pooled get under {kind}")
