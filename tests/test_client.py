@@ -20,6 +20,7 @@ from support.servers import MemcachedProcess, free_port, request
 
 from pymc import (
     Client,
+    KeepaliveOpts,
     MemcacheAuthenticationError,
     MemcacheClientError,
     MemcacheConnectError,
@@ -1373,3 +1374,68 @@ def test_options_are_checked() -> None:
     for kw in ({"timeout": 0}, {"connect_timeout": -1}, {"key_prefix": 1}):
         with pytest.raises((ValueError, TypeError)):
             Client(("127.0.0.1", 1), **kw)
+
+
+# -- connecting: address fallback, TCP options ----------------------------------------------
+
+
+def test_every_resolved_address_is_tried_until_one_connects(memcached: MemcachedProcess) -> None:
+    """A name that resolves to several addresses (IPv6 and IPv4, say) is tried in turn:
+    the first refuses, the second is the server."""
+    dead = ("127.0.0.1", free_port())
+    tried: List[Tuple[str, int]] = []
+
+    class Resolver:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(socket, name)
+
+        def getaddrinfo(self, host: str, port: int, *args: Any) -> List[Any]:
+            inet = (socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP, "")
+            return [(*inet, dead), (*inet, tcp(memcached))]
+
+        def socket(self, *args: Any) -> Any:
+            return Recording(*args)
+
+    class Recording(socket.socket):
+        def connect(self, address: Any) -> None:
+            tried.append(address)
+            super().connect(address)
+
+    c = Client(("cache.example", 11211), socket_module=Resolver(), connect_timeout=1)
+    assert c.set("k", b"v") and c.get("k") == b"v"
+    assert tried == [dead, tcp(memcached)]
+    c.close()
+
+
+def test_localhost_by_name(memcached: MemcachedProcess) -> None:
+    c = Client(f"localhost:{memcached.port}", connect_timeout=1)
+    assert c.set("k", b"v") and c.get("k") == b"v"
+    c.close()
+
+
+def test_nodelay_is_on_by_default_and_can_be_turned_off(memcached: MemcachedProcess) -> None:
+    for no_delay, expected in ((True, 1), (False, 0)):
+        c = Client(tcp(memcached), no_delay=no_delay)
+        assert c.version()
+        assert c.sock is not None
+        assert c.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == expected
+        c.close()
+    assert Client(tcp(memcached)).no_delay is True
+
+
+def test_socket_keepalive_options_reach_the_socket(memcached: MemcachedProcess) -> None:
+    c = Client(tcp(memcached), socket_keepalive=KeepaliveOpts(idle=7, intvl=3, cnt=4))
+    assert c.version()
+    sock = c.sock
+    assert sock is not None
+    assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+    assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == 7
+    assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL) == 3
+    assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT) == 4
+    c.close()
+
+
+@pytest.mark.parametrize("bad", [{"idle": 0}, {"intvl": 0}, {"cnt": -1}, {"idle": 1.5}])
+def test_keepalive_opts_refuse_nonsense(bad: Dict[str, Any]) -> None:
+    with pytest.raises(ValueError):
+        KeepaliveOpts(**bad)
