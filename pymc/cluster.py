@@ -46,6 +46,7 @@ from .client import (
 )
 from .exceptions import (
     MemcacheError,
+    MemcacheIllegalInputError,
     MemcacheNetworkError,
     MemcacheProtocolError,
 )
@@ -61,6 +62,7 @@ from .protocol import (
     encode_retrieval,
     encode_storage,
     encode_touch,
+    validate_key,
     validate_keys,
 )
 from .retry import RetryPolicy
@@ -94,6 +96,13 @@ def _is_connection_failure(exc: BaseException) -> bool:
     return isinstance(exc, (MemcacheNetworkError, MemcacheProtocolError)) and not isinstance(
         exc, _NodeResting
     )
+
+
+def _noreply_sent(client: Client, _: object) -> bool:
+    """Collector of a noreply fan-out: nothing to read, but the server may still answer
+    an error later, which the connection must remember (see Client._noreply_sent)."""
+    client._noreply_sent = True
+    return True
 
 
 class NodeSet:
@@ -196,6 +205,8 @@ class HashClient(_Commands):
             raise TypeError("pass either options= or client arguments, not both")
         self.options = options
         self.ignore_exc = options.ignore_exc
+        self._prefix = options.key_prefix
+        self._unicode = options.allow_unicode_keys
         # The nodes always raise; this client decides what ignore_exc hides.
         self._node_options = dataclasses.replace(options, ignore_exc=False)
         self.hasher = hasher
@@ -401,6 +412,8 @@ class HashClient(_Commands):
         real_key: Any = key
         if type(key) is tuple:
             routing_key, real_key = key
+        # A bad key raises here, before routing, whatever ignore_exc says.
+        validate_key(real_key, self._prefix, self._unicode)
         if self._dead:
             self._maybe_probe()
         name = nodes._cache.get(routing_key) or nodes.node_for(routing_key)
@@ -410,6 +423,8 @@ class HashClient(_Commands):
             if self._failures and self._fail_fast(name):
                 raise _NodeResting(f"{name} failed less than {self.retry_timeout} s ago")
             result = nodes.clients[name]._call(command, (real_key, *args), kwargs)
+        except MemcacheIllegalInputError:
+            raise  # bad input is the caller's to fix: never hidden by ignore_exc
         except Exception as exc:
             if name is not None and _is_connection_failure(exc):
                 self._failed(name, exc)
@@ -537,6 +552,13 @@ class HashClient(_Commands):
             return {}
         nodes = self._nodes
         opts = self.options
+        tuples = any(type(k) is tuple for k in keys)
+        # Every key is checked before anything is routed or sent.
+        if tuples:
+            raw_of: Dict[Any, bytes] = {key: self._raw(key) for key in keys}
+        else:
+            checked = validate_keys(keys, opts.key_prefix, opts.allow_unicode_keys)  # type: ignore[arg-type]
+            raw_of = {key: raw for raw, key in checked.items()}
         try:
             groups = self._groups(nodes, keys)
         except AllNodesDownError:
@@ -545,13 +567,8 @@ class HashClient(_Commands):
             raise
         batches: Dict[str, Optional[Tuple[bytes, Callable[[Client, Any], Any], Any]]] = {}
         wanted_by_node: Dict[str, Dict[bytes, AnyKey]] = {}
-        tuples = any(type(k) is tuple for k in keys)
         for name, group in groups.items():
-            wanted: Dict[bytes, AnyKey]
-            if not tuples:
-                wanted = validate_keys(group, opts.key_prefix, opts.allow_unicode_keys)  # type: ignore[arg-type,assignment]
-            else:
-                wanted = {self._raw(key): key for key in group}
+            wanted = {raw_of[key]: key for key in group}
             wanted_by_node[name] = wanted
             request = encode_retrieval(command.encode(), list(wanted))
             # A request too big for one pass goes alone, in passes, through the node's pool.
@@ -625,7 +642,7 @@ class HashClient(_Commands):
                 batches[name] = None  # goes alone, in passes, through the node's pool
                 continue
             request = b"".join(lines[k] for k in group)
-            collect = (lambda c, n: None) if noreply else _collect_n
+            collect = _noreply_sent if noreply else _collect_n
             batches[name] = (request, collect, len(group))
 
         def fallback(name: str) -> Any:
@@ -635,11 +652,11 @@ class HashClient(_Commands):
         out: Dict[Any, bool] = {}
         for name, group in groups.items():
             replies = results.get(name)
-            if replies is None:
+            if replies is None:  # the node failed (and ignore_exc hid it)
                 out.update((k, False) for k in group)
             elif isinstance(replies, dict):  # from the node's own client
                 out.update(replies)
-            elif noreply:
+            elif replies is True:  # sent with noreply: nothing to hear back
                 out.update((k, True) for k in group)
             else:
                 errors = [r for r in replies if type(r) is ErrorReply]

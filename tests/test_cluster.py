@@ -1002,3 +1002,43 @@ def test_same_answers_as_pymemcache_hash_client(memcached_nodes: List[MemcachedP
     assert mine == theirs
     ref.close()
     ours.close()
+
+
+# -- bad input is never hidden ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("bad", [["x"], "a b", 1, "", "k" * 300, "a\r\nflush_all"])
+def test_bad_keys_raise_even_with_ignore_exc_and_a_dead_node(
+    new_memcached: ServerFactory, bad: Any
+) -> None:
+    server = new_memcached()
+    live = HashClient([tcp(server)], ignore_exc=True)
+    dead = HashClient([("127.0.0.1", 1)], ignore_exc=True, connect_timeout=0.2)
+    for client in (live, dead):
+        with pytest.raises(pymc.MemcacheIllegalInputError):
+            client.get(bad)
+        with pytest.raises(pymc.MemcacheIllegalInputError):
+            client.get_many(["fine", bad])
+        with pytest.raises(pymc.MemcacheIllegalInputError):
+            client.set_many(
+                {"fine": b"1", bad: b"2"} if not isinstance(bad, list) else {bad[0]: 1.5}
+            )
+        assert client.get("missing", "default") == "default"  # ignore_exc still hides failures
+    assert stat(server, "cmd_set") == 0  # nothing half-sent by the refused calls
+
+
+def test_noreply_fan_out_marks_connections_for_the_checkout_check(
+    memcached_nodes: List[MemcachedProcess],
+) -> None:
+    client = HashClient([tcp(n) for n in memcached_nodes], use_pooling=True)
+    keys = [f"{tag()}:nr:{i}" for i in range(40)]
+    assert client.set_many({k: b"v" for k in keys}, noreply=True) == []
+    marked = [
+        conn
+        for pool in client.clients.values()
+        for conn, _, _ in pool.client_pool._idle
+        if conn._noreply_sent
+    ]
+    assert marked, "a noreply fan-out must leave its connections marked"
+    assert client.get_many(keys) == {k: b"v" for k in keys}
+    client.delete_many(keys)
