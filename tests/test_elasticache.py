@@ -510,3 +510,33 @@ def test_cli_discover(endpoint: ConfigEndpoint, nodes: List[MemcachedProcess]) -
     endpoint.set_mode("down")
     result = run_cli("discover", endpoint.server)
     assert result.returncode != 0 and result.stderr
+
+
+# -- TLS: nodes reached by IP are verified against their hostname --------------------------
+
+
+def test_a_node_reached_by_ip_verifies_its_certificate_against_its_hostname(
+    new_memcached: Callable[..., MemcachedProcess],
+) -> None:
+    """The certificate names only the node's DNS name, as ElastiCache's do: reached by IP,
+    the node verifies only when the hostname is what TLS checks."""
+    node = new_memcached(tls=True, tls_names=("node-1.cache.example",))
+    context = node.client_ssl_context()
+    by_ip = pymc.PooledClient(addr(node), tls_context=context, connect_timeout=1)
+    with pytest.raises(pymc.MemcacheConnectError):
+        by_ip.get("k")  # the certificate is not for 127.0.0.1
+    named = pymc.PooledClient(
+        addr(node), tls_context=context, connect_timeout=1, tls_hostname="node-1.cache.example"
+    )
+    assert named.set("k", b"v") and named.get("k") == b"v"
+    named.close()
+
+
+def test_use_vpc_gives_each_node_pool_its_hostname_for_tls(
+    endpoint: ConfigEndpoint, nodes: List[MemcachedProcess], make_client: Any
+) -> None:
+    endpoint.set_nodes([("localhost", "127.0.0.1", n.port) for n in nodes[:2]])
+    client = make_client(endpoint.server, use_vpc=True)
+    assert sorted(client.clients) == sorted(f"127.0.0.1:{n.port}" for n in nodes[:2])
+    assert {pool.tls_hostname for pool in client.clients.values()} == {"localhost"}
+    assert client.set("k", b"v") and client.get("k") == b"v"

@@ -43,7 +43,8 @@ def free_port() -> int:
 
 
 class MemcachedProcess:
-    """One memcached server. ``tls=True`` makes a trustme CA; ``auth=(user, pass)`` enables -Y."""
+    """One memcached server. ``tls=True`` makes a trustme CA and a certificate for
+    ``tls_names``; ``auth=(user, pass)`` enables -Y."""
 
     def __init__(
         self,
@@ -51,6 +52,7 @@ class MemcachedProcess:
         *,
         unix_path: Union[str, Path, None] = None,
         tls: bool = False,
+        tls_names: Sequence[str] = ("localhost", HOST),
         auth: Optional[Tuple[str, str]] = None,
         threads: int = 2,
         memory_mb: int = 64,
@@ -69,7 +71,7 @@ class MemcachedProcess:
         self.ca: Optional[trustme.CA] = None
         if tls:
             self.ca = trustme.CA()
-            cert = self.ca.issue_cert("localhost", HOST)
+            cert = self.ca.issue_cert(*tls_names)
             for pem in cert.cert_chain_pems:
                 pem.write_to_path(str(self._dir / "chain.pem"), append=True)
             cert.private_key_pem.write_to_path(str(self._dir / "key.pem"))
