@@ -98,6 +98,11 @@ def _is_connection_failure(exc: BaseException) -> bool:
     )
 
 
+class _Answered(Dict[Any, Any]):
+    """A node's part of a multi-key read that its own client answered (deserialized
+    values by caller key), as opposed to the raw items a fan-out collects."""
+
+
 def _noreply_sent(client: Client, _: object) -> bool:
     """Collector of a noreply fan-out: nothing to read, but the server may still answer
     an error later, which the connection must remember (see Client._noreply_sent)."""
@@ -578,8 +583,7 @@ class HashClient(_Commands):
 
         def alone(name: str) -> Any:
             plain = [_real(k) for k in wanted_by_node[name].values()]
-            got = nodes.clients[name]._call(many, (plain,), {})
-            return {"__values__": got}
+            return _Answered(nodes.clients[name]._call(many, (plain,), {}))
 
         found = self._fan_out(many, nodes, batches, alone)
         serde = opts.serde
@@ -587,9 +591,9 @@ class HashClient(_Commands):
         out: Dict[Any, Any] = {}
         for name, items in found.items():
             wanted = wanted_by_node[name]
-            if "__values__" in items:  # came back through the node's own client
+            if type(items) is _Answered:  # came back through the node's own client
                 by_real = {_real(k): k for k in wanted.values()}
-                for real, value in items["__values__"].items():
+                for real, value in items.items():
                     out[by_real[real]] = value
                 continue
             if raw_values:  # the default serde hands back the bytes read

@@ -1042,3 +1042,20 @@ def test_noreply_fan_out_marks_connections_for_the_checkout_check(
     assert marked, "a noreply fan-out must leave its connections marked"
     assert client.get_many(keys) == {k: b"v" for k in keys}
     client.delete_many(keys)
+
+
+def test_get_many_too_big_for_one_pass_goes_through_each_node_alone(
+    memcached_nodes: List[MemcachedProcess],
+) -> None:
+    """Requests over one pass's size (pymc.client.PIPELINE_BYTES) per node are sent by the
+    node's own client in passes; the answers are the same."""
+    client = HashClient([tcp(n) for n in memcached_nodes], use_pooling=True)
+    prefix = f"{tag()}:big:" + "x" * 180
+    keys = [f"{prefix}{i}" for i in range(1200)]
+    assert client.set_many({k: k.encode()[-8:] for k in keys}) == []
+    got = client.get_many([*keys, f"{prefix}missing"])
+    assert got == {k: k.encode()[-8:] for k in keys}
+    cas = client.gets_many(keys[:700])
+    assert len(cas) == 700 and all(v[0] == k.encode()[-8:] for k, v in cas.items())
+    client.delete_many(keys)
+    assert client.get_many(keys[:50]) == {}
