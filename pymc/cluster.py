@@ -229,6 +229,7 @@ class HashClient(_Commands):
         self.dead_timeout = dead_timeout
         self.on_event = on_event
         self._lock = threading.Lock()  # guards changes of the node set and health books
+        self._change_lock = threading.RLock()  # one node-set change (read + swap) at a time
         self._failures: Dict[str, Tuple[int, float]] = {}  # node -> (count, last failure)
         self._dead: Dict[str, Tuple[ServerSpec, PooledClient, float]] = {}
         self._next_probe = 0.0
@@ -288,7 +289,7 @@ class HashClient(_Commands):
         Returns whether anything changed."""
         specs = {server_name(s): s for s in map(normalize_server_spec, servers)}
         retired: List[PooledClient] = []
-        with self._lock:
+        with self._change_lock, self._lock:
             old = self._nodes
             live = {n: s for n, s in specs.items() if n not in self._dead}
             if set(live) == set(old.names) and all(n in specs for n in self._dead):
@@ -301,23 +302,24 @@ class HashClient(_Commands):
                 retired.append(self._dead.pop(name)[1])
             for name in [n for n in self._failures if n not in specs]:
                 del self._failures[name]
-            new = self._swap(live, clients)
+            self._swap(live, clients)
         for pool in retired:
             pool.client_pool.retire()
         self._emit("snapshot_swapped", ",".join(self._nodes.names), version=self._nodes.version)
-        del new
         return True
 
     def add_server(self, server: Any, port: Optional[int] = None) -> None:
         """Add a node (``server`` may be a host with ``port``)."""
         spec = normalize_server_spec((server, port) if port is not None else server)
-        self.set_servers([*self._nodes.servers.values(), spec, *self._dead_specs()])
+        with self._change_lock:  # read and replace the node set as one step
+            self.set_servers([*self._nodes.servers.values(), spec, *self._dead_specs()])
 
     def remove_server(self, server: Any, port: Optional[int] = None) -> None:
         """Remove a node for good; its keys move to the others."""
         name = server_name(normalize_server_spec((server, port) if port is not None else server))
-        rest = [s for n, s in self._nodes.servers.items() if n != name]
-        self.set_servers(rest + [s for n, s in self._dead_items() if n != name])
+        with self._change_lock:  # read and replace the node set as one step
+            rest = [s for n, s in self._nodes.servers.items() if n != name]
+            self.set_servers(rest + [s for n, s in self._dead_items() if n != name])
 
     def _dead_specs(self) -> List[ServerSpec]:
         return [spec for spec, _, _ in list(self._dead.values())]

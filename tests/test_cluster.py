@@ -1059,3 +1059,22 @@ def test_get_many_too_big_for_one_pass_goes_through_each_node_alone(
     assert len(cas) == 700 and all(v[0] == k.encode()[-8:] for k, v in cas.items())
     client.delete_many(keys)
     assert client.get_many(keys[:50]) == {}
+
+
+def test_concurrent_add_server_calls_lose_no_node() -> None:
+    """add_server reads the node set and swaps in a new one: two at once must not drop
+    each other's node (nothing connects here: node sets are built without I/O)."""
+    client = HashClient([("127.0.0.1", 1)])
+    ports = [[20000 + t * 100 + i for i in range(20)] for t in range(8)]
+
+    def add(mine: List[int]) -> None:
+        for port in mine:
+            client.add_server("127.0.0.1", port)
+
+    threads = [threading.Thread(target=add, args=(mine,)) for mine in ports]
+    for t in threads:
+        t.start()
+    join_all(threads)
+    expected = {("127.0.0.1", 1)} | {("127.0.0.1", p) for mine in ports for p in mine}
+    assert set(client.nodes) == expected
+    assert client.snapshot.version == 160
