@@ -80,6 +80,8 @@ _MISSING: Any = object()
 
 #: Placement answers kept per snapshot (a snapshot is immutable, so they never go stale).
 PLACEMENT_CACHE_SIZE = 65536
+#: Seconds a probe of a dead node may take when the client sets no timeouts.
+PROBE_TIMEOUT = 5.0
 #: A fan-out sends at most this many commands to one node before reading its replies.
 FANOUT_MAX_COMMANDS = 2048
 
@@ -214,6 +216,12 @@ class HashClient(_Commands):
         self._unicode = options.allow_unicode_keys
         # The nodes always raise; this client decides what ignore_exc hides.
         self._node_options = dataclasses.replace(options, ignore_exc=False)
+        # A probe of a dead node must end even when the client has no timeouts.
+        self._probe_options = dataclasses.replace(
+            self._node_options,
+            connect_timeout=options.connect_timeout or PROBE_TIMEOUT,
+            timeout=options.timeout or PROBE_TIMEOUT,
+        )
         self.hasher = hasher
         self.use_pooling = use_pooling
         self._pool_args: Dict[str, Any] = {
@@ -382,7 +390,7 @@ class HashClient(_Commands):
             now = time.monotonic()
             due = [(n, v) for n, v in list(self._dead.items()) if now - v[2] >= self.dead_timeout]
             for name, (spec, pool, _) in due:
-                probe = Client.from_options(spec, self._node_options)
+                probe = Client.from_options(spec, self._probe_options)
                 try:
                     probe.version()
                 except Exception:
