@@ -1439,3 +1439,30 @@ def test_socket_keepalive_options_reach_the_socket(memcached: MemcachedProcess) 
 def test_keepalive_opts_refuse_nonsense(bad: Dict[str, Any]) -> None:
     with pytest.raises(ValueError):
         KeepaliveOpts(**bad)
+
+
+# -- command line ----------------------------------------------------------------------------
+
+
+def test_python_m_pymc_stats_prints_the_servers_stats(memcached: MemcachedProcess) -> None:
+    import subprocess
+    import sys
+
+    run = subprocess.run(
+        [sys.executable, "-m", "pymc", "stats", memcached.server],
+        capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    lines = dict(line.split(None, 1) for line in run.stdout.splitlines())
+    assert lines["pid"].strip() == str(memcached.proc.pid if memcached.proc else "")
+    assert lines["version"].strip().startswith("1.")
+    settings = subprocess.run(
+        [sys.executable, "-m", "pymc", "stats", memcached.server, "settings"],
+        capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+    assert settings.returncode == 0 and "item_size_max" in settings.stdout
+    down = subprocess.run(
+        [sys.executable, "-m", "pymc", "--timeout", "0.5", "stats", f"127.0.0.1:{free_port()}"],
+        capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+    assert down.returncode == 2 and "cannot connect" in down.stderr
