@@ -16,6 +16,7 @@ from typing import Any, Callable, Dict, Iterator, List, Tuple
 import pytest
 from pymemcache.client.base import Client as PmcClient  # type: ignore[import-untyped]
 from support.faultproxy import FaultProxy
+from support.helpers import Interrupt, tcp
 from support.servers import MemcachedProcess, free_port, request
 
 from pymc import (
@@ -39,11 +40,6 @@ ProxyFactory = Callable[[Tuple[str, int]], FaultProxy]
 ServerFactory = Callable[..., MemcachedProcess]
 
 MB = 1024 * 1024
-
-
-def tcp(server: MemcachedProcess) -> Tuple[str, int]:
-    assert isinstance(server.address, tuple)
-    return server.address
 
 
 @pytest.fixture
@@ -792,10 +788,6 @@ def test_stall_times_out_then_next_call_is_right(proxy: FaultProxy) -> None:
     proxy.set_mode("pass")
     check_next_calls(c)
     assert c.get("n1") == b"101"  # the server did run the stalled incr
-
-
-class Interrupt(BaseException):
-    """Like ``gevent.Timeout`` or ``KeyboardInterrupt``: not an ``Exception``."""
 
 
 class InterruptingSocket:

@@ -31,6 +31,7 @@ import pylibmc
 import pymemcache.client.hash
 import pytest
 from support.faultproxy import FaultProxy
+from support.helpers import stat, tcp, wait_until
 from support.servers import MemcachedProcess, request
 
 import pymc
@@ -61,12 +62,6 @@ FAILOVER = dict(
 # -- helpers ------------------------------------------------------------------------------------
 
 
-def tcp(server: Any) -> Tuple[str, int]:
-    address = server.address
-    assert isinstance(address, tuple)
-    return (address[0], address[1])
-
-
 #: In every key this module writes, so the cleanup below finds them all.
 RUN = f"cl{uuid.uuid4().hex[:6]}"
 
@@ -95,18 +90,6 @@ def leave_the_shared_nodes_clean(memcached_nodes: List[MemcachedProcess]) -> Ite
             for start in range(0, len(mine), 500):
                 batch = b"".join(b"delete %s noreply\r\n" % k for k in mine[start : start + 500])
                 assert request(sock, batch + b"version\r\n", b"\r\n").startswith(b"VERSION")
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 3.0, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what or predicate}")
-        time.sleep(0.01)
-
-
-def stat(server: MemcachedProcess, name: str) -> int:
-    return int(server.stats()[name])
 
 
 def locate(

@@ -22,6 +22,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import pytest
 from support.faultproxy import FaultProxy
+from support.helpers import tcp
 from support.servers import MemcachedProcess
 
 monkey = pytest.importorskip("gevent.monkey")
@@ -127,10 +128,6 @@ def proxy_commands(proxies: Sequence[FaultProxy]) -> Handler:
         return "ok"
 
     return handle
-
-
-def tcp(server: MemcachedProcess) -> Any:
-    return (server.host, server.port)
 
 
 def seed(server: MemcachedProcess, count: int, prefix: str) -> Dict[str, str]:

@@ -18,6 +18,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import pymemcache.client.base
 import pytest
 from support.faultproxy import FaultProxy
+from support.helpers import Interrupt, stat, tcp, wait_until
 from support.servers import MemcachedProcess, request
 
 import pymc
@@ -38,28 +39,7 @@ ServerFactory = Callable[..., MemcachedProcess]
 pytestmark = pytest.mark.timeout(30)
 
 
-class Interrupt(BaseException):
-    """Stands for gevent.Timeout, KeyboardInterrupt, SystemExit: not an Exception."""
-
-
 # -- helpers ------------------------------------------------------------------------------------
-
-
-def tcp(server: MemcachedProcess) -> Tuple[str, int]:
-    assert isinstance(server.address, tuple)
-    return server.address
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 3.0, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what or predicate}")
-        time.sleep(0.005)
-
-
-def stat(server: MemcachedProcess, name: str) -> int:
-    return int(server.stats()[name])
 
 
 def settled_stat(server: MemcachedProcess, name: str) -> int:

@@ -20,6 +20,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from support.faultproxy import FaultProxy
+from support.helpers import Interrupt, tcp, wait_until
 from support.servers import MemcachedProcess, free_port, request
 
 import pymc.retry
@@ -49,24 +50,7 @@ ServerFactory = Callable[..., MemcachedProcess]
 pytestmark = pytest.mark.timeout(30)
 
 
-class Interrupt(BaseException):
-    """Stands for gevent.Timeout: not an Exception."""
-
-
 # -- helpers ------------------------------------------------------------------------------------
-
-
-def tcp(server: MemcachedProcess) -> Tuple[str, int]:
-    assert isinstance(server.address, tuple)
-    return server.address
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 3.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {predicate}")
-        time.sleep(0.005)
 
 
 def raw_set(server: MemcachedProcess, key: bytes, value: bytes) -> None:

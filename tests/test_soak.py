@@ -12,6 +12,7 @@ import time
 from typing import Callable, Dict, List, Optional, Set, Tuple
 
 import pytest
+from support.helpers import stat, tcp
 from support.servers import MemcachedProcess
 
 from pymc import HashClient
@@ -29,14 +30,6 @@ MAX_POOL_SIZE = 4
 JOIN_WITHIN = 8.0
 
 pytestmark = pytest.mark.timeout(40)
-
-
-def tcp(server: MemcachedProcess) -> Tuple[str, int]:
-    return (server.host, server.port)
-
-
-def stat(server: MemcachedProcess, name: str) -> int:
-    return int(server.stats()[name])
 
 
 class Sampler(threading.Thread):

@@ -8,6 +8,7 @@ from typing import Callable, Tuple
 
 import pytest
 from support.faultproxy import FaultProxy
+from support.helpers import tcp
 from support.servers import MemcachedProcess, request
 
 ProxyFactory = Callable[[Tuple[str, int]], FaultProxy]
@@ -22,11 +23,6 @@ def set_get(sock: socket.socket, key: bytes = b"k", value: bytes = b"hello") -> 
 
 def connect(address: Tuple[str, int], timeout: float = 2.0) -> socket.socket:
     return socket.create_connection(address, timeout=timeout)
-
-
-def tcp(server: MemcachedProcess) -> Tuple[str, int]:
-    assert isinstance(server.address, tuple)
-    return server.address
 
 
 # -- servers ------------------------------------------------------------------------------------
