@@ -520,6 +520,11 @@ class Client:
             return False
         return not readable
 
+    @property
+    def owes_sync(self) -> bool:
+        """Whether a ``noreply`` command was sent whose error line (if any) is unread."""
+        return self._noreply_sent
+
     def close(self) -> None:
         """Close the socket, if open. The next command reconnects."""
         sock = self.sock

@@ -437,7 +437,7 @@ class HashClient(_Commands):
                 raise AllNodesDownError("all memcached nodes are down (every one was ejected)")
             if self._failures and self._fail_fast(name):
                 raise _NodeResting(f"{name} failed less than {self.retry_timeout} s ago")
-            result = nodes.clients[name]._call(command, (real_key, *args), kwargs)
+            result = nodes.clients[name].run(command, (real_key, *args), kwargs)
         except MemcacheIllegalInputError:
             raise  # bad input is the caller's to fix: never hidden by ignore_exc
         except Exception as exc:
@@ -537,7 +537,8 @@ class HashClient(_Commands):
                     failed[name] = exc
         finally:
             for name, conn in started:
-                nodes.clients[name].client_pool._give_back(conn, destroy=not clean[name])
+                pool_of = nodes.clients[name].client_pool
+                (pool_of.release if clean[name] else pool_of.destroy)(conn)
         for name in alone:
             try:
                 results[name] = fallback(name)
@@ -593,7 +594,7 @@ class HashClient(_Commands):
 
         def alone(name: str) -> Any:
             plain = [_real(k) for k in wanted_by_node[name].values()]
-            return _Answered(nodes.clients[name]._call(many, (plain,), {}))
+            return _Answered(nodes.clients[name].run(many, (plain,), {}))
 
         found = self._fan_out(many, nodes, batches, alone)
         serde = opts.serde
@@ -705,7 +706,7 @@ class HashClient(_Commands):
         def plain(name: str, group: List[AnyKey]) -> Dict[Any, bool]:
             sub = {_real(k): values[k] for k in group}
             failed = set(
-                self._nodes_client(name)._call("set_many", (sub, expire, noreply, flags), {})
+                self._nodes_client(name).run("set_many", (sub, expire, noreply, flags), {})
             )
             return {k: _real(k) not in failed for k in group}
 
@@ -726,7 +727,7 @@ class HashClient(_Commands):
 
         def plain(name: str, group: List[AnyKey]) -> Dict[Any, bool]:
             reals = [_real(k) for k in group]
-            self._nodes_client(name)._call("delete_many", (reals, noreply), {})
+            self._nodes_client(name).run("delete_many", (reals, noreply), {})
             return {k: True for k in group}
 
         self._pipelined("delete_many", items, (DELETED, NOT_FOUND), noreply, plain)
@@ -748,7 +749,7 @@ class HashClient(_Commands):
 
         def plain(name: str, group: List[AnyKey]) -> Dict[Any, bool]:
             client = self._nodes_client(name)
-            return {k: client._call("touch", (_real(k), expire, noreply), {}) for k in group}
+            return {k: client.run("touch", (_real(k), expire, noreply), {}) for k in group}
 
         return self._pipelined("touch", items, (TOUCHED,), noreply, plain)
 
@@ -769,7 +770,7 @@ class HashClient(_Commands):
         out: Dict[str, Any] = {}
         for name, client in self._nodes.clients.items():
             try:
-                out[name] = client._call(command, args, kwargs)
+                out[name] = client.run(command, args, kwargs)
             except Exception as exc:
                 if _is_connection_failure(exc):
                     self._failed(name, exc)

@@ -382,7 +382,7 @@ CHECK_IDLE_AFTER = 0.05
 
 
 def _client_is_reusable(client: Client, idle_seconds: float) -> bool:
-    if idle_seconds < CHECK_IDLE_AFTER and not client._noreply_sent:
+    if idle_seconds < CHECK_IDLE_AFTER and not client.owes_sync:
         return True
     return bool(client.is_clean())
 
@@ -392,7 +392,7 @@ def _pool_call(name: str) -> Callable[..., Any]:
 
     @functools.wraps(method)
     def call(self: PooledClient, *args: Any, **kwargs: Any) -> Any:
-        return self._call(name, args, kwargs)
+        return self.run(name, args, kwargs)
 
     return call
 
@@ -463,7 +463,9 @@ class PooledClient(_Commands):
         prefix = self.options.key_prefix if key_prefix is None else key_prefix
         return validate_key(key, prefix, self.options.allow_unicode_keys)
 
-    def _call(self, name: str, args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> Any:
+    def run(self, name: str, args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> Any:
+        """Run the Client command ``name`` with ``args``/``kwargs`` on a pooled connection
+        (the explicit tuple and dict let any keyword pass through untouched)."""
         if self.retry is not None:
             return call_with_retry(self.retry, name, self._once, name, args, kwargs)
         pool = self.client_pool  # _once, inlined: this is every call's path
@@ -507,16 +509,16 @@ class PooledClient(_Commands):
     def __getitem__(self, key: Any) -> Any:
         # A miss raises KeyError here, outside the pool: it says nothing against the
         # connection, which goes back for reuse.
-        value = self._call("get", (key, _MISSING), {})
+        value = self.run("get", (key, _MISSING), {})
         if value is _MISSING:
             raise KeyError(key)
         return value
 
     def __setitem__(self, key: Any, value: Any) -> None:
-        self._call("__setitem__", (key, value), {})
+        self.run("__setitem__", (key, value), {})
 
     def __delitem__(self, key: Any) -> None:
-        self._call("__delitem__", (key,), {})
+        self.run("__delitem__", (key,), {})
 
 
 for _name in COMMANDS:
