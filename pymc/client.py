@@ -11,13 +11,13 @@ meant for another command.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import select
 import socket
 import ssl
 from typing import (
     Any,
     Callable,
-    Container,
     Dict,
     Iterable,
     List,
@@ -42,20 +42,23 @@ from .exceptions import (
     MemcacheUnexpectedCloseError,
 )
 from .protocol import (
-    DELETED,
     END,
-    EXISTS,
+    MN,
     NEED_DATA,
-    NOT_FOUND,
-    NOT_STORED,
-    OK,
+    RULES,
     STORED,
-    TOUCHED,
     ClusterConfig,
     ErrorReply,
+    Expect,
+    ExpectConfig,
+    ExpectRaw,
+    ExpectReplies,
+    ExpectStats,
+    ExpectSync,
+    ExpectValues,
     Reader,
     Reply,
-    Stat,
+    Rule,
     Version,
     encode_auth,
     encode_cache_memlimit,
@@ -67,14 +70,27 @@ from .protocol import (
     encode_shutdown,
     encode_stats,
     encode_storage,
+    encode_sync,
     encode_touch,
     encode_verbosity,
+    has_meta_commands,
     validate_key,
     validate_keys,
 )
 from .serde import DefaultSerde, LegacyWrappingSerde, Serde, coerce_to_bytes
 
-__all__ = ["Client", "ClientOptions", "KeepaliveOpts", "normalize_server_spec"]
+__all__ = [
+    "Client",
+    "ClientOptions",
+    "KeepaliveOpts",
+    "decode_values",
+    "normalize_server_spec",
+    "per_key_results",
+    "request_chunks",
+    "resolve_noreply",
+]
+
+logger = logging.getLogger("pymc")
 
 Key = Union[str, bytes]
 ServerSpec = Union[Tuple[str, int], str]
@@ -229,64 +245,73 @@ def _send(sock: Any, request: bytes) -> None:
         sock.sendall(memoryview(request)[sent:])
 
 
-# Reply collectors: run after the request is sent, read exactly that request's replies.
+_SYNC_RULE = Rule("sync", {MN: None}, (Version,))
 
 
-def _collect_one(client: Client, _: object) -> Reply:
-    return client._reply()
+def resolve_noreply(noreply: Optional[bool], default: bool) -> bool:
+    """The one rule for ``noreply``: the argument when given, else ``default_noreply``."""
+    return default if noreply is None else bool(noreply)
 
 
-def _collect_n(client: Client, count: int) -> List[Reply]:
-    read = client._reply
-    return [read() for _ in range(count)]
+def request_chunks(raws: List[bytes]) -> List[List[bytes]]:
+    """Split the keys of a multi-get into requests of at most about PIPELINE_BYTES."""
+    chunks: List[List[bytes]] = [[]]
+    size = 0
+    for raw in raws:
+        if size >= PIPELINE_BYTES:
+            chunks.append([])
+            size = 0
+        chunks[-1].append(raw)
+        size += len(raw) + 1
+    return chunks
 
 
-def _collect_items(
-    client: Client, wanted: Container[bytes]
-) -> Union[Dict[bytes, Item], ErrorReply]:
-    """The answer to one retrieval command: ``{raw key: (flags, data, cas)}``."""
-    reader = client._reader
-    sock = client.sock
-    assert reader is not None and sock is not None
-    found: Dict[bytes, Item] = {}
-    # A request was just sent, so its answer is still to come: receive before parsing
-    # (whatever was left buffered is parsed first, in order).
-    status: object = NEED_DATA
-    while status is NEED_DATA:
-        data = sock.recv(RECV_SIZE)
-        if not data:
-            raise client._closed_mid_reply()
-        status = reader.feed_values(data, wanted, found)
-    if status is END:
-        return found
-    if found:
-        raise MemcacheProtocolError(f"an error in the middle of a retrieval: {status!r}")
-    return status  # type: ignore[return-value]
-
-
-def _collect_stats(client: Client, _: object) -> Union[Dict[bytes, bytes], ErrorReply]:
-    stats: Dict[bytes, bytes] = {}
-    while True:
-        reply = client._reply()
-        if reply is END or reply == OK:
-            return stats
-        if type(reply) is Stat:
-            stats[reply.name] = reply.value
-        elif type(reply) is ErrorReply and not stats:
-            return reply
+def per_key_results(
+    keys: Sequence[A], replies: Sequence[Reply], rule: Rule, where: str = ""
+) -> List[Tuple[A, Any]]:
+    """``[(key, result)]`` for the replies of a pipeline of one command per key. When
+    some were error replies, raise the first one's exception once every reply was read
+    (the others took effect)."""
+    out: List[Tuple[A, Any]] = []
+    errors: List[Tuple[A, ErrorReply]] = []
+    result = rule.result
+    for key, reply in zip(keys, replies):
+        if type(reply) is ErrorReply:
+            errors.append((key, reply))
         else:
-            raise MemcacheProtocolError(f"unexpected reply to stats: {reply!r}")
+            out.append((key, result(reply)))
+    if errors:
+        names = ", ".join(repr(k) for k, _ in errors[:5])
+        raise errors[0][1].exception(f"{rule.command} of {len(errors)} key(s){where}: {names}")
+    return out
 
 
-def _collect_config(client: Client, _: object) -> Reply:
-    reply = client._reply()
-    if type(reply) is ClusterConfig and client._reply() is not END:
-        raise MemcacheProtocolError("a CONFIG block not followed by END")
-    return reply
-
-
-def _collect_raw(client: Client, token: bytes) -> bytes:
-    return client._read_until(token)
+def decode_values(
+    found: Mapping[bytes, Item],
+    wanted: Mapping[bytes, Any],
+    options: ClientOptions,
+    with_cas: bool,
+) -> Dict[Any, Any]:
+    """Turn retrieved items into the caller's values: ``{key: value}``, or ``{key: (value,
+    cas)}`` with ``with_cas``. ``wanted`` maps each raw key to the caller's key (a
+    ``(server_key, key)`` tuple is deserialized as ``key``). With ``ignore_exc`` a value
+    the serde cannot decode is a miss; without, its error is raised. Every client decodes
+    through here."""
+    serde = options.serde
+    if not with_cas and type(serde) is DefaultSerde:  # the default serde returns the bytes
+        return {wanted[raw]: item[1] for raw, item in found.items()}
+    deserialize = serde.deserialize
+    out: Dict[Any, Any] = {}
+    for raw, (flags, data, cas) in found.items():
+        key = wanted[raw]
+        try:
+            value = deserialize(key[1] if type(key) is tuple else key, data, flags)
+        except Exception:
+            if options.ignore_exc:
+                continue
+            raise
+        out[key] = (value, cas) if with_cas else value
+    return out
 
 
 # How pymemcache types the values of ``stats``: int unless listed here; a value that does
@@ -402,9 +427,13 @@ class Client:
         self._ignore_exc = options.ignore_exc
         self._raw_values = type(options.serde) is DefaultSerde  # values are the bytes read
         self._noreply_default = options.default_noreply
-        # A noreply command was sent since connecting: the server may still send an error
-        # line for it, so after an error reply the connection cannot be trusted.
-        self._noreply_sent = False
+        # noreply commands were sent and nothing has read past their possible error lines
+        # yet: the next request goes out behind a sync marker (see send()).
+        self._owes_sync = False
+        self._syncing = False  # a sync marker was sent; receive() reads up to it first
+        self._meta: Optional[bool] = None  # the server answers ``mn`` (None: not known)
+        #: Error lines that noreply commands drew from the server (logged, never raised).
+        self.noreply_errors = 0
 
     # pymemcache exposes its settings as attributes; so do we, read-only.
     serde = property(lambda self: self.options.serde)
@@ -445,7 +474,6 @@ class Client:
             sock.settimeout(opts.timeout)
             self.sock = sock
             self._reader = Reader()
-            self._noreply_sent = False
             if opts.username is not None:
                 self._authenticate(opts.username, opts.password or "")
             return sock
@@ -493,7 +521,7 @@ class Client:
         raise error or OSError(f"no address found for {host}")
 
     def _authenticate(self, username: str, password: str) -> None:
-        reply = self._execute(encode_auth(username, password), _collect_one, None)
+        reply = self.request(encode_auth(username, password), ExpectReplies(RULES["auth"]))[0]
         if reply is STORED:
             return
         self.close()
@@ -520,16 +548,12 @@ class Client:
             return False
         return not readable
 
-    @property
-    def owes_sync(self) -> bool:
-        """Whether a ``noreply`` command was sent whose error line (if any) is unread."""
-        return self._noreply_sent
-
     def close(self) -> None:
         """Close the socket, if open. The next command reconnects."""
         sock = self.sock
         self.sock = None
         self._reader = None
+        self._owes_sync = self._syncing = False
         if sock is not None:
             try:
                 sock.close()
@@ -545,40 +569,99 @@ class Client:
         self.close()
 
     # ------------------------------------------------------------------ the engine
+    #
+    # Every command goes out through send() and comes back through receive(); the cluster
+    # fan-out uses the same two halves on many connections at once. What a reply means is
+    # decided by protocol's Expect readers and RULES, never here.
 
-    def _execute(
-        self, request: bytes, collect: Callable[[Client, A], T], arg: A, noreply: bool = False
-    ) -> T:
-        """Send ``request`` and collect its replies; on *any* failure close the socket."""
+    def send(self, request: bytes, noreply: bool = False) -> None:
+        """Send ``request`` (one or more complete commands), connecting first if needed.
+
+        ``noreply``: every command in it says ``noreply``, so nothing will be read. The
+        connection then owes a sync: the next request that expects replies is preceded by a
+        marker (``mn``, or ``version`` before the server is known to have meta commands),
+        and :meth:`receive` reads up to that marker first, so an error line a noreply
+        command caused is logged and counted (:attr:`noreply_errors`), never taken as the
+        reply of an unrelated command. One request is in flight at a time: ``receive`` it
+        before the next ``send``. On any failure the connection is closed.
+        """
         sock = self.sock
         if sock is None:
             sock = self._connect()
+        if self._owes_sync and not noreply:
+            request = encode_sync(bool(self._meta)) + request
+            self._owes_sync = False
+            self._syncing = True
         try:
             _send(sock, request)
-            if noreply:
-                self._noreply_sent = True
-                return None  # type: ignore[return-value]
-            return collect(self, arg)
         except BaseException as exc:
             self._abort(exc)
+        if noreply:
+            self._owes_sync = True
 
-    def _begin(self, request: bytes) -> None:
-        """The sending half of :meth:`_execute`, for fanning out over many servers: a
-        caller sends to all of them before it reads any reply with :meth:`_complete`."""
+    def receive(self, expect: Expect) -> Any:
+        """Read the reply to the request just sent, as ``expect`` (a reader from
+        :mod:`pymc.protocol`) describes it, and return what it returns. Bytes left over
+        after the reply are a protocol error. On any failure the connection is closed."""
         sock = self.sock
-        if sock is None:
-            sock = self._connect()
+        reader = self._reader
+        if sock is None or reader is None:
+            raise MemcacheProtocolError("receive() without a request sent on this connection")
         try:
-            _send(sock, request)
+            if self._syncing:
+                self._sync(sock, reader)
+            result = expect.step(reader)
+            while result is NEED_DATA:
+                data = sock.recv(RECV_SIZE)
+                if not data:
+                    raise self._closed_mid_reply()
+                reader.feed(data)
+                result = expect.step(reader)
+            if reader.buffered:
+                raise MemcacheProtocolError(self._leftover(reader))
         except BaseException as exc:
             self._abort(exc)
+        return result
 
-    def _complete(self, collect: Callable[[Client, A], T], arg: A) -> T:
-        """The reading half of :meth:`_execute`."""
-        try:
-            return collect(self, arg)
-        except BaseException as exc:
-            self._abort(exc)
+    def request(self, request: bytes, expect: Expect) -> Any:
+        """:meth:`send` then :meth:`receive`."""
+        self.send(request)
+        return self.receive(expect)
+
+    @property
+    def owes_sync(self) -> bool:
+        """Whether a ``noreply`` command was sent whose error line (if any) is unread."""
+        return self._owes_sync
+
+    def _sync(self, sock: Any, reader: Reader) -> None:
+        """Read up to the sync marker (inside receive's safety net)."""
+        sync = ExpectSync()
+        marker = sync.step(reader)
+        while marker is NEED_DATA:
+            data = sock.recv(RECV_SIZE)
+            if not data:
+                raise self._closed_mid_reply()
+            reader.feed(data)
+            marker = sync.step(reader)
+        self._syncing = False
+        for error in sync.errors:
+            self.noreply_errors += 1
+            logger.warning(
+                "pymc: %s answered an earlier noreply command with %s %s",
+                server_name(self.server),
+                error.kind.decode(),
+                error.message,
+            )
+        if type(marker) is ErrorReply:  # ERROR <message>: the server refused us
+            raise marker.exception("a noreply command")
+        if type(marker) is Version:
+            self._meta = has_meta_commands(marker.version)
+
+    def _leftover(self, reader: Reader) -> str:
+        return (
+            f"{server_name(self.server)} sent {reader.buffered} byte(s) more than the "
+            "reply; the connection is out of step and was closed"
+        )
 
     def _abort(self, exc: BaseException) -> NoReturn:
         """Close the connection (its state is unknown) and raise ``exc`` as pymc's."""
@@ -593,49 +676,30 @@ class Client:
             return MemcacheTimeoutError(exc.errno, f"timed out talking to {name}")
         return MemcacheNetworkError(exc.errno, f"connection to {name} failed: {exc}")
 
-    def _reply(self) -> Reply:
-        """The next reply, reading from the socket as needed."""
-        reader = self._reader
-        assert reader is not None and self.sock is not None
-        reply = reader.next_reply()
-        while reply is NEED_DATA:
-            data = self.sock.recv(RECV_SIZE)
-            if not data:
-                raise self._closed_mid_reply()
-            reader.feed(data)
-            reply = reader.next_reply()
-        return reply  # type: ignore[return-value]
-
     def _closed_mid_reply(self) -> MemcacheUnexpectedCloseError:
         return MemcacheUnexpectedCloseError(
             f"{server_name(self.server)} closed the connection mid-reply"
         )
 
-    def _read_until(self, token: bytes) -> bytes:
-        reader = self._reader
-        assert reader is not None and self.sock is not None
-        out = reader.read_until(token)
-        while out is NEED_DATA:
-            data = self.sock.recv(RECV_SIZE)
-            if not data:
-                raise self._closed_mid_reply()
-            reader.feed(data)
-            out = reader.read_until(token)
-        return out  # type: ignore[return-value]
+    def raise_error(self, reply: ErrorReply, command: str) -> NoReturn:
+        """Raise the exception for an error reply, closing the connection first when the
+        reply leaves it unusable (``ERROR <message>``)."""
+        if not reply.in_step:
+            self.close()
+        raise reply.exception(command)
 
-    def _bad_reply(self, reply: object, command: str) -> NoReturn:
-        """Raise for a reply the command does not expect. An error reply leaves the
-        connection in step (unless a noreply command may still answer); anything else
-        means it is not, so it is closed."""
+    def _one(self, rule: Rule, request: bytes, noreply: bool) -> Any:
+        """Send a one-reply command and return what its reply means (per ``rule``)."""
+        if noreply:
+            self.send(request, True)
+            return None
+        reply = self.request(request, ExpectReplies(rule))[0]
         if type(reply) is ErrorReply:
-            if self._noreply_sent:
-                self.close()
-            raise reply.exception(command)
-        self.close()
-        raise MemcacheProtocolError(f"unexpected reply to {command}: {reply!r}")
+            self.raise_error(reply, rule.command)
+        return rule.result(reply)
 
-    def _pipeline(self, requests: List[bytes], noreply: bool) -> List[Reply]:
-        """Send many commands and read their replies, in passes of bounded size."""
+    def _pipeline(self, requests: List[bytes], rule: Rule, noreply: bool) -> List[Reply]:
+        """Send many one-reply commands and read their replies, in passes of bounded size."""
         replies: List[Reply] = []
         start = 0
         while start < len(requests):
@@ -644,9 +708,10 @@ class Client:
                 size += len(requests[stop])
                 stop += 1
             batch = b"".join(requests[start:stop])
-            result = self._execute(batch, _collect_n, stop - start, noreply)
-            if not noreply:
-                replies.extend(result)
+            if noreply:
+                self.send(batch, True)
+            else:
+                replies.extend(self.request(batch, ExpectReplies(rule, stop - start)))
             start = stop
         return replies
 
@@ -670,7 +735,7 @@ class Client:
 
     def _store(
         self,
-        command: bytes,
+        command: str,
         key: Key,
         value: Any,
         expire: int,
@@ -680,22 +745,12 @@ class Client:
     ) -> Optional[bool]:
         raw = self._key(key)
         data, data_flags = self._serialize(key, value, flags)
-        if noreply is None:
-            noreply = self._noreply_default
-        request = encode_storage(command, raw, data, data_flags, expire, noreply, cas)
-        reply = self._execute(request, _collect_one, None, noreply)
+        noreply = resolve_noreply(noreply, self._noreply_default)
+        request = encode_storage(command.encode(), raw, data, data_flags, expire, noreply, cas)
         if noreply:
+            self.send(request, True)
             return True
-        if reply is STORED:
-            return True
-        if reply is NOT_STORED and cas is None:
-            return False
-        if cas is not None:
-            if reply is EXISTS:
-                return False
-            if reply is NOT_FOUND:
-                return None
-        self._bad_reply(reply, command.decode())
+        return self._one(RULES[command], request, False)  # type: ignore[no-any-return]
 
     def set(
         self,
@@ -706,7 +761,7 @@ class Client:
         flags: Optional[int] = None,
     ) -> bool:
         """Store ``value``. True when stored (always True with ``noreply``)."""
-        return bool(self._store(b"set", key, value, expire, noreply, flags))
+        return bool(self._store("set", key, value, expire, noreply, flags))
 
     def add(
         self,
@@ -717,7 +772,7 @@ class Client:
         flags: Optional[int] = None,
     ) -> bool:
         """Store only if the key is absent. False when it already existed."""
-        return bool(self._store(b"add", key, value, expire, noreply, flags))
+        return bool(self._store("add", key, value, expire, noreply, flags))
 
     def replace(
         self,
@@ -728,7 +783,7 @@ class Client:
         flags: Optional[int] = None,
     ) -> bool:
         """Store only if the key exists. False when it did not."""
-        return bool(self._store(b"replace", key, value, expire, noreply, flags))
+        return bool(self._store("replace", key, value, expire, noreply, flags))
 
     def append(
         self,
@@ -739,7 +794,7 @@ class Client:
         flags: Optional[int] = None,
     ) -> bool:
         """Append to an existing value. False when the key did not exist."""
-        return bool(self._store(b"append", key, value, expire, noreply, flags))
+        return bool(self._store("append", key, value, expire, noreply, flags))
 
     def prepend(
         self,
@@ -750,7 +805,7 @@ class Client:
         flags: Optional[int] = None,
     ) -> bool:
         """Prepend to an existing value. False when the key did not exist."""
-        return bool(self._store(b"prepend", key, value, expire, noreply, flags))
+        return bool(self._store("prepend", key, value, expire, noreply, flags))
 
     def cas(
         self,
@@ -767,7 +822,7 @@ class Client:
             # Sent without a token, the server would answer ERROR twice (to the line and to
             # the data block read as a command), shifting every later reply by one.
             raise MemcacheIllegalInputError("cas needs the token returned by gets")
-        return self._store(b"cas", key, value, expire, noreply, flags, cas)
+        return self._store("cas", key, value, expire, noreply, flags, cas)
 
     def set_many(
         self,
@@ -781,10 +836,9 @@ class Client:
         A server error for one key (a value over the item size limit) raises
         :class:`MemcacheServerError` after every reply was read; the others were stored.
         """
+        noreply = resolve_noreply(noreply, self._noreply_default)
         keys: List[Key] = []
         requests: List[bytes] = []
-        if noreply is None:
-            noreply = self._noreply_default
         for key, value in values.items():
             raw = self._key(key)
             data, data_flags = self._serialize(key, value, flags)
@@ -792,107 +846,81 @@ class Client:
             keys.append(key)
         if not requests:
             return []
-        replies = self._pipeline(requests, noreply)
+        replies = self._pipeline(requests, RULES["set"], noreply)
         if noreply:
             return []
-        failed: List[Key] = []
-        errors: List[Tuple[Key, Reply]] = []
-        for key, reply in zip(keys, replies):
-            if reply is STORED:
-                continue
-            if reply is NOT_STORED:
-                failed.append(key)
-            elif type(reply) is ErrorReply:
-                errors.append((key, reply))
-            else:
-                self._bad_reply(reply, "set")
-        if errors:
-            key, first = errors[0]
-            names = ", ".join(repr(k) for k, _ in errors[:5])
-            self._bad_reply(first, f"set of {len(errors)} key(s): {names}")
-        return failed
+        return [k for k, ok in per_key_results(keys, replies, RULES["set"]) if not ok]
 
     set_multi = set_many
 
     # ------------------------------------------------------------------ retrieval
 
-    def _wanted(self, keys: Iterable[Key]) -> Dict[bytes, Key]:
-        """Validate every key before anything is sent: ``{raw key: key}``."""
-        return validate_keys(keys, self._prefix, self._unicode)
-
     def _fetch(
-        self, command: bytes, wanted: Dict[bytes, Key], expire: Optional[int]
+        self, command: bytes, wanted: Dict[bytes, Key], expire: Optional[int], cas: bool
     ) -> Dict[bytes, Item]:
-        """Retrieve ``wanted`` in passes of bounded request size (see PIPELINE_BYTES)."""
-        raws = list(wanted)
-        chunks: List[List[bytes]] = [[]]
-        size = 0
-        for raw in raws:
-            if size >= PIPELINE_BYTES:
-                chunks.append([])
-                size = 0
-            chunks[-1].append(raw)
-            size += len(raw) + 1
+        """Retrieve ``wanted`` in passes of bounded request size (see PIPELINE_BYTES); a
+        key answered twice over all the passes is a protocol error."""
         found: Dict[bytes, Item] = {}
-        for chunk in chunks:
-            reply = self._execute(encode_retrieval(command, chunk, expire), _collect_items, wanted)
-            if type(reply) is not dict:
-                self._bad_reply(reply, command.decode())
-            found.update(reply)
+        for chunk in request_chunks(list(wanted)):
+            reply = self.request(
+                encode_retrieval(command, chunk, expire), ExpectValues(set(chunk), found, cas)
+            )
+            if type(reply) is ErrorReply:
+                self.raise_error(reply, command.decode())
         return found
 
     def _fetch_values(
         self, command: bytes, keys: Iterable[Key], expire: Optional[int], with_cas: bool
     ) -> Dict[Key, Any]:
-        wanted = self._wanted(keys)
+        wanted = validate_keys(keys, self._prefix, self._unicode)
         if not wanted:
             return {}
         try:
-            found = self._fetch(command, wanted, expire)
-            if self._raw_values and not with_cas:
-                return {wanted[raw]: item[1] for raw, item in found.items()}
-            deserialize = self._serde.deserialize
-            out: Dict[Key, Any] = {}
-            for raw, (flags, data, cas) in found.items():
-                key = wanted[raw]
-                if not with_cas:
-                    out[key] = deserialize(key, data, flags)
-                elif cas is None:
-                    self.close()
-                    raise MemcacheProtocolError(f"{command.decode()} answered without a cas")
-                else:
-                    out[key] = (deserialize(key, data, flags), cas)
-            return out
+            found = self._fetch(command, wanted, expire, with_cas)
         except Exception:
             if self._ignore_exc:
                 return {}
             raise
+        return decode_values(found, wanted, self.options, with_cas)
 
     def get(self, key: Key, default: Any = None) -> Any:
         """The value of ``key``, or ``default`` when it is missing."""
         raw = validate_key(key, self._prefix, self._unicode)
         try:
-            # _execute(), written out: this is the hottest path of all.
             sock = self.sock
-            if sock is None:
-                sock = self._connect()
-            try:
-                _send(sock, b"get " + raw + b"\r\n")
-                found = _collect_items(self, (raw,))
-            except BaseException as exc:
-                self._abort(exc)
+            if sock is None or self._owes_sync:
+                found = self.request(b"get " + raw + b"\r\n", ExpectValues((raw,)))
+            else:
+                # send() and receive(), written out: this is the hottest path of all.
+                reader = self._reader
+                assert reader is not None
+                try:
+                    _send(sock, b"get " + raw + b"\r\n")
+                    found = {}
+                    status: object = NEED_DATA
+                    while status is NEED_DATA:
+                        data = sock.recv(RECV_SIZE)
+                        if not data:
+                            raise self._closed_mid_reply()
+                        status = reader.feed_values(data, (raw,), found)
+                    if reader.buffered:
+                        raise MemcacheProtocolError(self._leftover(reader))
+                except BaseException as exc:
+                    self._abort(exc)
+                if status is not END:
+                    found = status
             if type(found) is not dict:
-                self._bad_reply(found, "get")
-            item = found.get(raw)
-            if item is None:
-                return default
-            if self._raw_values:
-                return item[1]
-            return self._serde.deserialize(key, item[1], item[0])
+                self.raise_error(found, "get")
         except Exception:
             if self._ignore_exc:
                 return default
             raise
+        item = found.get(raw)
+        if item is None:
+            return default
+        if self._raw_values:
+            return item[1]
+        return decode_values(found, {raw: key}, self.options, False).get(key, default)
 
     def get_many(self, keys: Iterable[Key]) -> Dict[Key, Any]:
         """The values of the keys present, in one round trip: ``{key: value}``."""
@@ -925,74 +953,52 @@ class Client:
 
     # ------------------------------------------------------------------ other commands
 
-    def _simple(self, request: bytes, noreply: bool) -> Optional[Reply]:
-        return self._execute(request, _collect_one, None, noreply)
-
     def delete(self, key: Key, noreply: Optional[bool] = None) -> bool:
         """Delete ``key``. False when it did not exist (always True with ``noreply``)."""
-        if noreply is None:
-            noreply = self._noreply_default
-        reply = self._simple(encode_delete(self._key(key), noreply), noreply)
-        if noreply or reply is DELETED:
-            return True
-        if reply is NOT_FOUND:
-            return False
-        self._bad_reply(reply, "delete")
+        noreply = resolve_noreply(noreply, self._noreply_default)
+        result = self._one(RULES["delete"], encode_delete(self._key(key), noreply), noreply)
+        return True if noreply else bool(result)
 
     def delete_many(self, keys: Iterable[Key], noreply: Optional[bool] = None) -> bool:
         """Delete many keys in one pipelined pass. True (missing keys are not an error)."""
-        if noreply is None:
-            noreply = self._noreply_default
+        noreply = resolve_noreply(noreply, self._noreply_default)
+        keys = list(keys)
         requests = [encode_delete(self._key(key), noreply) for key in keys]
-        for reply in self._pipeline(requests, noreply):
-            if reply is not DELETED and reply is not NOT_FOUND:
-                self._bad_reply(reply, "delete")
+        replies = self._pipeline(requests, RULES["delete"], noreply)
+        per_key_results(keys, replies, RULES["delete"])
         return True
 
     delete_multi = delete_many
 
-    def _arith(
-        self, command: bytes, key: Key, value: int, noreply: Optional[bool]
-    ) -> Optional[int]:
-        noreply = bool(noreply)
-        reply = self._simple(encode_incr_decr(command, self._key(key), value, noreply), noreply)
-        if noreply or reply is NOT_FOUND:
-            return None
-        if type(reply) is int:
-            return reply
-        self._bad_reply(reply, command.decode())
+    def _arith(self, command: str, key: Key, value: int, noreply: Optional[bool]) -> Optional[int]:
+        noreply = bool(noreply)  # pymemcache: incr/decr are noreply only when asked
+        request = encode_incr_decr(command.encode(), self._key(key), value, noreply)
+        return self._one(RULES[command], request, noreply)  # type: ignore[no-any-return]
 
     def incr(self, key: Key, value: int, noreply: Optional[bool] = False) -> Optional[int]:
         """Add ``value`` to a decimal counter; the new value, or None if it is missing."""
-        return self._arith(b"incr", key, value, noreply)
+        return self._arith("incr", key, value, noreply)
 
     def decr(self, key: Key, value: int, noreply: Optional[bool] = False) -> Optional[int]:
         """Subtract ``value`` (memcached stops at 0); the new value, or None if missing."""
-        return self._arith(b"decr", key, value, noreply)
+        return self._arith("decr", key, value, noreply)
 
     def touch(self, key: Key, expire: int = 0, noreply: Optional[bool] = None) -> bool:
         """Set a new expiry. False when the key did not exist."""
-        if noreply is None:
-            noreply = self._noreply_default
-        reply = self._simple(encode_touch(self._key(key), expire, noreply), noreply)
-        if noreply or reply is TOUCHED:
-            return True
-        if reply is NOT_FOUND:
-            return False
-        self._bad_reply(reply, "touch")
+        noreply = resolve_noreply(noreply, self._noreply_default)
+        result = self._one(RULES["touch"], encode_touch(self._key(key), expire, noreply), noreply)
+        return True if noreply else bool(result)
 
     def stats(self, *args: Union[str, bytes]) -> Dict[bytes, Any]:
         """The server's ``stats`` (with optional sub-command), values typed like pymemcache."""
-        reply = self._execute(encode_stats(*args), _collect_stats, None)
+        reply = self.request(encode_stats(*args), ExpectStats())
         if type(reply) is ErrorReply:
-            self._bad_reply(reply, "stats")
-        return _typed_stats(reply)  # type: ignore[arg-type]
+            self.raise_error(reply, "stats")
+        return _typed_stats(reply)
 
     def _ok(self, request: bytes, noreply: bool, command: str) -> bool:
-        reply = self._simple(request, noreply)
-        if noreply or reply is OK:
-            return True
-        self._bad_reply(reply, command)
+        self._one(RULES[command], request, noreply)
+        return True
 
     def cache_memlimit(self, memlimit: int) -> bool:
         """Set the server's memory limit, in megabytes."""
@@ -1000,29 +1006,26 @@ class Client:
 
     def verbosity(self, level: int, noreply: Optional[bool] = None) -> bool:
         """Set the server's logging verbosity."""
-        noreply = self._noreply_default if noreply is None else noreply
+        noreply = resolve_noreply(noreply, self._noreply_default)
         return self._ok(encode_verbosity(level, noreply), noreply, "verbosity")
 
     def flush_all(self, delay: int = 0, noreply: Optional[bool] = None) -> bool:
         """Invalidate every item, now or in ``delay`` seconds."""
-        noreply = self._noreply_default if noreply is None else noreply
+        noreply = resolve_noreply(noreply, self._noreply_default)
         return self._ok(encode_flush_all(delay, noreply), noreply, "flush_all")
 
     def version(self) -> bytes:
         """The server's version, e.g. ``b"1.6.18"``."""
-        reply = self._simple(b"version\r\n", False)
-        if type(reply) is Version:
-            return reply.version
-        self._bad_reply(reply, "version")
+        return self._one(RULES["version"], b"version\r\n", False)  # type: ignore[no-any-return]
 
     def cluster_config(self) -> ClusterConfig:
         """AWS ElastiCache's ``config get cluster``: the cluster's version and nodes.
         A server that is not an ElastiCache configuration endpoint answers ``ERROR``:
         :class:`MemcacheUnknownCommandError`."""
-        reply = self._execute(encode_config_get(b"cluster"), _collect_config, None)
-        if type(reply) is ClusterConfig:
-            return reply
-        self._bad_reply(reply, "config get cluster")
+        reply = self.request(encode_config_get(b"cluster"), ExpectConfig())
+        if type(reply) is ErrorReply:
+            self.raise_error(reply, "config get cluster")
+        return reply  # type: ignore[no-any-return]
 
     def quit(self) -> None:
         """Tell the server to close the connection, and close it."""
@@ -1036,26 +1039,39 @@ class Client:
     def shutdown(self, graceful: bool = False) -> None:
         """Ask the server to shut down (it needs ``--enable-shutdown``)."""
         try:
-            reply = self._simple(encode_shutdown(graceful), False)
+            self._one(RULES["shutdown"], encode_shutdown(graceful), False)
         except MemcacheUnexpectedCloseError:
             return
-        self._bad_reply(reply, "shutdown")
+        self.close()
 
     def raw_command(
         self, command: Union[str, bytes], end_tokens: Union[str, bytes] = "\r\n"
     ) -> bytes:
-        """Send one command line as is; return the reply up to ``end_tokens``."""
+        """Send one command line as is; return the reply up to ``end_tokens``.
+
+        pymc cannot know where the reply of an arbitrary command ends, so it makes sure
+        nothing follows: a second request (the sync marker) must be answered next. A reply
+        longer than ``end_tokens`` says is a protocol error that closes the connection."""
         encoding = "utf-8" if self._unicode else "ascii"
         raw = command.encode(encoding) if isinstance(command, str) else command
         token = end_tokens.encode(encoding) if isinstance(end_tokens, str) else end_tokens
         if b"\r" in raw or b"\n" in raw:
             raise MemcacheIllegalInputError("raw_command takes one line, without CRLF")
-        reply = self._execute(raw + b"\r\n", _collect_raw, token)
+        if not token:
+            raise MemcacheIllegalInputError("raw_command needs non-empty end_tokens")
+        reply: bytes = self.request(raw + b"\r\n", ExpectRaw(token))
+        # Anything the server still sends for this command comes before the marker's
+        # answer, and is then an error, not the next command's reply.
+        marker = self.request(encode_sync(bool(self._meta)), ExpectReplies(_SYNC_RULE))[0]
+        if type(marker) is ErrorReply:
+            self.raise_error(marker, "raw_command")
+        if type(marker) is Version:
+            self._meta = has_meta_commands(marker.version)
         for kind in (b"ERROR", b"CLIENT_ERROR", b"SERVER_ERROR"):
             if reply == kind or reply.startswith(kind + b" ") or reply.startswith(kind + b":"):
-                self._bad_reply(
-                    ErrorReply(kind, reply.partition(b" ")[2].decode("utf-8", "replace")),
-                    raw.split(b" ", 1)[0].decode("ascii", "replace"),
+                message = reply.partition(b" ")[2].decode("utf-8", "replace")
+                self.raise_error(
+                    ErrorReply(kind, message), raw.split(b" ", 1)[0].decode("ascii", "replace")
                 )
         return reply
 

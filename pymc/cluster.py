@@ -21,10 +21,12 @@ import dataclasses
 import logging
 import threading
 import time
+from functools import partial
 from typing import (
     TYPE_CHECKING,
     Any,
     Callable,
+    Container,
     Dict,
     Iterable,
     List,
@@ -38,10 +40,13 @@ from .client import (
     PIPELINE_BYTES,
     Client,
     ClientOptions,
+    Item,
     ServerSpec,
-    _collect_items,
-    _collect_n,
+    decode_values,
     normalize_server_spec,
+    per_key_results,
+    request_chunks,
+    resolve_noreply,
     server_name,
 )
 from .exceptions import (
@@ -53,11 +58,12 @@ from .exceptions import (
 from .hashing import RendezvousHash
 from .pool import DEFAULT_POOL_TIMEOUT, PooledClient
 from .protocol import (
-    DELETED,
-    NOT_FOUND,
-    STORED,
-    TOUCHED,
+    RULES,
     ErrorReply,
+    Expect,
+    ExpectReplies,
+    ExpectValues,
+    Rule,
     encode_delete,
     encode_retrieval,
     encode_storage,
@@ -66,7 +72,7 @@ from .protocol import (
     validate_keys,
 )
 from .retry import RetryPolicy
-from .serde import DefaultSerde, coerce_to_bytes
+from .serde import coerce_to_bytes
 
 __all__ = ["HashClient", "NodeSet"]
 
@@ -100,16 +106,40 @@ def _is_connection_failure(exc: BaseException) -> bool:
     )
 
 
-class _Answered(Dict[Any, Any]):
-    """A node's part of a multi-key read that its own client answered (deserialized
-    values by caller key), as opposed to the raw items a fan-out collects."""
+#: A node's part of a fan-out: its request, the reader of its reply (None: noreply) and
+#: what turns that reply into the node's result.
+Part = Tuple[bytes, Optional[Callable[[], Expect]], Callable[[Any], Any]]
 
 
-def _noreply_sent(client: Client, _: object) -> bool:
-    """Collector of a noreply fan-out: nothing to read, but the server may still answer
-    an error later, which the connection must remember (see Client._noreply_sent)."""
-    client._noreply_sent = True
-    return True
+def _items(reply: Any) -> Any:
+    """A node's retrieval reply: its items, or its error raised as Client raises it."""
+    if type(reply) is ErrorReply:
+        raise reply.exception("get_many")
+    return reply
+
+
+def _all_true(group: List[AnyKey]) -> Callable[[Any], Dict[Any, bool]]:
+    return lambda _: {k: True for k in group}
+
+
+def _per_key(group: List[AnyKey], rule: Rule, where: str) -> Callable[[Any], Dict[Any, Any]]:
+    return lambda replies: dict(per_key_results(group, replies, rule, where))
+
+
+def _give_back(nodes: NodeSet, batch: List[Tuple[str, Client]], done: Container[str]) -> None:
+    """Return every connection of ``batch`` to its pool: reused if its node is ``done``,
+    destroyed otherwise. Each return runs even if an earlier one is interrupted."""
+    if not batch:
+        return
+    name, conn = batch[0]
+    try:
+        pool = nodes.clients[name].client_pool
+        if name in done:
+            pool.release(conn)
+        else:
+            pool.destroy(conn)
+    finally:
+        _give_back(nodes, batch[1:], done)
 
 
 class NodeSet:
@@ -488,79 +518,104 @@ class HashClient(_Commands):
         self,
         command: str,
         nodes: NodeSet,
-        batches: Dict[str, Optional[Tuple[bytes, Callable[[Client, Any], Any], Any]]],
-        fallback: Callable[[str], Any],
+        parts: Dict[str, Optional[Part]],
+        alone: Callable[[str], Any],
     ) -> Dict[str, Any]:
-        """Send each node its request, then read each reply: ``{node: collected}``.
+        """Send each node its request, then read each reply: ``{node: finished result}``.
 
-        A node whose part fails is retried alone through its pool (as the retry policy
-        allows) or, with ignore_exc, left out of the result. A node whose batch is None
-        (too big for one pass) goes alone through its pool from the start.
+        A part is ``(request, expect, finish)``: ``expect()`` makes the reader of the
+        reply (None: a noreply request), ``finish`` turns what it read into the node's
+        result, and raises as the node's own Client would. A node whose part is None (too
+        big for one pass) goes through ``alone(node)`` instead.
+
+        Connections are taken without waiting where one is free; when none is, the
+        fan-out waits for one node's connection while it holds no other, so a slow node
+        never keeps a healthy node's connections checked out, and two fan-outs cannot
+        deadlock each other. A node that fails is retried alone (as the retry policy
+        allows) or, with ignore_exc, left out of the result.
         """
-        started: List[Tuple[str, Client]] = []
         results: Dict[str, Any] = {}
-        failed: Dict[str, BaseException] = {}
-        clean: Dict[str, bool] = {}
-        alone = [name for name, batch in batches.items() if batch is None]
-        try:
-            # Connections are checked out in one global order (by node name): two fan-outs
-            # that each hold one node's last connection and wait for the other's would
-            # otherwise deadlock (until the pool timeout) when pools are small.
-            for name in sorted(batches):
-                batch = batches[name]
-                if batch is None:
-                    continue
-                request = batch[0]
+        failed: Dict[str, Exception] = {}
+        pending = sorted(name for name, part in parts.items() if part is not None)
+        while pending:
+            batch: List[Tuple[str, Client]] = []
+            busy: List[str] = []
+            for name in pending:
                 if self._failures and self._fail_fast(name):
                     failed[name] = _NodeResting(f"{name} failed recently")
                     continue
-                pool = nodes.clients[name].client_pool
                 try:
-                    conn = pool.get()
+                    conn = nodes.clients[name].client_pool.try_get()
+                except Exception as exc:
+                    failed[name] = exc
+                    continue
+                if conn is None:
+                    busy.append(name)
+                else:
+                    batch.append((name, conn))
+            if not batch and busy:
+                name = busy.pop(0)  # wait for this node alone, holding no connection
+                try:
+                    batch.append((name, nodes.clients[name].client_pool.get()))
                 except Exception as exc:  # no free connection in time: this node only
                     failed[name] = exc
-                    continue
-                started.append((name, conn))
-                clean[name] = False
-                try:
-                    conn._begin(request)
-                except Exception as exc:
-                    failed[name] = exc
-            for name, conn in started:
-                if name in failed:
-                    continue
-                _, collect, arg = batches[name]  # type: ignore[misc]
-                try:
-                    results[name] = conn._complete(collect, arg)
-                    clean[name] = True
-                except Exception as exc:
-                    failed[name] = exc
-        finally:
-            for name, conn in started:
-                pool_of = nodes.clients[name].client_pool
-                (pool_of.release if clean[name] else pool_of.destroy)(conn)
-        for name in alone:
+            self._exchange(nodes, batch, parts, results, failed)
+            pending = busy
+        solo = [name for name, part in parts.items() if part is None]
+        for name in solo:
             try:
-                results[name] = fallback(name)
+                results[name] = alone(name)
             except Exception as exc:
                 failed[name] = exc
+        first: Optional[Exception] = None
         for name, error in failed.items():
             retryable = self.retry is not None and self.retry.is_retryable(command, error)
-            if retryable and name not in alone:
+            if retryable and name not in solo:
                 try:
-                    results[name] = fallback(name)
+                    results[name] = alone(name)
                     continue
                 except Exception as again:
                     error = again
             if _is_connection_failure(error):
                 self._failed(name, error)
-            if not self.ignore_exc:
-                raise error
+            if first is None:
+                first = error
+        if first is not None and not self.ignore_exc:
+            raise first
         if self._failures:
             for name in results:
                 if name in self._failures:
                     self._succeeded(name)
         return results
+
+    @staticmethod
+    def _exchange(
+        nodes: NodeSet,
+        batch: List[Tuple[str, Client]],
+        parts: Dict[str, Optional[Part]],
+        results: Dict[str, Any],
+        failed: Dict[str, Exception],
+    ) -> None:
+        """Send every connection of ``batch`` its node's request, then read each reply.
+        Every connection goes back to its pool whatever happens: reused when its reply
+        was read to the end, destroyed otherwise."""
+        sent: List[Tuple[str, Client]] = []
+        try:
+            for name, conn in batch:
+                request, expect, _ = parts[name]  # type: ignore[misc]
+                try:
+                    conn.send(request, expect is None)
+                    sent.append((name, conn))
+                except Exception as exc:
+                    failed[name] = exc
+            for name, conn in sent:
+                _, expect, finish = parts[name]  # type: ignore[misc]
+                try:
+                    results[name] = finish(None if expect is None else conn.receive(expect()))
+                except Exception as exc:
+                    failed[name] = exc
+        finally:
+            _give_back(nodes, batch, results)
 
     def _retrieve(self, command: str, keys: Iterable[AnyKey], with_cas: bool) -> Dict[Any, Any]:
         keys = list(keys)
@@ -568,58 +623,46 @@ class HashClient(_Commands):
             return {}
         nodes = self._nodes
         opts = self.options
-        tuples = any(type(k) is tuple for k in keys)
-        # Every key is checked before anything is routed or sent.
-        if tuples:
-            raw_of: Dict[Any, bytes] = {key: self._raw(key) for key in keys}
+        # Every key is checked before anything is routed or sent; spellings of one key
+        # (str and bytes) are one key, answered under its last spelling, as by Client.
+        if any(type(k) is tuple for k in keys):
+            checked: Dict[bytes, AnyKey] = {self._raw(key): key for key in keys}
         else:
-            checked = validate_keys(keys, opts.key_prefix, opts.allow_unicode_keys)  # type: ignore[arg-type]
-            raw_of = {key: raw for raw, key in checked.items()}
+            checked = validate_keys(keys, opts.key_prefix, opts.allow_unicode_keys)  # type: ignore[arg-type,assignment]
         try:
-            groups = self._groups(nodes, keys)
+            groups = self._groups(nodes, checked.values())
         except AllNodesDownError:
             if self.ignore_exc:
                 return {}
             raise
-        batches: Dict[str, Optional[Tuple[bytes, Callable[[Client, Any], Any], Any]]] = {}
+        raw_of = {key: raw for raw, key in checked.items()}
+        cmd = command.encode()
+        parts: Dict[str, Optional[Part]] = {}
         wanted_by_node: Dict[str, Dict[bytes, AnyKey]] = {}
         for name, group in groups.items():
             wanted = {raw_of[key]: key for key in group}
             wanted_by_node[name] = wanted
-            request = encode_retrieval(command.encode(), list(wanted))
-            # A request too big for one pass goes alone, in passes, through the node's pool.
-            big = len(request) > PIPELINE_BYTES
-            batches[name] = None if big else (request, _collect_items, wanted)
-        many = "gets_many" if with_cas else "get_many"
+            request = encode_retrieval(cmd, list(wanted))
+            if len(request) > PIPELINE_BYTES:
+                parts[name] = None  # goes alone, in passes
+            else:
+                parts[name] = (request, partial(ExpectValues, wanted, None, with_cas), _items)
 
         def alone(name: str) -> Any:
-            plain = [_real(k) for k in wanted_by_node[name].values()]
-            return _Answered(nodes.clients[name].run(many, (plain,), {}))
+            raws = list(wanted_by_node[name])
+            with nodes.clients[name].client_pool.get_and_release() as conn:
+                found: Dict[bytes, Item] = {}
+                for chunk in request_chunks(raws):
+                    reply = conn.request(
+                        encode_retrieval(cmd, chunk), ExpectValues(set(chunk), found, with_cas)
+                    )
+                    _items(reply)
+                return found
 
-        found = self._fan_out(many, nodes, batches, alone)
-        serde = opts.serde
-        raw_values = not with_cas and not tuples and type(serde) is DefaultSerde
+        found = self._fan_out("gets_many" if with_cas else "get_many", nodes, parts, alone)
         out: Dict[Any, Any] = {}
         for name, items in found.items():
-            wanted = wanted_by_node[name]
-            if type(items) is _Answered:  # came back through the node's own client
-                by_real = {_real(k): k for k in wanted.values()}
-                for real, value in items.items():
-                    out[by_real[real]] = value
-                continue
-            if raw_values:  # the default serde hands back the bytes read
-                out.update({wanted[raw]: item[1] for raw, item in items.items()})
-                continue
-            for raw, (flags, data, cas) in items.items():
-                key = wanted[raw]
-                real = _real(key)
-                value = serde.deserialize(real, data, flags)
-                if with_cas:
-                    if cas is None:
-                        raise MemcacheProtocolError("gets answered without a cas token")
-                    out[key] = (value, cas)
-                else:
-                    out[key] = value
+            out.update(decode_values(items, wanted_by_node[name], opts, with_cas))
         return out
 
     def get_many(self, keys: Iterable[AnyKey]) -> Dict[Any, Any]:
@@ -638,11 +681,11 @@ class HashClient(_Commands):
         self,
         command: str,
         items: List[Tuple[AnyKey, bytes]],
-        ok: Tuple[bytes, ...],
+        rule: Rule,
         noreply: bool,
         plain_call: Callable[[str, List[AnyKey]], Any],
-    ) -> Dict[Any, bool]:
-        """Fan out one line per key (set/delete/touch): ``{key: succeeded}``."""
+    ) -> Dict[Any, Any]:
+        """Fan out one line per key (set/delete/touch): ``{key: what its reply means}``."""
         nodes = self._nodes
         try:
             groups = self._groups(nodes, [k for k, _ in items])
@@ -651,33 +694,30 @@ class HashClient(_Commands):
                 return {k: False for k, _ in items}
             raise
         lines = dict(items)
-        batches: Dict[str, Optional[Tuple[bytes, Callable[[Client, Any], Any], Any]]] = {}
+        parts: Dict[str, Optional[Part]] = {}
         for name, group in groups.items():
             if len(group) > FANOUT_MAX_COMMANDS:
-                batches[name] = None  # goes alone, in passes, through the node's pool
+                parts[name] = None  # goes alone, in passes, through the node's pool
                 continue
             request = b"".join(lines[k] for k in group)
-            collect = _noreply_sent if noreply else _collect_n
-            batches[name] = (request, collect, len(group))
+            if noreply:
+                parts[name] = (request, None, _all_true(group))
+            else:
+                where = f" on {name}"
+                expect = partial(ExpectReplies, rule, len(group))
+                parts[name] = (request, expect, _per_key(group, rule, where))
 
-        def fallback(name: str) -> Any:
+        def alone(name: str) -> Any:
             return plain_call(name, groups[name])
 
-        results = self._fan_out(command, nodes, batches, fallback)
-        out: Dict[Any, bool] = {}
+        results = self._fan_out(command, nodes, parts, alone)
+        out: Dict[Any, Any] = {}
         for name, group in groups.items():
-            replies = results.get(name)
-            if replies is None:  # the node failed (and ignore_exc hid it)
+            answers = results.get(name)
+            if answers is None:  # the node failed (and ignore_exc hid it)
                 out.update((k, False) for k in group)
-            elif isinstance(replies, dict):  # from the node's own client
-                out.update(replies)
-            elif replies is True:  # sent with noreply: nothing to hear back
-                out.update((k, True) for k in group)
             else:
-                errors = [r for r in replies if type(r) is ErrorReply]
-                if errors and not self.ignore_exc:
-                    raise errors[0].exception(f"{command} on {name}")
-                out.update((k, r in ok) for k, r in zip(group, replies))
+                out.update(answers)
         return out
 
     def set_many(  # type: ignore[override]
@@ -689,8 +729,7 @@ class HashClient(_Commands):
     ) -> List[Any]:
         """Store many values over all nodes in parallel; return the keys not stored."""
         opts = self.options
-        if noreply is None:
-            noreply = opts.default_noreply
+        noreply = resolve_noreply(noreply, opts.default_noreply)
         items = []
         for key, value in values.items():
             real = _real(key)
@@ -710,7 +749,7 @@ class HashClient(_Commands):
             )
             return {k: _real(k) not in failed for k in group}
 
-        result = self._pipelined("set_many", items, (STORED,), noreply, plain)
+        result = self._pipelined("set_many", items, RULES["set"], noreply, plain)
         return [k for k, stored in result.items() if not stored]
 
     set_multi = set_many  # type: ignore[assignment]
@@ -718,19 +757,15 @@ class HashClient(_Commands):
     def delete_many(self, keys: Iterable[AnyKey], noreply: Optional[bool] = None) -> bool:
         """Delete many keys over all nodes in parallel. True."""
         opts = self.options
-        if noreply is None:
-            noreply = opts.default_noreply
-        items = []
-        for key in keys:
-            raw = self._raw(key)
-            items.append((key, encode_delete(raw, noreply)))
+        noreply = resolve_noreply(noreply, opts.default_noreply)
+        items = [(key, encode_delete(self._raw(key), noreply)) for key in keys]
 
         def plain(name: str, group: List[AnyKey]) -> Dict[Any, bool]:
             reals = [_real(k) for k in group]
             self._nodes_client(name).run("delete_many", (reals, noreply), {})
             return {k: True for k in group}
 
-        self._pipelined("delete_many", items, (DELETED, NOT_FOUND), noreply, plain)
+        self._pipelined("delete_many", items, RULES["delete"], noreply, plain)
         return True
 
     delete_multi = delete_many
@@ -740,18 +775,14 @@ class HashClient(_Commands):
     ) -> Dict[Any, bool]:
         """Touch many keys over all nodes in parallel: ``{key: whether it existed}``."""
         opts = self.options
-        if noreply is None:
-            noreply = opts.default_noreply
-        items = []
-        for key in keys:
-            raw = self._raw(key)
-            items.append((key, encode_touch(raw, expire, noreply)))
+        noreply = resolve_noreply(noreply, opts.default_noreply)
+        items = [(key, encode_touch(self._raw(key), expire, noreply)) for key in keys]
 
         def plain(name: str, group: List[AnyKey]) -> Dict[Any, bool]:
             client = self._nodes_client(name)
             return {k: client.run("touch", (_real(k), expire, noreply), {}) for k in group}
 
-        return self._pipelined("touch", items, (TOUCHED,), noreply, plain)
+        return self._pipelined("touch", items, RULES["touch"], noreply, plain)
 
     def _raw(self, key: AnyKey) -> bytes:
         opts = self.options

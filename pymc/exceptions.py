@@ -22,6 +22,7 @@ __all__ = [
     "MemcachePoolTimeoutError",
     "MemcacheProtocolError",
     "MemcacheServerError",
+    "MemcacheServerRefusedError",
     "MemcacheTimeoutError",
     "MemcacheUnexpectedCloseError",
     "MemcacheUnknownCommandError",
@@ -51,6 +52,14 @@ class MemcacheAuthenticationError(MemcacheClientError):
 
 class MemcacheServerError(MemcacheError):
     """The server answered ``SERVER_ERROR`` (for example: object too large for cache)."""
+
+
+class MemcacheServerRefusedError(MemcacheServerError, MemcacheUnknownCommandError):
+    """The server answered ``ERROR <message>``: a server-side refusal, such as memcached's
+    ``ERROR Too many open connections`` when it is full (it then hangs up, and the
+    connection is closed) or ``ERROR shutdown not enabled``. A bare ``ERROR`` (an unknown
+    command) is only a :class:`MemcacheUnknownCommandError`; this class is one too, since
+    pymemcache raises that for every ``ERROR`` line."""
 
 
 class MemcacheUnknownError(MemcacheError):

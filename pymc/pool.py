@@ -197,6 +197,13 @@ class ObjectPool(Generic[T]):
                 return obj
             self._give_back(obj, destroy=True)
 
+    def try_get(self) -> Optional[T]:
+        """An object if one can be had without waiting, else None."""
+        try:
+            return self.get(timeout=0)
+        except MemcachePoolTimeoutError:
+            return None
+
     def _take(self, timeout: Optional[float]) -> Optional[Tuple[T, float]]:
         """Reserve a slot: an idle object and its idle time, or None (create one)."""
         doomed: List[T] = []

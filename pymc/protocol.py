@@ -35,18 +35,29 @@ from .exceptions import (
     MemcacheIllegalInputError,
     MemcacheProtocolError,
     MemcacheServerError,
+    MemcacheServerRefusedError,
     MemcacheUnknownCommandError,
 )
 
 __all__ = [
     "END",
     "MAX_KEY_LENGTH",
+    "MN",
     "NEED_DATA",
+    "RULES",
     "ClusterConfig",
     "ClusterNode",
     "ErrorReply",
+    "Expect",
+    "ExpectConfig",
+    "ExpectRaw",
+    "ExpectReplies",
+    "ExpectStats",
+    "ExpectSync",
+    "ExpectValues",
     "Reader",
     "Reply",
+    "Rule",
     "Stat",
     "Value",
     "Version",
@@ -61,9 +72,11 @@ __all__ = [
     "encode_shutdown",
     "encode_stats",
     "encode_storage",
+    "encode_sync",
     "encode_touch",
     "encode_verbosity",
     "encode_version",
+    "has_meta_commands",
     "parse_cluster_config",
     "validate_key",
     "validate_keys",
@@ -368,13 +381,21 @@ class ErrorReply(NamedTuple):
     kind: bytes
     message: str
 
+    @property
+    def in_step(self) -> bool:
+        """False when the server refused the connection itself (memcached's ``ERROR Too
+        many open connections``, sent before it hangs up): nothing more can be read."""
+        return self.kind != b"ERROR" or not self.message.startswith("Too many open connections")
+
     def exception(self, command: str = "") -> MemcacheError:
         where = f" (to {command})" if command else ""
         if self.kind == b"CLIENT_ERROR":
             return MemcacheClientError(f"{self.message}{where}")
         if self.kind == b"SERVER_ERROR":
             return MemcacheServerError(f"{self.message}{where}")
-        return MemcacheUnknownCommandError(f"{self.message or 'ERROR'}{where}")
+        if self.message:
+            return MemcacheServerRefusedError(f"ERROR {self.message}{where}")
+        return MemcacheUnknownCommandError(f"ERROR{where}")
 
 
 # The fixed one-word replies; the reader hands back these very objects.
@@ -387,7 +408,11 @@ DELETED: Final = b"DELETED"
 TOUCHED: Final = b"TOUCHED"
 OK: Final = b"OK"
 RESET: Final = b"RESET"
-_WORDS = {w: w for w in (END, STORED, NOT_STORED, EXISTS, NOT_FOUND, DELETED, TOUCHED, OK, RESET)}
+#: The meta no-op's answer (``mn``): the marker a connection syncs on after ``noreply``.
+MN: Final = b"MN"
+_WORDS = {
+    w: w for w in (END, STORED, NOT_STORED, EXISTS, NOT_FOUND, DELETED, TOUCHED, OK, RESET, MN)
+}
 
 Reply = Union[bytes, int, Value, Stat, Version, ClusterConfig, ErrorReply]
 
@@ -429,7 +454,7 @@ class Reader:
     buffer on every chunk, so a large value costs one join, not one per chunk.
     """
 
-    __slots__ = ("_broken", "_buf", "_need", "_parts", "_parts_len", "_pos")
+    __slots__ = ("_broken", "_buf", "_need", "_parts", "_parts_len", "_pos", "broken")
 
     def __init__(self) -> None:
         self._buf = b""
@@ -438,6 +463,8 @@ class Reader:
         self._parts_len = 0
         self._need = 0  # do not look again before this many bytes are buffered
         self._broken: Optional[MemcacheProtocolError] = None
+        #: A reply did not parse (or the server refused the connection): throw it away.
+        self.broken = False
 
     # -- input
 
@@ -460,10 +487,6 @@ class Reader:
     def buffered(self) -> int:
         """How many received bytes no reply has consumed yet."""
         return len(self._buf) - self._pos + self._parts_len
-
-    @property
-    def broken(self) -> bool:
-        return self._broken is not None
 
     # -- output
 
@@ -512,7 +535,12 @@ class Reader:
             if kind not in (b"ERROR", b"CLIENT_ERROR", b"SERVER_ERROR"):
                 raise self._fail(f"unexpected reply {line[:100]!r}")
             self._pos = end + 2
-            return ErrorReply(kind, message.decode("utf-8", "replace"))
+            reply = ErrorReply(kind, message.decode("utf-8", "replace"))
+            if not reply.in_step:
+                # ``ERROR <message>`` (``Too many open connections``) is the server refusing
+                # the connection, not an answer to a command: nothing after it is trusted.
+                self._fail(f"the server refused the connection: {line[:100]!r}")
+            return reply
         raise self._fail(f"unexpected reply {line[:100]!r}")
 
     def read_values(
@@ -662,6 +690,7 @@ class Reader:
 
     def _fail(self, message: str) -> MemcacheProtocolError:
         self._broken = MemcacheProtocolError(message)
+        self.broken = True
         self._buf = b""
         self._pos = 0
         self._parts = []
@@ -671,3 +700,237 @@ class Reader:
 
     def _poisoned(self) -> MemcacheProtocolError:
         return MemcacheProtocolError(f"connection state is unknown after: {self._broken}")
+
+
+# --------------------------------------------------------------------------- what replies mean
+#
+# One table says, for every command, which replies it may get and what each means. A reply
+# outside that set is a protocol error (the reader is poisoned, so the connection is
+# dropped); an ErrorReply is always accepted, since the server is still in step, and is
+# turned into its exception by ``Rule.result``. Every client, and the cluster fan-out,
+# reads replies through the ``Expect*`` readers below and interprets them through these
+# rules, so the decision is made once.
+
+
+class Rule:
+    """What one command may get back, and what each reply means."""
+
+    __slots__ = ("command", "kinds", "meanings")
+
+    def __init__(
+        self, command: str, meanings: Dict[bytes, object], kinds: Tuple[type, ...] = ()
+    ) -> None:
+        self.command = command
+        self.meanings = meanings  # fixed word -> the command's result
+        self.kinds = kinds  # reply types accepted as they are (an int, a Version)
+
+    def accepts(self, reply: object) -> bool:
+        return reply in self.meanings or type(reply) in self.kinds or type(reply) is ErrorReply
+
+    def result(self, reply: object) -> object:
+        """The command's result for an accepted reply; an ErrorReply raises."""
+        if type(reply) is ErrorReply:
+            raise reply.exception(self.command)
+        if isinstance(reply, Version):
+            return reply.version
+        if type(reply) in self.kinds:
+            return reply
+        return self.meanings[reply]  # type: ignore[index]
+
+    def __repr__(self) -> str:
+        return f"<Rule {self.command}>"
+
+
+def _stored(command: str) -> Rule:
+    return Rule(command, {STORED: True, NOT_STORED: False})
+
+
+#: command name -> its Rule (the storage commands, ``cas``, ``delete``, ``touch``, ``incr``,
+#: ``decr`` and the administrative ones that answer ``OK``).
+RULES: Dict[str, Rule] = {
+    "set": _stored("set"),
+    "add": _stored("add"),
+    "replace": _stored("replace"),
+    "append": _stored("append"),
+    "prepend": _stored("prepend"),
+    "cas": Rule("cas", {STORED: True, EXISTS: False, NOT_FOUND: None}),
+    "delete": Rule("delete", {DELETED: True, NOT_FOUND: False}),
+    "touch": Rule("touch", {TOUCHED: True, NOT_FOUND: False}),
+    "incr": Rule("incr", {NOT_FOUND: None}, (int,)),
+    "decr": Rule("decr", {NOT_FOUND: None}, (int,)),
+    "flush_all": Rule("flush_all", {OK: True}),
+    "verbosity": Rule("verbosity", {OK: True}),
+    "cache_memlimit": Rule("cache_memlimit", {OK: True}),
+    "version": Rule("version", {}, (Version,)),
+    "auth": Rule("auth", {STORED: True}),
+    "shutdown": Rule("shutdown", {OK: None}),
+}
+
+
+class Expect:
+    """Reads the reply to one request from a :class:`Reader`: ``step(reader)`` returns the
+    finished result, or :data:`NEED_DATA` (call it again after feeding more bytes). A
+    reply the request cannot have is a protocol error that poisons the reader."""
+
+    __slots__ = ()
+
+    def step(self, reader: Reader) -> object:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+class ExpectReplies(Expect):
+    """``count`` one-line replies, each one ``rule`` accepts: a list of them."""
+
+    __slots__ = ("count", "replies", "rule")
+
+    def __init__(self, rule: Rule, count: int = 1) -> None:
+        self.rule = rule
+        self.count = count
+        self.replies: List[Reply] = []
+
+    def step(self, reader: Reader) -> object:
+        replies = self.replies
+        accepts = self.rule.accepts
+        while len(replies) < self.count:
+            reply = reader.next_reply()
+            if reply is NEED_DATA:
+                return NEED_DATA
+            if not accepts(reply):
+                raise reader._fail(f"unexpected reply to {self.rule.command}: {reply!r}"[:300])
+            replies.append(reply)  # type: ignore[arg-type]
+        return replies
+
+
+class ExpectValues(Expect):
+    """The answer to one ``get``/``gets``/``gat``/``gats``: the items go into ``found``
+    (``raw key: (flags, data, cas)``); the result is ``found``, or an :class:`ErrorReply`.
+
+    ``wanted`` holds the keys of *this* request; ``found`` may be shared by the passes of a
+    large multi-get, so a key answered twice, in any pass, is a protocol error. With
+    ``cas`` every value must carry its cas token.
+    """
+
+    __slots__ = ("cas", "found", "wanted")
+
+    def __init__(
+        self,
+        wanted: Container[bytes],
+        found: Optional[Dict[bytes, Tuple[int, bytes, Optional[bytes]]]] = None,
+        cas: bool = False,
+    ) -> None:
+        self.wanted = wanted
+        self.found: Dict[bytes, Tuple[int, bytes, Optional[bytes]]] = {} if found is None else found
+        self.cas = cas
+
+    def step(self, reader: Reader) -> object:
+        before = len(self.found)
+        status = reader.read_values(self.wanted, self.found)
+        if status is NEED_DATA:
+            return NEED_DATA
+        if type(status) is ErrorReply:
+            if len(self.found) != before:
+                raise reader._fail(f"an error in the middle of a retrieval: {status!r}")
+            return status
+        if self.cas:
+            for raw, item in self.found.items():
+                if item[2] is None:
+                    raise reader._fail(f"a value without its cas token: {raw!r}")
+        return self.found
+
+
+class ExpectStats(Expect):
+    """A ``stats`` block: ``{name: value}`` up to ``END``; ``{}`` for the sub-commands that
+    answer ``OK`` or ``RESET``; or an :class:`ErrorReply`."""
+
+    __slots__ = ("stats",)
+
+    def __init__(self) -> None:
+        self.stats: Dict[bytes, bytes] = {}
+
+    def step(self, reader: Reader) -> object:
+        stats = self.stats
+        while True:
+            reply = reader.next_reply()
+            if reply is NEED_DATA:
+                return NEED_DATA
+            if type(reply) is Stat:
+                stats[reply.name] = reply.value
+            elif reply is END or ((reply is OK or reply is RESET) and not stats):
+                return stats
+            elif type(reply) is ErrorReply and not stats:
+                return reply
+            else:
+                raise reader._fail(f"unexpected reply to stats: {reply!r}"[:300])
+
+
+class ExpectConfig(Expect):
+    """``CONFIG cluster`` and its ``END``: a :class:`ClusterConfig`, or an ErrorReply."""
+
+    __slots__ = ("config",)
+
+    def __init__(self) -> None:
+        self.config: Optional[ClusterConfig] = None
+
+    def step(self, reader: Reader) -> object:
+        if self.config is None:
+            reply = reader.next_reply()
+            if reply is NEED_DATA or type(reply) is ErrorReply:
+                return reply
+            if type(reply) is not ClusterConfig:
+                raise reader._fail(f"unexpected reply to config get: {reply!r}"[:300])
+            self.config = reply
+        end = reader.next_reply()
+        if end is NEED_DATA:
+            return NEED_DATA
+        if end is not END:
+            raise reader._fail("a CONFIG block not followed by END")
+        return self.config
+
+
+class ExpectRaw(Expect):
+    """Everything up to ``token`` (consumed, not returned), for ``raw_command``."""
+
+    __slots__ = ("token",)
+
+    def __init__(self, token: bytes) -> None:
+        self.token = token
+
+    def step(self, reader: Reader) -> object:
+        return reader.read_until(self.token)
+
+
+class ExpectSync(Expect):
+    """Everything up to the marker a connection syncs on after ``noreply`` commands (``MN``
+    for ``mn``, a ``VERSION`` line for ``version``). What comes before it can only be error
+    lines of those commands: they are collected in ``errors``, never raised. The result is
+    the marker reply."""
+
+    __slots__ = ("errors",)
+
+    def __init__(self) -> None:
+        self.errors: List[ErrorReply] = []
+
+    def step(self, reader: Reader) -> object:
+        while True:
+            reply = reader.next_reply()
+            if reply is NEED_DATA or reply is MN or type(reply) is Version:
+                return reply
+            if type(reply) is not ErrorReply:
+                raise reader._fail(f"unexpected reply before the sync marker: {reply!r}"[:300])
+            self.errors.append(reply)
+            if not reply.in_step:
+                return reply
+
+
+def encode_sync(meta: bool) -> bytes:
+    """The marker request: ``mn`` (memcached 1.6+) or ``version`` (any server)."""
+    return b"mn\r\n" if meta else b"version\r\n"
+
+
+def has_meta_commands(version: bytes) -> bool:
+    """Whether a server of this ``version`` answers the meta no-op ``mn`` (1.6 and up)."""
+    parts = version.split(b".")
+    try:
+        return (int(parts[0]), int(parts[1])) >= (1, 6)
+    except (ValueError, IndexError):
+        return False

@@ -13,6 +13,7 @@ import ssl
 import time
 from typing import Any, Callable, Dict, Iterator, List, Tuple
 
+import pymemcache.exceptions  # type: ignore[import-untyped]
 import pytest
 from pymemcache.client.base import Client as PmcClient  # type: ignore[import-untyped]
 from support.faultproxy import FaultProxy
@@ -526,6 +527,21 @@ def _normalize(value: Any) -> Any:
     return value
 
 
+def _pymemcache_name(exc: Exception) -> Any:
+    """The names of the classes of ``exc`` that pymemcache also has: pymc may raise a
+    subclass, but the ``except`` clauses written for pymemcache must still catch it."""
+    return frozenset(
+        cls.__name__ for cls in type(exc).__mro__ if hasattr(pymemcache.exceptions, cls.__name__)
+    )
+
+
+def _same(ours: Tuple[str, Any], theirs: Tuple[str, Any]) -> bool:
+    (name, got), (_, expected) = ours, theirs
+    if isinstance(got, tuple) and got[:1] == ("raised",) and isinstance(expected, tuple):
+        return expected[:1] == ("raised",) and expected[1] <= got[1]
+    return ours == theirs
+
+
 def _scenario(c: Any) -> List[Tuple[str, Any]]:
     out: List[Tuple[str, Any]] = []
 
@@ -533,7 +549,7 @@ def _scenario(c: Any) -> List[Tuple[str, Any]]:
         try:
             result = call()
         except Exception as exc:
-            out.append((name, ("raised", type(exc).__name__)))
+            out.append((name, ("raised", _pymemcache_name(exc))))
             return None
         out.append((name, _normalize(result)))
         return result
@@ -611,8 +627,8 @@ def test_differential_against_pymemcache(memcached: MemcachedProcess, prefix: by
     finally:
         ours.close()
         theirs.close()
-    assert [m for m, r in zip(got, expected) if m != r] == []
-    assert got == expected
+    assert [m for m, r in zip(got, expected) if not _same(m, r)] == []
+    assert len(got) == len(expected)
 
 
 def test_stats_keys_and_types_match_pymemcache(client: Client, memcached: MemcachedProcess) -> None:

@@ -1020,7 +1020,7 @@ def test_noreply_fan_out_marks_connections_for_the_checkout_check(
         conn
         for pool in client.clients.values()
         for conn, _, _ in pool.client_pool._idle
-        if conn._noreply_sent
+        if conn.owes_sync
     ]
     assert marked, "a noreply fan-out must leave its connections marked"
     assert client.get_many(keys) == {k: b"v" for k in keys}

@@ -14,6 +14,8 @@ Modes (client->server data is called a request, server->client data a reply):
   close                 on the next request data, close the client socket cleanly (FIN)
   garbage, data=B       forward requests; replace each reply chunk with B
   close_after, nbytes=N forward at most N more reply bytes per connection, then close (FIN)
+  rewrite, fn=F         forward requests; replace each reply chunk by F(chunk): a server or
+                        middlebox that misbehaves in a chosen way (F may keep state)
 """
 
 from __future__ import annotations
@@ -25,10 +27,10 @@ import struct
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Deque, Optional, Tuple
+from typing import Any, Callable, Deque, Optional, Tuple
 
 DEFAULT_GARBAGE = b"\x00\xde\xad\xbe\xef GARBAGE \xff\xfe\r\n"
-MODES = ("pass", "delay", "stall", "reset", "close", "garbage", "close_after")
+MODES = ("pass", "delay", "stall", "reset", "close", "garbage", "close_after", "rewrite")
 TICK = 0.05
 
 
@@ -38,6 +40,7 @@ class Mode:
     seconds: float = 0.0
     data: bytes = DEFAULT_GARBAGE
     nbytes: int = 0
+    fn: Optional[Callable[[bytes], bytes]] = None
 
 
 @dataclass(eq=False)
@@ -201,6 +204,8 @@ class FaultProxy:
             return
         if mode.name == "garbage":
             data = mode.data
+        elif mode.name == "rewrite" and mode.fn is not None:
+            data = mode.fn(data)
         elif mode.name == "close_after":
             if pair.budget_mode is not mode:
                 pair.budget_mode, pair.budget = mode, mode.nbytes
