@@ -11,12 +11,12 @@ from __future__ import annotations
 import socket
 import ssl
 import time
-from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, List, Tuple, Union
 
 import pytest
 from pymemcache.client.base import Client as PmcClient
 from support.faultproxy import FaultProxy
-from support.helpers import Interrupt, tcp
+from support.helpers import Interrupt, current_sock, tcp
 from support.servers import MemcachedProcess, free_port, request
 
 from pymc import (
@@ -390,11 +390,6 @@ def test_raw_command(client: Client) -> None:
     with pytest.raises(MemcacheIllegalInputError):
         client.raw_command("get k\r\nflush_all")
     assert client.get("k") == b"v"
-
-
-def current_sock(client: Client) -> Optional[socket.socket]:
-    """``client.sock`` read afresh: mypy keeps an attribute narrowed across method calls."""
-    return client.sock
 
 
 def test_close_and_reconnect(client: Client) -> None:
