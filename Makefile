@@ -14,8 +14,9 @@ $(VENV)/.test-deps: setup.cfg setup.py | $(BIN)/python
 	$(PIP) install -e '.[test]'
 	touch $@
 
+# mypy checks tests/ and benchmarks/ too, so it needs what they import (pytest, hypothesis, ...).
 $(VENV)/.lint-deps: setup.cfg setup.py | $(BIN)/python
-	$(PIP) install -e '.[lint]'
+	$(PIP) install -e '.[test,lint]'
 	touch $@
 
 $(VENV)/.bench-deps: setup.cfg setup.py | $(BIN)/python
@@ -38,8 +39,8 @@ test: $(VENV)/.test-deps memcached
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(VENV)/.lint-deps
-	$(BIN)/ruff check pymc
-	$(BIN)/ruff format --check pymc
+	$(BIN)/ruff check pymc tests benchmarks
+	$(BIN)/ruff format --check pymc tests benchmarks
 	$(BIN)/mypy
 
 bench: $(VENV)/.bench-deps memcached

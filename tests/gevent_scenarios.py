@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from typing import Any, Callable, Dict, List
+from typing import Any, Callable, Dict, List, Tuple
 
 Args = Dict[str, Any]
 
@@ -40,7 +40,7 @@ def patch() -> None:
     assert monkey.is_module_patched("socket") and monkey.is_module_patched("threading")
 
 
-def addr(value: List[Any]) -> tuple:
+def addr(value: List[Any]) -> Tuple[str, int]:
     return (value[0], int(value[1]))
 
 

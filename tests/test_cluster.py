@@ -24,6 +24,7 @@ from typing import (
     Sequence,
     Set,
     Tuple,
+    Union,
 )
 from urllib.parse import unquote_to_bytes
 
@@ -41,6 +42,7 @@ from pymc import (
     KetamaHash,
     MemcacheError,
     MemcachePoolTimeoutError,
+    ObjectPool,
     PooledClient,
     RendezvousHash,
 )
@@ -50,11 +52,15 @@ from pymc.cluster import AllNodesDownError, NodeSet
 ProxyFactory = Callable[[Tuple[str, int]], FaultProxy]
 ServerFactory = Callable[..., MemcachedProcess]
 Event = Tuple[str, str, Dict[str, Any]]
+#: What HashClient.set_many takes: a key, or a ``(server_key, key)`` tuple. Its Mapping's key
+#: type is invariant, so a dict[str, bytes] would not do.
+HashKey = Union[str, bytes, Tuple[Any, Union[str, bytes]]]
+Values = Dict[HashKey, bytes]
 
 pytestmark = pytest.mark.timeout(30)
 
 # Fast failure detection for the failover tests.
-FAILOVER = dict(
+FAILOVER: Dict[str, Any] = dict(
     retry_timeout=0, retry_attempts=2, dead_timeout=0.5, connect_timeout=0.2, timeout=0.5
 )
 
@@ -131,6 +137,11 @@ class Events:
             return [e for e in self.seen if e[0] == event and (node is None or e[1] == node)]
 
 
+def in_use(pool: ObjectPool[Any], count: int) -> Callable[[], bool]:
+    """A predicate for wait_until: ``pool`` has ``count`` objects checked out."""
+    return lambda: pool.used == count
+
+
 def keys_on(client: HashClient, name: str, keys: Iterable[Any]) -> List[Any]:
     nodes = client.snapshot
     return [k for k in keys if nodes.node_for(k) == name]
@@ -190,7 +201,7 @@ def test_ketama_placement_matches_pylibmc(memcached_nodes: List[MemcachedProcess
         assert client.get_many(list(theirs)) == theirs
 
         # pymc writes, pylibmc reads.
-        ours = {f"{t}-pymc-{i}": f"from pymc {i}".encode() for i in range(1000)}
+        ours: Values = {f"{t}-pymc-{i}": f"from pymc {i}".encode() for i in range(1000)}
         assert client.set_many(ours) == []
         assert mc.get_multi(list(ours)) == ours
         placed = locate(memcached_nodes, ours)
@@ -210,15 +221,17 @@ def test_tuple_keys_route_by_their_server_key(memcached_nodes: List[MemcachedPro
     home = client.snapshot.node_for("user-42")
 
     assert client.set_many({k: f"v{i}".encode() for i, k in enumerate(keys)}) == []
-    assert client.set(("user-42", f"{t}-single"), b"one") is True
+    # HashClient's single-key commands are typed as Client's (str | bytes), though they take
+    # the (server_key, key) tuples set_many/get_many/delete_many are typed for: so the ignores.
+    assert client.set(("user-42", f"{t}-single"), b"one") is True  # type: ignore[arg-type]
     real_keys = [k[1] for k in keys] + [f"{t}-single"]
     assert set(locate(memcached_nodes, real_keys).values()) == {home}
 
-    assert client.get(keys[3]) == b"v3"
-    assert client.get(("user-42", f"{t}-single")) == b"one"
+    assert client.get(keys[3]) == b"v3"  # type: ignore[arg-type]
+    assert client.get(("user-42", f"{t}-single")) == b"one"  # type: ignore[arg-type]
     got = client.get_many(keys)
     assert got == {k: f"v{i}".encode() for i, k in enumerate(keys)}  # keyed by the tuples
-    assert client.delete(("user-42", f"{t}-single")) is True
+    assert client.delete(("user-42", f"{t}-single")) is True  # type: ignore[arg-type]
     assert client.delete_many(keys) is True
     assert client.get_many(keys) == {}
     assert locate(memcached_nodes, real_keys) == {}
@@ -234,7 +247,7 @@ def test_multi_key_commands_wait_for_the_slowest_node_not_the_sum(
     proxies = [fault_proxy(tcp(s)) for s in memcached_nodes]
     client = HashClient([p.address for p in proxies], timeout=3, connect_timeout=3)
     t = tag()
-    values = {f"{t}-{i}": f"v{i}".encode() for i in range(200)}
+    values: Values = {f"{t}-{i}": f"v{i}".encode() for i in range(200)}
     keys = list(values)
     assert {client.snapshot.node_for(k) for k in keys} == {p.server for p in proxies}
     assert client.set_many(values) == []  # every node has a warm connection now
@@ -279,7 +292,7 @@ def test_get_many_with_ignore_exc_returns_the_other_nodes_values_when_one_stalls
     client = HashClient(addresses, ignore_exc=True, timeout=0.5, connect_timeout=0.5)
     strict = HashClient(addresses, timeout=0.5, connect_timeout=0.5)
     t = tag()
-    values = {f"{t}-{i}": f"v{i}".encode() for i in range(200)}
+    values: Values = {f"{t}-{i}": f"v{i}".encode() for i in range(200)}
     assert client.set_many(values) == []
     assert strict.get_many(list(values)) == values
     stalled = proxies[1].server
@@ -307,7 +320,7 @@ def test_get_many_with_ignore_exc_skips_a_killed_node(new_memcached: ServerFacto
     servers = [new_memcached() for _ in range(4)]
     client = HashClient([tcp(s) for s in servers], ignore_exc=True, **FAILOVER)
     t = tag()
-    values = {f"{t}-{i}": f"v{i}".encode() for i in range(200)}
+    values: Values = {f"{t}-{i}": f"v{i}".encode() for i in range(200)}
     assert client.set_many(values) == []
     victim = servers[2]
     on_victim = keys_on(client, victim.server, values)
@@ -444,11 +457,11 @@ def test_a_pool_timeout_in_a_fan_out_is_hidden_by_ignore_exc(
 ) -> None:
     proxies = [fault_proxy(tcp(s)) for s in memcached_nodes]
     addresses = [p.address for p in proxies]
-    common = dict(use_pooling=True, max_pool_size=1, pool_timeout=0.1, timeout=3)
+    common: Dict[str, Any] = dict(use_pooling=True, max_pool_size=1, pool_timeout=0.1, timeout=3)
     client = HashClient(addresses, ignore_exc=True, **common)
     strict = HashClient(addresses, **common)
     t = tag()
-    values = {f"{t}-{i}": f"v{i}".encode() for i in range(100)}
+    values: Values = {f"{t}-{i}": f"v{i}".encode() for i in range(100)}
     assert client.set_many(values) == []
     slow = proxies[0]
     on_slow = keys_on(client, slow.server, values)
@@ -463,7 +476,7 @@ def test_a_pool_timeout_in_a_fan_out_is_hidden_by_ignore_exc(
         holder.start()
     for hc in (client, strict):
         pool = hc.clients[slow.server].client_pool
-        wait_until(lambda p=pool: p.used == 1, what="the holder to check the connection out")
+        wait_until(in_use(pool, 1), what="the holder to check the connection out")
 
     assert client.get(on_slow[1], default="dflt") == "dflt"  # as for one key...
     got, elapsed = timed(lambda: client.get_many(list(values)))  # ...so for many

@@ -18,7 +18,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 import pytest
 from support.faultproxy import FaultProxy
@@ -130,9 +130,12 @@ def proxy_commands(proxies: Sequence[FaultProxy]) -> Handler:
     return handle
 
 
-def seed(server: MemcachedProcess, count: int, prefix: str) -> Dict[str, str]:
+def seed(server: MemcachedProcess, count: int, prefix: str) -> Dict[Union[str, bytes], str]:
     """Store ``count`` keys straight into ``server``; return ``{key: value}``."""
-    values = {f"{prefix}-{i}": f"value-{prefix}-{i}" for i in range(count)}
+    # keyed as set_many's Mapping[str | bytes, ...] is (a Mapping's key type is invariant)
+    values: Dict[Union[str, bytes], str] = {
+        f"{prefix}-{i}": f"value-{prefix}-{i}" for i in range(count)
+    }
     with Client(tcp(server)) as client:
         assert client.set_many(values) == []
     return values

@@ -455,7 +455,7 @@ def keys_held(server: MemcachedProcess, keys: Sequence[bytes]) -> set[bytes]:
 
 def live_ketama_check(servers: Sequence[MemcachedProcess], weights: Mapping[str, int]) -> None:
     tag = uuid.uuid4().hex[:8]
-    keys: List[Key] = [f"pymc-ketama-{tag}-{i}" for i in range(7000)]
+    keys: List[str] = [f"pymc-ketama-{tag}-{i}" for i in range(7000)]
     keys += [f"pymc-k\u00e9tama-{tag}-\u4e2d{i}\U0001f600" for i in range(3000)]
     specs = [f"{s.host}:{s.port}:{weights.get(s.server, 1)}" for s in servers]
     client = pylibmc.Client(specs, behaviors={"ketama_weighted": True})

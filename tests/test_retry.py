@@ -250,8 +250,8 @@ def test_which_failures_are_retryable() -> None:
         Interrupt(),
         KeyboardInterrupt(),
     ]
-    for exc in never:
-        assert not policy.is_retryable("get", exc), exc
+    for other in never:
+        assert not policy.is_retryable("get", other), other
     # bad input stays unretried even when asked for explicitly
     eager = RetryPolicy(retry_for=(MemcacheError,), idempotent=IDEMPOTENT | {"incr"})
     assert not eager.is_retryable("get", MemcacheIllegalInputError("bad"))

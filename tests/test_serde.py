@@ -45,7 +45,7 @@ from pymc.serde import (
 )
 
 try:
-    from pymemcache import serde as pmc_serde  # type: ignore[import-untyped]
+    from pymemcache import serde as pmc_serde
 except ImportError:  # pragma: no cover - pymemcache is a test dependency
     pmc_serde = None
 

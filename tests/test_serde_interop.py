@@ -11,8 +11,8 @@ import zlib
 from typing import Any, Callable, Dict, Iterator, List, Tuple
 
 import pytest
-from pymemcache import serde as pmc_serde  # type: ignore[import-untyped]
-from pymemcache.client.base import Client as PmcClient  # type: ignore[import-untyped]
+from pymemcache import serde as pmc_serde
+from pymemcache.client.base import Client as PmcClient
 from support.servers import MemcachedProcess, request
 
 from pymc import Client

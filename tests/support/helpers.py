@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import socket
 import time
-from typing import Any, Callable, Tuple
+from typing import Any, Callable, Optional, Protocol, Tuple
 
 
 class Interrupt(BaseException):
@@ -16,6 +17,18 @@ def tcp(server: Any) -> Tuple[str, int]:
     address = server.address
     assert isinstance(address, tuple)
     return (address[0], address[1])
+
+
+class HasSock(Protocol):
+    @property
+    def sock(self) -> Optional[socket.socket]: ...
+
+
+def current_sock(client: HasSock) -> Optional[socket.socket]:
+    """``client.sock`` read afresh, for a test that asserts on it before and after a call:
+    mypy keeps an attribute narrowed across method calls (``sock is None`` would make the
+    next ``sock is not None`` unreachable)."""
+    return client.sock
 
 
 def stat(server: Any, name: str) -> int:
