@@ -13,7 +13,7 @@ import ssl
 import time
 from typing import Any, Callable, Dict, Iterator, List, Tuple, Union
 
-import pymemcache.exceptions  # type: ignore[import-untyped]
+import pymemcache.exceptions
 import pytest
 from pymemcache.client.base import Client as PmcClient
 from support.faultproxy import FaultProxy
@@ -541,7 +541,7 @@ def _pymemcache_name(exc: Exception) -> Any:
 
 
 def _same(ours: Tuple[str, Any], theirs: Tuple[str, Any]) -> bool:
-    (name, got), (_, expected) = ours, theirs
+    (_, got), (_, expected) = ours, theirs
     if isinstance(got, tuple) and got[:1] == ("raised",) and isinstance(expected, tuple):
         return expected[:1] == ("raised",) and expected[1] <= got[1]
     return ours == theirs

@@ -521,12 +521,13 @@ def test_keys_at_the_length_limit_after_the_prefix(
         assert client.set(key(246), b"edge") is True
         assert client.get(key(246)) == b"edge"
         assert client.get_many([key(246)]) == {key(246): b"edge"}
-        for call in (
+        calls: List[Callable[[], Any]] = [
             lambda: client.get(key(247)),
             lambda: client.set(key(247), b"x"),
             lambda: client.get_many([key(246), key(247)]),
             lambda: client.delete_many([key(247)]),
-        ):
+        ]
+        for call in calls:
             with pytest.raises(MemcacheIllegalInputError):
                 call()
         assert client.get(key(246)) == b"edge"  # nothing half-sent
