@@ -43,7 +43,6 @@ from .exceptions import (
 )
 from .protocol import (
     END,
-    MN,
     NEED_DATA,
     RULES,
     STORED,
@@ -245,9 +244,6 @@ def _send(sock: Any, request: bytes) -> None:
         sock.sendall(memoryview(request)[sent:])
 
 
-_SYNC_RULE = Rule("sync", {MN: None}, (Version,))
-
-
 def resolve_noreply(noreply: Optional[bool], default: bool) -> bool:
     """The one rule for ``noreply``: the argument when given, else ``default_noreply``."""
     return default if noreply is None else bool(noreply)
@@ -431,6 +427,7 @@ class Client:
         # yet: the next request goes out behind a sync marker (see send()).
         self._owes_sync = False
         self._syncing = False  # a sync marker was sent; receive() reads up to it first
+        self._pending = False  # a request was sent whose reply is not read to its end yet
         self._meta: Optional[bool] = None  # the server answers ``mn`` (None: not known)
         #: Error lines that noreply commands drew from the server (logged, never raised).
         self.noreply_errors = 0
@@ -538,7 +535,7 @@ class Client:
         if sock is None:
             return True
         reader = self._reader
-        if reader is None or reader.buffered or reader.broken:
+        if reader is None or reader.buffered or reader.broken or self._pending:
             return False
         try:
             if isinstance(sock, ssl.SSLSocket) and sock.pending():
@@ -553,7 +550,7 @@ class Client:
         sock = self.sock
         self.sock = None
         self._reader = None
-        self._owes_sync = self._syncing = False
+        self._owes_sync = self._syncing = self._pending = False
         if sock is not None:
             try:
                 sock.close()
@@ -586,18 +583,26 @@ class Client:
         before the next ``send``. On any failure the connection is closed.
         """
         sock = self.sock
-        if sock is None:
+        if sock is None or self._pending or self._reader.broken:  # type: ignore[union-attr]
+            # A reply that was never read to its end (the caller was interrupted between
+            # send and receive), or a reader that gave up: start over on a new connection.
+            if sock is not None:
+                self.close()
             sock = self._connect()
-        if self._owes_sync and not noreply:
-            request = encode_sync(bool(self._meta)) + request
-            self._owes_sync = False
-            self._syncing = True
+        # Each flag is set before the bytes go out, so an interruption at any point leaves
+        # the connection over-cautious (a marker more, a reconnect), never out of step.
+        if noreply:
+            self._owes_sync = True
+        else:
+            if self._owes_sync:
+                request = encode_sync(bool(self._meta)) + request
+                self._syncing = True
+                self._owes_sync = False
+            self._pending = True
         try:
             _send(sock, request)
         except BaseException as exc:
             self._abort(exc)
-        if noreply:
-            self._owes_sync = True
 
     def receive(self, expect: Expect) -> Any:
         """Read the reply to the request just sent, as ``expect`` (a reader from
@@ -621,6 +626,7 @@ class Client:
                 raise MemcacheProtocolError(self._leftover(reader))
         except BaseException as exc:
             self._abort(exc)
+        self._pending = False
         return result
 
     def request(self, request: bytes, expect: Expect) -> Any:
@@ -888,12 +894,12 @@ class Client:
         raw = validate_key(key, self._prefix, self._unicode)
         try:
             sock = self.sock
-            if sock is None or self._owes_sync:
+            reader = self._reader
+            if sock is None or reader is None or reader.broken or self._owes_sync or self._pending:
                 found = self.request(b"get " + raw + b"\r\n", ExpectValues((raw,)))
             else:
                 # send() and receive(), written out: this is the hottest path of all.
-                reader = self._reader
-                assert reader is not None
+                self._pending = True
                 try:
                     _send(sock, b"get " + raw + b"\r\n")
                     found = {}
@@ -907,6 +913,7 @@ class Client:
                         raise MemcacheProtocolError(self._leftover(reader))
                 except BaseException as exc:
                     self._abort(exc)
+                self._pending = False
                 if status is not END:
                     found = status
             if type(found) is not dict:
@@ -1060,13 +1067,11 @@ class Client:
         if not token:
             raise MemcacheIllegalInputError("raw_command needs non-empty end_tokens")
         reply: bytes = self.request(raw + b"\r\n", ExpectRaw(token))
-        # Anything the server still sends for this command comes before the marker's
-        # answer, and is then an error, not the next command's reply.
-        marker = self.request(encode_sync(bool(self._meta)), ExpectReplies(_SYNC_RULE))[0]
-        if type(marker) is ErrorReply:
-            self.raise_error(marker, "raw_command")
-        if type(marker) is Version:
-            self._meta = has_meta_commands(marker.version)
+        # Anything the server still sends for this command comes before the answer to a
+        # sync marker: read up to it now (an error line is logged; anything else is a
+        # protocol error), or, if interrupted, before the next command's reply.
+        self._owes_sync = True
+        self.request(b"", ExpectReplies(RULES["version"], 0))
         for kind in (b"ERROR", b"CLIENT_ERROR", b"SERVER_ERROR"):
             if reply == kind or reply.startswith(kind + b" ") or reply.startswith(kind + b":"):
                 message = reply.partition(b" ")[2].decode("utf-8", "replace")

@@ -23,16 +23,18 @@ import threading
 import time
 from functools import partial
 from typing import (
-    TYPE_CHECKING,
     Any,
     Callable,
+    Concatenate,
     Container,
     Dict,
     Iterable,
     List,
     Mapping,
     Optional,
+    ParamSpec,
     Tuple,
+    TypeVar,
     Union,
 )
 
@@ -81,6 +83,8 @@ logger = logging.getLogger("pymc")
 Key = Union[str, bytes]
 AnyKey = Union[Key, Tuple[Any, Key]]
 EventHook = Callable[[str, str, Dict[str, Any]], Any]
+P = ParamSpec("P")
+R = TypeVar("R")
 
 _MISSING: Any = object()
 
@@ -194,13 +198,74 @@ def _real(key: AnyKey) -> Key:
     return key[1] if type(key) is tuple else key  # type: ignore[return-value]
 
 
-if TYPE_CHECKING:  # to type checkers a HashClient has every Client method
-    _Commands = Client
-else:
-    _Commands = object
+def _default_arg(position: int, name: str, fallback: Any = None) -> Callable[..., Any]:
+    """What ignore_exc returns: the caller's ``default`` argument (by position or name)."""
+
+    def pick(args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> Any:
+        if name in kwargs:
+            return kwargs[name]
+        return args[position] if len(args) > position else fallback
+
+    return pick
 
 
-class HashClient(_Commands):
+def _both_defaults(args: Tuple[Any, ...], kwargs: Dict[str, Any], offset: int = 0) -> Any:
+    return (
+        _default_arg(offset, "default")(args, kwargs),
+        _default_arg(offset + 1, "cas_default")(args, kwargs),
+    )
+
+
+# command -> what it returns with ignore_exc when its node fails
+_ON_FAILURE: Dict[str, Any] = {
+    "get": _default_arg(0, "default"),
+    "gat": _default_arg(1, "default"),
+    "gets": _both_defaults,
+    "gats": lambda a, kw: _both_defaults(a, kw, 1),
+    "set": False,
+    "add": False,
+    "replace": False,
+    "append": False,
+    "prepend": False,
+    "cas": False,
+    "delete": False,
+    "touch": False,
+    "incr": None,
+    "decr": None,
+}
+
+
+def _keyed(
+    method: Callable[Concatenate[Client, P], R],
+) -> Callable[Concatenate[HashClient, P], R]:
+    """A HashClient method that runs ``method`` on the node its key (the first argument)
+    belongs to, with what the command returns on a hidden failure (ignore_exc)."""
+    command = method.__name__
+    on_failure = _ON_FAILURE[command]
+
+    def call(self: HashClient, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        key, rest, kw = _split_key(args, kwargs)
+        return self._run(command, key, rest, kw, on_failure)  # type: ignore[no-any-return]
+
+    call.__name__ = call.__qualname__ = command
+    call.__doc__ = method.__doc__
+    call.__wrapped__ = method  # type: ignore[attr-defined]
+    return call
+
+
+def _split_key(
+    args: Tuple[Any, ...], kwargs: Dict[str, Any]
+) -> Tuple[Any, Tuple[Any, ...], Dict[str, Any]]:
+    """The key (by position or as ``key=``) and the other arguments."""
+    if args:
+        return args[0], args[1:], kwargs
+    if "key" not in kwargs:
+        raise TypeError("missing the key argument")
+    rest = dict(kwargs)
+    return rest.pop("key"), (), rest
+
+
+class HashClient:
     """A client for a cluster of memcached servers, thread-safe.
 
     pymemcache 4.0's arguments: ``servers``, ``hasher`` (``RendezvousHash`` places keys as
@@ -720,7 +785,7 @@ class HashClient(_Commands):
                 out.update(answers)
         return out
 
-    def set_many(  # type: ignore[override]
+    def set_many(
         self,
         values: Mapping[AnyKey, Any],
         expire: int = 0,
@@ -752,7 +817,7 @@ class HashClient(_Commands):
         result = self._pipelined("set_many", items, RULES["set"], noreply, plain)
         return [k for k, stored in result.items() if not stored]
 
-    set_multi = set_many  # type: ignore[assignment]
+    set_multi = set_many
 
     def delete_many(self, keys: Iterable[AnyKey], noreply: Optional[bool] = None) -> bool:
         """Delete many keys over all nodes in parallel. True."""
@@ -809,11 +874,11 @@ class HashClient(_Commands):
                     raise
         return out
 
-    def stats(self, *args: Any) -> Dict[str, Dict[bytes, Any]]:  # type: ignore[override]
+    def stats(self, *args: Any) -> Dict[str, Dict[bytes, Any]]:
         """``{node: its stats}`` for every live node."""
         return self._each("stats", *args)
 
-    def version(self) -> Dict[str, bytes]:  # type: ignore[override]
+    def version(self) -> Dict[str, bytes]:
         """``{node: its version}``."""
         return self._each("version")
 
@@ -852,6 +917,26 @@ class HashClient(_Commands):
             f"dead={list(self._dead)}>"
         )
 
+    set = _keyed(Client.set)
+    add = _keyed(Client.add)
+    replace = _keyed(Client.replace)
+    append = _keyed(Client.append)
+    prepend = _keyed(Client.prepend)
+    cas = _keyed(Client.cas)
+    get = _keyed(Client.get)
+    gets = _keyed(Client.gets)
+    gat = _keyed(Client.gat)
+    gats = _keyed(Client.gats)
+    delete = _keyed(Client.delete)
+    touch = _keyed(Client.touch)
+    incr = _keyed(Client.incr)
+    decr = _keyed(Client.decr)
+
+    def check_key(self, key: Key, key_prefix: Optional[bytes] = None) -> bytes:
+        """Validate ``key`` and return it prefixed, as bytes (as Client.check_key)."""
+        prefix = self._prefix if key_prefix is None else key_prefix
+        return validate_key(key, prefix, self._unicode)
+
     def __getitem__(self, key: AnyKey) -> Any:
         value = self._run("get", key, (_MISSING,), {}, _MISSING)
         if value is _MISSING:
@@ -863,58 +948,3 @@ class HashClient(_Commands):
 
     def __delitem__(self, key: AnyKey) -> None:
         self._run("delete", key, (), {}, False)
-
-
-def _default_arg(position: int, name: str, fallback: Any = None) -> Callable[..., Any]:
-    """What ignore_exc returns: the caller's ``default`` argument (by position or name)."""
-
-    def pick(args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> Any:
-        if name in kwargs:
-            return kwargs[name]
-        return args[position] if len(args) > position else fallback
-
-    return pick
-
-
-def _both_defaults(args: Tuple[Any, ...], kwargs: Dict[str, Any], offset: int = 0) -> Any:
-    return (
-        _default_arg(offset, "default")(args, kwargs),
-        _default_arg(offset + 1, "cas_default")(args, kwargs),
-    )
-
-
-# command -> what it returns with ignore_exc when its node fails
-_ON_FAILURE: Dict[str, Any] = {
-    "get": _default_arg(0, "default"),
-    "gat": _default_arg(1, "default"),
-    "gets": _both_defaults,
-    "gats": lambda a, kw: _both_defaults(a, kw, 1),
-    "set": False,
-    "add": False,
-    "replace": False,
-    "append": False,
-    "prepend": False,
-    "cas": False,
-    "delete": False,
-    "touch": False,
-    "incr": None,
-    "decr": None,
-}
-
-
-def _keyed(command: str) -> Callable[..., Any]:
-    method = getattr(Client, command)
-    on_failure = _ON_FAILURE[command]
-
-    def call(self: HashClient, key: AnyKey, *args: Any, **kwargs: Any) -> Any:
-        return self._run(command, key, args, kwargs, on_failure)
-
-    call.__name__ = call.__qualname__ = command
-    call.__doc__ = method.__doc__
-    call.__wrapped__ = method  # type: ignore[attr-defined]
-    return call
-
-
-for _command in _ON_FAILURE:
-    setattr(HashClient, _command, _keyed(_command))
-del _command
