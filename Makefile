@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip --disable-pip-version-check -q
 
-.PHONY: test bench lint memcached clean
+.PHONY: test test-all bench lint memcached clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,34 @@ memcached:
 test: $(VENV)/.test-deps memcached
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+# Every Python version the README claims, each in its own venv (.venv-3.10, ...). A version
+# that pyenv (or PATH, as pythonX.Y) does not have is skipped with a message; any failure
+# fails the target after all versions ran. `make test-all PYTHONS=3.12 PYTEST_ARGS=...` narrows it.
+PYTHONS    ?= 3.10 3.11 3.12 3.13
+PYENV_ROOT ?= $(shell pyenv root 2>/dev/null || echo $(HOME)/.pyenv)
+
+test-all: memcached
+	@failed=""; skipped=""; passed=""; \
+	for v in $(PYTHONS); do \
+	  py=""; \
+	  for dir in $$(ls -d "$(PYENV_ROOT)"/versions/$$v.* 2>/dev/null | sort -V -r); do \
+	    if [ -x "$$dir/bin/python" ]; then py="$$dir/bin/python"; break; fi; \
+	  done; \
+	  if [ -z "$$py" ] && command -v "python$$v" >/dev/null 2>&1 && "python$$v" -c "" 2>/dev/null; then \
+	    py="$$(command -v python$$v)"; \
+	  fi; \
+	  if [ -z "$$py" ]; then \
+	    echo "test-all: Python $$v is not installed (pyenv install $$v): SKIPPED"; \
+	    skipped="$$skipped $$v"; continue; \
+	  fi; \
+	  echo "test-all: Python $$v ($$py) in .venv-$$v"; \
+	  if $(MAKE) --no-print-directory test PYTHON="$$py" VENV=".venv-$$v" \
+	      PYTEST_ARGS="$(PYTEST_ARGS)"; then passed="$$passed $$v"; \
+	  else failed="$$failed $$v"; fi; \
+	done; \
+	echo "test-all: passed:$${passed:- none}; failed:$${failed:- none}; skipped:$${skipped:- none}"; \
+	[ -z "$$failed" ]
+
 lint: $(VENV)/.lint-deps
 	$(BIN)/ruff check pymc tests benchmarks
 	$(BIN)/ruff format --check pymc tests benchmarks
@@ -47,4 +75,4 @@ bench: $(VENV)/.bench-deps memcached
 	$(BIN)/python -m benchmarks $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) .venv-3.* .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -1,5 +1,7 @@
 """pymc: a fast, thread- and gevent-safe memcached client, a drop-in for pymemcache."""
 
+import logging
+
 from .client import Client, ClientOptions, KeepaliveOpts
 from .cluster import HashClient
 from .elasticache import AWSElastiCacheHashClient, ElastiCacheClient
@@ -24,6 +26,10 @@ from .pool import ObjectPool, PooledClient
 from .retry import RetryingClient, RetryPolicy
 
 __version__ = "0.1.0"
+
+# A library's log records (node ejections, discovery failures) go wherever the application's
+# logging sends them, and nowhere -- not stderr through logging's last resort -- without it.
+logging.getLogger("pymc").addHandler(logging.NullHandler())
 
 __all__ = [
     "AWSElastiCacheHashClient",

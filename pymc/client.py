@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import select
+import selectors
 import socket
 import ssl
 from typing import (
@@ -205,12 +206,19 @@ class ClientOptions:
                 serde = LegacyWrappingSerde(serializer, deserializer, encoding=encoding)
             else:
                 serde = DefaultSerde(encoding)
-        if isinstance(key_prefix, str):
-            key_prefix = key_prefix.encode("ascii")
-        if not isinstance(key_prefix, bytes):
-            raise TypeError("key_prefix must be bytes")
+        # The prefix follows the key rules (a str is ASCII, or UTF-8 with allow_unicode_keys;
+        # no space or control byte; at most 250 bytes) and breaking them is the same
+        # MemcacheIllegalInputError. Only a prefix of the wrong type is a TypeError, as in
+        # pymemcache.
+        if not isinstance(key_prefix, (str, bytes)):
+            raise TypeError(f"key_prefix must be bytes or str, not {type(key_prefix).__name__}")
         if key_prefix:
-            validate_key(key_prefix, allow_unicode=allow_unicode_keys)
+            try:
+                key_prefix = validate_key(key_prefix, allow_unicode=allow_unicode_keys)
+            except MemcacheIllegalInputError as exc:
+                raise MemcacheIllegalInputError(f"bad key_prefix {key_prefix!r}: {exc}") from None
+        else:
+            key_prefix = b""
         if socket_keepalive is not None and not isinstance(socket_keepalive, KeepaliveOpts):
             raise ValueError("socket_keepalive must be a KeepaliveOpts")
         for name, value in (("connect_timeout", connect_timeout), ("timeout", timeout)):
@@ -530,7 +538,13 @@ class Client:
 
     def is_clean(self) -> bool:
         """Whether the connection can take a command: nothing unread, not closed by the
-        server (True when not connected). Pools ask before reusing an idle connection."""
+        server (True when not connected). Pools ask before reusing an idle connection.
+
+        An idle connection is dirty in two ways, both answered ``False``: the server sent
+        bytes nobody asked for (unread replies, an error line), or the server closed its
+        end (EOF, a reset). Either shows as "readable", checked without waiting through
+        ``poll`` -- never ``select``, which fails on descriptors of 1024 and up.
+        """
         sock = self.sock
         if sock is None:
             return True
@@ -539,11 +553,22 @@ class Client:
             return False
         try:
             if isinstance(sock, ssl.SSLSocket) and sock.pending():
-                return False
-            readable, _, _ = select.select([sock], [], [], 0)
+                return False  # decrypted bytes already inside the TLS layer: unread
+            # Looked up on each call: under gevent's patch_all this is gevent's poll (the
+            # check then also works when pymc was imported first); where there is no poll
+            # at all (Windows), selectors picks what the platform has.
+            poll = getattr(select, "poll", None)
+            if poll is not None:
+                poller = poll()
+                poller.register(sock, select.POLLIN | select.POLLPRI)
+                # POLLIN/POLLPRI: unread bytes, or EOF from the server's close;
+                # POLLHUP/POLLERR/POLLNVAL (always reported): the connection is gone.
+                return not poller.poll(0)
+            with selectors.DefaultSelector() as selector:
+                selector.register(sock, selectors.EVENT_READ)
+                return not selector.select(0)
         except (OSError, ValueError):
-            return False
-        return not readable
+            return False  # a closed or broken socket
 
     def close(self) -> None:
         """Close the socket, if open. The next command reconnects."""

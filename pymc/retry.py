@@ -147,9 +147,13 @@ class RetryPolicy:
 
 
 def call_with_retry(
-    policy: RetryPolicy, command: str, fn: Callable[..., T], *args: Any, **kwargs: Any
+    policy: RetryPolicy, command: str, fn: Callable[..., T], /, *args: Any, **kwargs: Any
 ) -> T:
-    """Call ``fn(*args, **kwargs)`` and retry it as ``policy`` allows."""
+    """Call ``fn(*args, **kwargs)`` and retry it as ``policy`` allows.
+
+    ``policy``, ``command`` and ``fn`` are positional-only, so any keyword argument -- even
+    one named ``command`` (``raw_command(command=...)``) or ``fn`` -- goes to ``fn``.
+    """
     while True:
         try:
             return fn(*args, **kwargs)
@@ -166,7 +170,7 @@ def _retrying_call(name: str) -> Callable[..., Any]:
     method = getattr(Client, name)
 
     @functools.wraps(method)
-    def call(self: RetryingClient, *args: Any, **kwargs: Any) -> Any:
+    def call(self: RetryingClient, /, *args: Any, **kwargs: Any) -> Any:
         return call_with_retry(self._policy, name, getattr(self._client, name), *args, **kwargs)
 
     return call

@@ -104,8 +104,10 @@ def coerce_to_bytes(value: Any, encoding: str = "ascii", key: Any = None) -> byt
 
     ``bytes`` pass through; ``bytearray`` and ``memoryview`` are copied into ``bytes``; a
     ``str`` is encoded with ``encoding``; an ``int`` (but not a ``bool``) becomes its decimal
-    digits in ASCII. Anything else raises :class:`~pymc.exceptions.MemcacheIllegalInputError`,
-    where pymemcache would have stored ``str(value)`` (``b"None"``, ``b"True"``, ``b"1.5"``).
+    digits in ASCII, and an int subclass such as an ``IntEnum`` member its ``str()``, as in
+    pymemcache (which differs between Python 3.10 and 3.11+). Anything else raises
+    :class:`~pymc.exceptions.MemcacheIllegalInputError`, where pymemcache would have stored
+    ``str(value)`` (``b"None"``, ``b"True"``, ``b"1.5"``).
 
     A Client also applies this to whatever a custom serde returns, so an old serializer that
     returns ``str`` keeps working. ``key`` only appears in error messages.
@@ -124,7 +126,16 @@ def coerce_to_bytes(value: Any, encoding: str = "ascii", key: Any = None) -> byt
             ) from exc
     if isinstance(value, int) and not isinstance(value, bool):
         try:
-            return b"%d" % value
+            if value_type is int:
+                return b"%d" % value
+            # A subclass (IntEnum, IntFlag, ...) is stored as its str(), as pymemcache does:
+            # b"1" for an IntEnum member from Python 3.11 on, b"Color.RED" on 3.10.
+            return str(value).encode(encoding)
+        except UnicodeEncodeError as exc:
+            raise MemcacheIllegalInputError(
+                f"cannot store the {value_type.__name__} value for key {key!r} without a "
+                f"serde: its str() cannot be encoded as {encoding!r} ({exc})."
+            ) from exc
         except ValueError as exc:  # more digits than sys.get_int_max_str_digits() allows
             raise MemcacheIllegalInputError(
                 f"cannot store the int value for key {key!r} without a serde: {exc}. "
