@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import threading
 import time
 from typing import (
@@ -110,6 +111,65 @@ def _noreply_sent(client: Client, _: object) -> bool:
     an error later, which the connection must remember (see Client._noreply_sent)."""
     client._noreply_sent = True
     return True
+
+
+# Bumped in every child after os.fork(): a lock made in an earlier generation is replaced.
+_fork_generation = [0]
+# Lets one thread of a child replace a stale lock. Made anew in every child (when fork()
+# runs, so a gevent-patched process gets a gevent lock); a parent never needs one.
+_fork_guard: Any = None
+
+
+def _after_fork_in_child() -> None:
+    global _fork_guard
+    _fork_guard = threading.Lock()
+    _fork_generation[0] += 1
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+class _ForkSafeLock:
+    """A lock that a forked child finds free.
+
+    A child inherits every lock as it was at ``fork()`` but only the thread that forked: a
+    lock that another thread (a probe, a request ejecting a node, a node-set change) held
+    then would stay held for the life of the child. The first use in a child replaces it:
+    check the generation, take the fork guard, check again, so two threads of the child never
+    both replace it (one of them would then hold a lock the other just threw away).
+    """
+
+    __slots__ = ("_factory", "_generation", "_inner")
+
+    def __init__(self, factory: Callable[[], Any]) -> None:
+        self._factory = factory
+        self._inner = factory()
+        self._generation = _fork_generation[0]
+
+    def _current(self) -> Any:
+        if self._generation != _fork_generation[0]:
+            with _fork_guard:
+                if self._generation != _fork_generation[0]:
+                    self._inner = self._factory()  # before the generation: see above
+                    self._generation = _fork_generation[0]
+        return self._inner
+
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        return bool(self._current().acquire(blocking, timeout))
+
+    def release(self) -> None:
+        self._inner.release()
+
+    def locked(self) -> bool:
+        """Whether a thread holds it (a plain Lock only)."""
+        return bool(self._current().locked())
+
+    def __enter__(self) -> bool:
+        return bool(self._current().acquire())
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._inner.release()
 
 
 class NodeSet:
@@ -239,13 +299,14 @@ class HashClient(_Commands):
         self.dead_timeout = dead_timeout
         self.on_event = on_event
         # Requests take _lock briefly (health books, the swap); a change of the node set holds
-        # _change_lock while it builds the new snapshot, and _lock only to publish it.
-        self._lock = threading.Lock()
-        self._change_lock = threading.RLock()  # one change (read + swap) at a time
+        # _change_lock while it builds the new snapshot, and _lock only to publish it. Both,
+        # and _probe_lock, are free again in a forked child.
+        self._lock = _ForkSafeLock(threading.Lock)
+        self._change_lock = _ForkSafeLock(threading.RLock)  # one change (read + swap) at a time
         self._failures: Dict[str, Tuple[int, float]] = {}  # node -> (count, last failure)
         self._dead: Dict[str, Tuple[ServerSpec, PooledClient, float]] = {}
         self._next_probe = 0.0
-        self._probe_lock = threading.Lock()  # held while a probe thread runs
+        self._probe_lock = _ForkSafeLock(threading.Lock)  # held while a probe thread runs
         self._tls_hostnames: Dict[str, str] = {}  # node -> name its certificate carries
         specs = [normalize_server_spec(s) for s in servers]
         self._nodes = NodeSet(

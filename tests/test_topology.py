@@ -4,11 +4,16 @@
   while holding the lock that requests take to report successes and failures.
 * ``hasher=functools.partial(KetamaHash, weights=...)`` places keys as pylibmc's weighted
   ketama does, before and after nodes leave.
+* A child forked while a probe of a dead node is running can still probe and revive it.
 """
 
 from __future__ import annotations
 
 import functools
+import json
+import os
+import select
+import threading
 import time
 import uuid
 from typing import Any, Callable, ClassVar, Dict, List, Optional, Tuple
@@ -16,7 +21,7 @@ from typing import Any, Callable, ClassVar, Dict, List, Optional, Tuple
 import pylibmc
 import pytest
 from support.faultproxy import FaultProxy
-from support.helpers import tcp
+from support.helpers import tcp, wait_until
 from support.servers import MemcachedProcess
 
 from pymc import HashClient, KetamaHash, MemcacheError, RendezvousHash
@@ -175,6 +180,7 @@ def test_a_pymemcache_style_hasher_still_works(memcached_nodes: List[MemcachedPr
         assert [client.snapshot.node_for(k) for k in keys] == [reference.get_node(k) for k in keys]
         assert client.set_many({k: k.encode() for k in keys}) == []
         assert client.get_many(keys) == {k: k.encode() for k in keys}
+        client.delete_many(keys)  # the servers are shared: leave no items behind
     finally:
         client.close()
 
@@ -226,6 +232,7 @@ def test_weighted_ketama_through_hash_client_on_real_servers(
         theirs = {f"{t}-l-{i}": f"l{i}".encode() for i in range(2000)}
         assert mc.set_multi(theirs) == []
         assert client.get_many(list(theirs)) == theirs
+        client.delete_many([*ours, *theirs])  # the servers are shared: leave no items behind
     finally:
         mc.disconnect_all()
         client.close()
@@ -257,3 +264,163 @@ def test_weighted_ketama_survives_ejection_and_removal_of_a_weighted_node(
         assert client.snapshot.locator.weights == {names[1]: 2, names[2]: 1}
     finally:
         client.close()
+
+
+# -- fork while a probe runs ----------------------------------------------------------------------
+
+
+@pytest.mark.timeout(30)
+def test_a_child_forked_during_a_probe_still_probes_and_revives_the_node(
+    memcached: MemcachedProcess, fault_proxy: ProxyFactory
+) -> None:
+    proxy = fault_proxy(tcp(memcached))
+    # The probe's version command stalls for up to `timeout` seconds in the parent.
+    client = HashClient([proxy.address], ignore_exc=False, **{**FAILOVER, "timeout": 3.0})
+    name = proxy.server
+    assert client.set("k", b"v") is True
+    proxy.set_mode("reset")
+    with pytest.raises(MemcacheError):
+        client.get("k")
+    assert name not in client.snapshot.names
+
+    proxy.set_mode("stall")  # the probe's version command gets no answer
+    time.sleep(FAILOVER["dead_timeout"] + 0.05)
+
+    def probe_running() -> bool:
+        try:
+            client.get("k")  # all nodes down: raises, and starts the probe
+        except MemcacheError:
+            pass
+        return bool(client._probe_lock.locked())
+
+    wait_until(probe_running, timeout=3.0, what="a probe in progress")
+    time.sleep(0.3)  # its version request went through and the reply was dropped
+    assert client._probe_lock.locked(), "the probe must still be waiting when we fork"
+    proxy.set_mode("pass")  # new probes get answers; the parent's keeps waiting (3 s)
+
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report through the pipe, always leave with os._exit
+        status = 1
+        try:
+            os.close(read_end)
+            result: Dict[str, Any] = {"revived": False, "errors": []}
+            deadline = time.monotonic() + 4.0
+            while time.monotonic() < deadline:
+                try:
+                    value = client.get("k")
+                    if name in client.snapshot.names:
+                        result = {"revived": True, "value": repr(value), "errors": []}
+                        break
+                except MemcacheError as exc:
+                    result["errors"] = [repr(exc)]
+                time.sleep(0.05)
+            os.write(write_end, json.dumps(result).encode())
+            status = 0
+        finally:
+            os._exit(status)
+
+    os.close(write_end)
+    try:
+        chunks = []
+        deadline = time.monotonic() + 10.0
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([read_end], [], [], 0.1)
+            if ready:
+                chunk = os.read(read_end, 65536)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+        report = json.loads(b"".join(chunks) or b"{}")
+    finally:
+        os.close(read_end)
+        end = time.monotonic() + 5.0
+        while True:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done or time.monotonic() > end:
+                break
+            time.sleep(0.02)
+        if not done:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+        client.close()
+    assert report.get("revived") is True, report
+    assert report["value"] == repr(b"v")
+    # The parent's own probe, interrupted by nothing, also ends and revives the node.
+    deadline = time.monotonic() + 6.0
+    while name not in client.snapshot.names:
+        assert time.monotonic() < deadline
+        try:
+            client.get("k")
+        except MemcacheError:
+            pass
+        time.sleep(0.05)
+
+
+# -- the fork lock reset is race-free -------------------------------------------------------------
+
+
+def test_locks_are_usable_in_a_child_forked_while_other_threads_hold_them() -> None:
+    client = HashClient(fake_nodes(3))
+    held = threading.Event()
+    release = threading.Event()
+
+    def hold() -> None:
+        with client._change_lock, client._lock:
+            held.set()
+            release.wait(10)
+
+    holder = threading.Thread(target=hold, daemon=True)
+    holder.start()
+    assert held.wait(5)
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        status = 1
+        try:
+            os.close(read_end)
+            outcome = {}
+            # Every change still works: each takes the locks the holder had at fork time.
+            done = threading.Event()
+
+            def change() -> None:
+                client.add_server("127.0.0.1", 42000)
+                client.remove_server("127.0.0.1", 40000)
+                done.set()
+
+            worker = threading.Thread(target=change, daemon=True)
+            worker.start()
+            outcome["changed"] = done.wait(3)
+            outcome["names"] = sorted(client.snapshot.names)
+            os.write(write_end, json.dumps(outcome).encode())
+            status = 0
+        finally:
+            os._exit(status)
+    os.close(write_end)
+    try:
+        chunks = []
+        deadline = time.monotonic() + 8.0
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([read_end], [], [], 0.1)
+            if ready:
+                chunk = os.read(read_end, 65536)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+        report = json.loads(b"".join(chunks) or b"{}")
+    finally:
+        release.set()
+        os.close(read_end)
+        end = time.monotonic() + 5.0
+        while True:
+            done, _ = os.waitpid(pid, os.WNOHANG)
+            if done or time.monotonic() > end:
+                break
+            time.sleep(0.02)
+        if not done:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+        holder.join(5)
+        client.close()
+    assert report.get("changed") is True, report
+    assert report["names"] == ["127.0.0.1:40001", "127.0.0.1:40002", "127.0.0.1:42000"]
