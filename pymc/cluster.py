@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import threading
 import time
 from functools import partial
@@ -57,7 +58,7 @@ from .exceptions import (
     MemcacheNetworkError,
     MemcacheProtocolError,
 )
-from .hashing import RendezvousHash
+from .hashing import RendezvousHash, build_locator
 from .pool import DEFAULT_POOL_TIMEOUT, PooledClient
 from .protocol import (
     RULES,
@@ -146,8 +147,72 @@ def _give_back(nodes: NodeSet, batch: List[Tuple[str, Client]], done: Container[
         _give_back(nodes, batch[1:], done)
 
 
+# Bumped in every child after os.fork(): a lock made in an earlier generation is replaced.
+_fork_generation = [0]
+# Lets one thread of a child replace a stale lock. Made anew in every child (when fork()
+# runs, so a gevent-patched process gets a gevent lock); a parent never needs one.
+_fork_guard: Any = None
+
+
+def _after_fork_in_child() -> None:
+    global _fork_guard
+    _fork_guard = threading.Lock()
+    _fork_generation[0] += 1
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+class _ForkSafeLock:
+    """A lock that a forked child finds free.
+
+    A child inherits every lock as it was at ``fork()`` but only the thread that forked: a
+    lock that another thread (a probe, a request ejecting a node, a node-set change) held
+    then would stay held for the life of the child. The first use in a child replaces it:
+    check the generation, take the fork guard, check again, so two threads of the child never
+    both replace it (one of them would then hold a lock the other just threw away).
+    """
+
+    __slots__ = ("_factory", "_generation", "_inner")
+
+    def __init__(self, factory: Callable[[], Any]) -> None:
+        self._factory = factory
+        self._inner = factory()
+        self._generation = _fork_generation[0]
+
+    def _current(self) -> Any:
+        if self._generation != _fork_generation[0]:
+            with _fork_guard:
+                if self._generation != _fork_generation[0]:
+                    self._inner = self._factory()  # before the generation: see above
+                    self._generation = _fork_generation[0]
+        return self._inner
+
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        return bool(self._current().acquire(blocking, timeout))
+
+    def release(self) -> None:
+        self._inner.release()
+
+    def locked(self) -> bool:
+        """Whether a thread holds it (a plain Lock only)."""
+        return bool(self._current().locked())
+
+    def __enter__(self) -> bool:
+        return bool(self._current().acquire())
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._inner.release()
+
+
 class NodeSet:
-    """One immutable view of the cluster: node names, locator, per-node clients, version."""
+    """One immutable view of the cluster: node names, locator, per-node clients, version.
+
+    The locator is built in one step from all the names (see :func:`pymc.hashing.build_locator`:
+    ``hasher.from_nodes(names, ...)`` for pymc's hashers, ``hasher()`` plus ``add_node`` per
+    name for a pymemcache-style one).
+    """
 
     __slots__ = ("_cache", "clients", "locator", "names", "servers", "version")
 
@@ -162,10 +227,7 @@ class NodeSet:
         self.servers = dict(servers)
         self.clients = dict(clients)
         self.names = tuple(servers)
-        locator = hasher()
-        for name in self.names:
-            locator.add_node(name)  # a fresh locator, not yet shared: never changed later
-        self.locator = locator
+        self.locator = build_locator(hasher, self.names)  # new, never changed later
         self._cache: Dict[Any, Optional[str]] = {}
 
     def node_for(self, key: Any) -> Optional[str]:
@@ -331,12 +393,15 @@ class HashClient:
         self.retry_timeout = retry_timeout
         self.dead_timeout = dead_timeout
         self.on_event = on_event
-        self._lock = threading.Lock()  # guards changes of the node set and health books
-        self._change_lock = threading.RLock()  # one node-set change (read + swap) at a time
+        # Requests take _lock briefly (health books, the swap); a change of the node set holds
+        # _change_lock while it builds the new snapshot, and _lock only to publish it. Both,
+        # and _probe_lock, are free again in a forked child.
+        self._lock = _ForkSafeLock(threading.Lock)
+        self._change_lock = _ForkSafeLock(threading.RLock)  # one change (read + swap) at a time
         self._failures: Dict[str, Tuple[int, float]] = {}  # node -> (count, last failure)
         self._dead: Dict[str, Tuple[ServerSpec, PooledClient, float]] = {}
         self._next_probe = 0.0
-        self._probe_lock = threading.Lock()  # held while a probe thread runs
+        self._probe_lock = _ForkSafeLock(threading.Lock)  # held while a probe thread runs
         self._tls_hostnames: Dict[str, str] = {}  # node -> name its certificate carries
         specs = [normalize_server_spec(s) for s in servers]
         self._nodes = NodeSet(
@@ -380,10 +445,18 @@ class HashClient:
             except Exception:
                 logger.exception("pymc on_event hook failed")
 
-    def _swap(self, servers: Dict[str, ServerSpec], clients: Dict[str, PooledClient]) -> NodeSet:
-        """Build and publish a new snapshot (lock held). Returns the old one."""
+    def _next_snapshot(
+        self, servers: Dict[str, ServerSpec], clients: Dict[str, PooledClient]
+    ) -> NodeSet:
+        """Build (not publish) the snapshot after the current one. Called with _change_lock
+        held and _lock free: building a locator takes milliseconds, and requests take _lock."""
+        return NodeSet(self._nodes.version + 1, servers, clients, self.hasher)
+
+    def _swap(self, new: NodeSet) -> NodeSet:
+        """Publish ``new`` with one assignment (_change_lock and _lock held). Returns the old
+        snapshot."""
         old = self._nodes
-        self._nodes = NodeSet(old.version + 1, servers, clients, self.hasher)
+        self._nodes = new
         return old
 
     def set_servers(self, servers: Iterable[Any]) -> bool:
@@ -391,24 +464,28 @@ class HashClient:
         nodes get new pools, removed nodes' pools close once their operations finish.
         Returns whether anything changed."""
         specs = {server_name(s): s for s in map(normalize_server_spec, servers)}
-        retired: List[PooledClient] = []
-        with self._change_lock, self._lock:
+        with self._change_lock:
+            # Which nodes are dead changes only under _change_lock (a probe that fails
+            # updates an entry's time, not the set), so it holds still while we build.
             old = self._nodes
-            live = {n: s for n, s in specs.items() if n not in self._dead}
-            if set(live) == set(old.names) and all(n in specs for n in self._dead):
+            dead = set(self._dead)
+            live = {n: s for n, s in specs.items() if n not in dead}
+            if set(live) == set(old.names) and dead <= set(specs):
                 return False
             clients = {}
             for name, spec in live.items():
                 clients[name] = old.clients.get(name) or self._make_pool(spec)
+            new = self._next_snapshot(live, clients)  # outside _lock
             retired = [c for n, c in old.clients.items() if n not in live]
-            for name in [n for n in self._dead if n not in specs]:
-                retired.append(self._dead.pop(name)[1])
-            for name in [n for n in self._failures if n not in specs]:
-                del self._failures[name]
-            self._swap(live, clients)
+            with self._lock:
+                for name in [n for n in self._dead if n not in specs]:
+                    retired.append(self._dead.pop(name)[1])
+                for name in [n for n in self._failures if n not in specs]:
+                    del self._failures[name]
+                self._swap(new)
         for pool in retired:
             pool.client_pool.retire()
-        self._emit("snapshot_swapped", ",".join(self._nodes.names), version=self._nodes.version)
+        self._emit("snapshot_swapped", ",".join(new.names), version=new.version)
         return True
 
     def add_server(self, server: Any, port: Optional[int] = None) -> None:
@@ -435,31 +512,43 @@ class HashClient:
     def _failed(self, name: str, exc: BaseException) -> None:
         """Count a connection-level failure of ``name``; eject it after retry_attempts."""
         now = time.monotonic()
-        ejected = None
         with self._lock:
-            nodes = self._nodes
-            if name not in nodes.clients:
+            if name not in self._nodes.clients:
                 # Already ejected (or removed) by an earlier failure: a request that chose
                 # it before then says nothing new, and must not count against it once it
                 # is re-admitted.
                 return
             count = self._failures.get(name, (0, 0.0))[0] + 1
             self._failures[name] = (count, now)
-            if count >= self.retry_attempts:
-                pool = nodes.clients[name]
-                self._dead[name] = (nodes.servers[name], pool, now)
-                del self._failures[name]
-                servers = {n: s for n, s in nodes.servers.items() if n != name}
-                clients = {n: c for n, c in nodes.clients.items() if n != name}
-                self._swap(servers, clients)
-                self._next_probe = min(
-                    self._next_probe or now + self.dead_timeout, now + self.dead_timeout
-                )
-                ejected = pool
+        ejected = self._eject(name) if count >= self.retry_attempts else None
         self._emit("node_failed", name, error=repr(exc), failures=count)
         if ejected is not None:
             ejected.client_pool.clear()
             self._emit("node_ejected", name, version=self._nodes.version)
+
+    def _eject(self, name: str) -> Optional[PooledClient]:
+        """Take ``name`` out of the node set; its pool, or None when another thread did it
+        first (or the node was removed, or answered a request meanwhile)."""
+        with self._change_lock:
+            nodes = self._nodes
+            pool = nodes.clients.get(name)
+            if pool is None:
+                return None
+            servers = {n: s for n, s in nodes.servers.items() if n != name}
+            clients = {n: c for n, c in nodes.clients.items() if n != name}
+            new = self._next_snapshot(servers, clients)  # outside _lock
+            with self._lock:
+                record = self._failures.get(name)
+                if record is None or record[0] < self.retry_attempts:
+                    return None  # a request succeeded on it while we built
+                now = time.monotonic()
+                self._dead[name] = (nodes.servers[name], pool, now)
+                del self._failures[name]
+                self._swap(new)
+                self._next_probe = min(
+                    self._next_probe or now + self.dead_timeout, now + self.dead_timeout
+                )
+        return pool
 
     def _succeeded(self, name: str) -> None:
         with self._lock:
@@ -495,12 +584,17 @@ class HashClient:
                     continue
                 finally:
                     probe.close()
-                with self._lock:
-                    if self._dead.pop(name, None) is None:
+                with self._change_lock:
+                    if name not in self._dead:  # removed meanwhile
                         continue
                     nodes = self._nodes
-                    self._swap({**nodes.servers, name: spec}, {**nodes.clients, name: pool})
-                self._emit("node_revived", name, version=self._nodes.version)
+                    new = self._next_snapshot(
+                        {**nodes.servers, name: spec}, {**nodes.clients, name: pool}
+                    )  # outside _lock
+                    with self._lock:
+                        del self._dead[name]
+                        self._swap(new)
+                self._emit("node_revived", name, version=new.version)
         finally:
             with self._lock:
                 deadlines = [v[2] + self.dead_timeout for v in self._dead.values()]

@@ -12,11 +12,14 @@ pymc without losing its cache:
 Node names are the strings a ``HashClient`` builds: ``"host:port"`` for TCP servers, the socket
 path for UNIX ones.
 
-Locators are immutable values: :meth:`with_node` and :meth:`without_node` return a new locator
+Locators are immutable values, built in one step from all their nodes (and weights): each class
+has ``from_nodes(nodes, ...)``, and :func:`build_locator` builds any hasher a ``HashClient``
+accepts over a given node list. :meth:`with_node` and :meth:`without_node` return a new locator
 and leave the old one untouched, so a reader that picked a locator keeps a consistent view. The
 pymemcache-style ``add_node``/``remove_node`` are kept for code written against pymemcache; they
 mutate the locator in place (still safe for concurrent readers, since the whole lookup state is
-swapped in one assignment), and pymc's own ``HashClient`` never calls them.
+swapped in one assignment), and pymc's own ``HashClient`` never calls them on these classes
+(each call rebuilds the whole ring).
 
 Everything here is pure computation: no I/O, no locks, standard library only.
 """
@@ -24,6 +27,7 @@ Everything here is pure computation: no I/O, no locks, standard library only.
 from __future__ import annotations
 
 import bisect
+import functools
 import hashlib
 import struct
 from typing import (
@@ -41,7 +45,7 @@ from typing import (
     cast,
 )
 
-__all__ = ["KetamaHash", "RendezvousHash", "ketama_points", "murmur3_32"]
+__all__ = ["KetamaHash", "RendezvousHash", "build_locator", "ketama_points", "murmur3_32"]
 
 Key = Union[str, bytes]
 K = TypeVar("K")
@@ -387,6 +391,16 @@ class RendezvousHash:
         self._hash_function = hash_function
         self._state = self._build(tuple(dict.fromkeys(nodes or ())))
 
+    @classmethod
+    def from_nodes(
+        cls,
+        nodes: Iterable[str],
+        seed: int = 0,
+        hash_function: Callable[[str, int], int] = murmur3_32,
+    ) -> RendezvousHash:
+        """A locator over all of ``nodes``, built in one step (see :func:`build_locator`)."""
+        return cls(nodes, seed, hash_function)
+
     def _build(self, nodes: Tuple[str, ...]) -> _RendezvousState:
         return _RendezvousState(nodes, self._seed, _is_default_murmur(self._hash_function))
 
@@ -534,6 +548,39 @@ class RendezvousHash:
 
 
 # ---------------------------------------------------------------------------------------------
+# Building a locator from a hasher
+# ---------------------------------------------------------------------------------------------
+
+
+def build_locator(hasher: Callable[..., Any], nodes: Iterable[str]) -> Any:
+    """A new locator over ``nodes`` from ``hasher``, as ``HashClient(hasher=...)`` takes it.
+
+    * A class with a ``from_nodes`` classmethod (:class:`KetamaHash`, :class:`RendezvousHash`
+      and their subclasses), or a ``functools.partial`` of one with keyword arguments only
+      (e.g. ``partial(KetamaHash, weights={...})``, ``partial(RendezvousHash, seed=7)``): the
+      locator is built in one step, ``from_nodes(nodes, **keywords)``.
+    * Anything else is pymemcache's protocol: ``hasher()`` then ``add_node(node)`` per node.
+
+    The result is new and not shared with anyone yet.
+    """
+    names = list(dict.fromkeys(nodes))
+    func: Any = hasher
+    keywords: Dict[str, Any] = {}
+    if isinstance(hasher, functools.partial):
+        if not hasher.args:  # positional arguments would take the place of the nodes
+            func, keywords = hasher.func, dict(hasher.keywords)
+        else:
+            func = None
+    from_nodes = getattr(func, "from_nodes", None) if isinstance(func, type) else None
+    if from_nodes is not None:
+        return from_nodes(names, **keywords)
+    locator = hasher()
+    for name in names:
+        locator.add_node(name)
+    return locator
+
+
+# ---------------------------------------------------------------------------------------------
 # Weighted ketama, libmemcached placement
 # ---------------------------------------------------------------------------------------------
 
@@ -636,6 +683,22 @@ class KetamaHash:
         if unknown:
             raise ValueError(f"weights given for unknown nodes: {sorted(unknown)!r}")
         self._state = self._build(names, tuple(weights.get(n, 1) for n in names))
+
+    @classmethod
+    def from_nodes(
+        cls, nodes: Iterable[str], weights: Optional[Mapping[str, int]] = None
+    ) -> KetamaHash:
+        """A locator over all of ``nodes``, built in one step, with the ``weights`` of those
+        nodes; weights of nodes not in ``nodes`` are ignored (a cluster client passes its live
+        nodes, and a weighted node may be ejected or removed).
+
+        This is what ``HashClient(servers, hasher=functools.partial(KetamaHash, weights=...))``
+        calls for every node set, through :func:`build_locator`.
+        """
+        names = tuple(dict.fromkeys(nodes))
+        present = set(names)
+        mine = {n: w for n, w in (weights or {}).items() if n in present}
+        return cls(names, mine)
 
     @staticmethod
     def _build(nodes: Tuple[str, ...], weights: Tuple[int, ...]) -> _KetamaState:

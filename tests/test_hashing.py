@@ -8,6 +8,7 @@ live memcached servers.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import random
 import socket
@@ -26,7 +27,7 @@ from pymemcache.client.murmur3 import murmur3_32 as pymemcache_murmur3_32
 from pymemcache.client.rendezvous import RendezvousHash as PymemcacheRendezvousHash
 from support.servers import MemcachedProcess, MemcachedStartError
 
-from pymc.hashing import KetamaHash, RendezvousHash, ketama_points, murmur3_32
+from pymc.hashing import KetamaHash, RendezvousHash, build_locator, ketama_points, murmur3_32
 
 Key = Union[str, bytes]
 
@@ -516,3 +517,63 @@ def test_lookups_are_not_pathologically_slow() -> None:
             lookup(key)
         ring.get_nodes(keys)
         assert time.perf_counter() - start < 2.0
+
+
+# -- building a locator in one step ---------------------------------------------------------------
+
+
+class _Counted(KetamaHash):
+    __slots__ = ()
+    rings = 0
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        type(self).rings += 1
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+
+    def add_node(self, node: str, weight: int = 1) -> None:
+        type(self).rings += 1
+        super().add_node(node, weight)
+
+
+def test_build_locator_builds_pymc_hashers_in_one_step() -> None:
+    nodes = [f"10.2.0.{i}:11211" for i in range(60)]
+    _Counted.rings = 0
+    ring = build_locator(_Counted, nodes)
+    assert type(ring) is _Counted and _Counted.rings == 1 and ring.nodes == tuple(nodes)
+    keys = KETAMA_KEYS[:500]
+    assert [ring.get_node(k) for k in keys] == [KetamaHash(nodes).get_node(k) for k in keys]
+
+    rendezvous = build_locator(functools.partial(RendezvousHash, seed=7), nodes)
+    assert rendezvous.seed == 7 and rendezvous.nodes == tuple(nodes)
+    assert build_locator(RendezvousHash, nodes).nodes == tuple(nodes)
+
+
+def test_build_locator_weights_apply_to_the_nodes_present_only() -> None:
+    nodes = ["a:1", "b:1", "c:1"]
+    weights = {"a:1": 3, "c:1": 2, "gone:1": 9}
+    ring = build_locator(functools.partial(KetamaHash, weights=weights), nodes)
+    assert ring.weights == {"a:1": 3, "b:1": 1, "c:1": 2}
+    assert KetamaHash.from_nodes(nodes[:2], weights).weights == {"a:1": 3, "b:1": 1}
+    with pytest.raises(ValueError, match="unknown nodes"):  # the constructor stays strict
+        KetamaHash(nodes, weights)
+    with pytest.raises(ValueError, match="positive int"):
+        KetamaHash.from_nodes(nodes, {"a:1": 0})
+
+
+def test_build_locator_falls_back_to_add_node_for_pymemcache_style_hashers() -> None:
+    nodes = [f"n{i}:1" for i in range(7)]
+    theirs = build_locator(PymemcacheRendezvousHash, nodes)  # pymemcache's own class
+    assert isinstance(theirs, PymemcacheRendezvousHash) and theirs.nodes == nodes
+    keys = [f"k{i}" for i in range(300)]
+    assert [theirs.get_node(k) for k in keys] == [RendezvousHash(nodes).get_node(k) for k in keys]
+
+    added: List[str] = []
+
+    class Minimal:
+        def add_node(self, node: str) -> None:
+            added.append(node)
+
+    assert isinstance(build_locator(Minimal, nodes), Minimal) and added == nodes
+    # A partial with positional arguments is called as pymemcache would: no nodes given.
+    seeded = build_locator(functools.partial(RendezvousHash, None, 5), nodes)
+    assert seeded.seed == 5 and seeded.nodes == tuple(nodes)
