@@ -857,7 +857,7 @@ class Client:
 
     def set_many(
         self,
-        values: Mapping[Key, Any],
+        values: Mapping[Any, Any],
         expire: int = 0,
         noreply: Optional[bool] = None,
         flags: Optional[int] = None,

@@ -881,7 +881,7 @@ class HashClient:
 
     def set_many(
         self,
-        values: Mapping[AnyKey, Any],
+        values: Mapping[Any, Any],
         expire: int = 0,
         noreply: Optional[bool] = None,
         flags: Optional[int] = None,

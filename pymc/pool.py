@@ -20,7 +20,6 @@ Locks and conditions are made when a pool is made, from ``threading`` as it is t
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import functools
 import inspect
@@ -31,7 +30,6 @@ from typing import (
     TYPE_CHECKING,
     Any,
     Callable,
-    Deque,
     Dict,
     Generic,
     Iterator,
@@ -55,11 +53,15 @@ _MISSING: Any = object()
 #: :class:`MemcachePoolTimeoutError`.
 DEFAULT_POOL_TIMEOUT = 10.0
 
-# Bumped in every child after os.fork(): a pool made in another generation is reset.
+# Bumped in every child after os.fork(): a pool made in another generation is reset, once,
+# under _fork_lock -- itself made anew in the child (a parent thread may have held it).
 _fork_generation = [0]
+_fork_lock = threading.Lock()
 
 
 def _after_fork_in_child() -> None:
+    global _fork_lock
+    _fork_lock = threading.Lock()
     _fork_generation[0] += 1
 
 
@@ -67,62 +69,96 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-class _Condition:
-    """The pool's condition when a ``lock_generator`` is given: the lock *and* the waiters
-    come from the generator.
+# How the bookkeeping survives an exception landing anywhere (KeyboardInterrupt, a signal
+# handler's deadline, gevent.Timeout, ...):
+#
+# * every change of state is ONE statement, so it is done entirely or not at all: an object
+#   moves from one container to another (idle <-> checked out -> doomed -> after_remove) in
+#   a single expression (the counters of stats() follow in the next statement: they are
+#   statistics, off by one at worst, while in_use and idle are exact);
+# * what a caller holds is recorded in the pool against the caller's own ``_Ticket`` (made
+#   before anything is taken), never only in a return value, so whoever handles an
+#   exception can look up and give back what the ticket holds; giving back (``_settle``) is
+#   idempotent and, if interrupted, finishes first and raises after;
+# * the lock is taken by ``_locked``: one line, so nothing can land between acquiring it
+#   and entering the guarded call, or between leaving that call and letting go;
+# * callers nest two handlers, so an exception landing in the first handler (while it
+#   handles another) is caught by the second, which gives back what is still held.
 
-    ``threading.Condition`` makes its waiters with the OS lock of ``threading`` as it is,
-    so with ``gevent.lock`` locks and no monkey-patching a greenlet waiting for a slot
-    would block the whole hub (and so the greenlet that would free the slot) until it
-    timed out. Here a waiter is a fresh product of the generator, held once and waited on
-    with a second ``acquire`` -- which needs a lock that is not re-entrant; for re-entrant
-    generators (``RLock``) the waiters are ``threading.Lock`` as it is when the pool is made.
-    """
 
-    def __init__(self, lock_generator: Callable[[], Any]) -> None:
-        self._lock = lock_generator()
-        probe = lock_generator()
-        probe.acquire()
-        try:
-            reentrant = bool(probe.acquire(False))
-        except TypeError:  # an acquire() without arguments: it cannot wait with a timeout
-            reentrant = True
-        else:
-            if reentrant:
-                probe.release()
-        probe.release()
-        self._new_waiter: Callable[[], Any] = threading.Lock if reentrant else lock_generator
-        self._waiters: Deque[Any] = collections.deque()
+def _locked(lock: Any, fn: Callable[..., Any], *args: Any) -> Any:
+    with lock: return fn(*args)  # noqa: E701  # fmt: skip
 
-    def __enter__(self) -> bool:
-        return bool(self._lock.acquire())
 
-    def __exit__(self, *exc: object) -> None:
-        self._lock.release()
+class _Ticket:
+    """One checkout: what it holds (``obj``; ``_EMPTY`` while a slot is only reserved), and
+    when that object was made, went idle, and in which epoch (see ``clear``) it went out."""
 
-    def wait(self, timeout: float) -> bool:
-        """Release the lock, wait up to ``timeout`` s for a notify, take the lock again."""
-        waiter = self._new_waiter()
-        waiter.acquire()
-        self._waiters.append(waiter)
-        self._lock.release()
-        got = False
-        try:
-            got = bool(waiter.acquire(True, timeout))
-        finally:
-            self._lock.acquire()
-            if not got:
-                try:
-                    self._waiters.remove(waiter)
-                except ValueError:
-                    got = True  # notified between the timeout and taking the lock
-        return got
+    __slots__ = ("born", "epoch", "obj", "released")
 
-    def notify(self, n: int = 1) -> None:
-        waiters = self._waiters
-        while waiters and n > 0:
-            waiters.popleft().release()
-            n -= 1
+    def __init__(self) -> None:
+        self.obj: Any = _EMPTY
+        self.born = self.released = 0.0
+        self.epoch = 0
+
+
+_EMPTY: Any = object()
+_FULL: Any = object()  # _take_locked: no slot now, and the caller does not wait
+#: Attempts at giving a checkout back when exceptions keep interrupting it.
+_SETTLE_TRIES = 100
+
+
+def _waiter_factory(lock_generator: Callable[[], Any]) -> Callable[[], Any]:
+    """What a waiter for a slot is made of: a fresh product of ``lock_generator``, held once
+    and waited on with a second ``acquire`` -- so with ``gevent.lock`` locks and no
+    monkey-patching a waiting greenlet yields to the hub. That needs a lock that is not
+    re-entrant and takes a timeout; otherwise ``threading.Lock`` as it is now."""
+    probe = lock_generator()
+    probe.acquire()
+    try:
+        reentrant = bool(probe.acquire(False))
+    except TypeError:  # an acquire() without arguments: it cannot wait with a timeout
+        reentrant = True
+    else:
+        if reentrant:
+            probe.release()
+    probe.release()
+    return threading.Lock if reentrant else lock_generator
+
+
+class _State:
+    """Everything a pool knows, replaced whole after a fork."""
+
+    __slots__ = (
+        "created",
+        "destroyed",
+        "doomed",
+        "epoch",
+        "generation",
+        "idle",
+        "lock",
+        "new_waiter",
+        "out",
+        "retired",
+        "timeouts",
+        "waiters",
+    )
+
+    def __init__(self, lock: Any, new_waiter: Callable[[], Any]) -> None:
+        self.lock = lock
+        self.new_waiter = new_waiter
+        # Idle objects, oldest first: (object, released at, created at).
+        self.idle: List[Tuple[Any, float, float]] = []
+        # Checkouts: id(object) -> its ticket; a reserved slot not yet filled: id(ticket).
+        self.out: Dict[int, _Ticket] = {}
+        # Checkouts waiting for a slot, first come first: id(ticket) -> a held lock.
+        self.waiters: Dict[int, Any] = {}
+        # Objects dropped, to be handed to after_remove outside the lock.
+        self.doomed: List[Any] = []
+        self.epoch = 0  # bumped by clear(): what is out then is dropped when it comes back
+        self.created = self.destroyed = self.timeouts = 0
+        self.retired = False
+        self.generation = _fork_generation[0]
 
 
 class ObjectPool(Generic[T]):
@@ -157,221 +193,293 @@ class ObjectPool(Generic[T]):
         self.timeout = timeout
         self._validate = validate
         self._lock_generator = lock_generator
-        self._reset()
+        self._s = self._new_state()
 
-    def _reset(self) -> None:
+    def _new_state(self) -> _State:
         if self._lock_generator is None:
-            self._lock: Any = threading.Lock()
-            self._cond: Any = threading.Condition(self._lock)
-        else:
-            self._cond = _Condition(self._lock_generator)
-            self._lock = self._cond
-        self._generation = _fork_generation[0]
-        # Idle objects, oldest first: (object, released at, created at).
-        self._idle: Deque[Tuple[T, float, float]] = collections.deque()
-        self._born: Dict[int, float] = {}  # id(obj) -> creation time, for objects in use
-        self._in_use = 0
-        self._waiting = 0
-        self._created = 0
-        self._destroyed = 0
-        self._timeouts = 0
-        self._retired = False
+            return _State(threading.Lock(), threading.Lock)
+        return _State(self._lock_generator(), _waiter_factory(self._lock_generator))
+
+    def _state(self) -> _State:
+        """The pool's state; in a forked child, a new empty one (made once, whichever
+        thread comes first): the parent's objects are forgotten, never closed."""
+        s = self._s
+        if s.generation != _fork_generation[0]:
+            s = _locked(_fork_lock, self._reset_if_forked)
+        return s
+
+    def _reset_if_forked(self) -> _State:
+        if self._s.generation != _fork_generation[0]:
+            self._s = self._new_state()
+        return self._s
 
     # ------------------------------------------------------------------ checkout
 
     def get(self, timeout: Any = ...) -> T:
         """Check an object out, waiting up to ``timeout`` seconds (default: the pool's)
         for a slot when the pool is full."""
-        if self._generation != _fork_generation[0]:
-            self._reset()  # a forked child: forget (never close) the parent's objects
-        if timeout is ...:
-            timeout = self.timeout
-        validate = self._validate
-        while True:
-            taken = self._take(timeout)
-            if taken is None:
-                return self._create()
-            obj, idle_seconds = taken
-            # Checked outside the lock: it may cost a system call.
-            if validate is None or validate(obj, idle_seconds):
-                return obj
-            self._give_back(obj, destroy=True)
+        t = _Ticket()
+        s = self._state()
+        try:
+            try:
+                self._get(s, t, self.timeout if timeout is ... else timeout, True)
+                return t.obj  # type: ignore[no-any-return]
+            except BaseException:
+                self._settle(s, t, None, True)
+                raise
+        except BaseException:  # the first handler was itself interrupted
+            self._settle(s, t, None, True)
+            raise
 
     def try_get(self) -> Optional[T]:
-        """An object if one can be had without waiting, else None."""
+        """An object if one can be had without waiting for a slot (an idle one, or a new
+        one below ``max_size``), else None -- not counted as a timeout."""
+        t = _Ticket()
+        s = self._state()
         try:
-            return self.get(timeout=0)
-        except MemcachePoolTimeoutError:
-            return None
-
-    def _take(self, timeout: Optional[float]) -> Optional[Tuple[T, float]]:
-        """Reserve a slot: an idle object and its idle time, or None (create one)."""
-        doomed: List[T] = []
-        try:
-            with self._lock:
-                deadline = None
-                while True:
-                    now = time.monotonic()
-                    idle = self._idle
-                    if idle:
-                        if self.idle_timeout or self.max_lifetime is not None:
-                            self._reap(now, doomed)
-                        if idle:
-                            obj, released, born = idle.pop()
-                            self._born[id(obj)] = born
-                            self._in_use += 1
-                            return obj, now - released
-                    if self.max_size is None or self._in_use < self.max_size:
-                        self._in_use += 1
-                        self._created += 1
-                        return None
-                    if deadline is None:
-                        deadline = now + (timeout if timeout is not None else 1e9)
-                    remaining = deadline - now
-                    if remaining <= 0:
-                        self._timeouts += 1
-                        raise MemcachePoolTimeoutError(
-                            f"no free object in the pool within {timeout} s "
-                            f"({self._in_use} in use, max_size={self.max_size})"
-                        )
-                    self._waiting += 1
-                    try:
-                        self._cond.wait(remaining)
-                    finally:
-                        self._waiting -= 1
-        finally:
-            if doomed:
-                self._drop(doomed)
-
-    def _create(self) -> T:
-        """Make an object for a slot already reserved; free the slot if that fails."""
-        try:
-            obj = self._creator()
+            try:
+                return t.obj if self._get(s, t, 0, False) else None
+            except BaseException:
+                self._settle(s, t, None, True)
+                raise
         except BaseException:
-            with self._lock:
-                self._in_use -= 1
-                self._created -= 1
-                if self._waiting:
-                    self._cond.notify()
+            self._settle(s, t, None, True)
             raise
-        with self._lock:
-            self._born[id(obj)] = time.monotonic()
-        return obj
+
+    def _get(self, s: _State, t: _Ticket, timeout: Optional[float], wait: bool) -> bool:
+        """Fill ticket ``t`` with a checked-out object; False if the pool is full and
+        ``wait`` is false. On any exception ``t`` may hold a slot: the caller settles it."""
+        validate = self._validate
+        now = time.monotonic()
+        deadline = now + (timeout if timeout is not None else 1e9)
+        while True:
+            waiter = _locked(s.lock, self._take_locked, s, t, now, deadline, wait)
+            if waiter is None:  # t holds a slot
+                if t.obj is _EMPTY:
+                    t.obj = self._creator()  # one line: what is made is held by t at once
+                    _locked(s.lock, self._adopt_locked, s, t)
+                    return True
+                # Checked outside the lock: it may cost a system call.
+                if validate is None or validate(t.obj, now - t.released):
+                    return True
+                self._settle(s, t, None, True)
+                t.obj = _EMPTY
+            elif waiter is _FULL:
+                if not wait:
+                    return False
+                raise MemcachePoolTimeoutError(
+                    f"no free object in the pool within {timeout} s "
+                    f"({len(s.out)} in use, max_size={self.max_size})"
+                )
+            else:
+                waiter.acquire(True, deadline - now)  # released by _notify_locked
+            now = time.monotonic()
+
+    def _take_locked(self, s: _State, t: _Ticket, now: float, deadline: float, wait: bool) -> Any:
+        """Give ``t`` an idle object or a reserved slot (None); else a lock to wait on (held:
+        its release is the wake-up call), or _FULL (no waiting, or time is up)."""
+        s.waiters.pop(id(t), None)
+        idle = s.idle
+        if idle and (self.idle_timeout or self.max_lifetime is not None):
+            self._reap_locked(s, now)
+        if idle:
+            t.obj, t.released, t.born = idle[-1]
+            t.epoch = s.epoch
+            s.out[id(idle.pop()[0])] = t
+            return None
+        if self.max_size is None or len(s.out) < self.max_size:
+            t.obj, t.epoch = _EMPTY, s.epoch
+            s.out[id(t)] = t
+            return None
+        if not wait:
+            return _FULL
+        if now >= deadline:
+            s.timeouts += 1
+            return _FULL
+        waiter = s.new_waiter()
+        waiter.acquire()
+        s.waiters[id(t)] = waiter
+        return waiter
+
+    def _adopt_locked(self, s: _State, t: _Ticket) -> None:
+        """The object made for ``t``'s reserved slot is now checked out."""
+        if s.out.get(id(t)) is t:
+            t.born = time.monotonic()
+            s.created, s.out[id(t.obj)] = s.created + 1, s.out.pop(id(t))
+
+    # ------------------------------------------------------------------ checkin
 
     def release(self, obj: T, silent: bool = True) -> None:
-        """Give ``obj`` back for reuse (destroyed instead when past ``max_lifetime``)."""
-        self._give_back(obj, destroy=False)
+        """Give ``obj`` back for reuse (destroyed instead when past ``max_lifetime``, or
+        when it was out while :meth:`clear` ran)."""
+        self._settle(self._state(), None, obj, False)
 
     def destroy(self, obj: T, silent: bool = True) -> None:
         """Drop ``obj`` for good (it saw an error) and free its slot."""
-        self._give_back(obj, destroy=True)
+        self._settle(self._state(), None, obj, True)
 
-    def _give_back(self, obj: T, destroy: bool) -> None:
-        if self._generation != _fork_generation[0]:
-            return  # checked out before a fork: the parent's, not ours
-        with self._lock:
-            born = self._born.pop(id(obj), None)
-            if born is None:
-                return  # not ours, or already given back
-            self._in_use -= 1
-            now = time.monotonic()
-            if (
-                not destroy
-                and not self._retired
-                and (self.max_lifetime is None or now - born < self.max_lifetime)
-            ):
-                self._idle.append((obj, now, born))
-                obj = None  # type: ignore[assignment]
-            else:
-                self._destroyed += 1
-            if self._waiting:
-                self._cond.notify()
-        if obj is not None:
-            self._drop([obj])
+    def _settle(self, s: _State, t: Optional[_Ticket], obj: Any, destroy: bool) -> None:
+        """Give back what ticket ``t`` (or the checkout of ``obj``) holds, if anything.
+        Idempotent; an exception that interrupts it (say, a timeout while it waits for the
+        lock) is raised once the slot is free."""
+        pending: Optional[BaseException] = None
+        for _ in range(_SETTLE_TRIES):
+            try:
+                _locked(s.lock, self._settle_locked, s, t, obj, destroy)
+                self._drain(s)
+                break
+            except BaseException as exc:
+                pending = exc
+        if pending is not None:
+            raise pending
+
+    def _settle_locked(self, s: _State, t: Optional[_Ticket], obj: Any, destroy: bool) -> None:
+        if t is None:
+            t = s.out.get(id(obj))
+            if t is None or t.obj is not obj:
+                return  # not ours (a parent's before a fork, or given back already)
+        s.waiters.pop(id(t), None)
+        if s.waiters:  # first: waking one too many is harmless, a lost wake-up is not
+            self._notify_locked(s)
+        if s.out.get(id(t)) is t:  # a reserved slot
+            if t.obj is _EMPTY:
+                del s.out[id(t)]
+            else:  # made, never handed out
+                s.doomed.append(s.out.pop(id(t)).obj)
+                s.created += 1
+                s.destroyed += 1
+            return
+        key = id(t.obj)
+        if s.out.get(key) is not t:
+            return
+        now = time.monotonic()
+        if (
+            destroy
+            or s.retired
+            or t.epoch != s.epoch
+            or (self.max_lifetime is not None and now - t.born >= self.max_lifetime)
+        ):
+            s.doomed.append(s.out.pop(key).obj)
+            s.destroyed += 1
+        else:
+            s.idle.append((t.obj, now, s.out.pop(key).born))
+
+    @staticmethod
+    def _notify_locked(s: _State) -> None:
+        first = next(iter(s.waiters))
+        s.waiters.pop(first).release()
 
     @contextlib.contextmanager
     def get_and_release(self, destroy_on_fail: bool = True) -> Iterator[T]:
         """``with pool.get_and_release() as obj:`` -- the object is destroyed if the block
         raises anything at all (``destroy_on_fail`` is kept for pymemcache; pymc always
         destroys, since an interrupted connection is in an unknown state)."""
-        obj = self.get()
+        t = _Ticket()
+        s = self._state()
         clean = False
         try:
-            yield obj
-            clean = True
-        finally:
-            self._give_back(obj, destroy=not clean)
+            try:
+                self._get(s, t, self.timeout, True)
+                yield t.obj
+                clean = True
+            finally:
+                self._settle(s, t, None, not clean)
+        except BaseException:
+            self._settle(s, t, None, True)
+            raise
 
     # ------------------------------------------------------------------ upkeep
 
-    def _reap(self, now: float, doomed: List[T]) -> None:
-        """Move idle objects past idle_timeout or max_lifetime to ``doomed`` (lock held)."""
-        idle = self._idle
+    def _reap_locked(self, s: _State, now: float) -> None:
+        """Doom idle objects past idle_timeout or max_lifetime."""
+        idle = s.idle
         if self.idle_timeout:
             while idle and now - idle[0][1] > self.idle_timeout:
-                doomed.append(idle.popleft()[0])
-                self._destroyed += 1
-        if self.max_lifetime is not None and idle:
-            keep = [entry for entry in idle if now - entry[2] < self.max_lifetime]
-            if len(keep) != len(idle):
-                doomed.extend(entry[0] for entry in idle if now - entry[2] >= self.max_lifetime)
-                self._destroyed += len(idle) - len(keep)
-                idle.clear()
-                idle.extend(keep)
+                s.doomed.append(idle.pop(0)[0])
+                s.destroyed += 1
+        if self.max_lifetime is not None:
+            dead = [e[0] for e in idle if now - e[2] >= self.max_lifetime]
+            if dead:
+                keep = [e for e in idle if now - e[2] < self.max_lifetime]
+                idle[:], s.doomed[len(s.doomed) :] = keep, dead  # both, or neither
+                s.destroyed += len(dead)
 
-    def _drop(self, objs: List[T]) -> None:
-        if self._after_remove is not None:
-            for obj in objs:
-                try:
-                    self._after_remove(obj)
-                except Exception:
-                    pass
+    def _drain(self, s: _State) -> None:
+        """Hand doomed objects to after_remove (outside the lock; any thread may)."""
+        doomed, remove = s.doomed, self._after_remove
+        for _ in range(len(doomed)):
+            try:
+                if remove is None:
+                    doomed.pop()
+                else:
+                    remove(doomed.pop())
+            except Exception:
+                pass
 
     def reap(self) -> int:
         """Drop idle objects past their time now; return how many."""
-        doomed: List[T] = []
-        with self._lock:
-            self._reap(time.monotonic(), doomed)
-        self._drop(doomed)
-        return len(doomed)
+        s = self._state()
+        before = s.destroyed
+        _locked(s.lock, self._reap_locked, s, time.monotonic())
+        self._drain(s)
+        return s.destroyed - before
 
     def retire(self) -> None:
         """Wind the pool down without disturbing work in progress: idle objects are dropped
         now, objects in use when they come back. (For a node that left the cluster: the
         operations that already chose it finish normally.)"""
-        with self._lock:
-            self._retired = True
+        s = self._state()
+        s.retired = True
         self.clear()
 
     def clear(self) -> None:
-        """Drop every idle object (objects in use are dropped when given back)."""
-        with self._lock:
-            doomed = [entry[0] for entry in self._idle]
-            self._idle.clear()
-            self._destroyed += len(doomed)
-        self._drop(doomed)
+        """Drop every idle object now, and every object checked out now when it comes
+        back. Checkouts after this call are served (with new objects) as usual."""
+        s = self._state()
+        _locked(s.lock, self._clear_locked, s)
+        self._drain(s)
+
+    @staticmethod
+    def _clear_locked(s: _State) -> None:
+        s.epoch += 1
+        idle = s.idle
+        dead = [e[0] for e in idle]
+        idle[:], s.doomed[len(s.doomed) :] = [], dead  # both, or neither
+        s.destroyed += len(dead)
 
     # ------------------------------------------------------------------ introspection
 
     @property
     def used(self) -> int:
-        return self._in_use
+        return len(self._state().out)
 
     @property
     def free(self) -> int:
-        return len(self._idle)
+        return len(self._state().idle)
+
+    @property
+    def retired(self) -> bool:
+        """Whether :meth:`retire` was called: objects are dropped as they come back."""
+        return bool(self._state().retired)
+
+    def idle_objects(self) -> List[T]:
+        """The idle objects, most recently used last (for inspection only)."""
+        return [entry[0] for entry in list(self._state().idle)]
 
     def stats(self) -> Dict[str, Any]:
-        with self._lock:
-            return {
-                "in_use": self._in_use,
-                "idle": len(self._idle),
-                "waiting": self._waiting,
-                "created": self._created,
-                "destroyed": self._destroyed,
-                "timeouts": self._timeouts,
-                "max_size": self.max_size,
-            }
+        s = self._state()
+        return _locked(s.lock, self._stats_locked, s)  # type: ignore[no-any-return]
+
+    def _stats_locked(self, s: _State) -> Dict[str, Any]:
+        return {
+            "in_use": len(s.out),
+            "idle": len(s.idle),
+            "waiting": len(s.waiters),
+            "created": s.created,
+            "destroyed": s.destroyed,
+            "timeouts": s.timeouts,
+            "max_size": self.max_size,
+        }
 
     def __repr__(self) -> str:
         s = self.stats()
@@ -389,7 +497,7 @@ CHECK_IDLE_AFTER = 0.05
 
 
 def _client_is_reusable(client: Client, idle_seconds: float) -> bool:
-    if idle_seconds < CHECK_IDLE_AFTER and not client.owes_sync:
+    if idle_seconds < CHECK_IDLE_AFTER:  # (error lines of noreply commands: see Client.send)
         return True
     return bool(client.is_clean())
 
@@ -475,29 +583,31 @@ class PooledClient(_Commands):
         (the explicit tuple and dict let any keyword pass through untouched)."""
         if self.retry is not None:
             return call_with_retry(self.retry, name, self._once, name, args, kwargs)
-        pool = self.client_pool  # _once, inlined: this is every call's path
-        client = pool.get()
-        clean = False
-        try:
-            result = getattr(client, name)(*args, **kwargs)
-            clean = True
-            return result
-        finally:
-            pool._give_back(client, destroy=not clean)
+        return self._once(name, args, kwargs)
 
     def _once(self, name: str, args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> Any:
+        # The connection is taken inside the try, through a ticket the pool records it
+        # against, and given back by two nested handlers: nothing can land where a slot is
+        # held and no handler is there to free it (see ObjectPool._settle).
         pool = self.client_pool
-        client = pool.get()
+        t = _Ticket()
+        s = pool._state()
         clean = False
         try:
-            result = getattr(client, name)(*args, **kwargs)
-            clean = True
-            return result
-        finally:
-            pool._give_back(client, destroy=not clean)
+            try:
+                pool._get(s, t, pool.timeout, True)
+                result = getattr(t.obj, name)(*args, **kwargs)
+                clean = True
+            finally:
+                pool._settle(s, t, None, not clean)
+        except BaseException:
+            pool._settle(s, t, None, True)
+            raise
+        return result
 
     def close(self) -> None:
-        """Close every idle connection (busy ones are closed when they come back)."""
+        """Close every idle connection now, and every busy one when it comes back; the
+        client stays usable (later calls open new connections)."""
         self.client_pool.clear()
 
     disconnect_all = close

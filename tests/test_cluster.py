@@ -722,7 +722,7 @@ def test_nodes_added_and_removed_while_threads_work(
     assert not errors, errors[:5]
     assert not wrong, wrong[:5]
     assert sorted(client.snapshot.names) == sorted(server_name(s) for s in base)
-    assert pool._retired and pool.free == 0
+    assert pool.retired and pool.free == 0
     assert len(events.of("snapshot_swapped")) >= 25 * 7
     client.close()
 
@@ -777,7 +777,7 @@ def test_node_set_snapshots_versions_pool_identity_and_retirement(
     assert server_name(d) in second.names
     for name, pool in pools.items():
         assert third.clients[name] is pool
-    assert d_pool._retired
+    assert d_pool.retired
     assert d_pool.free == 0 and d_pool.used == 1
     destroyed = d_pool.stats()["destroyed"]
 
@@ -1032,7 +1032,7 @@ def test_noreply_fan_out_marks_connections_for_the_checkout_check(
     marked = [
         conn
         for pool in client.clients.values()
-        for conn, _, _ in pool.client_pool._idle
+        for conn in pool.client_pool.idle_objects()
         if conn.owes_sync
     ]
     assert marked, "a noreply fan-out must leave its connections marked"

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Tuple
 
 import pytest
-from pymemcache.client.base import Client as PmcClient  # type: ignore[import-untyped]
+from pymemcache.client.base import Client as PmcClient
 from support.helpers import stat, tcp, wait_until
 from support.servers import MemcachedProcess, request
 

@@ -30,7 +30,7 @@ ProxyFactory = Callable[[Tuple[str, int]], FaultProxy]
 
 pytestmark = pytest.mark.timeout(30)
 
-FAILOVER = dict(
+FAILOVER: Dict[str, Any] = dict(
     retry_timeout=0, retry_attempts=1, dead_timeout=0.2, connect_timeout=0.5, timeout=1.0
 )
 
@@ -121,7 +121,7 @@ def test_ejection_and_revival_build_one_locator_each_outside_the_request_lock(
     proxy = fault_proxy(tcp(memcached))
     # 60 nodes: one behind a proxy that will fail, one real, and 58 that are never asked.
     servers = [proxy.address, tcp(memcached), *fake_nodes(58)]
-    client = HashClient(servers, hasher=CountingKetama, **FAILOVER)  # type: ignore[arg-type]
+    client = HashClient(servers, hasher=CountingKetama, **FAILOVER)
     try:
         key = key_on(client, proxy.server)
         assert client.set(key, b"v") is True
@@ -379,7 +379,7 @@ def test_locks_are_usable_in_a_child_forked_while_other_threads_hold_them() -> N
         status = 1
         try:
             os.close(read_end)
-            outcome = {}
+            outcome: Dict[str, Any] = {}
             # Every change still works: each takes the locks the holder had at fork time.
             done = threading.Event()
 
@@ -413,8 +413,8 @@ def test_locks_are_usable_in_a_child_forked_while_other_threads_hold_them() -> N
         os.close(read_end)
         end = time.monotonic() + 5.0
         while True:
-            done, _ = os.waitpid(pid, os.WNOHANG)
-            if done or time.monotonic() > end:
+            reaped, _ = os.waitpid(pid, os.WNOHANG)
+            if reaped or time.monotonic() > end:
                 break
             time.sleep(0.02)
         if not done:
