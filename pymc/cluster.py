@@ -59,7 +59,7 @@ from .exceptions import (
     MemcacheProtocolError,
 )
 from .hashing import RendezvousHash, build_locator
-from .pool import DEFAULT_POOL_TIMEOUT, PooledClient
+from .pool import DEFAULT_POOL_TIMEOUT, Lease, PooledClient
 from .protocol import (
     RULES,
     ErrorReply,
@@ -131,20 +131,18 @@ def _per_key(group: List[AnyKey], rule: Rule, where: str) -> Callable[[Any], Dic
     return lambda replies: dict(per_key_results(group, replies, rule, where))
 
 
-def _give_back(nodes: NodeSet, batch: List[Tuple[str, Client]], done: Container[str]) -> None:
-    """Return every connection of ``batch`` to its pool: reused if its node is ``done``,
-    destroyed otherwise. Each return runs even if an earlier one is interrupted."""
-    if not batch:
-        return
-    name, conn = batch[0]
-    try:
-        pool = nodes.clients[name].client_pool
-        if name in done:
-            pool.release(conn)
-        else:
-            pool.destroy(conn)
-    finally:
-        _give_back(nodes, batch[1:], done)
+def _give_back(leases: List[Tuple[str, Lease[Client]]], done: Container[str]) -> None:
+    """Return every leased connection: reused if its node is ``done`` (its reply was read
+    to the end), destroyed otherwise. Every return is tried, even after one is interrupted
+    (that exception is raised at the end); returning twice is harmless."""
+    interrupted: Optional[BaseException] = None
+    for name, lease in leases:
+        try:
+            lease.give_back(destroy=name not in done)
+        except BaseException as exc:
+            interrupted = interrupted or exc
+    if interrupted is not None:
+        raise interrupted
 
 
 # Bumped in every child after os.fork(): a lock made in an earlier generation is replaced.
@@ -697,28 +695,18 @@ class HashClient:
         failed: Dict[str, Exception] = {}
         pending = sorted(name for name, part in parts.items() if part is not None)
         while pending:
-            batch: List[Tuple[str, Client]] = []
+            # Every lease is in ``leases`` before its connection is taken, so the finally
+            # below gives back every connection, wherever an exception lands.
+            leases: List[Tuple[str, Lease[Client]]] = []
             busy: List[str] = []
-            for name in pending:
-                if self._failures and self._fail_fast(name):
-                    failed[name] = _NodeResting(f"{name} failed recently")
-                    continue
+            try:
+                self._take_and_exchange(nodes, pending, leases, busy, parts, results, failed)
+            finally:
                 try:
-                    conn = nodes.clients[name].client_pool.try_get()
-                except Exception as exc:
-                    failed[name] = exc
-                    continue
-                if conn is None:
-                    busy.append(name)
-                else:
-                    batch.append((name, conn))
-            if not batch and busy:
-                name = busy.pop(0)  # wait for this node alone, holding no connection
-                try:
-                    batch.append((name, nodes.clients[name].client_pool.get()))
-                except Exception as exc:  # no free connection in time: this node only
-                    failed[name] = exc
-            self._exchange(nodes, batch, parts, results, failed)
+                    _give_back(leases, results)
+                except BaseException:
+                    _give_back(leases, results)  # the first give-back was interrupted
+                    raise
             pending = busy
         solo = [name for name, part in parts.items() if part is None]
         for name in solo:
@@ -747,34 +735,64 @@ class HashClient:
                     self._succeeded(name)
         return results
 
-    @staticmethod
-    def _exchange(
+    def _take_and_exchange(
+        self,
         nodes: NodeSet,
-        batch: List[Tuple[str, Client]],
+        pending: List[str],
+        leases: List[Tuple[str, Lease[Client]]],
+        busy: List[str],
         parts: Dict[str, Optional[Part]],
         results: Dict[str, Any],
         failed: Dict[str, Exception],
     ) -> None:
-        """Send every connection of ``batch`` its node's request, then read each reply.
-        Every connection goes back to its pool whatever happens: reused when its reply
-        was read to the end, destroyed otherwise."""
+        """One round of a fan-out: take a connection for each pending node that has one
+        free (a node with none goes to ``busy``); when none was free, wait for the first
+        busy node's alone; then exchange requests and replies on what was taken. Each
+        lease is in ``leases`` before its connection is taken: the caller gives them back."""
+        for name in pending:
+            if self._failures and self._fail_fast(name):
+                failed[name] = _NodeResting(f"{name} failed recently")
+                continue
+            leases.append((name, nodes.clients[name].client_pool.lease()))
+            try:
+                if leases[-1][1].take(wait=False) is None:
+                    busy.append(name)
+            except Exception as exc:
+                failed[name] = exc
+        if busy and not any(lease.obj is not None for _, lease in leases):
+            name = busy.pop(0)  # wait for this node alone, holding no connection
+            leases.append((name, nodes.clients[name].client_pool.lease()))
+            try:
+                leases[-1][1].take()
+            except Exception as exc:  # no free connection in time: this node only
+                failed[name] = exc
+        self._exchange(leases, parts, results, failed)
+
+    @staticmethod
+    def _exchange(
+        leases: List[Tuple[str, Lease[Client]]],
+        parts: Dict[str, Optional[Part]],
+        results: Dict[str, Any],
+        failed: Dict[str, Exception],
+    ) -> None:
+        """Send every leased connection its node's request, then read each reply."""
         sent: List[Tuple[str, Client]] = []
-        try:
-            for name, conn in batch:
-                request, expect, _ = parts[name]  # type: ignore[misc]
-                try:
-                    conn.send(request, expect is None)
-                    sent.append((name, conn))
-                except Exception as exc:
-                    failed[name] = exc
-            for name, conn in sent:
-                _, expect, finish = parts[name]  # type: ignore[misc]
-                try:
-                    results[name] = finish(None if expect is None else conn.receive(expect()))
-                except Exception as exc:
-                    failed[name] = exc
-        finally:
-            _give_back(nodes, batch, results)
+        for name, lease in leases:
+            conn = lease.obj
+            if conn is None:
+                continue
+            request, expect, _ = parts[name]  # type: ignore[misc]
+            try:
+                conn.send(request, expect is None)
+                sent.append((name, conn))
+            except Exception as exc:
+                failed[name] = exc
+        for name, conn in sent:
+            _, expect, finish = parts[name]  # type: ignore[misc]
+            try:
+                results[name] = finish(None if expect is None else conn.receive(expect()))
+            except Exception as exc:
+                failed[name] = exc
 
     def _retrieve(self, command: str, keys: Iterable[AnyKey], with_cas: bool) -> Dict[Any, Any]:
         keys = list(keys)

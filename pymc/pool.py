@@ -27,24 +27,25 @@ import os
 import threading
 import time
 from typing import (
-    TYPE_CHECKING,
     Any,
     Callable,
+    Concatenate,
     Dict,
     Generic,
     Iterator,
     List,
     Optional,
+    ParamSpec,
     Tuple,
     TypeVar,
 )
 
-from .client import COMMANDS, Client, ClientOptions, ServerSpec, normalize_server_spec, server_name
+from .client import Client, ClientOptions, ServerSpec, normalize_server_spec, server_name
 from .exceptions import MemcachePoolTimeoutError
 from .protocol import validate_key
 from .retry import RetryPolicy, call_with_retry
 
-__all__ = ["DEFAULT_POOL_TIMEOUT", "ObjectPool", "PooledClient"]
+__all__ = ["DEFAULT_POOL_TIMEOUT", "Lease", "ObjectPool", "PooledClient"]
 
 T = TypeVar("T")
 _MISSING: Any = object()
@@ -245,6 +246,12 @@ class ObjectPool(Generic[T]):
         except BaseException:
             self._settle(s, t, None, True)
             raise
+
+    def lease(self) -> Lease[T]:
+        """A claim on one object, made before the object is taken (:meth:`Lease.take`), so
+        that code which checks out many objects at once can always give back each one
+        (:meth:`Lease.give_back`), whatever interrupts it."""
+        return Lease(self)
 
     def _get(self, s: _State, t: _Ticket, timeout: Optional[float], wait: bool) -> bool:
         """Fill ticket ``t`` with a checked-out object; False if the pool is full and
@@ -490,6 +497,40 @@ class ObjectPool(Generic[T]):
         )
 
 
+class Lease(Generic[T]):
+    """One checkout of an :class:`ObjectPool`, held from before the object is taken to after
+    it is given back. :meth:`give_back` is idempotent and a no-op when nothing was taken,
+    so ``try: lease.take() ... finally: lease.give_back(destroy=...)`` never loses a slot,
+    wherever an exception lands."""
+
+    __slots__ = ("_pool", "_state", "_ticket")
+
+    def __init__(self, pool: ObjectPool[T]) -> None:
+        self._pool = pool
+        self._state = pool._state()
+        self._ticket = _Ticket()
+
+    @property
+    def obj(self) -> Optional[T]:
+        """The object taken, or None."""
+        obj = self._ticket.obj
+        return None if obj is _EMPTY else obj
+
+    def take(self, wait: bool = True, timeout: Any = ...) -> Optional[T]:
+        """Take an object: wait up to ``timeout`` seconds (default: the pool's) for a free
+        slot, or, with ``wait=False``, return None at once when there is none."""
+        pool = self._pool
+        if timeout is ...:
+            timeout = pool.timeout
+        if pool._get(self._state, self._ticket, timeout if wait else 0, wait):
+            return self.obj
+        return None
+
+    def give_back(self, destroy: bool = False) -> None:
+        """Return the object (destroyed instead with ``destroy``), if one was taken."""
+        self._pool._settle(self._state, self._ticket, None, destroy)
+
+
 # --------------------------------------------------------------------------- PooledClient
 
 #: A connection idle longer than this is checked for a server-side close before reuse.
@@ -502,23 +543,24 @@ def _client_is_reusable(client: Client, idle_seconds: float) -> bool:
     return bool(client.is_clean())
 
 
-def _pool_call(name: str) -> Callable[..., Any]:
-    method = getattr(Client, name)
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _pooled(
+    method: Callable[Concatenate[Client, P], R],
+) -> Callable[Concatenate[PooledClient, P], R]:
+    """A PooledClient method that runs the Client ``method`` on a pooled connection."""
+    name = method.__name__
 
     @functools.wraps(method)
-    def call(self: PooledClient, *args: Any, **kwargs: Any) -> Any:
-        return self.run(name, args, kwargs)
+    def call(self: PooledClient, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        return self.run(name, args, kwargs)  # type: ignore[no-any-return]
 
     return call
 
 
-if TYPE_CHECKING:  # to type checkers a PooledClient has every Client method
-    _Commands = Client
-else:
-    _Commands = object
-
-
-class PooledClient(_Commands):
+class PooledClient:
     """A thread-safe client: a pool of :class:`Client` connections to one server.
 
     Accepts every argument of :class:`Client` (by keyword) and pymemcache's pool arguments,
@@ -623,6 +665,37 @@ class PooledClient(_Commands):
         counts = " ".join(f"{k}={v}" for k, v in s.items())
         return f"<{type(self).__name__} {server_name(self.server)} {counts}>"
 
+    set = _pooled(Client.set)
+    set_many = _pooled(Client.set_many)
+    set_multi = set_many
+    add = _pooled(Client.add)
+    replace = _pooled(Client.replace)
+    append = _pooled(Client.append)
+    prepend = _pooled(Client.prepend)
+    cas = _pooled(Client.cas)
+    get = _pooled(Client.get)
+    get_many = _pooled(Client.get_many)
+    get_multi = get_many
+    gets = _pooled(Client.gets)
+    gets_many = _pooled(Client.gets_many)
+    gets_multi = gets_many
+    gat = _pooled(Client.gat)
+    gats = _pooled(Client.gats)
+    delete = _pooled(Client.delete)
+    delete_many = _pooled(Client.delete_many)
+    delete_multi = delete_many
+    incr = _pooled(Client.incr)
+    decr = _pooled(Client.decr)
+    touch = _pooled(Client.touch)
+    stats = _pooled(Client.stats)
+    cache_memlimit = _pooled(Client.cache_memlimit)
+    version = _pooled(Client.version)
+    verbosity = _pooled(Client.verbosity)
+    flush_all = _pooled(Client.flush_all)
+    quit = _pooled(Client.quit)
+    shutdown = _pooled(Client.shutdown)
+    raw_command = _pooled(Client.raw_command)
+
     def __getitem__(self, key: Any) -> Any:
         # A miss raises KeyError here, outside the pool: it says nothing against the
         # connection, which goes back for reuse.
@@ -636,11 +709,6 @@ class PooledClient(_Commands):
 
     def __delitem__(self, key: Any) -> None:
         self.run("__delitem__", (key,), {})
-
-
-for _name in COMMANDS:
-    setattr(PooledClient, _name, _pool_call(_name))
-del _name
 
 
 def _pooled_signature() -> inspect.Signature:

@@ -22,9 +22,19 @@ import dataclasses
 import functools
 import random
 import time
-from typing import TYPE_CHECKING, Any, Callable, FrozenSet, Iterable, Optional, Tuple, TypeVar
+from typing import (
+    Any,
+    Callable,
+    Concatenate,
+    FrozenSet,
+    Iterable,
+    Optional,
+    ParamSpec,
+    Tuple,
+    TypeVar,
+)
 
-from .client import COMMANDS, Client
+from .client import Client
 from .exceptions import (
     MemcacheClientError,
     MemcacheConnectError,
@@ -166,23 +176,24 @@ def call_with_retry(
                 time.sleep(delay)
 
 
-def _retrying_call(name: str) -> Callable[..., Any]:
-    method = getattr(Client, name)
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _retrying(
+    method: Callable[Concatenate[Client, P], R],
+) -> Callable[Concatenate[RetryingClient, P], R]:
+    """A RetryingClient method: the wrapped client's command of that name, retried."""
+    name = method.__name__
 
     @functools.wraps(method)
-    def call(self: RetryingClient, /, *args: Any, **kwargs: Any) -> Any:
-        return call_with_retry(self._policy, name, getattr(self._client, name), *args, **kwargs)
+    def call(self: RetryingClient, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        return call_with_retry(self._policy, name, getattr(self._client, name), *args, **kwargs)  # type: ignore[no-any-return]
 
     return call
 
 
-if TYPE_CHECKING:  # to type checkers a RetryingClient has every Client method
-    _Commands = Client
-else:
-    _Commands = object
-
-
-class RetryingClient(_Commands):
+class RetryingClient:
     """Wrap a Client, PooledClient or HashClient and retry its commands.
 
     pymemcache's signature and argument checks. Unlike pymemcache, failures after the
@@ -221,6 +232,37 @@ class RetryingClient(_Commands):
     def __repr__(self) -> str:
         return f"<{type(self).__name__} attempts={self._policy.attempts} {self._client!r}>"
 
+    set = _retrying(Client.set)
+    set_many = _retrying(Client.set_many)
+    set_multi = set_many
+    add = _retrying(Client.add)
+    replace = _retrying(Client.replace)
+    append = _retrying(Client.append)
+    prepend = _retrying(Client.prepend)
+    cas = _retrying(Client.cas)
+    get = _retrying(Client.get)
+    get_many = _retrying(Client.get_many)
+    get_multi = get_many
+    gets = _retrying(Client.gets)
+    gets_many = _retrying(Client.gets_many)
+    gets_multi = gets_many
+    gat = _retrying(Client.gat)
+    gats = _retrying(Client.gats)
+    delete = _retrying(Client.delete)
+    delete_many = _retrying(Client.delete_many)
+    delete_multi = delete_many
+    incr = _retrying(Client.incr)
+    decr = _retrying(Client.decr)
+    touch = _retrying(Client.touch)
+    stats = _retrying(Client.stats)
+    cache_memlimit = _retrying(Client.cache_memlimit)
+    version = _retrying(Client.version)
+    verbosity = _retrying(Client.verbosity)
+    flush_all = _retrying(Client.flush_all)
+    quit = _retrying(Client.quit)
+    shutdown = _retrying(Client.shutdown)
+    raw_command = _retrying(Client.raw_command)
+
     def __getitem__(self, key: Any) -> Any:
         return call_with_retry(self._policy, "__getitem__", self._client.__getitem__, key)
 
@@ -235,8 +277,3 @@ class RetryingClient(_Commands):
 
     def __exit__(self, *exc_info: object) -> None:
         self._client.close()
-
-
-for _name in COMMANDS:
-    setattr(RetryingClient, _name, _retrying_call(_name))
-del _name
