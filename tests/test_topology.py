@@ -417,7 +417,7 @@ def test_locks_are_usable_in_a_child_forked_while_other_threads_hold_them() -> N
             if reaped or time.monotonic() > end:
                 break
             time.sleep(0.02)
-        if not done:
+        if not reaped:
             os.kill(pid, 9)
             os.waitpid(pid, 0)
         holder.join(5)
