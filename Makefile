@@ -78,6 +78,7 @@ test-all: memcached libmemcached-dev
 	  else failed="$$failed $$v"; fi; \
 	done; \
 	echo "test-all: passed:$${passed:- none}; failed:$${failed:- none}; skipped:$${skipped:- none}"; \
+	if [ -z "$$passed$$failed" ]; then echo "test-all: no Python of $(PYTHONS) is installed" >&2; exit 2; fi; \
 	[ -z "$$failed" ]
 
 lint: $(VENV)/.lint-deps
