@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip --disable-pip-version-check -q
 
-.PHONY: test test-all bench lint memcached clean
+.PHONY: test test-all bench lint memcached libmemcached-dev clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -35,16 +35,31 @@ memcached:
 	    exit 2; \
 	  fi; }
 
+# pylibmc (a test dependency) has wheels for some Pythons only; for the others pip compiles it
+# against libmemcached's and zlib's headers. As root with apt-get we install them; otherwise
+# we say how, and stop.
+libmemcached-dev:
+	@[ -e /usr/include/libmemcached/memcached.h ] && [ -e /usr/include/zlib.h ] || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "libmemcached headers not found: installing libmemcached-dev with apt-get"; \
+	    DEBIAN_FRONTEND=noninteractive apt-get update -q && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -q libmemcached-dev zlib1g-dev \
+	      </dev/null || exit 2; \
+	  else \
+	    echo "libmemcached headers not found: install them (Debian/Ubuntu: sudo apt-get install libmemcached-dev zlib1g-dev; macOS: brew install libmemcached) and run make again" >&2; \
+	    exit 2; \
+	  fi; }
+
 test: $(VENV)/.test-deps memcached
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # Every Python version the README claims, each in its own venv (.venv-3.10, ...). A version
 # that pyenv (or PATH, as pythonX.Y) does not have is skipped with a message; any failure
 # fails the target after all versions ran. `make test-all PYTHONS=3.12 PYTEST_ARGS=...` narrows it.
-PYTHONS    ?= 3.10 3.11 3.12 3.13
+PYTHONS    ?= 3.10 3.11 3.12 3.13 3.14
 PYENV_ROOT ?= $(shell pyenv root 2>/dev/null || echo $(HOME)/.pyenv)
 
-test-all: memcached
+test-all: memcached libmemcached-dev
 	@failed=""; skipped=""; passed=""; \
 	for v in $(PYTHONS); do \
 	  py=""; \
@@ -64,6 +79,7 @@ test-all: memcached
 	  else failed="$$failed $$v"; fi; \
 	done; \
 	echo "test-all: passed:$${passed:- none}; failed:$${failed:- none}; skipped:$${skipped:- none}"; \
+	if [ -z "$$passed$$failed" ]; then echo "test-all: no Python of $(PYTHONS) is installed" >&2; exit 2; fi; \
 	[ -z "$$failed" ]
 
 lint: $(VENV)/.lint-deps
