@@ -11,6 +11,7 @@ meant for another command.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import select
 import selectors
@@ -19,12 +20,14 @@ import ssl
 from typing import (
     Any,
     Callable,
+    Concatenate,
     Dict,
     Iterable,
     List,
     Mapping,
     NoReturn,
     Optional,
+    ParamSpec,
     Sequence,
     Tuple,
     TypeVar,
@@ -82,6 +85,7 @@ from .serde import DefaultSerde, LegacyWrappingSerde, Serde, coerce_to_bytes
 __all__ = [
     "Client",
     "ClientOptions",
+    "Commands",
     "KeepaliveOpts",
     "decode_values",
     "normalize_server_spec",
@@ -1155,3 +1159,62 @@ COMMANDS: Tuple[str, ...] = tuple(
         "raw_command",
     ]
 )
+
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _delegate(
+    method: Callable[Concatenate[Client, P], R],
+) -> Callable[Concatenate[Commands, P], R]:
+    """A method that runs the Client command ``method`` through ``self.run``."""
+    name = method.__name__
+
+    @functools.wraps(method)
+    def call(self: Commands, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        return self.run(name, args, kwargs)  # type: ignore[no-any-return]
+
+    return call
+
+
+class Commands:
+    """Every :class:`Client` command, with Client's signature, each run by :meth:`run`: the
+    base of the clients that run the commands somewhere else (``PooledClient`` on a pooled
+    connection, ``RetryingClient`` on the client it wraps, with retries)."""
+
+    def run(self, name: str, args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> Any:
+        """Run the Client command ``name`` with ``args`` and ``kwargs`` (passed as a tuple
+        and a dict, so no keyword of the caller can collide with a parameter of this)."""
+        raise NotImplementedError
+
+    set = _delegate(Client.set)
+    set_many = _delegate(Client.set_many)
+    set_multi = set_many
+    add = _delegate(Client.add)
+    replace = _delegate(Client.replace)
+    append = _delegate(Client.append)
+    prepend = _delegate(Client.prepend)
+    cas = _delegate(Client.cas)
+    get = _delegate(Client.get)
+    get_many = _delegate(Client.get_many)
+    get_multi = get_many
+    gets = _delegate(Client.gets)
+    gets_many = _delegate(Client.gets_many)
+    gets_multi = gets_many
+    gat = _delegate(Client.gat)
+    gats = _delegate(Client.gats)
+    delete = _delegate(Client.delete)
+    delete_many = _delegate(Client.delete_many)
+    delete_multi = delete_many
+    incr = _delegate(Client.incr)
+    decr = _delegate(Client.decr)
+    touch = _delegate(Client.touch)
+    stats = _delegate(Client.stats)
+    cache_memlimit = _delegate(Client.cache_memlimit)
+    version = _delegate(Client.version)
+    verbosity = _delegate(Client.verbosity)
+    flush_all = _delegate(Client.flush_all)
+    quit = _delegate(Client.quit)
+    shutdown = _delegate(Client.shutdown)
+    raw_command = _delegate(Client.raw_command)

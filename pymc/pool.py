@@ -21,7 +21,6 @@ Locks and conditions are made when a pool is made, from ``threading`` as it is t
 from __future__ import annotations
 
 import contextlib
-import functools
 import inspect
 import os
 import threading
@@ -29,18 +28,16 @@ import time
 from typing import (
     Any,
     Callable,
-    Concatenate,
     Dict,
     Generic,
     Iterator,
     List,
     Optional,
-    ParamSpec,
     Tuple,
     TypeVar,
 )
 
-from .client import Client, ClientOptions, ServerSpec, normalize_server_spec, server_name
+from .client import Client, ClientOptions, Commands, ServerSpec, normalize_server_spec, server_name
 from .exceptions import MemcachePoolTimeoutError
 from .protocol import validate_key
 from .retry import RetryPolicy, call_with_retry
@@ -543,24 +540,7 @@ def _client_is_reusable(client: Client, idle_seconds: float) -> bool:
     return bool(client.is_clean())
 
 
-P = ParamSpec("P")
-R = TypeVar("R")
-
-
-def _pooled(
-    method: Callable[Concatenate[Client, P], R],
-) -> Callable[Concatenate[PooledClient, P], R]:
-    """A PooledClient method that runs the Client ``method`` on a pooled connection."""
-    name = method.__name__
-
-    @functools.wraps(method)
-    def call(self: PooledClient, /, *args: P.args, **kwargs: P.kwargs) -> R:
-        return self.run(name, args, kwargs)  # type: ignore[no-any-return]
-
-    return call
-
-
-class PooledClient:
+class PooledClient(Commands):
     """A thread-safe client: a pool of :class:`Client` connections to one server.
 
     Accepts every argument of :class:`Client` (by keyword) and pymemcache's pool arguments,
@@ -664,37 +644,6 @@ class PooledClient:
         s = self.client_pool.stats()
         counts = " ".join(f"{k}={v}" for k, v in s.items())
         return f"<{type(self).__name__} {server_name(self.server)} {counts}>"
-
-    set = _pooled(Client.set)
-    set_many = _pooled(Client.set_many)
-    set_multi = set_many
-    add = _pooled(Client.add)
-    replace = _pooled(Client.replace)
-    append = _pooled(Client.append)
-    prepend = _pooled(Client.prepend)
-    cas = _pooled(Client.cas)
-    get = _pooled(Client.get)
-    get_many = _pooled(Client.get_many)
-    get_multi = get_many
-    gets = _pooled(Client.gets)
-    gets_many = _pooled(Client.gets_many)
-    gets_multi = gets_many
-    gat = _pooled(Client.gat)
-    gats = _pooled(Client.gats)
-    delete = _pooled(Client.delete)
-    delete_many = _pooled(Client.delete_many)
-    delete_multi = delete_many
-    incr = _pooled(Client.incr)
-    decr = _pooled(Client.decr)
-    touch = _pooled(Client.touch)
-    stats = _pooled(Client.stats)
-    cache_memlimit = _pooled(Client.cache_memlimit)
-    version = _pooled(Client.version)
-    verbosity = _pooled(Client.verbosity)
-    flush_all = _pooled(Client.flush_all)
-    quit = _pooled(Client.quit)
-    shutdown = _pooled(Client.shutdown)
-    raw_command = _pooled(Client.raw_command)
 
     def __getitem__(self, key: Any) -> Any:
         # A miss raises KeyError here, outside the pool: it says nothing against the

@@ -19,22 +19,20 @@ outside any lock, through ``time.sleep`` as it is at that moment (gevent-friendl
 from __future__ import annotations
 
 import dataclasses
-import functools
 import random
 import time
 from typing import (
     Any,
     Callable,
-    Concatenate,
+    Dict,
     FrozenSet,
     Iterable,
     Optional,
-    ParamSpec,
     Tuple,
     TypeVar,
 )
 
-from .client import Client
+from .client import Commands
 from .exceptions import (
     MemcacheClientError,
     MemcacheConnectError,
@@ -176,24 +174,7 @@ def call_with_retry(
                 time.sleep(delay)
 
 
-P = ParamSpec("P")
-R = TypeVar("R")
-
-
-def _retrying(
-    method: Callable[Concatenate[Client, P], R],
-) -> Callable[Concatenate[RetryingClient, P], R]:
-    """A RetryingClient method: the wrapped client's command of that name, retried."""
-    name = method.__name__
-
-    @functools.wraps(method)
-    def call(self: RetryingClient, /, *args: P.args, **kwargs: P.kwargs) -> R:
-        return call_with_retry(self._policy, name, getattr(self._client, name), *args, **kwargs)  # type: ignore[no-any-return]
-
-    return call
-
-
-class RetryingClient:
+class RetryingClient(Commands):
     """Wrap a Client, PooledClient or HashClient and retry its commands.
 
     pymemcache's signature and argument checks. Unlike pymemcache, failures after the
@@ -225,43 +206,16 @@ class RetryingClient:
     def policy(self) -> RetryPolicy:
         return self._policy
 
+    def run(self, name: str, args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> Any:
+        """The wrapped client's command ``name``, retried as the policy allows."""
+        return call_with_retry(self._policy, name, getattr(self._client, name), *args, **kwargs)
+
     def __getattr__(self, name: str) -> Any:
         # Anything that is not a command (add_server, server, ...) comes from the client.
         return getattr(self._client, name)
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} attempts={self._policy.attempts} {self._client!r}>"
-
-    set = _retrying(Client.set)
-    set_many = _retrying(Client.set_many)
-    set_multi = set_many
-    add = _retrying(Client.add)
-    replace = _retrying(Client.replace)
-    append = _retrying(Client.append)
-    prepend = _retrying(Client.prepend)
-    cas = _retrying(Client.cas)
-    get = _retrying(Client.get)
-    get_many = _retrying(Client.get_many)
-    get_multi = get_many
-    gets = _retrying(Client.gets)
-    gets_many = _retrying(Client.gets_many)
-    gets_multi = gets_many
-    gat = _retrying(Client.gat)
-    gats = _retrying(Client.gats)
-    delete = _retrying(Client.delete)
-    delete_many = _retrying(Client.delete_many)
-    delete_multi = delete_many
-    incr = _retrying(Client.incr)
-    decr = _retrying(Client.decr)
-    touch = _retrying(Client.touch)
-    stats = _retrying(Client.stats)
-    cache_memlimit = _retrying(Client.cache_memlimit)
-    version = _retrying(Client.version)
-    verbosity = _retrying(Client.verbosity)
-    flush_all = _retrying(Client.flush_all)
-    quit = _retrying(Client.quit)
-    shutdown = _retrying(Client.shutdown)
-    raw_command = _retrying(Client.raw_command)
 
     def __getitem__(self, key: Any) -> Any:
         return call_with_retry(self._policy, "__getitem__", self._client.__getitem__, key)

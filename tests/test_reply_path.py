@@ -128,8 +128,8 @@ def test_every_error_reply_to_every_multi_key_command(
         proxy.set_mode("pass")
         # The server did run the command; only its answer was spoiled.
         after = {"set_many": b"new", "delete_many": None}.get(command, b"old")
-        expected = {} if after is None else {k: after for k in keys}
-        assert client.get_many(keys) == expected
+        held = {} if after is None else {k: after for k in keys}
+        assert client.get_many(keys) == held
         assert client.get(keys[1]) == after
         assert client.set(keys[2], b"after") is True
         assert client.get(keys[2]) == b"after"
