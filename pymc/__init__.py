@@ -1,4 +1,10 @@
-"""pymc: a fast, thread- and gevent-safe memcached client, a drop-in for pymemcache."""
+"""pymc: a fast, thread- and gevent-safe memcached client, a drop-in for pymemcache.
+
+The modules form layers; each imports only the public names of those before it:
+``exceptions`` -> ``protocol`` (sans-IO; what every reply means: ``RULES`` and the
+``Expect*`` readers) -> ``serde`` -> ``client`` (``Client``, ``Commands``) -> ``retry``
+-> ``pool`` -> ``hashing`` -> ``cluster`` (``HashClient``) -> ``elasticache``.
+"""
 
 import logging
 

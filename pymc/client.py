@@ -6,6 +6,10 @@ Safety rule: whatever goes wrong in the middle of a command (a socket error, a t
 malformed reply, ``gevent.Timeout``, ``KeyboardInterrupt``) closes the socket before the
 exception leaves the Client. The next call reconnects, so no caller ever reads the reply
 meant for another command.
+
+Layer: imports ``exceptions``, ``protocol`` and ``serde`` only. Every command goes out
+through :meth:`Client.send` and its reply comes back through :meth:`Client.receive`, read
+and judged by ``protocol``'s ``Expect*`` readers and ``RULES``.
 """
 
 from __future__ import annotations

@@ -13,6 +13,10 @@ for its version and re-admits it if it answers.
 
 Multi-key commands group the keys by node, send every node its request, and only then read
 the replies, so they take the slowest node's time, not the sum.
+
+Layer: imports ``client`` (``send``/``receive`` and ``decode_values``), ``protocol``,
+``pool`` (``Lease``), ``hashing``, ``retry``, ``serde`` and ``exceptions``; no private name of
+any of them.
 """
 
 from __future__ import annotations

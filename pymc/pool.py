@@ -16,6 +16,9 @@ Rules the pool keeps:
 
 Locks and conditions are made when a pool is made, from ``threading`` as it is then (or from
 ``lock_generator``), so ``gevent.monkey.patch_all()`` before or after ``import pymc`` works.
+
+Layer: imports ``client``, ``protocol`` (key checks), ``retry`` (the policy) and
+``exceptions``; it never parses a reply.
 """
 
 from __future__ import annotations

@@ -14,6 +14,9 @@ Which failures are retried:
 A policy never changes: :meth:`RetryPolicy.increment` returns the policy for the next
 attempt, so one instance is safely shared by every thread. Sleeps happen between attempts,
 outside any lock, through ``time.sleep`` as it is at that moment (gevent-friendly).
+
+Layer: imports ``client`` (``Commands``) and ``exceptions`` only; ``pool`` uses
+:class:`RetryPolicy`, never :class:`RetryingClient`.
 """
 
 from __future__ import annotations
