@@ -1,0 +1,208 @@
+"""Hostile tests of the redesigned reply path: each test shows a defect or a held line.
+
+Every test states the input, what a user should see, and checks it against real memcached
+processes (through the suite's fault proxy where a misbehaving server is needed).
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from typing import Any, Callable, Dict, List, Tuple
+
+import pytest
+from support.faultproxy import FaultProxy
+from support.helpers import tcp
+from support.servers import MemcachedProcess
+
+from pymc import Client, HashClient, MemcacheProtocolError, PooledClient
+from pymc.exceptions import MemcacheServerRefusedError
+from pymc.protocol import (
+    END,
+    NEED_DATA,
+    RULES,
+    ExpectConfig,
+    ExpectRaw,
+    ExpectReplies,
+    ExpectStats,
+    ExpectSync,
+    ExpectValues,
+    Reader,
+)
+
+ProxyFactory = Callable[[Tuple[str, int]], FaultProxy]
+KINDS = ["client", "pooled", "hash"]
+_counter = itertools.count()
+
+
+def tag() -> str:
+    return f"atk{next(_counter)}-{time.monotonic_ns() % 10**9}"
+
+
+def make(kind: str, server: Any, **options: Any) -> Any:
+    options.setdefault("timeout", 2.0)
+    options.setdefault("connect_timeout", 2.0)
+    if kind == "client":
+        return Client(server, **options)
+    if kind == "pooled":
+        return PooledClient(server, max_pool_size=2, pool_timeout=2.0, **options)
+    return HashClient(
+        [server],
+        use_pooling=True,
+        max_pool_size=2,
+        pool_timeout=2.0,
+        retry_attempts=1000,
+        retry_timeout=0,
+        **options,
+    )
+
+
+@pytest.fixture
+def proxy(memcached: MemcachedProcess, fault_proxy: ProxyFactory) -> FaultProxy:
+    return fault_proxy(tcp(memcached))
+
+
+# --------------------------------------------------------------------------- sans-IO splits
+
+_CASES: List[Tuple[str, bytes, Callable[[], Any], Any]] = [
+    (
+        "get",
+        b"VALUE k 5 3\r\nabc\r\nVALUE k2 0 7\r\n\r\nEND\r\n\r\nEND\r\n",
+        lambda: ExpectValues({b"k", b"k2"}),
+        {b"k": (5, b"abc", None), b"k2": (0, b"\r\nEND\r\n", None)},
+    ),
+    (
+        "gets",
+        b"VALUE k 0 4 99\r\nMN\r\n\r\nEND\r\n",
+        lambda: ExpectValues({b"k"}, cas=True),
+        {b"k": (0, b"MN\r\n", b"99")},
+    ),
+    ("miss", b"END\r\n", lambda: ExpectValues({b"k"}), {}),
+    ("set", b"STORED\r\nNOT_STORED\r\n", lambda: ExpectReplies(RULES["set"], 2), None),
+    ("incr", b"42\r\n", lambda: ExpectReplies(RULES["incr"]), [42]),
+    ("stats", b"STAT pid 1\r\nSTAT x y z\r\nEND\r\n", ExpectStats, {b"pid": b"1", b"x": b"y z"}),
+    ("raw", b"VALUE a\r\nEND\r\n", lambda: ExpectRaw(b"END\r\n"), b"VALUE a\r\n"),
+    ("sync-mn", b"SERVER_ERROR x\r\nMN\r\n", ExpectSync, None),
+    ("sync-version", b"CLIENT_ERROR x\r\nVERSION 1.6.9\r\n", ExpectSync, None),
+    (
+        "config",
+        b"CONFIG cluster 0 19\r\n7\nh|10.0.0.1|11211\n\r\nEND\r\n",
+        ExpectConfig,
+        None,
+    ),
+]
+
+
+def _drive(reply: bytes, cuts: List[int], factory: Callable[[], Any]) -> Any:
+    reader = Reader()
+    expect = factory()
+    result: Any = NEED_DATA
+    start = 0
+    for stop in [*cuts, len(reply)]:
+        if stop > start:
+            reader.feed(reply[start:stop])
+        start = stop
+        result = expect.step(reader)
+    assert reader.buffered == 0, (cuts, reader.buffered)
+    return result
+
+
+@pytest.mark.parametrize("name,reply,factory,want", _CASES, ids=[c[0] for c in _CASES])
+def test_every_two_chunk_split_parses_the_same(
+    name: str, reply: bytes, factory: Callable[[], Any], want: Any
+) -> None:
+    whole = _drive(reply, [], factory)
+    if want is not None:
+        assert whole == want
+    for cut in range(1, len(reply)):
+        assert _drive(reply, [cut], factory) == whole, cut
+    assert _drive(reply, list(range(1, len(reply))), factory) == whole
+    for a in range(1, len(reply)):
+        for b in range(a + 1, len(reply)):
+            assert _drive(reply, [a, b], factory) == whole, (a, b)
+
+
+# --------------------------------------------------------------------------- the sync marker
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_marker_refused_by_a_server_claiming_1_6(kind: str, proxy: FaultProxy) -> None:
+    """A server (or proxy) that says ``VERSION 1.6.x`` but answers ``mn`` with ``ERROR``.
+
+    After the first sync (``version``) the client switches to ``mn``; from then on every
+    request after a noreply command should still answer right (fall back to ``version``, or
+    at worst one failure), not fail forever with a protocol error."""
+    proxy.set_mode("rewrite", fn=lambda data: data.replace(b"MN\r\n", b"ERROR\r\n"))
+    client = make(kind, proxy.server)
+    key = tag()
+    client.set(key, b"v0")
+    client.set(key, b"v1", noreply=True)
+    assert client.get(key) == b"v1"  # first sync: ``version``, learns 1.6
+    outcomes = []
+    for i in range(3):
+        client.set(key, b"v%d" % (i + 2), noreply=True)
+        try:
+            outcomes.append(client.get(key))
+        except Exception as exc:  # noqa: BLE001 - what a user sees
+            outcomes.append(type(exc).__name__)
+    assert outcomes[1:] == [b"v3", b"v4"], outcomes
+
+
+def test_marker_refusal_is_not_a_noreply_error(proxy: FaultProxy) -> None:
+    """The marker's own ``ERROR`` is counted as an error line of a noreply command."""
+    proxy.set_mode("rewrite", fn=lambda data: data.replace(b"MN\r\n", b"ERROR\r\n"))
+    client = make("client", proxy.server)
+    key = tag()
+    client.set(key, b"v1", noreply=True)
+    client.get(key)
+    client.set(key, b"v2", noreply=True)  # no error from this command
+    try:
+        client.get(key)
+    except MemcacheProtocolError:
+        pass
+    assert client.noreply_errors == 0
+
+
+# --------------------------------------------------------------------------- refusals
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_too_many_connections_mid_pipeline_is_a_refusal(kind: str, proxy: FaultProxy) -> None:
+    """memcached answers a refused connection with ``ERROR Too many open connections`` and
+    hangs up. For one ``set`` pymc raises MemcacheServerRefusedError; a set_many (a pipeline)
+    given the same answer should raise the same."""
+    refusal = b"ERROR Too many open connections\r\n"
+    client = make(kind, proxy.server)
+    key = tag()
+    proxy.set_mode("rewrite", fn=lambda data: refusal)
+    with pytest.raises(MemcacheServerRefusedError):
+        client.set(key, b"v")
+    with pytest.raises(MemcacheServerRefusedError):
+        client.set_many({key + "a": b"1", key + "b": b"2", key + "c": b"3"})
+
+
+# --------------------------------------------------------------------------- tuple keys
+
+
+def test_tuple_keys_with_one_real_key_on_two_server_keys(
+    memcached_nodes: List[MemcachedProcess],
+) -> None:
+    """``(server_key, key)`` routes by server_key: ``("a", k)`` and ``("b", k)`` are two
+    items (on two nodes). get_many of both must answer both, as two get() calls do."""
+    client = HashClient([tcp(n) for n in memcached_nodes], timeout=2, connect_timeout=2)
+    key = tag()
+    snap = client.snapshot
+    names = [f"route{i}" for i in range(200)]
+    first = names[0]
+    other = next(n for n in names if snap.node_for(n) != snap.node_for(first))
+    client.set((first, key), b"one")
+    client.set((other, key), b"two")
+    single = {(first, key): client.get((first, key)), (other, key): client.get((other, key))}
+    assert single == {(first, key): b"one", (other, key): b"two"}
+    assert client.get_many([(first, key), (other, key)]) == single
+    many = client.gets_many([(first, key), (other, key)])
+    assert {k: v for k, (v, _) in many.items()} == single
+
+
+def _unused(x: Dict[str, Any]) -> None:  # keep imports honest for later tests
+    assert END is not None and x is not None
