@@ -206,3 +206,153 @@ def test_tuple_keys_with_one_real_key_on_two_server_keys(
 
 def _unused(x: Dict[str, Any]) -> None:  # keep imports honest for later tests
     assert END is not None and x is not None
+
+
+# --------------------------------------------------------------------------- values and sync
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_values_that_look_like_replies_after_noreply(kind: str, proxy: FaultProxy) -> None:
+    """Values holding END/MN/VALUE/VERSION lines, read right after noreply commands (so the
+    marker's answer and the value arrive together), every reply chunk split in two."""
+
+    def split(data: bytes) -> bytes:
+        time.sleep(0.001)
+        return data
+
+    proxy.set_mode("rewrite", fn=split)
+    client = make(kind, proxy.server)
+    base = tag()
+    tricky = {
+        base + "a": b"\r\nEND\r\n",
+        base + "b": b"MN\r\n",
+        base + "c": b"VALUE " + base.encode() + b"a 0 1\r\nx\r\nEND\r\n",
+        base + "d": b"VERSION 1.6.0\r\nMN\r\nEND\r\n",
+        base + "e": b"",
+    }
+    for round_ in range(3):
+        client.set(base + "x", b"%d" % round_, noreply=True)
+        assert client.set_many(tricky, noreply=True) == []
+        assert client.get_many(list(tricky)) == tricky
+        client.delete(base + "zz", noreply=True)
+        assert {k: v for k, (v, _) in client.gets_many(list(tricky)).items()} == tricky
+        client.touch(base + "zz", noreply=True)
+        assert client.get(base + "c") == tricky[base + "c"]
+        assert client.get(base + "x") == b"%d" % round_
+
+
+# --------------------------------------------------------------------------- ignore_exc
+
+
+def _bad_item(data: bytes) -> bytes:
+    """A server whose retrieval answers end in a corrupt data block."""
+    if b"VALUE " in data:
+        return data.replace(b"\r\nEND\r\n", b"XXEND\r\n")
+    return data
+
+
+_FAULTS: Dict[str, Callable[[FaultProxy], None]] = {
+    "garbage": lambda p: p.set_mode("garbage"),
+    "server_error": lambda p: p.set_mode(
+        "rewrite", fn=lambda d: b"SERVER_ERROR busy\r\n" * max(1, d.count(b"END\r\n"))
+    ),
+    "close": lambda p: p.set_mode("close"),
+    "corrupt_block": lambda p: p.set_mode("rewrite", fn=_bad_item),
+}
+
+
+@pytest.mark.parametrize("fault", list(_FAULTS))
+def test_ignore_exc_answers_the_same_on_every_client(
+    fault: str, memcached: MemcachedProcess, fault_proxy: ProxyFactory
+) -> None:
+    """ignore_exc=True: every read command gives the same answer on Client, PooledClient and
+    HashClient for the same failure."""
+    key = tag()
+    seen: Dict[str, List[Any]] = {}
+    for kind in KINDS:
+        proxy = fault_proxy(tcp(memcached))
+        client = make(kind, proxy.server, ignore_exc=True)
+        client.set(key, b"v")
+        _FAULTS[fault](proxy)
+        answers: List[Any] = []
+        for call in (
+            lambda: client.get(key, "dflt"),
+            lambda: client.get_many([key, key + "m"]),
+            lambda: client.gets(key, "dflt", "cdflt"),
+            lambda: client.gets_many([key]),
+            lambda: client.gat(key, 0, "dflt"),
+            lambda: client.gats(key, 0, "dflt", "cdflt"),
+        ):
+            try:
+                answers.append(call())
+            except Exception as exc:  # noqa: BLE001 - what a user sees
+                answers.append(type(exc).__name__)
+        seen[kind] = answers
+    assert seen["pooled"] == seen["client"], seen
+    assert seen["hash"] == seen["client"], seen
+
+
+# --------------------------------------------------------------------------- retry policy
+
+
+@pytest.mark.parametrize("nkeys", [20, 200])
+def test_hash_retry_policy_covers_big_get_many(
+    nkeys: int, memcached: MemcachedProcess, fault_proxy: ProxyFactory
+) -> None:
+    """HashClient(retry=RetryPolicy(...)): one garbled reply to an idempotent get_many is
+    retried, whether the node's request is small (one pass) or over 32 KiB (passes)."""
+    from pymc.retry import RetryPolicy
+
+    proxy = fault_proxy(tcp(memcached))
+    client = HashClient(
+        [proxy.server],
+        retry=RetryPolicy(attempts=3, backoff=0),
+        retry_attempts=1000,
+        retry_timeout=0,
+        timeout=2,
+        connect_timeout=2,
+    )
+    base = tag()
+    keys = [f"{base}-{i}-".ljust(240, "k") for i in range(nkeys)]
+    assert client.set_many({k: b"v" for k in keys}) == []
+    hits = [0]
+
+    def once(data: bytes) -> bytes:
+        if b"VALUE " in data and hits[0] == 0:
+            hits[0] += 1
+            return b"HUH?\r\n"
+        return data
+
+    proxy.set_mode("rewrite", fn=once)
+    assert client.get_many(keys) == {k: b"v" for k in keys}
+    assert hits[0] == 1
+
+
+# --------------------------------------------------------------------------- gevent swarm
+
+
+@pytest.mark.timeout(90)
+def test_gevent_swarm_with_random_timeouts(memcached_nodes: List[MemcachedProcess]) -> None:
+    """24 greenlets run get_many/set_many(noreply too)/get/gets_many over a 3-node HashClient
+    with gevent.Timeout at random points: no read is ever wrong, every pool slot comes back."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    pytest.importorskip("gevent")
+    root = Path(__file__).resolve().parent.parent
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(root), str(root / "tests")])
+    env.pop("PYTEST_ADDOPTS", None)
+    args = {"servers": [list(tcp(n)) for n in memcached_nodes[:3]], "seed": 7, "seconds": 4}
+    proc = subprocess.run(
+        [sys.executable, str(root / "tests/support/attack_gevent_swarm.py"), json.dumps(args)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        cwd=root,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
