@@ -356,3 +356,47 @@ def test_gevent_swarm_with_random_timeouts(memcached_nodes: List[MemcachedProces
         cwd=root,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+
+# --------------------------------------------------------------------------- byte by byte
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("kind", KINDS)
+def test_every_command_with_replies_split_at_every_byte(
+    kind: str, memcached: MemcachedProcess
+) -> None:
+    """Every reply (and every sync marker's answer) arrives one byte per segment."""
+    from support.trickle import TrickleProxy
+
+    trickle = TrickleProxy(tcp(memcached))
+    try:
+        client = make(kind, trickle.server)
+        k = tag()
+        assert client.set(k, b"v\r\nEND\r\n") is True
+        client.set(k + "n", b"1", noreply=True)
+        assert client.get(k) == b"v\r\nEND\r\n"
+        client.delete(k + "zz", noreply=True)
+        assert client.get_many([k, k + "n", k + "miss"]) == {k: b"v\r\nEND\r\n", k + "n": b"1"}
+        client.set(k + "c", b"5", noreply=True)
+        assert client.incr(k + "c", 2) == 7
+        value, cas = client.gets(k)
+        assert value == b"v\r\nEND\r\n" and cas is not None
+        client.touch(k, noreply=True)
+        assert client.cas(k, b"w", cas) is True
+        assert client.gat(k, 0) == b"w"
+        client.set(k + "n", b"2", noreply=True)
+        assert client.delete_many([k + "n"]) is True
+        client.set(k + "n", b"3", noreply=True)
+        stats = client.stats()
+        if kind == "hash":
+            stats = next(iter(stats.values()))
+        assert stats[b"pid"] > 0
+        if kind != "hash":
+            client.set(k + "n", b"4", noreply=True)
+            assert client.raw_command("get " + k + "n", "END\r\n").endswith(b"4\r\n")
+            assert client.version()
+        assert client.set_many({k + "x": b"1", k + "y": b"2"}) == []
+        assert client.get_many([k + "x", k + "y"]) == {k + "x": b"1", k + "y": b"2"}
+    finally:
+        trickle.stop()
