@@ -400,3 +400,36 @@ def test_every_command_with_replies_split_at_every_byte(
         assert client.get_many([k + "x", k + "y"]) == {k + "x": b"1", k + "y": b"2"}
     finally:
         trickle.stop()
+
+
+# --------------------------------------------------------------------------- key limits
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_keys_at_the_length_limit_after_prefix(kind: str, memcached: MemcachedProcess) -> None:
+    """With key_prefix "pf:", a 247-byte key is legal (250 in all) and a 248-byte one is not,
+    in every multi-key command, and duplicates of one key change nothing."""
+    from pymc import MemcacheIllegalInputError
+
+    client = make(kind, tcp(memcached), key_prefix="pf:")
+    base = tag()
+    ok = [base + str(i) + "k" * (247 - len(base) - len(str(i))) for i in range(3)]
+    assert all(len(k) == 247 for k in ok)
+    bad = ok[0] + "k"
+    assert client.set_many({k: k.encode() for k in ok}) == []
+    assert client.get_many(ok * 3) == {k: k.encode() for k in ok}
+    assert set(client.gets_many(ok + ok)) == set(ok)
+    if kind == "hash":
+        assert client.touch_many(ok + ok) == {k: True for k in ok}
+    for call in (
+        lambda: client.get_many([*ok, bad]),
+        lambda: client.gets_many([bad]),
+        lambda: client.set_many({bad: b"x"}),
+        lambda: client.delete_many([*ok, bad]),
+        lambda: client.get(bad),
+    ):
+        with pytest.raises(MemcacheIllegalInputError):
+            call()
+    assert client.get_many(ok) == {k: k.encode() for k in ok}  # nothing was half-done
+    assert client.delete_many(ok + ok) is True
+    assert client.get_many(ok) == {}
