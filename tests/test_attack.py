@@ -433,3 +433,42 @@ def test_keys_at_the_length_limit_after_prefix(kind: str, memcached: MemcachedPr
     assert client.get_many(ok) == {k: k.encode() for k in ok}  # nothing was half-done
     assert client.delete_many(ok + ok) is True
     assert client.get_many(ok) == {}
+
+
+@pytest.mark.parametrize("kind", ["client", "pooled"])
+def test_admin_commands_right_after_noreply(kind: str, memcached: MemcachedProcess) -> None:
+    """stats sub-commands that answer OK/RESET, config get (ERROR on memcached), raw_command
+    and version, each right after a noreply command: right answer, connection still good."""
+    from pymc import MemcacheUnknownCommandError
+
+    client = make(kind, tcp(memcached))
+    k = tag()
+    client.set(k, b"1", noreply=True)
+    assert client.stats("reset") == {}
+    client.set(k, b"2", noreply=True)
+    assert client.stats("detail", "off") == {}
+    client.set(k, b"3", noreply=True)
+    if kind == "client":
+        with pytest.raises(MemcacheUnknownCommandError):
+            client.cluster_config()
+    assert client.get(k) == b"3"
+    client.set(k, b"4", noreply=True)
+    assert client.raw_command("version").startswith(b"VERSION ")
+    client.set(k, b"5", noreply=True)
+    with pytest.raises(MemcacheUnknownCommandError):
+        client.raw_command("bogus_command")
+    assert client.get(k) == b"5"
+    client.set(k, b"6", noreply=True)
+    assert client.version()
+    assert client.incr(k, 1) == 7
+
+
+def test_pooled_client_has_every_client_command(memcached: MemcachedProcess) -> None:
+    """PooledClient is documented as taking Client's place; Client.cluster_config (the one
+    ElastiCache command) is missing from it, so ``PooledClient(...).cluster_config()`` is
+    an AttributeError instead of the server's answer."""
+    from pymc import MemcacheUnknownCommandError
+
+    pooled = make("pooled", tcp(memcached))
+    with pytest.raises(MemcacheUnknownCommandError):
+        pooled.cluster_config()
