@@ -472,3 +472,24 @@ def test_pooled_client_has_every_client_command(memcached: MemcachedProcess) -> 
     pooled = make("pooled", tcp(memcached))
     with pytest.raises(MemcacheUnknownCommandError):
         pooled.cluster_config()
+
+
+@pytest.mark.parametrize("ignore", [False, True])
+def test_one_too_large_value_in_set_many(ignore: bool, memcached: MemcachedProcess) -> None:
+    """One value over the 1 MiB item limit in the middle of a set_many: every client raises
+    MemcacheServerError (ignore_exc does not hide write errors on Client) or, where errors
+    are hidden, names only the key that was not stored; the others are stored."""
+    from pymc import MemcacheServerError
+
+    seen: Dict[str, Any] = {}
+    for kind in KINDS:
+        client = make(kind, tcp(memcached), ignore_exc=ignore)
+        k = tag()
+        values = {k + "a": b"1", k + "big": b"x" * (2 << 20), k + "c": b"3"}
+        try:
+            seen[kind] = sorted(client.set_many(values))
+        except MemcacheServerError:
+            seen[kind] = "MemcacheServerError"
+        assert client.get_many([k + "a", k + "c"]) == {k + "a": b"1", k + "c": b"3"}
+        if seen[kind] != "MemcacheServerError":
+            assert seen[kind] == [k + "big"], (kind, seen[kind])
