@@ -18,7 +18,6 @@ from support.servers import MemcachedProcess
 from pymc import Client, HashClient, MemcacheProtocolError, PooledClient
 from pymc.exceptions import MemcacheServerRefusedError
 from pymc.protocol import (
-    END,
     NEED_DATA,
     RULES,
     ExpectConfig,
@@ -202,10 +201,6 @@ def test_tuple_keys_with_one_real_key_on_two_server_keys(
     assert client.get_many([(first, key), (other, key)]) == single
     many = client.gets_many([(first, key), (other, key)])
     assert {k: v for k, (v, _) in many.items()} == single
-
-
-def _unused(x: Dict[str, Any]) -> None:  # keep imports honest for later tests
-    assert END is not None and x is not None
 
 
 # --------------------------------------------------------------------------- values and sync
