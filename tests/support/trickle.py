@@ -1,0 +1,77 @@
+"""A TCP proxy on 127.0.0.1 that forwards every server reply one byte per send() (with a
+short pause between bytes), so a client sees replies split at every byte boundary.
+
+Threads are daemons; sockets have timeouts; ``stop()`` closes everything.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from typing import List, Tuple
+
+
+class TrickleProxy:
+    def __init__(self, upstream: Tuple[str, int], pause: float = 0.0003) -> None:
+        self.upstream = upstream
+        self.pause = pause
+        self._listener = socket.socket()
+        self._listener.bind(("127.0.0.1", 0))
+        self._listener.listen(16)
+        self._listener.settimeout(0.2)
+        self.address: Tuple[str, int] = self._listener.getsockname()[:2]
+        self._stop = threading.Event()
+        self._socks: List[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @property
+    def server(self) -> str:
+        return f"{self.address[0]}:{self.address[1]}"
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                continue
+            upstream = socket.create_connection(self.upstream, timeout=5)
+            for s in (client, upstream):
+                s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                s.settimeout(0.2)
+                self._socks.append(s)
+            threading.Thread(target=self._pump, args=(client, upstream, False), daemon=True).start()
+            threading.Thread(target=self._pump, args=(upstream, client, True), daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket, trickle: bool) -> None:
+        while not self._stop.is_set():
+            try:
+                data = src.recv(65536)
+            except socket.timeout:
+                continue
+            except OSError:
+                break
+            if not data:
+                break
+            try:
+                if trickle:
+                    for i in range(len(data)):
+                        dst.sendall(data[i : i + 1])
+                        time.sleep(self.pause)
+                else:
+                    dst.sendall(data)
+            except OSError:
+                break
+        for s in (src, dst):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def stop(self) -> None:
+        self._stop.set()
+        for s in [self._listener, *self._socks]:
+            try:
+                s.close()
+            except OSError:
+                pass
