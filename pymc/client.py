@@ -66,7 +66,6 @@ from .protocol import (
     Reader,
     Reply,
     Rule,
-    Version,
     encode_auth,
     encode_cache_memlimit,
     encode_config_get,
@@ -80,7 +79,6 @@ from .protocol import (
     encode_sync,
     encode_touch,
     encode_verbosity,
-    has_meta_commands,
     validate_key,
     validate_keys,
 )
@@ -280,22 +278,24 @@ def request_chunks(raws: List[bytes]) -> List[List[bytes]]:
 
 def per_key_results(
     keys: Sequence[A], replies: Sequence[Reply], rule: Rule, where: str = ""
-) -> List[Tuple[A, Any]]:
-    """``[(key, result)]`` for the replies of a pipeline of one command per key. When
-    some were error replies, raise the first one's exception once every reply was read
-    (the others took effect)."""
+) -> Tuple[List[Tuple[A, Any]], Optional[MemcacheError]]:
+    """``([(key, result)], error)`` for the replies of a pipeline of one command per key.
+    A key whose reply was an error reply gets False, and ``error`` is the exception for the
+    first of them (naming up to five keys), else None: the caller raises it, or (with
+    ``ignore_exc``) does not, once every reply was read and the others took effect."""
     out: List[Tuple[A, Any]] = []
     errors: List[Tuple[A, ErrorReply]] = []
     result = rule.result
     for key, reply in zip(keys, replies):
         if type(reply) is ErrorReply:
             errors.append((key, reply))
+            out.append((key, False))
         else:
             out.append((key, result(reply)))
-    if errors:
-        names = ", ".join(repr(k) for k, _ in errors[:5])
-        raise errors[0][1].exception(f"{rule.command} of {len(errors)} key(s){where}: {names}")
-    return out
+    if not errors:
+        return out, None
+    names = ", ".join(repr(k) for k, _ in errors[:5])
+    return out, errors[0][1].exception(f"{rule.command} of {len(errors)} key(s){where}: {names}")
 
 
 def decode_values(
@@ -444,7 +444,6 @@ class Client:
         self._owes_sync = False
         self._syncing = False  # a sync marker was sent; receive() reads up to it first
         self._pending = False  # a request was sent whose reply is not read to its end yet
-        self._meta: Optional[bool] = None  # the server answers ``mn`` (None: not known)
         #: Error lines that noreply commands drew from the server (logged, never raised).
         self.noreply_errors = 0
 
@@ -609,11 +608,11 @@ class Client:
 
         ``noreply``: every command in it says ``noreply``, so nothing will be read. The
         connection then owes a sync: the next request that expects replies is preceded by a
-        marker (``mn``, or ``version`` before the server is known to have meta commands),
-        and :meth:`receive` reads up to that marker first, so an error line a noreply
-        command caused is logged and counted (:attr:`noreply_errors`), never taken as the
-        reply of an unrelated command. One request is in flight at a time: ``receive`` it
-        before the next ``send``. On any failure the connection is closed.
+        marker (``version``), and :meth:`receive` reads up to that marker first, so an
+        error line a noreply command caused is logged and counted (:attr:`noreply_errors`),
+        never taken as the reply of an unrelated command. One request is in flight at a
+        time: ``receive`` it before the next ``send``. On any failure the connection is
+        closed.
         """
         sock = self.sock
         if sock is None or self._pending or self._reader.broken:  # type: ignore[union-attr]
@@ -628,7 +627,7 @@ class Client:
             self._owes_sync = True
         else:
             if self._owes_sync:
-                request = encode_sync(bool(self._meta)) + request
+                request = encode_sync() + request
                 self._syncing = True
                 self._owes_sync = False
             self._pending = True
@@ -693,8 +692,6 @@ class Client:
             )
         if type(marker) is ErrorReply:  # ERROR <message>: the server refused us
             raise marker.exception("a noreply command")
-        if type(marker) is Version:
-            self._meta = has_meta_commands(marker.version)
 
     def _leftover(self, reader: Reader) -> str:
         return (
@@ -888,7 +885,10 @@ class Client:
         replies = self._pipeline(requests, RULES["set"], noreply)
         if noreply:
             return []
-        return [k for k, ok in per_key_results(keys, replies, RULES["set"]) if not ok]
+        results, error = per_key_results(keys, replies, RULES["set"])
+        if error is not None:
+            raise error
+        return [k for k, stored in results if not stored]
 
     set_multi = set_many
 
@@ -1005,7 +1005,9 @@ class Client:
         keys = list(keys)
         requests = [encode_delete(self._key(key), noreply) for key in keys]
         replies = self._pipeline(requests, RULES["delete"], noreply)
-        per_key_results(keys, replies, RULES["delete"])
+        error = per_key_results(keys, replies, RULES["delete"])[1]
+        if error is not None:
+            raise error
         return True
 
     delete_multi = delete_many
@@ -1161,6 +1163,7 @@ COMMANDS: Tuple[str, ...] = tuple(
         "quit",
         "shutdown",
         "raw_command",
+        "cluster_config",
     ]
 )
 
@@ -1222,3 +1225,4 @@ class Commands:
     quit = _delegate(Client.quit)
     shutdown = _delegate(Client.shutdown)
     raw_command = _delegate(Client.raw_command)
+    cluster_config = _delegate(Client.cluster_config)

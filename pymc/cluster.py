@@ -61,6 +61,7 @@ from .exceptions import (
     MemcacheIllegalInputError,
     MemcacheNetworkError,
     MemcacheProtocolError,
+    MemcacheServerRefusedError,
 )
 from .hashing import RendezvousHash, build_locator
 from .pool import DEFAULT_POOL_TIMEOUT, Lease, PooledClient
@@ -78,7 +79,7 @@ from .protocol import (
     validate_key,
     validate_keys,
 )
-from .retry import RetryPolicy
+from .retry import RetryPolicy, call_with_retry
 from .serde import coerce_to_bytes
 
 __all__ = ["HashClient", "NodeSet"]
@@ -110,9 +111,11 @@ class AllNodesDownError(MemcacheError):
 
 
 def _is_connection_failure(exc: BaseException) -> bool:
-    return isinstance(exc, (MemcacheNetworkError, MemcacheProtocolError)) and not isinstance(
-        exc, _NodeResting
-    )
+    """A failure that counts against the node: its connection broke, its reply made no
+    sense, or it refused connections (``ERROR Too many open connections``)."""
+    return isinstance(
+        exc, (MemcacheNetworkError, MemcacheProtocolError, MemcacheServerRefusedError)
+    ) and not isinstance(exc, _NodeResting)
 
 
 #: A node's part of a fan-out: its request, the reader of its reply (None: noreply) and
@@ -131,8 +134,21 @@ def _all_true(group: List[AnyKey]) -> Callable[[Any], Dict[Any, bool]]:
     return lambda _: {k: True for k in group}
 
 
-def _per_key(group: List[AnyKey], rule: Rule, where: str) -> Callable[[Any], Dict[Any, Any]]:
-    return lambda replies: dict(per_key_results(group, replies, rule, where))
+def _per_key(group: List[AnyKey], rule: Rule, where: str) -> Callable[[Any], _Answers]:
+    def finish(replies: Any) -> _Answers:
+        results, error = per_key_results(group, replies, rule, where)
+        return _Answers(results, error)
+
+    return finish
+
+
+class _Answers(Dict[Any, Any]):
+    """A node's answers to a pipeline, by key (False for a key whose reply was an error),
+    and the exception for those error replies, if any."""
+
+    def __init__(self, results: Iterable[Tuple[Any, Any]], error: Optional[Exception]) -> None:
+        super().__init__(results)
+        self.error = error
 
 
 def _give_back(leases: List[Tuple[str, Lease[Client]]], done: Container[str]) -> None:
@@ -719,11 +735,11 @@ class HashClient:
             except Exception as exc:
                 failed[name] = exc
         first: Optional[Exception] = None
+        policy = self.retry
         for name, error in failed.items():
-            retryable = self.retry is not None and self.retry.is_retryable(command, error)
-            if retryable and name not in solo:
-                try:
-                    results[name] = alone(name)
+            if policy is not None and not policy.exhausted and policy.is_retryable(command, error):
+                try:  # the node alone, with the attempts the policy has left
+                    results[name] = call_with_retry(policy.increment(), command, alone, name)
                     continue
                 except Exception as again:
                     error = again
@@ -806,17 +822,21 @@ class HashClient:
         opts = self.options
         # Every key is checked before anything is routed or sent; spellings of one key
         # (str and bytes) are one key, answered under its last spelling, as by Client.
+        # ``(server_key, key)`` tuples are routed by their server key: two tuples naming
+        # one key on two nodes are two keys; on one node, one (the last).
         if any(type(k) is tuple for k in keys):
-            checked: Dict[bytes, AnyKey] = {self._raw(key): key for key in keys}
+            raw_of: Dict[AnyKey, bytes] = {key: self._raw(key) for key in keys}
+            unique: Iterable[AnyKey] = raw_of
         else:
-            checked = validate_keys(keys, opts.key_prefix, opts.allow_unicode_keys)  # type: ignore[arg-type,assignment]
+            checked = validate_keys(keys, opts.key_prefix, opts.allow_unicode_keys)  # type: ignore[arg-type]
+            raw_of = {key: raw for raw, key in checked.items()}
+            unique = checked.values()
         try:
-            groups = self._groups(nodes, checked.values())
+            groups = self._groups(nodes, unique)
         except AllNodesDownError:
             if self.ignore_exc:
                 return {}
             raise
-        raw_of = {key: raw for raw, key in checked.items()}
         cmd = command.encode()
         parts: Dict[str, Optional[Part]] = {}
         wanted_by_node: Dict[str, Dict[bytes, AnyKey]] = {}
@@ -893,12 +913,16 @@ class HashClient:
 
         results = self._fan_out(command, nodes, parts, alone)
         out: Dict[Any, Any] = {}
+        error: Optional[Exception] = None
         for name, group in groups.items():
             answers = results.get(name)
             if answers is None:  # the node failed (and ignore_exc hid it)
                 out.update((k, False) for k in group)
             else:
                 out.update(answers)
+                error = error or getattr(answers, "error", None)
+        if error is not None and not self.ignore_exc:
+            raise error  # once every node's replies were read, as Client.set_many does
         return out
 
     def set_many(

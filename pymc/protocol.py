@@ -76,7 +76,6 @@ __all__ = [
     "encode_touch",
     "encode_verbosity",
     "encode_version",
-    "has_meta_commands",
     "parse_cluster_config",
     "validate_key",
     "validate_keys",
@@ -798,6 +797,10 @@ class ExpectReplies(Expect):
             if not accepts(reply):
                 raise reader._fail(f"unexpected reply to {self.rule.command}: {reply!r}"[:300])
             replies.append(reply)  # type: ignore[arg-type]
+            if type(reply) is ErrorReply and not reply.in_step:
+                # The server refused the connection: nothing more will come, and this is
+                # the answer to every command still unanswered.
+                replies.extend([reply] * (self.count - len(replies)))
         return replies
 
 
@@ -900,8 +903,8 @@ class ExpectRaw(Expect):
 
 
 class ExpectSync(Expect):
-    """Everything up to the marker a connection syncs on after ``noreply`` commands (``MN``
-    for ``mn``, a ``VERSION`` line for ``version``). What comes before it can only be error
+    """Everything up to the marker a connection syncs on after ``noreply`` commands (the
+    ``VERSION`` line answering :func:`encode_sync`). What comes before it can only be error
     lines of those commands: they are collected in ``errors``, never raised. The result is
     the marker reply."""
 
@@ -913,7 +916,7 @@ class ExpectSync(Expect):
     def step(self, reader: Reader) -> object:
         while True:
             reply = reader.next_reply()
-            if reply is NEED_DATA or reply is MN or type(reply) is Version:
+            if reply is NEED_DATA or type(reply) is Version:
                 return reply
             if type(reply) is not ErrorReply:
                 raise reader._fail(f"unexpected reply before the sync marker: {reply!r}"[:300])
@@ -922,15 +925,9 @@ class ExpectSync(Expect):
                 return reply
 
 
-def encode_sync(meta: bool) -> bytes:
-    """The marker request: ``mn`` (memcached 1.6+) or ``version`` (any server)."""
-    return b"mn\r\n" if meta else b"version\r\n"
-
-
-def has_meta_commands(version: bytes) -> bool:
-    """Whether a server of this ``version`` answers the meta no-op ``mn`` (1.6 and up)."""
-    parts = version.split(b".")
-    try:
-        return (int(parts[0]), int(parts[1])) >= (1, 6)
-    except (ValueError, IndexError):
-        return False
+def encode_sync() -> bytes:
+    """The sync marker's request. ``version`` rather than the meta no-op ``mn``: every
+    server and proxy answers it, and its answer cannot be mistaken for an error line of an
+    earlier command (a server that claims 1.6 but refuses ``mn`` answers a bare ``ERROR``,
+    exactly what a refused noreply command would send)."""
+    return b"version\r\n"

@@ -81,7 +81,6 @@ _CASES: List[Tuple[str, bytes, Callable[[], Any], Any]] = [
     ("incr", b"42\r\n", lambda: ExpectReplies(RULES["incr"]), [42]),
     ("stats", b"STAT pid 1\r\nSTAT x y z\r\nEND\r\n", ExpectStats, {b"pid": b"1", b"x": b"y z"}),
     ("raw", b"VALUE a\r\nEND\r\n", lambda: ExpectRaw(b"END\r\n"), b"VALUE a\r\n"),
-    ("sync-mn", b"SERVER_ERROR x\r\nMN\r\n", ExpectSync, None),
     ("sync-version", b"CLIENT_ERROR x\r\nVERSION 1.6.9\r\n", ExpectSync, None),
     (
         "config",
@@ -142,7 +141,7 @@ def test_marker_refused_by_a_server_claiming_1_6(kind: str, proxy: FaultProxy) -
         client.set(key, b"v%d" % (i + 2), noreply=True)
         try:
             outcomes.append(client.get(key))
-        except Exception as exc:  # noqa: BLE001 - what a user sees
+        except Exception as exc:
             outcomes.append(type(exc).__name__)
     assert outcomes[1:] == [b"v3", b"v4"], outcomes
 
@@ -194,9 +193,12 @@ def test_tuple_keys_with_one_real_key_on_two_server_keys(
     names = [f"route{i}" for i in range(200)]
     first = names[0]
     other = next(n for n in names if snap.node_for(n) != snap.node_for(first))
-    client.set((first, key), b"one")
-    client.set((other, key), b"two")
-    single = {(first, key): client.get((first, key)), (other, key): client.get((other, key))}
+    client.set((first, key), b"one")  # type: ignore[arg-type]
+    client.set((other, key), b"two")  # type: ignore[arg-type]
+    single = {
+        (first, key): client.get((first, key)),  # type: ignore[arg-type]
+        (other, key): client.get((other, key)),  # type: ignore[arg-type]
+    }
     assert single == {(first, key): b"one", (other, key): b"two"}
     assert client.get_many([(first, key), (other, key)]) == single
     many = client.gets_many([(first, key), (other, key)])
@@ -270,17 +272,18 @@ def test_ignore_exc_answers_the_same_on_every_client(
         client.set(key, b"v")
         _FAULTS[fault](proxy)
         answers: List[Any] = []
-        for call in (
-            lambda: client.get(key, "dflt"),
-            lambda: client.get_many([key, key + "m"]),
-            lambda: client.gets(key, "dflt", "cdflt"),
-            lambda: client.gets_many([key]),
-            lambda: client.gat(key, 0, "dflt"),
-            lambda: client.gats(key, 0, "dflt", "cdflt"),
-        ):
+        calls: List[Callable[[Any], Any]] = [
+            lambda c: c.get(key, "dflt"),
+            lambda c: c.get_many([key, key + "m"]),
+            lambda c: c.gets(key, "dflt", "cdflt"),
+            lambda c: c.gets_many([key]),
+            lambda c: c.gat(key, 0, "dflt"),
+            lambda c: c.gats(key, 0, "dflt", "cdflt"),
+        ]
+        for call in calls:
             try:
-                answers.append(call())
-            except Exception as exc:  # noqa: BLE001 - what a user sees
+                answers.append(call(client))
+            except Exception as exc:
                 answers.append(type(exc).__name__)
         seen[kind] = answers
     assert seen["pooled"] == seen["client"], seen
@@ -416,13 +419,14 @@ def test_keys_at_the_length_limit_after_prefix(kind: str, memcached: MemcachedPr
     assert set(client.gets_many(ok + ok)) == set(ok)
     if kind == "hash":
         assert client.touch_many(ok + ok) == {k: True for k in ok}
-    for call in (
+    calls: List[Callable[[], Any]] = [
         lambda: client.get_many([*ok, bad]),
         lambda: client.gets_many([bad]),
         lambda: client.set_many({bad: b"x"}),
         lambda: client.delete_many([*ok, bad]),
         lambda: client.get(bad),
-    ):
+    ]
+    for call in calls:
         with pytest.raises(MemcacheIllegalInputError):
             call()
     assert client.get_many(ok) == {k: k.encode() for k in ok}  # nothing was half-done

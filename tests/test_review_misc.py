@@ -26,6 +26,7 @@ from pymc import (
     Client,
     HashClient,
     MemcacheIllegalInputError,
+    MemcacheUnknownCommandError,
     PooledClient,
     RetryingClient,
     RetryPolicy,
@@ -250,6 +251,8 @@ def _every_command_by_keyword(client: Any) -> List[str]:
     assert call("raw_command", command="version", end_tokens="\r\n").startswith(b"VERSION ")
     reply = call("raw_command", command=b"get new", end_tokens=b"END\r\n")
     assert reply.startswith(b"VALUE new 0 1\r\nn\r\n")
+    with pytest.raises(MemcacheUnknownCommandError):  # plain memcached: no cluster config
+        call("cluster_config")
     assert call("flush_all", delay=0, noreply=False) is True
     assert call("get", key="k", default=None) is None
     assert call("quit") is None

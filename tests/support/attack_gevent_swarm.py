@@ -12,6 +12,7 @@ import json
 import random
 import sys
 import time
+from typing import Any, Dict, List
 
 
 def main() -> int:
@@ -42,8 +43,8 @@ def main() -> int:
 
     sizes = {k: rng.choice([1, 50, 2000]) for k in keys}
     assert client.set_many({k: value(k, sizes[k]) for k in keys}) == []
-    wrong: list = []
-    errors: dict = {}
+    wrong: List[Any] = []
+    errors: Dict[str, int] = {}
     interrupted = [0]
     done = [0]
     deadline = time.monotonic() + float(args.get("seconds", 6))
@@ -77,7 +78,7 @@ def main() -> int:
                 done[0] += 1
             except gevent.Timeout:
                 interrupted[0] += 1
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 name = type(exc).__name__ + ": " + str(exc)[:120]
                 errors[name] = errors.get(name, 0) + 1
             gevent.sleep(0)
