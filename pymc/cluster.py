@@ -1072,6 +1072,10 @@ class HashClient:
     incr = _keyed(Client.incr)
     decr = _keyed(Client.decr)
 
+    @property
+    def key_prefix(self) -> bytes:
+        return self.options.key_prefix
+
     def check_key(self, key: Key, key_prefix: Optional[bytes] = None) -> bytes:
         """Validate ``key`` and return it prefixed, as bytes (as Client.check_key)."""
         prefix = self._prefix if key_prefix is None else key_prefix

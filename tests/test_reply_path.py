@@ -537,3 +537,25 @@ def test_keys_at_the_length_limit_after_the_prefix(
         assert client.get(key(246)) == b"edge"  # nothing half-sent
     finally:
         client.close()
+
+
+# --------------------------------------------------------------------------- defect 12
+
+
+def test_hash_client_has_what_its_types_say(memcached_nodes: List[MemcachedProcess]) -> None:
+    """HashClient is no Client subclass in disguise: it has check_key and key_prefix, and
+    does not claim raw_command or shutdown (no single server to send them to)."""
+    from pymc import MemcacheIllegalInputError
+
+    client = HashClient([tcp(n) for n in memcached_nodes], key_prefix=b"p:")
+    try:
+        assert not isinstance(client, Client)
+        assert client.key_prefix == b"p:"
+        assert client.check_key("k") == b"p:k"
+        assert client.check_key("k", key_prefix=b"") == b"k"
+        with pytest.raises(MemcacheIllegalInputError):
+            client.check_key("k" * 249)
+        assert not hasattr(client, "raw_command") and not hasattr(client, "shutdown")
+        assert client.get(key="absent", default="d") == "d"
+    finally:
+        client.close()
