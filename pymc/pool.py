@@ -9,12 +9,15 @@ Rules the pool keeps:
   the surplus goes idle long enough to be reaped (``idle_timeout``), measured with
   ``time.monotonic``;
 * an object whose use ended in *any* exception is destroyed, never reused, and its slot is
-  freed at once (the ``finally`` of :meth:`ObjectPool.get_and_release`);
+  freed at once -- whatever ``BaseException`` lands wherever in the pool's own bookkeeping
+  (see the notes above ``_locked``);
 * state changes happen under the lock, closing happens outside it;
-* after ``os.fork()`` the child starts with an empty pool and a new lock: it never touches
-  the parent's sockets.
+* ``clear()`` closes idle objects now and objects checked out now when they come back;
+  checkouts after it are served as usual;
+* after ``os.fork()`` the child starts with an empty pool and a new lock, made once under a
+  module lock that is itself made anew in the child: it never touches the parent's sockets.
 
-Locks and conditions are made when a pool is made, from ``threading`` as it is then (or from
+Locks are made when a pool is made, from ``threading`` as it is then (or from
 ``lock_generator``), so ``gevent.monkey.patch_all()`` before or after ``import pymc`` works.
 
 Layer: imports ``client``, ``protocol`` (key checks), ``retry`` (the policy) and

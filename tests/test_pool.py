@@ -719,3 +719,235 @@ def test_pooled_client_mapping_sugar_and_close(memcached: MemcachedProcess) -> N
     assert current_sock(conn) is None  # closed on exit
     assert pool_stats(client)["idle"] == 0
     assert isinstance(pymc.PooledClient, type)
+
+
+# -- fork: two threads of the child reset the pool at once ----------------------------------------
+
+
+def run_child(child: Callable[[], str], seconds: float = 10) -> str:
+    """Fork; run ``child()`` in the child (it returns "" when every check held, else what
+    failed) and return what it reported. The child always ends in os._exit."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # never return into pytest
+        code = 1
+        try:
+            os.close(read_end)
+            try:
+                report = child()
+            except BaseException as exc:
+                report = f"child raised {exc!r}"
+            os.write(write_end, (report or "ok").encode()[:4000])
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write_end)
+    deadline = time.monotonic() + seconds
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            os.close(read_end)
+            pytest.fail(f"the child did not finish in {seconds} s")
+        time.sleep(0.01)
+    with os.fdopen(read_end, "rb") as pipe:
+        report = pipe.read().decode()
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, (status, report)
+    return report
+
+
+class SlowLocksInChild:
+    """A lock_generator that is slow in a forked child -- the first lock it makes there
+    takes 50 ms, later ones 300 ms -- so two threads resetting the pool at once overlap."""
+
+    def __init__(self) -> None:
+        self.parent = os.getpid()
+        self.calls_in_child = 0
+
+    def __call__(self) -> Any:
+        if os.getpid() != self.parent:
+            self.calls_in_child += 1
+            time.sleep(0.05 if self.calls_in_child == 1 else 0.3)
+        return threading.Lock()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+@pytest.mark.timeout(30)
+def test_two_threads_of_a_forked_child_reset_the_pool_once(memcached: MemcachedProcess) -> None:
+    removed: List[Tuple[int, int]] = []  # (pid that removed, serial)
+    serials = iter(range(1000))
+    made: List[Tuple[int, int]] = []
+
+    def make() -> List[int]:
+        serial = next(serials)
+        made.append((os.getpid(), serial))
+        return [serial]
+
+    pool: ObjectPool[List[int]] = ObjectPool(
+        make,
+        after_remove=lambda obj: removed.append((os.getpid(), obj[0])),
+        max_size=4,
+        timeout=3,
+        lock_generator=SlowLocksInChild(),
+    )
+    client = PooledClient(tcp(memcached), max_pool_size=4, lock_generator=SlowLocksInChild())
+    assert client.set("k", b"parent")
+    parent_conn = client.client_pool.get()
+    client.client_pool.release(parent_conn)
+    assert parent_conn.sock is not None
+    parent_sockname = parent_conn.sock.getsockname()
+    idle_in_parent = pool.get()
+    out_in_parent = pool.get()
+    pool.release(idle_in_parent)
+    parent = os.getpid()
+
+    def child() -> str:
+        errors: List[str] = []
+        barrier = threading.Barrier(2, timeout=5)
+
+        def use_pool() -> None:
+            try:
+                barrier.wait()
+                obj = pool.get()
+                time.sleep(0.5)  # still out when the other thread is done resetting
+                pool.release(obj)
+            except BaseException as exc:
+                errors.append(f"pool: {exc!r}")
+
+        def use_client(i: int) -> None:
+            try:
+                barrier.wait()
+                client.set(f"child{i}", f"c{i}")
+                if client.get(f"child{i}") != f"c{i}".encode():
+                    errors.append("client: wrong value")
+            except BaseException as exc:
+                errors.append(f"client: {exc!r}")
+
+        for target, arg in ((use_pool, False), (use_client, True)):
+            threads = [
+                threading.Thread(target=target, args=(i,) if arg else (), daemon=True)
+                for i in range(2)
+            ]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(5)
+                if t.is_alive():
+                    return "a thread of the child hangs"
+        if errors:
+            return "; ".join(errors)
+        pool.release(out_in_parent)  # the parent's: ignored
+        pool.destroy(idle_in_parent)  # likewise
+        mine = [serial for pid, serial in made if pid != parent]
+        idle = [entry[0][0] for entry in pool._idle]
+        s = pool.stats()
+        if s["created"] != len(mine) or s["in_use"] != 0 or s["idle"] + s["in_use"] > 4:
+            return f"counts are wrong: {s}, made in the child: {mine}"
+        lost = [n for n in mine if n not in idle and (os.getpid(), n) not in removed]
+        if lost:
+            return f"objects made in the child neither idle nor removed: {lost} {s}"
+        if [n for pid, n in removed if pid != parent and n in (0, 1)]:
+            return "the child removed an object made by the parent"
+        if parent_conn.sock is None or parent_conn.sock.getsockname() != parent_sockname:
+            return "the child closed the parent's connection"
+        cs = client.client_pool.stats()
+        if cs["in_use"] != 0 or cs["created"] > 2 or cs["created"] + cs["destroyed"] == 0:
+            return f"client pool counts are wrong: {cs}"
+        if client.get("k") != b"parent" or client.client_pool.stats()["in_use"] != 0:
+            return "the client does not work in the child"
+        with pool.get_and_release() as obj:
+            if obj[0] in (0, 1):
+                return "the child was handed an object of the parent"
+        return ""
+
+    assert run_child(child) == "ok"
+    # the parent's objects are as they were
+    assert pool.stats()["in_use"] == 1 and pool.stats()["idle"] == 1
+    assert not removed
+    assert client.get("k") == b"parent" and client.get("child1") == b"c1"
+    assert parent_conn.sock is not None and parent_conn.sock.getsockname() == parent_sockname
+
+
+# -- close while busy -------------------------------------------------------------------------
+
+
+def test_connection_busy_at_close_is_closed_when_it_comes_back(
+    memcached: MemcachedProcess, fault_proxy: ProxyFactory
+) -> None:
+    proxy = fault_proxy(tcp(memcached))
+    client = PooledClient(proxy.address, max_pool_size=4, timeout=5, pool_timeout=2)
+    assert client.set("k", b"v")
+    pool = client.client_pool
+    idle, busy = pool.get(), pool.get()
+    pool.release(idle)
+    pool.release(busy)  # LIFO: the call below takes this one
+    proxy.set_mode("delay", seconds=0.5)
+    got: Dict[str, Any] = {}
+    caller = threading.Thread(target=lambda: got.update(v=client.get("k")), daemon=True)
+    caller.start()
+    wait_until(lambda: busy.sock is not None, what="the call to connect")
+    assert pool_stats(client)["in_use"] == 1
+    client.close()  # while the call waits for its reply
+    assert idle.sock is None and busy.sock is not None
+    caller.join(5)
+    assert got == {"v": b"v"}  # the call in progress finished normally
+    s = pool_stats(client)
+    assert s["in_use"] == 0 and s["idle"] == 0, s  # ... and its connection was closed
+    assert busy.sock is None
+    wait_until(lambda: proxy.connections == 0, what="the proxy to see the close")
+    # the client stays usable: new checkouts are kept for reuse as usual
+    proxy.set_mode("pass")
+    assert client.get("k") == b"v" and client.get("k") == b"v"
+    s = pool_stats(client)
+    assert s["in_use"] == 0 and s["idle"] == 1, s
+
+
+def test_object_checked_out_at_clear_is_destroyed_on_release(memcached: MemcachedProcess) -> None:
+    client = PooledClient(tcp(memcached), max_pool_size=2)
+    pool = client.client_pool
+    conn = pool.get()
+    assert conn.set("k", b"v")
+    client.close()
+    after_close = pool.get()  # a checkout after close() is a new one, and is kept
+    pool.release(conn)
+    assert conn.sock is None
+    assert after_close.get("k") == b"v"
+    pool.release(after_close)
+    assert after_close.sock is not None
+    assert pool.get() is after_close
+    s = pool.stats()
+    assert s["in_use"] == 1 and s["destroyed"] == 1 and s["created"] == 2, s
+
+
+# -- try_get ----------------------------------------------------------------------------------
+
+
+def test_try_get_never_waits() -> None:
+    made = iter(range(100))
+    refused: List[int] = []
+    pool: ObjectPool[int] = ObjectPool(
+        lambda: next(made),
+        max_size=2,
+        timeout=5,
+        validate=lambda obj, idle: obj not in refused,
+    )
+    a = pool.try_get()
+    b = pool.try_get()
+    assert (a, b) == (0, 1)
+    start = time.monotonic()
+    assert pool.try_get() is None  # full: None at once, not a timeout
+    assert time.monotonic() - start < 0.5
+    s = pool.stats()
+    assert s["timeouts"] == 0 and s["in_use"] == 2 and s["waiting"] == 0, s
+    pool.release(b)
+    assert pool.try_get() == 1  # an idle one
+    pool.release(1)
+    refused.append(1)
+    assert pool.try_get() == 2  # the idle one is refused: a new one is made
+    pool.release(a)  # type: ignore[arg-type]
+    pool.release(2)
+    s = pool.stats()
+    assert s == {**s, "in_use": 0, "idle": 2, "created": 3, "destroyed": 1, "timeouts": 0}
