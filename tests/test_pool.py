@@ -842,7 +842,7 @@ def test_two_threads_of_a_forked_child_reset_the_pool_once(memcached: MemcachedP
         pool.release(out_in_parent)  # the parent's: ignored
         pool.destroy(idle_in_parent)  # likewise
         mine = [serial for pid, serial in made if pid != parent]
-        idle = [entry[0][0] for entry in pool._idle]
+        idle = [obj[0] for obj in pool.idle_objects()]
         s = pool.stats()
         if s["created"] != len(mine) or s["in_use"] != 0 or s["idle"] + s["in_use"] > 4:
             return f"counts are wrong: {s}, made in the child: {mine}"
@@ -896,7 +896,7 @@ def test_connection_busy_at_close_is_closed_when_it_comes_back(
     assert got == {"v": b"v"}  # the call in progress finished normally
     s = pool_stats(client)
     assert s["in_use"] == 0 and s["idle"] == 0, s  # ... and its connection was closed
-    assert busy.sock is None
+    assert current_sock(busy) is None
     wait_until(lambda: proxy.connections == 0, what="the proxy to see the close")
     # the client stays usable: new checkouts are kept for reuse as usual
     proxy.set_mode("pass")
@@ -942,6 +942,7 @@ def test_try_get_never_waits() -> None:
     assert time.monotonic() - start < 0.5
     s = pool.stats()
     assert s["timeouts"] == 0 and s["in_use"] == 2 and s["waiting"] == 0, s
+    assert b is not None
     pool.release(b)
     assert pool.try_get() == 1  # an idle one
     pool.release(1)

@@ -131,7 +131,7 @@ class Tracked:
         # it still serves, at once (and that drains anything left to remove)
         with pool.get_and_release() as thing:
             assert not thing.removed, (where, thing)
-        idle = [entry[0] for entry in pool._idle]  # a test may look inside
+        idle = pool.idle_objects()
         assert all(not t.removed for t in idle), (where, idle)
         lost = [t for t in self.made if not t.removed and t not in idle]
         assert len(lost) == out, f"{where}: objects neither idle nor removed: {lost}"
@@ -261,7 +261,7 @@ def client_checker(client: PooledClient) -> Callable[[str], None]:
         assert s["in_use"] == 0 and s["waiting"] == 0, (where, s)
         assert s["idle"] <= 2, (where, s)
         assert client.get("k") == b"v", where  # serves at once, and no stale reply
-        idle = [entry[0] for entry in client.client_pool._idle]
+        idle = client.client_pool.idle_objects()
         leaked = [c for c in CountedClient.made if c.sock is not None and c not in idle]
         assert not leaked, f"{where}: open connections outside the pool: {leaked}"
 
@@ -402,7 +402,7 @@ def test_deadline_while_waiting_for_the_lock_after_making_an_object() -> None:
     assert s["in_use"] == 0, s
     assert len(removed) == s["destroyed"] == 1  # the object made for the interrupted get
     started.clear()
-    pool._creator = object  # type: ignore[assignment]  # (a test may look inside)
+    pool._creator = object  # (a test may look inside)
     again = pool.get(timeout=0.1)
     pool.release(again)
 
