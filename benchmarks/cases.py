@@ -80,6 +80,16 @@ def single_server(address: Address) -> Cases:
         "Client.set": {n: (lambda c=c: c.set("bench:one", VALUE)) for n, c in clients.items()},
         "Client.get_many(100)": {n: (lambda f=f: f(keys)) for n, f in get_many.items()},
     }
+    peers = {n: c for n, c in clients.items() if n != "pylibmc"}
+    # noreply: the set alone, and a noreply set followed by a get (which pays for syncing
+    # past the noreply command's possible error line).
+    cases["Client.set noreply"] = {
+        n: (lambda c=c: c.set("bench:nr", VALUE, noreply=True)) for n, c in peers.items()
+    }
+    cases["Client.set noreply+get"] = {
+        n: (lambda c=c: (c.set("bench:nr", VALUE, noreply=True), c.get("bench:one")))
+        for n, c in peers.items()
+    }
     cases["Client.get"]["bare socket"] = bare_exchange(address, b"get bench:one\r\n", b"END\r\n")
     set_request = b"set bench:one 0 0 %d\r\n%s\r\n" % (len(VALUE), VALUE)
     cases["Client.set"]["bare socket"] = bare_exchange(address, set_request, b"\r\n")
