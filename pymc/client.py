@@ -25,6 +25,7 @@ from typing import (
     Any,
     Callable,
     Concatenate,
+    Container,
     Dict,
     Iterable,
     List,
@@ -265,6 +266,8 @@ def resolve_noreply(noreply: Optional[bool], default: bool) -> bool:
 
 def request_chunks(raws: List[bytes]) -> List[List[bytes]]:
     """Split the keys of a multi-get into requests of at most about PIPELINE_BYTES."""
+    if sum(map(len, raws)) + len(raws) <= PIPELINE_BYTES:
+        return [raws]
     chunks: List[List[bytes]] = [[]]
     size = 0
     for raw in raws:
@@ -674,7 +677,7 @@ class Client:
     def _sync(self, sock: Any, reader: Reader) -> None:
         """Read up to the sync marker (inside receive's safety net)."""
         sync = ExpectSync()
-        marker = sync.step(reader)
+        marker = sync.step(reader) if reader.buffered else NEED_DATA  # (nothing read yet)
         while marker is NEED_DATA:
             data = sock.recv(RECV_SIZE)
             if not data:
@@ -729,7 +732,32 @@ class Client:
         if noreply:
             self.send(request, True)
             return None
-        reply = self.request(request, ExpectReplies(rule))[0]
+        sock = self.sock
+        reader = self._reader
+        if sock is None or reader is None or self._pending or self._owes_sync:
+            reply = self.request(request, ExpectReplies(rule))[0]
+        else:
+            # send() and receive() with ExpectReplies(rule), written out for the hot path
+            # of every store, delete, touch and incr; the rule decides, as there.
+            self._pending = True
+            try:
+                _send(sock, request)
+                reply = reader.next_reply()
+                while reply is NEED_DATA:
+                    data = sock.recv(RECV_SIZE)
+                    if not data:
+                        raise self._closed_mid_reply()
+                    reader.feed(data)
+                    reply = reader.next_reply()
+                if not rule.accepts(reply):
+                    raise MemcacheProtocolError(
+                        f"unexpected reply to {rule.command}: {reply!r}"[:300]
+                    )
+                if reader.buffered:
+                    raise MemcacheProtocolError(self._leftover(reader))
+            except BaseException as exc:
+                self._abort(exc)
+            self._pending = False
         if type(reply) is ErrorReply:
             self.raise_error(reply, rule.command)
         return rule.result(reply)
@@ -900,9 +928,11 @@ class Client:
         """Retrieve ``wanted`` in passes of bounded request size (see PIPELINE_BYTES); a
         key answered twice over all the passes is a protocol error."""
         found: Dict[bytes, Item] = {}
-        for chunk in request_chunks(list(wanted)):
+        chunks = request_chunks(list(wanted))
+        for chunk in chunks:
+            keys: Container[bytes] = wanted if len(chunks) == 1 else set(chunk)
             reply = self.request(
-                encode_retrieval(command, chunk, expire), ExpectValues(set(chunk), found, cas)
+                encode_retrieval(command, chunk, expire), ExpectValues(keys, found, cas)
             )
             if type(reply) is ErrorReply:
                 self.raise_error(reply, command.decode())
@@ -928,15 +958,25 @@ class Client:
         try:
             sock = self.sock
             reader = self._reader
-            if sock is None or reader is None or reader.broken or self._owes_sync or self._pending:
+            if sock is None or reader is None or self._pending:
                 found = self.request(b"get " + raw + b"\r\n", ExpectValues((raw,)))
             else:
                 # send() and receive(), written out: this is the hottest path of all.
+                # (A reader that gave up raises at once below, and the socket is closed.)
+                request = b"get " + raw + b"\r\n"
+                if self._owes_sync:
+                    request = encode_sync() + request
+                    self._syncing = True
+                    self._owes_sync = False
                 self._pending = True
                 try:
-                    _send(sock, b"get " + raw + b"\r\n")
+                    _send(sock, request)
                     found = {}
                     status: object = NEED_DATA
+                    if self._syncing:
+                        self._sync(sock, reader)
+                        if reader.buffered:  # the reply came with the marker's
+                            status = reader.read_values((raw,), found)
                     while status is NEED_DATA:
                         data = sock.recv(RECV_SIZE)
                         if not data:

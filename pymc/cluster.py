@@ -324,6 +324,8 @@ def _keyed(
     on_failure = _ON_FAILURE[command]
 
     def call(self: HashClient, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        if args:  # the key by position: the common case
+            return self._run(command, args[0], args[1:], kwargs, on_failure)  # type: ignore[arg-type,no-any-return]
         key, rest, kw = _split_key(args, kwargs)
         return self._run(command, key, rest, kw, on_failure)  # type: ignore[no-any-return]
 

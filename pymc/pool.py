@@ -336,7 +336,8 @@ class ObjectPool(Generic[T]):
         for _ in range(_SETTLE_TRIES):
             try:
                 _locked(s.lock, self._settle_locked, s, t, obj, destroy)
-                self._drain(s)
+                if s.doomed:
+                    self._drain(s)
                 break
             except BaseException as exc:
                 pending = exc
@@ -619,7 +620,9 @@ class PooledClient(Commands):
         # held and no handler is there to free it (see ObjectPool._settle).
         pool = self.client_pool
         t = _Ticket()
-        s = pool._state()
+        s = pool._s
+        if s.generation != _fork_generation[0]:
+            s = pool._state()
         clean = False
         try:
             try:

@@ -826,6 +826,8 @@ class ExpectValues(Expect):
         self.cas = cas
 
     def step(self, reader: Reader) -> object:
+        if not reader.buffered:
+            return NEED_DATA  # (the common first call, before anything was received)
         before = len(self.found)
         status = reader.read_values(self.wanted, self.found)
         if status is NEED_DATA:
