@@ -511,7 +511,8 @@ class Lease(Generic[T]):
 
     def __init__(self, pool: ObjectPool[T]) -> None:
         self._pool = pool
-        self._state = pool._state()
+        state = pool._s
+        self._state = state if state.generation == _fork_generation[0] else pool._state()
         self._ticket = _Ticket()
 
     @property
