@@ -12,6 +12,8 @@ from .client import Client, ClientOptions, KeepaliveOpts
 from .cluster import HashClient
 from .elasticache import AWSElastiCacheHashClient, ElastiCacheClient
 from .exceptions import (
+    AllNodesDownError,
+    ClusterNotReadyError,
     MemcacheAuthenticationError,
     MemcacheClientError,
     MemcacheConnectError,
@@ -22,6 +24,7 @@ from .exceptions import (
     MemcachePoolTimeoutError,
     MemcacheProtocolError,
     MemcacheServerError,
+    MemcacheServerRefusedError,
     MemcacheTimeoutError,
     MemcacheUnexpectedCloseError,
     MemcacheUnknownCommandError,
@@ -39,8 +42,10 @@ logging.getLogger("pymc").addHandler(logging.NullHandler())
 
 __all__ = [
     "AWSElastiCacheHashClient",
+    "AllNodesDownError",
     "Client",
     "ClientOptions",
+    "ClusterNotReadyError",
     "ElastiCacheClient",
     "HashClient",
     "KeepaliveOpts",
@@ -55,6 +60,7 @@ __all__ = [
     "MemcachePoolTimeoutError",
     "MemcacheProtocolError",
     "MemcacheServerError",
+    "MemcacheServerRefusedError",
     "MemcacheTimeoutError",
     "MemcacheUnexpectedCloseError",
     "MemcacheUnknownCommandError",

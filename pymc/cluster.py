@@ -57,7 +57,7 @@ from .client import (
     server_name,
 )
 from .exceptions import (
-    MemcacheError,
+    AllNodesDownError,
     MemcacheIllegalInputError,
     MemcacheNetworkError,
     MemcacheProtocolError,
@@ -82,7 +82,7 @@ from .protocol import (
 from .retry import RetryPolicy, call_with_retry
 from .serde import coerce_to_bytes
 
-__all__ = ["HashClient", "NodeSet"]
+__all__ = ["AllNodesDownError", "HashClient", "NodeSet"]
 
 logger = logging.getLogger("pymc")
 
@@ -104,10 +104,6 @@ FANOUT_MAX_COMMANDS = 2048
 
 class _NodeResting(MemcacheNetworkError):
     """A node failed less than retry_timeout ago, so it was not tried (not a new failure)."""
-
-
-class AllNodesDownError(MemcacheError):
-    """No node is left to send the key to: every server is ejected."""
 
 
 def _is_connection_failure(exc: BaseException) -> bool:
@@ -448,6 +444,10 @@ class HashClient:
         """``{node name: its pooled client}`` of the current snapshot."""
         return dict(self._nodes.clients)
 
+    def _no_nodes(self) -> AllNodesDownError:
+        """The error for a request that finds no node to go to."""
+        return AllNodesDownError("all memcached nodes are down (every one was ejected)")
+
     def _make_pool(self, server: ServerSpec) -> PooledClient:
         hostname = self._tls_hostnames.get(server_name(server))
         pool = PooledClient(
@@ -643,7 +643,7 @@ class HashClient:
         name = nodes._cache.get(routing_key) or nodes.node_for(routing_key)
         try:
             if name is None:
-                raise AllNodesDownError("all memcached nodes are down (every one was ejected)")
+                raise self._no_nodes()
             if self._failures and self._fail_fast(name):
                 raise _NodeResting(f"{name} failed less than {self.retry_timeout} s ago")
             result = nodes.clients[name].run(command, (real_key, *args), kwargs)
@@ -667,7 +667,7 @@ class HashClient:
         if self._dead:
             self._maybe_probe()
         if not nodes.names:
-            raise AllNodesDownError("all memcached nodes are down (every one was ejected)")
+            raise self._no_nodes()
         cache = nodes._cache
         groups: Dict[str, List[AnyKey]] = {}
         unseen: List[AnyKey] = []

@@ -12,6 +12,8 @@ import socket
 from typing import Tuple, Type
 
 __all__ = [
+    "AllNodesDownError",
+    "ClusterNotReadyError",
     "MemcacheAuthenticationError",
     "MemcacheClientError",
     "MemcacheConnectError",
@@ -97,3 +99,13 @@ class MemcacheUnexpectedCloseError(MemcacheServerError, MemcacheNetworkError):
 
 class MemcachePoolTimeoutError(MemcacheError):
     """No connection became free in the pool within ``pool_timeout`` seconds."""
+
+
+class AllNodesDownError(MemcacheError):
+    """A cluster client has no node to send the key to: every server is ejected."""
+
+
+class ClusterNotReadyError(AllNodesDownError):
+    """An :class:`~pymc.ElastiCacheClient` has no node list yet: discovery has not
+    succeeded since it was made. It keeps trying in the background; ``wait_ready()``
+    waits for it."""
