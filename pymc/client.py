@@ -95,6 +95,7 @@ __all__ = [
     "per_key_results",
     "request_chunks",
     "resolve_noreply",
+    "warn_if_config_endpoint",
 ]
 
 logger = logging.getLogger("pymc")
@@ -110,6 +111,11 @@ RECV_SIZE = 65536
 #: A pipelined pass sends at most this many request bytes before it reads the replies, so
 #: neither side can fill both socket buffers and wait for the other forever.
 PIPELINE_BYTES = 32768
+#: The longest ``get``/``gets`` line a multi-get sends by default: ElastiCache Serverless
+#: refuses longer ones. Longer key lists go in several requests (``max_get_line``).
+MAX_GET_LINE = 16384
+#: Room a retrieval line keeps for its command, expiry and CRLF around the keys.
+_GET_LINE_OVERHEAD = 32
 _MISSING: Any = object()
 
 
@@ -156,6 +162,21 @@ def normalize_server_spec(server: Union[ServerSpec, Sequence[Any]]) -> ServerSpe
     return (host, port)
 
 
+def warn_if_config_endpoint(server: ServerSpec, client: str) -> None:
+    """Log a warning when ``server`` looks like an ElastiCache configuration endpoint
+    (``*.cfg.*``): used as a cache node, it sends every key to one node of the cluster."""
+    host = server if isinstance(server, str) else server[0]
+    if ".cfg." in host.lower():
+        logger.warning(
+            "pymc: %s looks like an ElastiCache configuration endpoint; %s uses it as a "
+            "cache node, so every key goes to the one node its name points at. Use "
+            "pymc.ElastiCacheClient(%r) to follow the cluster's nodes.",
+            server_name(server),
+            client,
+            server_name(server),
+        )
+
+
 def server_name(server: ServerSpec) -> str:
     """``"host:port"`` for TCP, the path for UNIX sockets."""
     if isinstance(server, str):
@@ -186,6 +207,7 @@ class ClientOptions:
     tls_context: Optional[ssl.SSLContext] = None
     username: Optional[str] = None
     password: Optional[str] = dataclasses.field(default=None, repr=False)
+    max_get_line: int = MAX_GET_LINE
 
     @classmethod
     def create(
@@ -206,6 +228,7 @@ class ClientOptions:
         tls_context: Optional[ssl.SSLContext] = None,
         username: Optional[str] = None,
         password: Optional[str] = None,
+        max_get_line: int = MAX_GET_LINE,
     ) -> ClientOptions:
         """Check the pymemcache-style arguments once and freeze them."""
         if serde is None:
@@ -228,6 +251,8 @@ class ClientOptions:
             key_prefix = b""
         if socket_keepalive is not None and not isinstance(socket_keepalive, KeepaliveOpts):
             raise ValueError("socket_keepalive must be a KeepaliveOpts")
+        if type(max_get_line) is not int or max_get_line < 512:
+            raise ValueError(f"max_get_line must be an int >= 512, got {max_get_line!r}")
         for name, value in (("connect_timeout", connect_timeout), ("timeout", timeout)):
             if value is not None and not value > 0:
                 raise ValueError(f"{name} must be None or > 0, got {value!r}")
@@ -248,6 +273,7 @@ class ClientOptions:
             tls_context=tls_context,
             username=username,
             password=password,
+            max_get_line=max_get_line,
         )
 
 
@@ -264,14 +290,16 @@ def resolve_noreply(noreply: Optional[bool], default: bool) -> bool:
     return default if noreply is None else bool(noreply)
 
 
-def request_chunks(raws: List[bytes]) -> List[List[bytes]]:
-    """Split the keys of a multi-get into requests of at most about PIPELINE_BYTES."""
-    if sum(map(len, raws)) + len(raws) <= PIPELINE_BYTES:
+def request_chunks(raws: List[bytes], max_line: int = MAX_GET_LINE) -> List[List[bytes]]:
+    """Split the keys of a multi-get into requests whose lines are at most ``max_line``
+    bytes long (command, expiry and CRLF included)."""
+    budget = max_line - _GET_LINE_OVERHEAD
+    if sum(map(len, raws)) + len(raws) <= budget:
         return [raws]
     chunks: List[List[bytes]] = [[]]
     size = 0
     for raw in raws:
-        if size >= PIPELINE_BYTES:
+        if size + len(raw) + 1 > budget and chunks[-1]:
             chunks.append([])
             size = 0
         chunks[-1].append(raw)
@@ -399,6 +427,7 @@ class Client:
         tls_context: Optional[ssl.SSLContext] = None,
         username: Optional[str] = None,
         password: Optional[str] = None,
+        max_get_line: int = MAX_GET_LINE,
     ) -> None:
         options = ClientOptions.create(
             serde=serde,
@@ -417,6 +446,7 @@ class Client:
             tls_context=tls_context,
             username=username,
             password=password,
+            max_get_line=max_get_line,
         )
         self._setup(normalize_server_spec(server), options)
 
@@ -925,10 +955,10 @@ class Client:
     def _fetch(
         self, command: bytes, wanted: Dict[bytes, Key], expire: Optional[int], cas: bool
     ) -> Dict[bytes, Item]:
-        """Retrieve ``wanted`` in passes of bounded request size (see PIPELINE_BYTES); a
-        key answered twice over all the passes is a protocol error."""
+        """Retrieve ``wanted`` in requests of at most ``max_get_line`` bytes; a key
+        answered twice over all the passes is a protocol error."""
         found: Dict[bytes, Item] = {}
-        chunks = request_chunks(list(wanted))
+        chunks = request_chunks(list(wanted), self.options.max_get_line)
         for chunk in chunks:
             keys: Container[bytes] = wanted if len(chunks) == 1 else set(chunk)
             reply = self.request(

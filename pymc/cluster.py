@@ -44,7 +44,6 @@ from typing import (
 )
 
 from .client import (
-    PIPELINE_BYTES,
     Client,
     ClientOptions,
     Item,
@@ -55,6 +54,7 @@ from .client import (
     request_chunks,
     resolve_noreply,
     server_name,
+    warn_if_config_endpoint,
 )
 from .exceptions import (
     AllNodesDownError,
@@ -420,6 +420,8 @@ class HashClient:
         self._probe_lock = _ForkSafeLock(threading.Lock)  # held while a probe thread runs
         self._tls_hostnames: Dict[str, str] = {}  # node -> name its certificate carries
         specs = [normalize_server_spec(s) for s in servers]
+        for spec in specs:
+            warn_if_config_endpoint(spec, type(self).__name__)
         self._nodes = NodeSet(
             0,
             {server_name(s): s for s in specs},
@@ -846,7 +848,7 @@ class HashClient:
             wanted = {raw_of[key]: key for key in group}
             wanted_by_node[name] = wanted
             request = encode_retrieval(cmd, list(wanted))
-            if len(request) > PIPELINE_BYTES:
+            if len(request) > opts.max_get_line:
                 parts[name] = None  # goes alone, in passes
             else:
                 parts[name] = (request, partial(ExpectValues, wanted, None, with_cas), _items)
@@ -855,7 +857,7 @@ class HashClient:
             raws = list(wanted_by_node[name])
             with nodes.clients[name].client_pool.get_and_release() as conn:
                 found: Dict[bytes, Item] = {}
-                for chunk in request_chunks(raws):
+                for chunk in request_chunks(raws, opts.max_get_line):
                     reply = conn.request(
                         encode_retrieval(cmd, chunk), ExpectValues(set(chunk), found, with_cas)
                     )

@@ -43,7 +43,15 @@ from typing import (
     TypeVar,
 )
 
-from .client import Client, ClientOptions, Commands, ServerSpec, normalize_server_spec, server_name
+from .client import (
+    Client,
+    ClientOptions,
+    Commands,
+    ServerSpec,
+    normalize_server_spec,
+    server_name,
+    warn_if_config_endpoint,
+)
 from .exceptions import MemcachePoolTimeoutError
 from .protocol import validate_key
 from .retry import RetryPolicy, call_with_retry
@@ -576,6 +584,8 @@ class PooledClient(Commands):
         **client_options: Any,
     ) -> None:
         self.server = normalize_server_spec(server)
+        if options is None:  # made by a user, not by a cluster client for one of its nodes
+            warn_if_config_endpoint(self.server, type(self).__name__)
         self.tls_hostname = tls_hostname
         if options is None:
             options = ClientOptions.create(serde, **client_options)
