@@ -1,50 +1,211 @@
 """AWS ElastiCache (memcached) auto-discovery: a HashClient that follows the cluster.
 
-:class:`ElastiCacheClient` asks the cluster's configuration endpoint for the node list
-(``config get cluster``) once at start-up, then a daemon thread (a greenlet under
-``gevent.monkey.patch_all()``) polls it every ``poll_interval`` seconds. A new node list is
-applied only when its version is strictly greater than the current one; the new snapshot is
-built off the request path and swapped in with one assignment (see :mod:`pymc.cluster`):
-pools of nodes that stay are kept, removed nodes' pools close once their operations finish.
+:class:`ElastiCacheClient` asks the cluster's configuration endpoint for the node list and a
+daemon thread (a greenlet under ``gevent.monkey.patch_all()``) keeps asking every
+``poll_interval`` seconds (jittered by ±10%, so a fleet of workers does not poll in step).
+A node list is applied only when its version is strictly greater than the current one; the
+new snapshot is built off the request path and swapped in with one assignment (see
+:mod:`pymc.cluster`).
 
-Failures of discovery never break requests: the last good node set stays, one warning is
-logged (not one per poll), and the next poll tries again. An endpoint that answers
-``ERROR`` (plain memcached, ElastiCache Serverless) is used as a single node, unpolled.
+The rule that keeps keys where every other client looks for them: the configuration
+endpoint is never used as a cache node because discovery *failed*. Its name points at one
+node of the cluster, so every key would land there while other clients spread keys by
+hash. Instead:
+
+* until the first node list arrives the client is *not ready*: requests raise
+  :class:`~pymc.exceptions.ClusterNotReadyError` (or, with ``ignore_exc``, read as misses
+  and write nothing) while discovery retries in the background, 3 tries 500 ms apart, then
+  every ``poll_interval``; ``wait_ready()`` waits for it;
+* only a real "no configuration here" answer -- a bare ``ERROR`` to ``config get cluster``
+  and then no config from the legacy ``get AmazonElastiCache:cluster`` either -- means a
+  plain memcached or ElastiCache Serverless: then the endpoint is the one node;
+* ``ERROR <message>``, ``SERVER_ERROR``, a timeout, a reset or a malformed answer is a
+  transient failure: the last good nodes stay, and the poller asks the known nodes in turn
+  (each node of a cluster answers ``config get cluster``).
+
+Each discovery has one overall deadline and a size cap, and opens a fresh connection (so
+DNS is resolved again). ``close()`` stops the poller at once, and after it returns nothing
+changes. A forked child (``gunicorn --preload``, multiprocessing) starts its own poller on
+first use.
+
+Layer: imports ``client``, ``cluster``, ``protocol`` and ``exceptions`` only.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
+import os
+import random
+import socket
+import ssl
 import threading
-from typing import Any, Callable, List, Optional, Tuple
+import time
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
-from .client import Client, ServerSpec, normalize_server_spec, server_name
+from .client import ServerSpec, normalize_server_spec, server_name
 from .cluster import HashClient
-from .exceptions import MemcacheUnknownCommandError
-from .protocol import ClusterConfig
+from .exceptions import (
+    AllNodesDownError,
+    ClusterNotReadyError,
+    MemcacheError,
+    MemcacheNetworkError,
+    MemcacheProtocolError,
+    MemcacheTimeoutError,
+    MemcacheUnexpectedCloseError,
+    MemcacheUnknownCommandError,
+)
+from .protocol import (
+    MAX_CONFIG_BYTES,
+    NEED_DATA,
+    ClusterConfig,
+    ErrorReply,
+    Expect,
+    ExpectConfig,
+    ExpectLegacyConfig,
+    Reader,
+    encode_config_get,
+    encode_legacy_config_get,
+)
 
-__all__ = ["AWSElastiCacheHashClient", "ElastiCacheClient", "discover"]
+__all__ = [
+    "AWSElastiCacheHashClient",
+    "ElastiCacheClient",
+    "discover",
+    "fetch_config",
+    "poll_delay",
+]
 
 logger = logging.getLogger("pymc")
 
-#: Timeouts of a discovery request when the client was given none: discovery must never
-#: hang the constructor or the poller.
+#: The overall deadline of one discovery (connect, ask, read), when the client sets none.
 DISCOVERY_TIMEOUT = 5.0
+#: Start-up: this many quick tries, this many seconds apart, before the normal interval.
+STARTUP_TRIES = 3
+STARTUP_SPACING = 0.5
+#: The poll interval varies by this fraction either way.
+JITTER = 0.1
 
 ChangeHook = Callable[[List[ServerSpec], List[ServerSpec]], Any]
+
+# Bumped in every child after os.fork(): a client made in an earlier generation has no
+# poller thread in this process. _FORK_GUARD lets one thread of the child do the restart.
+_fork_generation = [0]
+_FORK_GUARD = threading.Lock()
+
+
+def _after_fork_in_child() -> None:
+    global _FORK_GUARD
+    _FORK_GUARD = threading.Lock()  # a parent thread may have held it at fork time
+    _fork_generation[0] += 1
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def poll_delay(interval: float) -> float:
+    """The seconds until the next poll: ``interval``, give or take ``JITTER``."""
+    return interval * random.uniform(1 - JITTER, 1 + JITTER)
+
+
+def _is_bare_error(reply: object) -> bool:
+    return type(reply) is ErrorReply and reply.kind == b"ERROR" and not reply.message
+
+
+def fetch_config(
+    address: ServerSpec,
+    timeout: float = DISCOVERY_TIMEOUT,
+    tls_context: Optional[ssl.SSLContext] = None,
+    server_hostname: Optional[str] = None,
+    max_bytes: int = MAX_CONFIG_BYTES,
+    on_socket: Optional[Callable[[socket.socket], Any]] = None,
+) -> Optional[ClusterConfig]:
+    """One discovery exchange with ``address``, within ``timeout`` seconds overall: the
+    cluster's config, or None when the server has none (a bare ``ERROR`` to ``config get
+    cluster`` and then a miss or a bare ``ERROR`` to ``get AmazonElastiCache:cluster``:
+    plain memcached or Serverless). Anything else raises a :class:`MemcacheError`.
+
+    A fresh connection each time, so the name is resolved again. ``on_socket`` is given
+    the socket as soon as it exists (so that another thread can shut it down).
+    """
+    if isinstance(address, str):
+        raise ValueError(f"discovery needs a TCP address, not {address!r}")
+    deadline = time.monotonic() + timeout
+    name = server_name(address)
+    sock: Optional[socket.socket] = None
+    try:
+        host, port = address
+        family, kind, proto, _, sockaddr = socket.getaddrinfo(
+            host, port, socket.AF_UNSPEC, socket.SOCK_STREAM, socket.IPPROTO_TCP
+        )[0]
+        sock = socket.socket(family, kind, proto)
+        if on_socket is not None:
+            on_socket(sock)
+        sock.settimeout(max(deadline - time.monotonic(), 0.001))
+        sock.connect(sockaddr)
+        if tls_context is not None:
+            sock = tls_context.wrap_socket(sock, server_hostname=server_hostname or host)
+            if on_socket is not None:
+                on_socket(sock)
+        reader = Reader(max_block=max_bytes)
+        reply = _ask(sock, reader, encode_config_get(), ExpectConfig(), deadline, name)
+        if type(reply) is ClusterConfig:
+            return reply
+        if not _is_bare_error(reply):
+            raise reply.exception("config get cluster")  # type: ignore[union-attr]
+        # An engine before 1.4.14, or no cluster at all: ask the legacy way.
+        legacy = _ask(sock, reader, encode_legacy_config_get(), ExpectLegacyConfig(), deadline, name)
+        if type(legacy) is ClusterConfig:
+            return legacy
+        if legacy is None or _is_bare_error(legacy):
+            return None
+        raise legacy.exception("get AmazonElastiCache:cluster")  # type: ignore[union-attr]
+    except MemcacheError:
+        raise
+    except socket.timeout as exc:
+        raise MemcacheTimeoutError(exc.errno, f"discovery at {name} timed out") from exc
+    except OSError as exc:
+        raise MemcacheNetworkError(exc.errno, f"discovery at {name} failed: {exc}") from exc
+    finally:
+        if sock is not None:
+            sock.close()
+
+
+def _ask(
+    sock: socket.socket, reader: Reader, request: bytes, expect: Expect, deadline: float, name: str
+) -> Any:
+    """Send ``request`` and read its answer, all before ``deadline``."""
+    sock.settimeout(max(deadline - time.monotonic(), 0.001))
+    sock.sendall(request)
+    result = expect.step(reader)
+    while result is NEED_DATA:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise MemcacheTimeoutError(None, f"discovery at {name} took longer than its deadline")
+        sock.settimeout(remaining)
+        data = sock.recv(65536)
+        if not data:
+            raise MemcacheUnexpectedCloseError(f"{name} closed the connection during discovery")
+        reader.feed(data)
+        result = expect.step(reader)
+    if reader.buffered:
+        raise MemcacheProtocolError(f"{name} sent more than the discovery answer")
+    return result
 
 
 def discover(
     endpoint: Any, timeout: float = DISCOVERY_TIMEOUT, tls_context: Any = None
 ) -> ClusterConfig:
-    """Ask a configuration endpoint for the cluster's version and nodes (one request, a
-    fresh connection, so the endpoint's name is resolved again each time)."""
-    client = Client(endpoint, connect_timeout=timeout, timeout=timeout, tls_context=tls_context)
-    try:
-        return client.cluster_config()
-    finally:
-        client.close()
+    """Ask a configuration endpoint for the cluster's version and nodes (the current or
+    the legacy command). A server with no configuration raises
+    :class:`MemcacheUnknownCommandError`."""
+    address = normalize_server_spec(endpoint)
+    config = fetch_config(address, timeout, tls_context)
+    if config is None:
+        raise MemcacheUnknownCommandError(
+            f"{server_name(address)} is not an ElastiCache configuration endpoint"
+        )
+    return config
 
 
 class ElastiCacheClient(HashClient):
@@ -53,8 +214,10 @@ class ElastiCacheClient(HashClient):
     ``endpoint`` is ``"host:port"`` (the ``.cfg.`` name). ``use_vpc=True`` connects to
     each node's IP address, ``False`` to its hostname; with ``tls_context`` the certificate
     is checked against the node's hostname either way. ``on_change(old, new)`` is called
-    (from the poller) with the node lists after each change. Every other keyword is a
-    :class:`HashClient` option.
+    (from the poller) with the node lists after each change. ``discovery_timeout`` bounds
+    each discovery as a whole. ``ready_timeout``: wait up to that many seconds in the
+    constructor for the first node list, and raise :class:`ClusterNotReadyError` (after
+    closing) if none came. Every other keyword is a :class:`HashClient` option.
     """
 
     def __init__(
@@ -63,60 +226,161 @@ class ElastiCacheClient(HashClient):
         poll_interval: float = 60.0,
         use_vpc: bool = True,
         on_change: Optional[ChangeHook] = None,
+        discovery_timeout: Optional[float] = None,
+        ready_timeout: Optional[float] = None,
         **options: Any,
     ) -> None:
         if poll_interval <= 0:
             raise ValueError("poll_interval must be > 0")
         self.endpoint = normalize_server_spec(endpoint)
+        if isinstance(self.endpoint, str):
+            raise ValueError("an ElastiCache endpoint is host:port")
         self.poll_interval = poll_interval
         self.use_vpc = use_vpc
         self.on_change = on_change
+        #: The version of the node list in use (None: none yet, or a plain server).
         self.config_version: Optional[int] = None
-        self._stop = threading.Event()
-        self._refresh_lock = threading.Lock()
-        self._warned = False
-        self._poller: Optional[threading.Thread] = None
+        #: The endpoint has no cluster configuration: it is the one node, not polled.
+        self.plain = False
+        self._closed = False
+        self._failing = False  # discovery is failing, and that was said once
+        self._older_seen: Optional[int] = None  # the last older version logged
+        self._sockets: Dict[int, socket.socket] = {}  # discoveries in flight
+        self._make_sync_objects()
         super().__init__([], **options)
         opts = self.options
-        self._discovery_timeout = opts.connect_timeout or DISCOVERY_TIMEOUT
-        self._discovery_options = dataclasses.replace(
-            self._node_options,
-            connect_timeout=self._discovery_timeout,
-            timeout=opts.timeout or self._discovery_timeout,
+        self._discovery_timeout = float(
+            discovery_timeout or max(opts.connect_timeout or 0, opts.timeout or 0) or DISCOVERY_TIMEOUT
         )
-        try:
-            config = self._discover_config()
-        except MemcacheUnknownCommandError:
-            logger.info(
-                "pymc: %s is not an ElastiCache configuration endpoint (it answered ERROR); "
-                "using it as the only node",
-                server_name(self.endpoint),
+        self._tls_context = opts.tls_context
+        self.refresh()  # the first try, here; the poller retries if it failed
+        if not self.plain:
+            self._start_poller()
+        if ready_timeout is not None and not self.wait_ready(ready_timeout):
+            self.close()
+            raise ClusterNotReadyError(
+                f"no node list from {server_name(self.endpoint)} within {ready_timeout} s"
             )
-            self.set_servers([self.endpoint])
-            return  # nothing to poll
-        except Exception as exc:
-            self._warn(f"discovery at start-up failed ({exc!r}); using the endpoint as a node")
-            self.set_servers([self.endpoint])
-        else:
-            self._apply(config, notify=False)  # the first node set is no change
-        self._poller = threading.Thread(
-            target=self._poll, name=f"pymc-elasticache-{server_name(self.endpoint)}", daemon=True
-        )
-        self._poller.start()
+
+    def _make_sync_objects(self) -> None:
+        self._generation = _fork_generation[0]
+        self._stop = threading.Event()
+        self._ready = threading.Event()
+        self._refresh_lock = threading.Lock()  # one discovery + apply at a time
+        self._state_lock = threading.Lock()  # guards _closed and the node-set swap
+        self._poller: Optional[threading.Thread] = None
+
+    # ------------------------------------------------------------------ readiness
+
+    @property
+    def ready(self) -> bool:
+        """Whether a node list (or a plain server) is known."""
+        return self._ready.is_set()
+
+    def wait_ready(self, timeout: Optional[float] = None) -> bool:
+        """Wait up to ``timeout`` seconds for the first node list; return whether it came."""
+        self._check_fork()
+        return self._ready.wait(timeout)
+
+    def _no_nodes(self) -> AllNodesDownError:
+        if not self._ready.is_set():
+            return ClusterNotReadyError(
+                f"no node list from {server_name(self.endpoint)} yet (discovery is retrying "
+                "in the background; wait_ready() waits for it)"
+            )
+        return super()._no_nodes()
 
     # ------------------------------------------------------------------ discovery
 
-    def _discover_config(self) -> ClusterConfig:
-        client = Client.from_options(self.endpoint, self._discovery_options)
-        try:
-            return client.cluster_config()
-        finally:
-            client.close()
+    def _fetch(self, address: ServerSpec, hostname: Optional[str] = None) -> Optional[ClusterConfig]:
+        key = threading.get_ident()
 
-    def _warn(self, message: str) -> None:
-        if not self._warned:
-            self._warned = True
-            logger.warning("pymc: ElastiCache %s: %s", server_name(self.endpoint), message)
+        def track(sock: socket.socket) -> None:
+            self._sockets[key] = sock
+            if self._stop.is_set():  # closed meanwhile: give up now
+                _shut(sock)
+
+        try:
+            return fetch_config(
+                address,
+                self._discovery_timeout,
+                self._tls_context,
+                hostname,
+                on_socket=track,
+            )
+        finally:
+            self._sockets.pop(key, None)
+
+    def _discover(self) -> Optional[ClusterConfig]:
+        """The endpoint's answer; when the endpoint fails, the first known node's."""
+        try:
+            return self._fetch(self.endpoint)
+        except (MemcacheError, OSError) as exc:
+            if self._stop.is_set() or self.config_version is None:
+                raise
+            for name, spec in list(self.snapshot.servers.items()):
+                if self._stop.is_set():
+                    break
+                try:
+                    config = self._fetch(spec, self._tls_hostnames.get(name))
+                except (MemcacheError, OSError):
+                    continue
+                if config is not None:
+                    logger.debug("pymc: ElastiCache node list read from node %s", name)
+                    return config
+            raise exc
+
+    def refresh(self) -> bool:
+        """Poll now; return whether the node set changed. A failure keeps the last good
+        node set (or leaves the client not ready) and is logged once, until it recovers."""
+        self._check_fork()
+        if self.plain or self._closed:
+            return False
+        with self._refresh_lock:
+            logger.debug("pymc: ElastiCache poll of %s", server_name(self.endpoint))
+            try:
+                config = self._discover()
+            except (MemcacheError, OSError) as exc:
+                if not self._stop.is_set():
+                    self._failed(repr(exc))
+                return False
+            if config is None:
+                if self.config_version is not None:  # it had a config: this is news, not truth
+                    self._failed("the endpoint now says it has no cluster configuration")
+                    return False
+                return self._become_plain()
+            return self._apply(config)
+
+    def _failed(self, why: str) -> None:
+        if not self._failing:
+            self._failing = True
+            state = "keeping the last good node set" if self.ready else "not ready yet, retrying"
+            logger.warning(
+                "pymc: ElastiCache discovery at %s is failing (%s); %s",
+                server_name(self.endpoint),
+                why,
+                state,
+            )
+
+    def _recovered(self) -> None:
+        if self._failing:
+            self._failing = False
+            logger.info("pymc: ElastiCache discovery at %s works again", server_name(self.endpoint))
+
+    def _become_plain(self) -> bool:
+        with self._state_lock:
+            if self._closed:
+                return False
+            logger.info(
+                "pymc: %s has no ElastiCache cluster configuration (plain memcached or "
+                "Serverless): using it as the only node",
+                server_name(self.endpoint),
+            )
+            self.plain = True
+            self.set_servers([self.endpoint])
+            self._ready.set()
+        self._recovered()
+        return True
 
     def _servers_of(self, config: ClusterConfig) -> List[Tuple[str, int]]:
         servers = []
@@ -127,49 +391,91 @@ class ElastiCacheClient(HashClient):
                 self._tls_hostnames[server_name((host, node.port))] = node.hostname
         return servers
 
-    def _apply(self, config: ClusterConfig, notify: bool = True) -> bool:
+    def _apply(self, config: ClusterConfig) -> bool:
         """Use ``config`` if it is newer than what we have; return whether nodes changed."""
-        with self._refresh_lock:
-            current = self.config_version
-            if current is not None and config.version <= current:
-                if config.version < current:
-                    self._warn(
-                        f"it reported version {config.version}, older than {current}; "
-                        "keeping the last good node set"
-                    )
-                else:  # a good answer: the next failure is news again
-                    self._warned = False
+        self._recovered()
+        current = self.config_version
+        if current is not None and config.version <= current:
+            if config.version < current and self._older_seen != config.version:
+                self._older_seen = config.version
+                logger.info(
+                    "pymc: ElastiCache %s reported version %d, older than %d; keeping %d",
+                    server_name(self.endpoint),
+                    config.version,
+                    current,
+                    current,
+                )
+            return False
+        with self._state_lock:
+            if self._closed:
                 return False
             old = self.nodes
             changed = self.set_servers(self._servers_of(config))
             self.config_version = config.version
-            self._warned = False
-        if changed and notify and self.on_change is not None:
+            first = not self._ready.is_set()
+            self._ready.set()
+        if changed and not first and self.on_change is not None:
             try:
                 self.on_change(old, self.nodes)
             except Exception:
                 logger.exception("pymc: on_change hook failed")
         return changed
 
-    def refresh(self) -> bool:
-        """Poll the endpoint now; return whether the node set changed. Failures keep the
-        last good node set and are logged once."""
-        try:
-            config = self._discover_config()
-        except MemcacheUnknownCommandError:
-            self._warn("it answered ERROR to config get cluster; keeping the last good node set")
-            return False
-        except Exception as exc:
-            self._warn(f"discovery failed ({exc!r}); keeping the last good node set")
-            return False
-        return self._apply(config)
+    # ------------------------------------------------------------------ the poller
+
+    def _start_poller(self) -> None:
+        self._poller = threading.Thread(
+            target=self._poll, name=f"pymc-elasticache-{server_name(self.endpoint)}", daemon=True
+        )
+        self._poller.start()
 
     def _poll(self) -> None:
-        while not self._stop.wait(self.poll_interval):
+        quick = 0 if self._ready.is_set() else STARTUP_TRIES - 1
+        while True:
+            if quick > 0 and not self._ready.is_set():
+                quick -= 1
+                delay = STARTUP_SPACING
+            else:
+                delay = poll_delay(self.poll_interval)
+            if self._stop.wait(delay):
+                return
             try:
                 self.refresh()
             except Exception:  # never let the poller die
                 logger.exception("pymc: ElastiCache poll failed")
+            if self.plain:
+                return
+
+    def _check_fork(self) -> None:
+        """In a forked child, on first use: fresh locks and a poller of its own."""
+        if self._generation == _fork_generation[0]:
+            return
+        with _FORK_GUARD:
+            if self._generation == _fork_generation[0]:
+                return
+            self._sockets = {}
+            self._make_sync_objects()
+            if self.config_version is not None or self.plain:
+                self._ready.set()
+            if not self._closed and not self.plain:
+                self._start_poller()
+
+    # The request paths, with the fork check first.
+
+    def _run(self, *args: Any, **kwargs: Any) -> Any:
+        if self._generation != _fork_generation[0]:
+            self._check_fork()
+        return super()._run(*args, **kwargs)
+
+    def _groups(self, *args: Any, **kwargs: Any) -> Any:
+        if self._generation != _fork_generation[0]:
+            self._check_fork()
+        return super()._groups(*args, **kwargs)
+
+    def _each(self, *args: Any, **kwargs: Any) -> Any:
+        if self._generation != _fork_generation[0]:
+            self._check_fork()
+        return super()._each(*args, **kwargs)
 
     # ------------------------------------------------------------------ life cycle
 
@@ -179,21 +485,35 @@ class ElastiCacheClient(HashClient):
         return self._poller is not None and self._poller.is_alive()
 
     def close(self) -> None:
-        """Stop the poller and close every connection."""
+        """Stop the poller (a discovery in flight is cut off) and close every connection.
+        After this returns no thread of the client runs and the node set never changes."""
+        with self._state_lock:
+            self._closed = True
         self._stop.set()
+        for sock in list(self._sockets.values()):
+            _shut(sock)
         poller = self._poller
         if poller is not None and poller is not threading.current_thread():
-            poller.join(timeout=1.0)  # a poll stuck in discovery ends on its own timeout
+            poller.join(timeout=self._discovery_timeout + 1.0)
         super().close()
 
     def __enter__(self) -> ElastiCacheClient:
         return self
 
     def __repr__(self) -> str:
+        state = "plain" if self.plain else ("ready" if self.ready else "not ready")
         return (
-            f"<{type(self).__name__} {server_name(self.endpoint)} "
+            f"<{type(self).__name__} {server_name(self.endpoint)} {state} "
             f"config_version={self.config_version} nodes={[server_name(n) for n in self.nodes]}>"
         )
+
+
+def _shut(sock: Union[socket.socket, Any]) -> None:
+    """Cut a discovery off from another thread: its recv or connect fails at once."""
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
 
 
 class AWSElastiCacheHashClient(ElastiCacheClient):
