@@ -88,6 +88,10 @@ TOLERATED: Dict[str, Tuple[bytes, ClusterConfig]] = {
         b"3\nh|2001:0db8:0000:0000:0000:ff00:0042:8329|1\n",
         ClusterConfig(3, (ClusterNode("h", "2001:0db8:0000:0000:0000:ff00:0042:8329", 1),)),
     ),
+    "ipv6-scope-id": (
+        b"3\nh|fe80::1%eth0|1\n",
+        ClusterConfig(3, (ClusterNode("h", "fe80::1%eth0", 1),)),
+    ),
     "ipv6-mapped-ipv4": (
         b"3\nh|::ffff:10.0.0.1|1\n",
         ClusterConfig(3, (ClusterNode("h", "::ffff:10.0.0.1", 1),)),
@@ -177,6 +181,8 @@ REJECTED: Dict[str, bytes] = {
     "ipv4-short": b"1\nh|10.0.1|11211\n",
     "ipv4-leading-zero": b"1\nh|010.0.0.1|11211\n",
     "ipv6-bad": b"1\nh|2001:db8:::1|11211\n",
+    "ipv6-scope-id-control-char": b"1\nh|fe80::1%\x01|11211\n",  # ipaddress takes it
+    "ipv6-scope-id-empty": b"1\nh|fe80::1%|11211\n",
     "ipv6-bracketed": b"1\nh|[::1]|11211\n",
     "ip-with-port": b"1\nh|10.0.0.1:11211|11211\n",
     "ip-cidr": b"1\nh|10.0.0.0/8|11211\n",
