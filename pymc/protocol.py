@@ -14,6 +14,7 @@ thrown away. Nothing here ever guesses.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from typing import (
     Container,
@@ -41,6 +42,8 @@ from .exceptions import (
 
 __all__ = [
     "END",
+    "LEGACY_CONFIG_KEY",
+    "MAX_CONFIG_BYTES",
     "MAX_KEY_LENGTH",
     "MN",
     "NEED_DATA",
@@ -50,6 +53,7 @@ __all__ = [
     "ErrorReply",
     "Expect",
     "ExpectConfig",
+    "ExpectLegacyConfig",
     "ExpectRaw",
     "ExpectReplies",
     "ExpectStats",
@@ -67,6 +71,7 @@ __all__ = [
     "encode_delete",
     "encode_flush_all",
     "encode_incr_decr",
+    "encode_legacy_config_get",
     "encode_quit",
     "encode_retrieval",
     "encode_shutdown",
@@ -86,6 +91,11 @@ Key = Union[str, bytes]
 MAX_KEY_LENGTH: Final = 250
 #: A reply line longer than this, with no ``\r\n`` in sight, is garbage, not a slow server.
 MAX_LINE_LENGTH: Final = 8192
+#: A sane ``max_block`` for a :class:`Reader` reading cluster configs: a real one is a few
+#: dozen bytes per node, so a block larger than this is an endpoint gone wrong.
+MAX_CONFIG_BYTES: Final = 1 << 20
+#: The key pre-1.4.14 ElastiCache engines answer a ``get`` of with the cluster config.
+LEGACY_CONFIG_KEY: Final = b"AmazonElastiCache:cluster"
 _UINT32: Final = 1 << 32
 _UINT64: Final = 1 << 64
 
@@ -313,6 +323,12 @@ def encode_config_get(name: Union[str, bytes] = b"cluster") -> bytes:
     return b"config get " + _token(name, "config") + b"\r\n"
 
 
+def encode_legacy_config_get() -> bytes:
+    """The cluster config request of engines older than 1.4.14 (read by
+    :class:`ExpectLegacyConfig`)."""
+    return b"get " + LEGACY_CONFIG_KEY + b"\r\n"
+
+
 def encode_auth(username: Union[str, bytes], password: Union[str, bytes]) -> bytes:
     """memcached's ASCII authentication (``memcached -Y``): a ``set`` whose data is
     ``"<username> <password>"``. The key is ignored by the server."""
@@ -416,33 +432,64 @@ _WORDS = {
 Reply = Union[bytes, int, Value, Stat, Version, ClusterConfig, ErrorReply]
 
 
-def parse_cluster_config(block: bytes) -> ClusterConfig:
-    """Parse the data block of ``CONFIG cluster``: ``<version>\\n<host>|<ip>|<port> ...\\n``.
+def _bad_config(block: bytes, why: str) -> MemcacheProtocolError:
+    return MemcacheProtocolError(f"malformed cluster config ({why}): {block[:200]!r}")
 
-    Strict: anything off (a missing field, a bad port, no nodes, stray bytes) raises
-    :class:`MemcacheProtocolError`; a half-parsed node list is never returned.
+
+def _cluster_node(entry: bytes) -> ClusterNode:
+    """One ``<host>|<ip>|<port>`` entry, or MemcacheProtocolError."""
+    fields = entry.split(b"|")
+    if len(fields) != 3:
+        raise MemcacheProtocolError(f"malformed cluster node {entry[:100]!r}")
+    host, ip, port = fields
+    # (No whitespace can be left in an entry: the node line was split on it.)
+    if not host or _BAD_KEY_BYTE(host) is not None or not host.isascii():
+        raise MemcacheProtocolError(f"bad hostname in cluster node {entry[:100]!r}")
+    if _DIGITS(port) is None or not 0 < int(port) < 65536:
+        raise MemcacheProtocolError(f"bad port in cluster node {entry[:100]!r}")
+    if ip:
+        try:
+            # (ipaddress takes any character in an IPv6 scope id: not a control one here.)
+            if not ip.isascii() or _BAD_KEY_BYTE(ip) is not None:
+                raise ValueError
+            ipaddress.ip_address(ip.decode("ascii"))
+        except ValueError:
+            raise MemcacheProtocolError(f"bad ip in cluster node {entry[:100]!r}") from None
+    return ClusterNode(host.decode("ascii"), ip.decode("ascii"), int(port))
+
+
+def parse_cluster_config(block: bytes) -> ClusterConfig:
+    """Parse the data block of ``CONFIG cluster`` (or of the legacy
+    ``AmazonElastiCache:cluster`` value): ``<version>\\n<host>|<ip>|<port> ...\\n``.
+
+    Tolerant as the AWS clients are: lines may end in ``\\r\\n`` or ``\\n``; blank lines,
+    spaces and tabs around the lines and between the nodes are ignored. The ip may be an
+    IPv4 or IPv6 literal, or empty (connect by hostname; kept as ``""``).
+
+    Strict where it matters: exactly two non-blank lines, the last one ended by a newline
+    (so a truncated payload never passes); the version a non-negative integer; every node
+    exactly ``host|ip|port`` with a non-empty ASCII hostname, a valid or empty ip and a port
+    in 1..65535; at least one node and no host:port twice. Anything off raises
+    :class:`MemcacheProtocolError` for the whole config: a partial node list is never
+    returned.
     """
     lines = block.split(b"\n")
-    if len(lines) != 3 or lines[2] != b"" or _DIGITS(lines[0]) is None:
-        raise MemcacheProtocolError(f"malformed cluster config: {block[:200]!r}")
-    nodes = []
-    for entry in lines[1].split(b" "):
-        fields = entry.split(b"|")
-        if len(fields) != 3:
-            raise MemcacheProtocolError(f"malformed cluster node {entry[:100]!r}")
-        host, ip, port = fields
-        if (
-            not host
-            or _BAD_KEY_BYTE(host + ip) is not None
-            or _DIGITS(port) is None
-            or not 0 < int(port) < 65536
-        ):
-            raise MemcacheProtocolError(f"malformed cluster node {entry[:100]!r}")
-        try:
-            nodes.append(ClusterNode(host.decode("ascii"), ip.decode("ascii"), int(port)))
-        except UnicodeDecodeError:
-            raise MemcacheProtocolError(f"non-ASCII cluster node {entry[:100]!r}") from None
-    return ClusterConfig(int(lines[0]), tuple(nodes))
+    if lines[-1].strip():
+        raise _bad_config(block, "not ended by a newline")
+    content = [line for line in (raw.strip() for raw in lines) if line]
+    if len(content) != 2:
+        raise _bad_config(block, "not a version line and a node line")
+    version, node_line = content
+    if _DIGITS(version) is None:
+        raise _bad_config(block, "bad version")
+    nodes = [_cluster_node(entry) for entry in node_line.split()]
+    seen = set()
+    for node in nodes:
+        where = (node.hostname.lower(), node.port)
+        if where in seen:
+            raise MemcacheProtocolError(f"cluster node {node.hostname}:{node.port} listed twice")
+        seen.add(where)
+    return ClusterConfig(int(version), tuple(nodes))
 
 
 class Reader:
@@ -451,11 +498,30 @@ class Reader:
     ``feed()`` only stores bytes; ``next_reply()`` returns the next complete reply, or
     :data:`NEED_DATA`. A data block of known size is gathered without re-copying the
     buffer on every chunk, so a large value costs one join, not one per chunk.
+
+    With ``max_block``, a ``VALUE`` or ``CONFIG`` header announcing a data block of more
+    bytes than that is a protocol error as soon as the header line is parsed, before any
+    of the block is buffered (see :data:`MAX_CONFIG_BYTES`). None: no cap.
     """
 
-    __slots__ = ("_broken", "_buf", "_need", "_parts", "_parts_len", "_pos", "broken")
+    __slots__ = (
+        "_broken",
+        "_buf",
+        "_max_block",
+        "_need",
+        "_parts",
+        "_parts_len",
+        "_pos",
+        "broken",
+    )
 
-    def __init__(self) -> None:
+    def __init__(self, max_block: Optional[int] = None) -> None:
+        if max_block is not None:
+            if type(max_block) is not int:
+                raise TypeError(f"max_block must be an int or None, not {max_block!r}")
+            if max_block < 0:
+                raise ValueError(f"max_block must not be negative, got {max_block}")
+        self._max_block = max_block
         self._buf = b""
         self._pos = 0
         self._parts: List[bytes] = []
@@ -559,6 +625,7 @@ class Reader:
             return NEED_DATA
         buf = self._joined() if self._parts else self._buf
         pos = self._pos
+        cap = self._max_block
         while True:
             if not buf.startswith(b"VALUE ", pos):
                 if buf.startswith(b"END\r\n", pos):
@@ -582,6 +649,8 @@ class Reader:
                 raise self._fail(f"malformed VALUE line {buf[pos:end][:300]!r}")
             start = end + 2
             stop = start + int(size)
+            if cap is not None and stop - start > cap:
+                raise self._fail(self._too_big(buf[pos:end], cap))
             if len(buf) < stop + 2:
                 self._pos = pos
                 self._need = stop + 2 - pos
@@ -670,7 +739,10 @@ class Reader:
             or (n == 5 and _DIGITS(parts[4]) is None)
         ):
             raise self._fail(f"malformed VALUE line {line[:300]!r}")
-        data = self._block(start, int(parts[3]))
+        size = int(parts[3])
+        if self._max_block is not None and size > self._max_block:
+            raise self._fail(self._too_big(line, self._max_block))
+        data = self._block(start, size)
         if data is None:
             return NEED_DATA
         return Value(parts[1], int(parts[2]), data, parts[4] if n == 5 else None)
@@ -679,13 +751,20 @@ class Reader:
         parts = line.split(b" ")
         if len(parts) != 4 or _DIGITS(parts[2]) is None or _DIGITS(parts[3]) is None:
             raise self._fail(f"malformed CONFIG line {line[:100]!r}")
-        block = self._block(start, int(parts[3]))
+        size = int(parts[3])
+        if self._max_block is not None and size > self._max_block:
+            raise self._fail(self._too_big(line, self._max_block))
+        block = self._block(start, size)
         if block is None:
             return NEED_DATA
         try:
             return parse_cluster_config(block)
         except MemcacheProtocolError as exc:
             raise self._fail(str(exc)) from None
+
+    @staticmethod
+    def _too_big(line: bytes, cap: int) -> str:
+        return f"a data block larger than the {cap} bytes allowed: {line[:300]!r}"
 
     def _fail(self, message: str) -> MemcacheProtocolError:
         self._broken = MemcacheProtocolError(message)
@@ -889,6 +968,38 @@ class ExpectConfig(Expect):
             return NEED_DATA
         if end is not END:
             raise reader._fail("a CONFIG block not followed by END")
+        return self.config
+
+
+class ExpectLegacyConfig(Expect):
+    """The answer to :func:`encode_legacy_config_get` (engines older than 1.4.14): the
+    ``AmazonElastiCache:cluster`` value parsed into a :class:`ClusterConfig`; None when the
+    key is missing (a plain memcached: just ``END``); or an ErrorReply. A value for another
+    key, a second value, or a payload that does not parse is a protocol error."""
+
+    __slots__ = ("config",)
+
+    def __init__(self) -> None:
+        self.config: Optional[ClusterConfig] = None
+
+    def step(self, reader: Reader) -> object:
+        if self.config is None:
+            reply = reader.next_reply()
+            if reply is NEED_DATA or reply is END or type(reply) is ErrorReply:
+                return None if reply is END else reply
+            if type(reply) is not Value:
+                raise reader._fail(f"unexpected reply to the config get: {reply!r}"[:300])
+            if reply.key != LEGACY_CONFIG_KEY:
+                raise reader._fail(f"the server answered {reply.key[:100]!r}, not the config")
+            try:
+                self.config = parse_cluster_config(reply.data)
+            except MemcacheProtocolError as exc:
+                raise reader._fail(str(exc)) from None
+        end = reader.next_reply()
+        if end is NEED_DATA:
+            return NEED_DATA
+        if end is not END:
+            raise reader._fail(f"the config value not followed by END: {end!r}"[:300])
         return self.config
 
 

@@ -549,9 +549,7 @@ BAD_CLUSTER_BLOCKS = {
     "empty": b"",
     "only-version": b"1\n",
     "no-final-newline": b"1\nh|1.2.3.4|11211",
-    "extra-empty-line": b"1\nh|1.2.3.4|11211\n\n",
     "extra-line": b"1\nh|1.2.3.4|11211\nh2|1.2.3.5|11211\n",
-    "crlf-lines": b"1\r\nh|1.2.3.4|11211\r\n",
     "no-nodes": b"1\n\n",
     "version-not-digits": b"v1\nh|1.2.3.4|11211\n",
     "version-negative": b"-1\nh|1.2.3.4|11211\n",
@@ -570,9 +568,6 @@ BAD_CLUSTER_BLOCKS = {
     "port-plus": b"1\nh|1.2.3.4|+80\n",
     "port-letters": b"1\nh|1.2.3.4|http\n",
     "port-padded": b"1\nh|1.2.3.4| 80\n",
-    "double-space": b"1\nh|1.2.3.4|11211  h2|1.2.3.5|11211\n",
-    "trailing-space": b"1\nh|1.2.3.4|11211 \n",
-    "leading-space": b"1\n h|1.2.3.4|11211\n",
     "good-then-bad-node": b"1\nh|1.2.3.4|11211 h2|1.2.3.5|0\n",
     "tab-in-host": b"1\nh\tx|1.2.3.4|11211\n",
     "control-in-ip": b"1\nh|1.2.3.4\x00|11211\n",
@@ -647,7 +642,14 @@ _ip = st.sampled_from([b"", b"10.0.0.1", b"::1", b"192.168.100.200"])
 @st.composite
 def _config_case(draw: st.DrawFn) -> ReplyCase:
     version = draw(_u64)
-    nodes = draw(st.lists(st.tuples(_host, _ip, st.integers(1, 65535)), min_size=1, max_size=4))
+    nodes = draw(
+        st.lists(
+            st.tuples(_host, _ip, st.integers(1, 65535)),
+            min_size=1,
+            max_size=4,
+            unique_by=lambda n: (n[0], n[2]),  # a host:port listed twice is refused
+        )
+    )
     block = b"%d\n%s\n" % (version, b" ".join(b"%s|%s|%d" % n for n in nodes))
     expected = ClusterConfig(
         version, tuple(ClusterNode(h.decode(), i.decode(), p) for h, i, p in nodes)
