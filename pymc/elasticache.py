@@ -152,14 +152,16 @@ def fetch_config(
         if type(reply) is ClusterConfig:
             return reply
         if not _is_bare_error(reply):
-            raise reply.exception("config get cluster")  # type: ignore[union-attr]
+            raise reply.exception("config get cluster")
         # An engine before 1.4.14, or no cluster at all: ask the legacy way.
-        legacy = _ask(sock, reader, encode_legacy_config_get(), ExpectLegacyConfig(), deadline, name)
+        legacy = _ask(
+            sock, reader, encode_legacy_config_get(), ExpectLegacyConfig(), deadline, name
+        )
         if type(legacy) is ClusterConfig:
             return legacy
         if legacy is None or _is_bare_error(legacy):
             return None
-        raise legacy.exception("get AmazonElastiCache:cluster")  # type: ignore[union-attr]
+        raise legacy.exception("get AmazonElastiCache:cluster")
     except MemcacheError:
         raise
     except socket.timeout as exc:
@@ -250,7 +252,9 @@ class ElastiCacheClient(HashClient):
         super().__init__([], **options)
         opts = self.options
         self._discovery_timeout = float(
-            discovery_timeout or max(opts.connect_timeout or 0, opts.timeout or 0) or DISCOVERY_TIMEOUT
+            discovery_timeout
+            or max(opts.connect_timeout or 0, opts.timeout or 0)
+            or DISCOVERY_TIMEOUT
         )
         self._tls_context = opts.tls_context
         self.refresh()  # the first try, here; the poller retries if it failed
@@ -292,7 +296,9 @@ class ElastiCacheClient(HashClient):
 
     # ------------------------------------------------------------------ discovery
 
-    def _fetch(self, address: ServerSpec, hostname: Optional[str] = None) -> Optional[ClusterConfig]:
+    def _fetch(
+        self, address: ServerSpec, hostname: Optional[str] = None
+    ) -> Optional[ClusterConfig]:
         key = threading.get_ident()
 
         def track(sock: socket.socket) -> None:
@@ -342,16 +348,16 @@ class ElastiCacheClient(HashClient):
                 config = self._discover()
             except (MemcacheError, OSError) as exc:
                 if not self._stop.is_set():
-                    self._failed(repr(exc))
+                    self._discovery_failed(repr(exc))
                 return False
             if config is None:
                 if self.config_version is not None:  # it had a config: this is news, not truth
-                    self._failed("the endpoint now says it has no cluster configuration")
+                    self._discovery_failed("the endpoint now says it has no cluster configuration")
                     return False
                 return self._become_plain()
             return self._apply(config)
 
-    def _failed(self, why: str) -> None:
+    def _discovery_failed(self, why: str) -> None:
         if not self._failing:
             self._failing = True
             state = "keeping the last good node set" if self.ready else "not ready yet, retrying"
@@ -362,7 +368,7 @@ class ElastiCacheClient(HashClient):
                 state,
             )
 
-    def _recovered(self) -> None:
+    def _discovery_recovered(self) -> None:
         if self._failing:
             self._failing = False
             logger.info("pymc: ElastiCache discovery at %s works again", server_name(self.endpoint))
@@ -379,7 +385,7 @@ class ElastiCacheClient(HashClient):
             self.plain = True
             self.set_servers([self.endpoint])
             self._ready.set()
-        self._recovered()
+        self._discovery_recovered()
         return True
 
     def _servers_of(self, config: ClusterConfig) -> List[Tuple[str, int]]:
@@ -393,7 +399,7 @@ class ElastiCacheClient(HashClient):
 
     def _apply(self, config: ClusterConfig) -> bool:
         """Use ``config`` if it is newer than what we have; return whether nodes changed."""
-        self._recovered()
+        self._discovery_recovered()
         current = self.config_version
         if current is not None and config.version <= current:
             if config.version < current and self._older_seen != config.version:

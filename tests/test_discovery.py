@@ -40,7 +40,9 @@ def wait_for(predicate: Callable[[], bool], timeout: float, what: str = "") -> N
 
 
 def pymc_threads() -> List[threading.Thread]:
-    return [t for t in threading.enumerate() if t.name.startswith("pymc-elasticache") and t.is_alive()]
+    return [
+        t for t in threading.enumerate() if t.name.startswith("pymc-elasticache") and t.is_alive()
+    ]
 
 
 class Cluster:
@@ -108,7 +110,9 @@ class Load:
         self.errors: List[BaseException] = []
         self.ops = [0] * threads
         self.deleted: List[str] = []
-        self.threads = [threading.Thread(target=self._work, args=(i,), daemon=True) for i in range(threads)]
+        self.threads = [
+            threading.Thread(target=self._work, args=(i,), daemon=True) for i in range(threads)
+        ]
 
     def _work(self, index: int) -> None:
         rng = random.Random(index)
@@ -152,7 +156,11 @@ def assert_nothing_outside(cluster: Cluster, inside: List[int], tag: str) -> Non
     for index in range(len(cluster.servers)):
         if index in inside:
             continue
-        stray = [k for k in (f"{tag}-{i}-{j}" for i in range(8) for j in range(50)) if cluster.holds(index, k)]
+        stray = [
+            k
+            for k in (f"{tag}-{i}-{j}" for i in range(8) for j in range(50))
+            if cluster.holds(index, k)
+        ]
         assert not stray, f"keys on node {index}, outside the config: {stray[:5]}"
 
 
@@ -194,7 +202,7 @@ def test_each_case_under_load_never_misroutes_and_recovers(
             time.sleep(0.5)
             assert len(client.nodes) == 2  # an older config is never applied
         time.sleep(0.3)
-    current = [cluster.addresses.index(n) for n in client.nodes]
+    current = [cluster.addresses.index(n) for n in client.nodes if isinstance(n, tuple)]
     assert_nothing_outside(cluster, current, tag)
     # It recovers by itself: a new config is followed.
     for emulator in [cluster.endpoint, *cluster.node_emulators]:
@@ -336,7 +344,9 @@ def test_close_means_closed(cluster: Cluster, clients: List[ElastiCacheClient]) 
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
-def test_a_forked_child_follows_a_scale_out(cluster: Cluster, clients: List[ElastiCacheClient]) -> None:
+def test_a_forked_child_follows_a_scale_out(
+    cluster: Cluster, clients: List[ElastiCacheClient]
+) -> None:
     cluster.serve([0])
     client = make(clients, cluster.endpoint.server)
     assert client.polling
@@ -379,10 +389,14 @@ def test_a_forked_child_follows_a_scale_out(cluster: Cluster, clients: List[Elas
 # --------------------------------------------------------------------------- logging, jitter
 
 
-def test_logging_levels(cluster: Cluster, clients: List[ElastiCacheClient], caplog: pytest.LogCaptureFixture) -> None:
+def test_logging_levels(
+    cluster: Cluster, clients: List[ElastiCacheClient], caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.DEBUG, logger="pymc")
     cluster.serve([0])
-    client = make(clients, cluster.endpoint.server, poll_interval=0.05, connect_timeout=0.3, timeout=0.3)
+    client = make(
+        clients, cluster.endpoint.server, poll_interval=0.05, connect_timeout=0.3, timeout=0.3
+    )
     cluster.endpoint.set_mode("garbage")
     polls = cluster.endpoint.requests
     wait_for(lambda: cluster.endpoint.requests > polls + 5, 5)
@@ -423,7 +437,9 @@ def test_hash_and_pooled_clients_warn_about_a_configuration_endpoint(
     assert not caplog.records
 
 
-def test_ipv6_nodes(memcached_nodes: List[MemcachedProcess], clients: List[ElastiCacheClient]) -> None:
+def test_ipv6_nodes(
+    memcached_nodes: List[MemcachedProcess], clients: List[ElastiCacheClient]
+) -> None:
     """Nodes named by IPv6 addresses in the config's ip field are reached over IPv6."""
     servers = memcached_nodes[:2]
     for server in servers:
