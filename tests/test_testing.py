@@ -366,3 +366,202 @@ def test_ipv6_loopback() -> None:
         assert endpoint.server == f"[::1]:{endpoint.address[1]}"
         with socket.create_connection(endpoint.address, timeout=2) as sock:
             assert ask(sock) == config_reply(1, NODES)
+
+
+# -- the legacy command and the newer modes ----------------------------------------------------
+
+LEGACY_GET = b"get AmazonElastiCache:cluster\r\n"
+TOO_MANY = b"ERROR Too many open connections\r\n"
+
+
+def ask_legacy(sock: socket.socket) -> bytes:
+    sock.sendall(LEGACY_GET)
+    reply = recv_until(sock, b"\r\n")
+    if reply.startswith(b"VALUE"):
+        reply += recv_until(sock, b"END\r\n") if not reply.endswith(b"END\r\n") else b""
+    return reply
+
+
+def test_legacy_get_is_answered_with_the_same_payload() -> None:
+    with ConfigEndpoint(NODES, version=7) as endpoint, connect(endpoint) as sock:
+        body = b"7\nnode-1.example|10.0.0.1|11211 2nd.example||11212\n"
+        expected = b"VALUE AmazonElastiCache:cluster 0 %d\r\n%s\r\nEND\r\n" % (len(body), body)
+        assert ask_legacy(sock) == expected
+        assert config_reply(7, NODES, legacy=True) == expected
+        assert ask(sock) == config_reply(7, NODES)
+        assert ask(sock, b"gets AmazonElastiCache:cluster\r\n") == b"ERROR\r\n"  # only "get"
+        assert endpoint.requests == 2  # both kinds count, nothing else
+
+
+def test_legacy_mode_refuses_config_get_but_answers_the_legacy_get() -> None:
+    with ConfigEndpoint(NODES, version=3) as endpoint, connect(endpoint) as sock:
+        endpoint.set_mode("legacy")
+        assert ask(sock) == b"ERROR\r\n"
+        assert ask_legacy(sock) == config_reply(3, NODES, legacy=True)
+        assert endpoint.requests == 2
+
+
+def test_plain_mode_is_a_plain_memcached() -> None:
+    with ConfigEndpoint(NODES) as endpoint, connect(endpoint) as sock:
+        endpoint.set_mode("plain")
+        assert ask(sock) == b"ERROR\r\n"
+        assert ask_legacy(sock) == b"END\r\n"
+        assert ask(sock, b"version\r\n") == b"VERSION 1.6.18-emulator\r\n"
+        assert endpoint.requests == 2
+
+
+def test_error_mode_refuses_both_config_requests() -> None:
+    with ConfigEndpoint(NODES) as endpoint, connect(endpoint) as sock:
+        endpoint.set_mode("error")
+        assert ask_legacy(sock) == b"ERROR\r\n"
+
+
+def test_other_broken_modes_break_the_legacy_get_too() -> None:
+    with ConfigEndpoint(NODES) as endpoint, connect(endpoint) as sock:
+        endpoint.set_mode("garbage")
+        sock.sendall(LEGACY_GET)
+        assert recv_until(sock, b"\r\n").startswith(b"\x00\xff")
+        endpoint.set_mode("malformed")
+        for _ in range(2):
+            data = ask_legacy(sock)
+            assert data.startswith(b"VALUE AmazonElastiCache:cluster 0 ")
+            assert data.endswith(b"\r\nEND\r\n")
+            assert data != config_reply(1, NODES, legacy=True)
+
+
+def test_too_many_mode_answers_the_error_and_closes() -> None:
+    with ConfigEndpoint(NODES) as endpoint:
+        with connect(endpoint) as old:
+            assert ask(old) == config_reply(1, NODES)
+            endpoint.set_mode("too_many")
+            old.sendall(CONFIG_GET + b"version\r\n")
+            assert recv_exactly(old, len(TOO_MANY)) == TOO_MANY
+            assert closed_by_peer(old)
+        with connect(endpoint) as new:  # a new connection is told at once, like memcached
+            assert recv_exactly(new, len(TOO_MANY)) == TOO_MANY
+            assert closed_by_peer(new)
+        with connect(endpoint) as new:  # a request sent before reading still sees the error
+            new.sendall(b"version\r\n" * 100)
+            assert recv_exactly(new, len(TOO_MANY)) == TOO_MANY
+            assert closed_by_peer(new)
+        deadline = time.monotonic() + 5
+        while endpoint.connections and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert endpoint.connections == 0
+        endpoint.set_mode("normal")
+        with connect(endpoint) as sock:
+            assert ask(sock) == config_reply(1, NODES)
+
+
+def test_lf_mode_is_exact_odd_and_still_a_valid_config() -> None:
+    with ConfigEndpoint(NODES, version=4) as endpoint, connect(endpoint) as sock:
+        endpoint.set_mode("lf")
+        body = b"4 \nnode-1.example|10.0.0.1|11211  2nd.example||11212 \n"
+        assert ask(sock) == b"CONFIG cluster 0 %d\r\n%s\r\nEND\r\n" % (len(body), body)
+        assert ask_legacy(sock) == (
+            b"VALUE AmazonElastiCache:cluster 0 %d\r\n%s\r\nEND\r\n" % (len(body), body)
+        )
+        assert b"\r" not in body
+        lines = body.split(b"\n")
+        assert int(lines[0]) == 4
+        assert [ClusterNode(*(e.split(b"|"))) for e in lines[1].split()] == [
+            ClusterNode(b"node-1.example", b"10.0.0.1", b"11211"),  # type: ignore[arg-type]
+            ClusterNode(b"2nd.example", b"", b"11212"),  # type: ignore[arg-type]
+        ]
+
+
+@pytest.mark.timeout(20)
+def test_slowloris_drips_the_reply() -> None:
+    drip = 0.02
+    with ConfigEndpoint(NODES, drip_seconds=drip) as endpoint, connect(endpoint) as sock:
+        assert endpoint.drip_seconds == drip
+        endpoint.set_mode("slowloris")
+        expected = config_reply(1, NODES)
+        started = time.monotonic()
+        sock.sendall(CONFIG_GET)
+        assert sock.recv(65536) == expected[:1]
+        first = time.monotonic() - started
+        assert first < drip * 5
+        rest = recv_exactly(sock, len(expected) - 1)
+        elapsed = time.monotonic() - started
+        assert expected[:1] + rest == expected
+        assert elapsed >= (len(expected) - 1) * drip * 0.9
+        assert elapsed < (len(expected) - 1) * drip * 3 + 1
+        # while one connection drips, another is served at once
+        endpoint.set_mode("normal")
+        endpoint.drip_seconds = 0.5
+        with pytest.raises(ValueError):
+            endpoint.drip_seconds = 0
+        endpoint.set_mode("slowloris")
+        sock.sendall(CONFIG_GET)
+        assert sock.recv(65536) == expected[:1]  # the request was read in slowloris mode
+        endpoint.set_mode("normal")
+        with connect(endpoint) as other:
+            started = time.monotonic()
+            assert ask(other) == expected
+            assert time.monotonic() - started < 0.5
+        assert sock.recv(65536) == expected[1:2]  # and the first one still drips
+
+
+@pytest.mark.timeout(30)
+def test_huge_streams_without_buffering_and_stays_responsive() -> None:
+    with ConfigEndpoint(NODES) as endpoint:
+        endpoint.set_mode("huge")
+        with connect(endpoint) as sock:
+            sock.sendall(CONFIG_GET)
+            header = b"CONFIG cluster 0 1099511627776\r\n"
+            assert recv_exactly(sock, len(header)) == header
+            got = 0
+            peak = 0
+            for reads in range(100_000):
+                if got >= 10 * 1024 * 1024:
+                    break
+                chunk = sock.recv(1 << 20)
+                assert chunk and chunk.strip(b"x") == b""
+                got += len(chunk)
+                if reads % 8 == 0:
+                    peak = max(peak, endpoint.buffered)
+            assert got >= 10 * 1024 * 1024
+            time.sleep(0.3)  # the client stops reading: the emulator does not pile up filler
+            assert endpoint.buffered <= 256 * 1024
+            assert peak <= 256 * 1024
+            with connect(endpoint) as other:  # still serving while a client is flooded
+                other.sendall(LEGACY_GET)
+                header = b"VALUE AmazonElastiCache:cluster 0 1099511627776\r\nxxx"
+                assert recv_exactly(other, len(header)) == header
+        endpoint.set_mode("normal")
+        with connect(endpoint) as sock:
+            assert ask(sock) == config_reply(1, NODES)
+        deadline = time.monotonic() + 5
+        while endpoint.connections and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert endpoint.connections == 0 and endpoint.buffered == 0
+
+
+def test_set_nodes_with_an_older_version_and_ipv6_ips() -> None:
+    nodes = [("node1", "::1", 11211), ("node2", "fe80::1", 11212)]
+    with ConfigEndpoint(NODES, version=10) as endpoint, connect(endpoint) as sock:
+        assert endpoint.set_nodes(nodes, version=3) == 3
+        assert endpoint.version == 3
+        body = b"3\nnode1|::1|11211 node2|fe80::1|11212\n"
+        assert ask(sock) == b"CONFIG cluster 0 %d\r\n%s\r\nEND\r\n" % (len(body), body)
+        assert parse(ask(sock)) == ClusterConfig(3, tuple(ClusterNode(*n) for n in nodes))
+        assert endpoint.set_nodes([("::1", 11213)], version=0) == 0
+        assert endpoint.nodes == (ClusterNode("::1", "::1", 11213),)
+
+
+def test_all_modes_are_listed() -> None:
+    assert set(pymc.testing.MODES) == {
+        "normal",
+        "error",
+        "garbage",
+        "malformed",
+        "stall",
+        "down",
+        "legacy",
+        "plain",
+        "too_many",
+        "lf",
+        "slowloris",
+        "huge",
+    }
