@@ -960,6 +960,8 @@ class ConfigEndpoint:
                 data = b""
             if data == b"":
                 self._upstream_gone(conn)
+            elif data and conn.binary:
+                conn.outbuf += data
             elif data:
                 conn.upin += data
                 self._scan_up(conn)

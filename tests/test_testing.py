@@ -1,14 +1,16 @@
 """pymc.testing.ConfigEndpoint, the emulated ElastiCache configuration endpoint, on its own:
-raw sockets and the protocol Reader (and one pymc.Client), no memcached needed."""
+raw sockets and the protocol Reader (and one pymc.Client); memcached only behind an emulated
+node (``upstream=``)."""
 
 from __future__ import annotations
 
 import socket
 import threading
 import time
-from typing import List
+from typing import Callable, List, Tuple
 
 import pytest
+from support.servers import MemcachedProcess
 
 import pymc
 from pymc.exceptions import MemcacheProtocolError, MemcacheUnknownCommandError
@@ -464,9 +466,9 @@ def test_lf_mode_is_exact_odd_and_still_a_valid_config() -> None:
         assert b"\r" not in body
         lines = body.split(b"\n")
         assert int(lines[0]) == 4
-        assert [ClusterNode(*(e.split(b"|"))) for e in lines[1].split()] == [
-            ClusterNode(b"node-1.example", b"10.0.0.1", b"11211"),  # type: ignore[arg-type]
-            ClusterNode(b"2nd.example", b"", b"11212"),  # type: ignore[arg-type]
+        assert [e.split(b"|") for e in lines[1].split()] == [
+            [b"node-1.example", b"10.0.0.1", b"11211"],
+            [b"2nd.example", b"", b"11212"],
         ]
 
 
@@ -565,3 +567,201 @@ def test_all_modes_are_listed() -> None:
         "slowloris",
         "huge",
     }
+
+
+# -- an emulated node: upstream= ----------------------------------------------------------------
+
+UNIQUE = iter(range(1_000_000))
+
+
+def key() -> bytes:
+    return b"ecemu-%d-%d" % (time.monotonic_ns(), next(UNIQUE))
+
+
+def tcp(server: MemcachedProcess) -> Tuple[str, int]:
+    address = server.address
+    assert isinstance(address, tuple)
+    return address
+
+
+def direct_get(server: MemcachedProcess, k: bytes) -> bytes:
+    with socket.create_connection(tcp(server), timeout=2) as sock:
+        sock.sendall(b"get " + k + b"\r\n")
+        return recv_until(sock, b"END\r\n")
+
+
+def node(server: MemcachedProcess, nodes: object = NODES, **kw: object) -> ConfigEndpoint:
+    return ConfigEndpoint(nodes, upstream=tcp(server), **kw)  # type: ignore[arg-type]
+
+
+def test_a_node_relays_commands_to_memcached(memcached: MemcachedProcess) -> None:
+    k = key()
+    with node(memcached) as endpoint, connect(endpoint) as sock:
+        assert endpoint.upstream == memcached.address
+        assert ask(sock, b"set %s 5 0 5\r\nhello\r\n" % k) == b"STORED\r\n"
+        assert direct_get(memcached, k) == b"VALUE %s 5 5\r\nhello\r\nEND\r\n" % k
+        assert ask(sock) == config_reply(1, NODES)  # the same connection
+        sock.sendall(b"get %s\r\n" % k)
+        assert recv_until(sock, b"END\r\n") == b"VALUE %s 5 5\r\nhello\r\nEND\r\n" % k
+        assert ask(sock, b"version\r\n").startswith(b"VERSION 1.")  # memcached's own
+        assert ask(sock, b"version\r\n") != b"VERSION 1.6.18-emulator\r\n"
+        assert ask(sock, b"bogus\r\n") == b"ERROR\r\n"
+        assert endpoint.requests == 1
+
+
+def test_a_node_keeps_pipelined_replies_in_order(memcached: MemcachedProcess) -> None:
+    k, k2 = key(), key()
+    tricky = b"config get cluster\r\nMN\r\nEND\r\n"  # a value that looks like replies
+    with node(memcached, version=2) as endpoint, connect(endpoint) as sock:
+        config = config_reply(2, NODES)
+        legacy = config_reply(2, NODES, legacy=True)
+        request = (
+            b"set %s 0 0 %d\r\n%s\r\n" % (k, len(tricky), tricky)
+            + CONFIG_GET
+            + b"get %s %s\r\n" % (k, k2)
+            + LEGACY_GET
+            + b"mn\r\n"
+            + b"ms %s 2 T0\r\nhi\r\n" % k2
+            + CONFIG_GET
+            + b"mg %s v\r\n" % k
+            + b"set %s 0 0 1 noreply\r\nx\r\n" % k2
+            + CONFIG_GET
+            + b"mg %s v\r\n" % k2
+        )
+        expected = (
+            b"STORED\r\n"
+            + config
+            + b"VALUE %s 0 %d\r\n%s\r\nEND\r\n" % (k, len(tricky), tricky)
+            + legacy
+            + b"MN\r\n"
+            + b"HD\r\n"
+            + config
+            + b"VA %d\r\n%s\r\n" % (len(tricky), tricky)
+            + config
+            + b"VA 1\r\nx\r\n"
+        )
+        sock.sendall(request)
+        assert recv_exactly(sock, len(expected)) == expected
+        sock.sendall(b"mn\r\n")
+        assert recv_exactly(sock, 4) == b"MN\r\n"  # nothing else came
+        assert endpoint.requests == 4
+
+
+@pytest.mark.timeout(30)
+def test_a_node_keeps_order_under_many_pipelined_requests(memcached: MemcachedProcess) -> None:
+    k = key()
+    with node(memcached) as endpoint, connect(endpoint, timeout=10) as sock:
+        assert ask(sock, b"set %s 0 0 3\r\nabc\r\n" % k) == b"STORED\r\n"
+        one = b"get %s\r\n" % k + CONFIG_GET + b"incr nope 1\r\n" + LEGACY_GET
+        reply = (
+            b"VALUE %s 0 3\r\nabc\r\nEND\r\n" % k
+            + config_reply(1, NODES)
+            + b"NOT_FOUND\r\n"
+            + config_reply(1, NODES, legacy=True)
+        )
+        errors: List[BaseException] = []
+
+        def send() -> None:
+            try:
+                sock.sendall(one * 500)
+            except BaseException as exc:
+                errors.append(exc)
+
+        sender = threading.Thread(target=send)
+        sender.start()
+        got = recv_exactly(sock, len(reply) * 500)
+        sender.join(10)
+        assert not errors
+        assert got == reply * 500
+        assert endpoint.requests == 1000
+
+
+def test_a_node_relays_long_lines_and_the_binary_protocol(memcached: MemcachedProcess) -> None:
+    keys = [key() + b"-" + b"k" * 100 for _ in range(200)]  # a get line of some 25 KB
+    with node(memcached) as endpoint:
+        with connect(endpoint) as sock:
+            assert ask(sock, b"set %s 0 0 1\r\nv\r\n" % keys[-1]) == b"STORED\r\n"
+            sock.sendall(b"get " + b" ".join(keys) + b"\r\n" + CONFIG_GET)
+            expected = b"VALUE %s 0 1\r\nv\r\nEND\r\n" % keys[-1] + config_reply(1, NODES)
+            assert recv_exactly(sock, len(expected)) == expected
+        with connect(endpoint) as sock:  # a binary "version" request
+            sock.sendall(bytes([0x80, 0x0B]) + bytes(22))
+            header = recv_exactly(sock, 24)
+            assert header[:2] == bytes([0x81, 0x0B])
+            assert recv_exactly(sock, int.from_bytes(header[8:12], "big")).startswith(b"1.")
+        assert endpoint.requests == 1
+
+
+def test_a_node_closes_on_quit_after_the_relayed_replies(memcached: MemcachedProcess) -> None:
+    with node(memcached) as endpoint, connect(endpoint) as sock:
+        sock.sendall(b"get %s\r\n" % key() + CONFIG_GET + b"quit\r\nversion\r\n")
+        expected = b"END\r\n" + config_reply(1, NODES)
+        assert recv_exactly(sock, len(expected)) == expected
+        assert closed_by_peer(sock)
+
+
+def test_a_node_in_stall_mode_relays_nothing(memcached: MemcachedProcess) -> None:
+    k = key()
+    with node(memcached) as endpoint, connect(endpoint, timeout=0.3) as sock:
+        endpoint.set_mode("stall")
+        sock.sendall(b"set %s 0 0 5\r\nquit\r\n\r\n" % k + CONFIG_GET)
+        with pytest.raises(socket.timeout):
+            sock.recv(1)
+        assert endpoint.requests == 1  # the data block was not read as a command
+        endpoint.set_mode("normal")
+        sock.settimeout(2)
+        assert ask(sock, b"get %s\r\n" % k) == b"END\r\n"  # the set never reached it
+        assert direct_get(memcached, k) == b"END\r\n"
+
+
+def test_a_node_in_too_many_mode_relays_nothing(memcached: MemcachedProcess) -> None:
+    k = key()
+    with node(memcached) as endpoint, connect(endpoint) as sock:
+        assert ask(sock, b"get %s\r\n" % k) == b"END\r\n"
+        endpoint.set_mode("too_many")
+        sock.sendall(b"set %s 0 0 1\r\nx\r\n" % k)
+        assert recv_exactly(sock, len(TOO_MANY)) == TOO_MANY
+        assert closed_by_peer(sock)
+        assert direct_get(memcached, k) == b"END\r\n"
+
+
+def test_a_node_whose_memcached_is_gone_closes_the_connection() -> None:
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        dead = probe.getsockname()
+    with ConfigEndpoint(NODES, upstream=dead) as endpoint, connect(endpoint) as sock:
+        assert ask(sock) == config_reply(1, NODES)  # answered without the upstream
+        sock.sendall(b"get foo\r\n")
+        assert closed_by_peer(sock)
+    with pytest.raises(ValueError):
+        ConfigEndpoint(upstream=("127.0.0.1", 0))
+
+
+def test_a_node_whose_memcached_stops_closes_its_connections(
+    new_memcached: Callable[..., MemcachedProcess],
+) -> None:
+    server = new_memcached()
+    with node(server) as endpoint, connect(endpoint) as sock:
+        assert ask(sock, b"get %s\r\n" % key()) == b"END\r\n"
+        server.stop()
+        assert closed_by_peer(sock)
+        deadline = time.monotonic() + 5
+        while endpoint.connections and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert endpoint.connections == 0
+
+
+def test_pymc_client_through_a_node(memcached: MemcachedProcess) -> None:
+    k = key().decode()
+    with node(memcached, [("0a.example", "", 11211)], version=5) as endpoint:
+        client = pymc.Client(endpoint.address, connect_timeout=1, timeout=1)
+        try:
+            assert client.set(k, b"value")
+            assert client.get(k) == b"value"
+            assert client.cluster_config() == ClusterConfig(
+                5, (ClusterNode("0a.example", "", 11211),)
+            )
+            assert client.get_many([k, k + "-missing"]) == {k: b"value"}
+            assert client.delete(k)
+        finally:
+            client.close()
