@@ -471,3 +471,67 @@ def test_ipv6_nodes(
     finally:
         for emulator in [endpoint, *nodes6]:
             emulator.stop()
+
+
+# --------------------------------------------------------------------------- request size
+
+
+@pytest.mark.parametrize("limit", [512, 600, 4096, 16384])
+def test_request_chunks_keep_every_line_within_max_get_line(limit: int) -> None:
+    from pymc.client import request_chunks
+    from pymc.protocol import encode_retrieval
+
+    rng = random.Random(limit)
+    raws = [b"k%d-" % i + b"x" * rng.randrange(1, 240) for i in range(400)]
+    chunks = request_chunks(raws, limit)
+    assert [raw for chunk in chunks for raw in chunk] == raws  # every key, in order, once
+    for chunk in chunks:
+        assert len(encode_retrieval(b"gats", chunk, 2147483647)) <= limit
+
+
+@pytest.mark.parametrize("kind", ["client", "hash"])
+def test_multi_gets_over_max_get_line_are_split_and_complete(
+    memcached_nodes: List[MemcachedProcess], kind: str
+) -> None:
+    keys = [f"line-{i}-" + "y" * 100 for i in range(200)]  # ~21 KB of keys
+    if kind == "client":
+        client: Any = pymc.Client(tcp(memcached_nodes[0]), max_get_line=600, timeout=2)
+    else:
+        client = pymc.HashClient([tcp(n) for n in memcached_nodes], max_get_line=600, timeout=2)
+    try:
+        assert client.set_many({k: b"v" for k in keys}) == []
+        assert client.get_many(keys) == {k: b"v" for k in keys}
+        assert set(client.gets_many(keys)) == set(keys)
+    finally:
+        client.close()
+    with pytest.raises(ValueError):
+        pymc.Client(("127.0.0.1", 1), max_get_line=100)
+
+
+# --------------------------------------------------------------------------- the CLI
+
+
+def test_cli_discover_handles_the_legacy_command_and_ipv6() -> None:
+    import subprocess
+    import sys
+
+    endpoint = ConfigEndpoint(
+        [("node-a.example", "2001:db8::1", 11211), ("node-b.example", "10.0.0.2", 11212)],
+        version=8,
+        host="::1",
+    ).start()
+    try:
+        endpoint.set_mode("legacy")
+        result = subprocess.run(
+            [sys.executable, "-m", "pymc", "--timeout", "2", "discover", endpoint.server],
+            cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    finally:
+        endpoint.stop()
+    assert result.returncode == 0, result.stderr
+    assert "version 8" in result.stdout
+    assert "node-a.example 2001:db8::1 11211" in result.stdout
+    assert "node-b.example 10.0.0.2 11212" in result.stdout

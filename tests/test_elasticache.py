@@ -6,6 +6,7 @@ waiting for discovery, close(), and ``python -m pymc discover``."""
 from __future__ import annotations
 
 import logging
+import os
 import random
 import subprocess
 import sys
@@ -511,7 +512,7 @@ def test_context_manager_stops_the_poller(
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "pymc", "--timeout", "2", *args],
-        cwd="/work/main",
+        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),  # the checkout
         capture_output=True,
         text=True,
         timeout=30,
