@@ -1007,6 +1007,10 @@ class HashClient:
     # ------------------------------------------------------------------ every node
 
     def _each(self, command: str, *args: Any, **kwargs: Any) -> Dict[str, Any]:
+        if not self._nodes.clients:  # no node: nothing was done, which is no success
+            if self.ignore_exc:
+                return {}
+            raise self._no_nodes()
         out: Dict[str, Any] = {}
         for name, client in self._nodes.clients.items():
             try:

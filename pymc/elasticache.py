@@ -257,22 +257,29 @@ class ElastiCacheClient(HashClient):
             or DISCOVERY_TIMEOUT
         )
         self._tls_context = opts.tls_context
-        self.refresh()  # the first try, here; the poller retries if it failed
+        # The first try, here (within ready_timeout when one is given); the poller retries.
+        started = time.monotonic()
+        first = self._discovery_timeout
+        if ready_timeout is not None:
+            first = max(min(first, ready_timeout), 0.001)
+        self._refresh(first)
         if not self.plain:
             self._start_poller()
-        if ready_timeout is not None and not self.wait_ready(ready_timeout):
+        if ready_timeout is not None and not self.wait_ready(
+            max(ready_timeout - (time.monotonic() - started), 0)
+        ):
             self.close()
             raise ClusterNotReadyError(
                 f"no node list from {server_name(self.endpoint)} within {ready_timeout} s"
             )
 
     def _make_sync_objects(self) -> None:
-        self._generation = _fork_generation[0]
         self._stop = threading.Event()
         self._ready = threading.Event()
         self._refresh_lock = threading.Lock()  # one discovery + apply at a time
         self._state_lock = threading.Lock()  # guards _closed and the node-set swap
         self._poller: Optional[threading.Thread] = None
+        self._generation = _fork_generation[0]  # last: other threads test it unlocked
 
     # ------------------------------------------------------------------ readiness
 
@@ -297,7 +304,7 @@ class ElastiCacheClient(HashClient):
     # ------------------------------------------------------------------ discovery
 
     def _fetch(
-        self, address: ServerSpec, hostname: Optional[str] = None
+        self, address: ServerSpec, timeout: float, hostname: Optional[str] = None
     ) -> Optional[ClusterConfig]:
         key = threading.get_ident()
 
@@ -309,7 +316,7 @@ class ElastiCacheClient(HashClient):
         try:
             return fetch_config(
                 address,
-                self._discovery_timeout,
+                timeout,
                 self._tls_context,
                 hostname,
                 on_socket=track,
@@ -317,10 +324,10 @@ class ElastiCacheClient(HashClient):
         finally:
             self._sockets.pop(key, None)
 
-    def _discover(self) -> Optional[ClusterConfig]:
+    def _discover(self, timeout: float) -> Optional[ClusterConfig]:
         """The endpoint's answer; when the endpoint fails, the first known node's."""
         try:
-            return self._fetch(self.endpoint)
+            return self._fetch(self.endpoint, timeout)
         except (MemcacheError, OSError) as exc:
             if self._stop.is_set() or self.config_version is None:
                 raise
@@ -328,7 +335,7 @@ class ElastiCacheClient(HashClient):
                 if self._stop.is_set():
                     break
                 try:
-                    config = self._fetch(spec, self._tls_hostnames.get(name))
+                    config = self._fetch(spec, timeout, self._tls_hostnames.get(name))
                 except (MemcacheError, OSError):
                     continue
                 if config is not None:
@@ -339,13 +346,18 @@ class ElastiCacheClient(HashClient):
     def refresh(self) -> bool:
         """Poll now; return whether the node set changed. A failure keeps the last good
         node set (or leaves the client not ready) and is logged once, until it recovers."""
+        return self._refresh(self._discovery_timeout)
+
+    def _refresh(self, timeout: float) -> bool:
         self._check_fork()
         if self.plain or self._closed:
             return False
         with self._refresh_lock:
+            if self._stop.is_set():  # closed while this call waited for the lock
+                return False
             logger.debug("pymc: ElastiCache poll of %s", server_name(self.endpoint))
             try:
-                config = self._discover()
+                config = self._discover(timeout)
             except (MemcacheError, OSError) as exc:
                 if not self._stop.is_set():
                     self._discovery_failed(repr(exc))
@@ -355,7 +367,14 @@ class ElastiCacheClient(HashClient):
                     self._discovery_failed("the endpoint now says it has no cluster configuration")
                     return False
                 return self._become_plain()
-            return self._apply(config)
+            change = self._apply(config)
+        # The hook runs with no lock held: it may call refresh() or close().
+        if change is not None and self.on_change is not None:
+            try:
+                self.on_change(*change)
+            except Exception:
+                logger.exception("pymc: on_change hook failed")
+        return change is not None
 
     def _discovery_failed(self, why: str) -> None:
         if not self._failing:
@@ -397,8 +416,9 @@ class ElastiCacheClient(HashClient):
                 self._tls_hostnames[server_name((host, node.port))] = node.hostname
         return servers
 
-    def _apply(self, config: ClusterConfig) -> bool:
-        """Use ``config`` if it is newer than what we have; return whether nodes changed."""
+    def _apply(self, config: ClusterConfig) -> Optional[Tuple[List[ServerSpec], List[ServerSpec]]]:
+        """Use ``config`` if it is newer than what we have. Returns ``(old, new)`` node
+        lists when the node set changed after the first, for ``on_change``; else None."""
         self._discovery_recovered()
         current = self.config_version
         if current is not None and config.version <= current:
@@ -411,21 +431,18 @@ class ElastiCacheClient(HashClient):
                     current,
                     current,
                 )
-            return False
+            return None
         with self._state_lock:
             if self._closed:
-                return False
+                return None
             old = self.nodes
             changed = self.set_servers(self._servers_of(config))
             self.config_version = config.version
             first = not self._ready.is_set()
             self._ready.set()
-        if changed and not first and self.on_change is not None:
-            try:
-                self.on_change(old, self.nodes)
-            except Exception:
-                logger.exception("pymc: on_change hook failed")
-        return changed
+        if changed and not first:
+            return old, self.nodes
+        return None
 
     # ------------------------------------------------------------------ the poller
 
@@ -459,6 +476,11 @@ class ElastiCacheClient(HashClient):
         with _FORK_GUARD:
             if self._generation == _fork_generation[0]:
                 return
+            for sock in list(self._sockets.values()):
+                try:
+                    sock.close()  # the child's copy of a discovery the parent had in flight
+                except OSError:
+                    pass
             self._sockets = {}
             self._make_sync_objects()
             if self.config_version is not None or self.plain:
