@@ -3,14 +3,13 @@ it was written against). Real memcached nodes behind pymc.testing.ConfigEndpoint
 
 from __future__ import annotations
 
-import json
 import os
-import select
 import threading
 import time
 from typing import Any, Callable, Dict, Iterator, List, Tuple
 
 import pytest
+from support.helpers import run_in_child
 from support.servers import MemcachedProcess
 
 from pymc.elasticache import ElastiCacheClient
@@ -71,40 +70,6 @@ def nodes(memcached_nodes: List[MemcachedProcess]) -> List[MemcachedProcess]:
             node.start()
         node.flush_all()
     return memcached_nodes
-
-
-def run_in_child(body: Callable[[], Dict[str, Any]], timeout: float = 10.0) -> Dict[str, Any]:
-    """Fork; run ``body`` in the child and return the JSON report it makes."""
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child
-        status = 1
-        try:
-            os.close(read_end)
-            try:
-                report = body()
-            except BaseException as exc:  # report it to the parent
-                report = {"error": repr(exc)}
-            os.write(write_end, json.dumps(report).encode())
-            status = 0
-        finally:
-            os._exit(status)
-    os.close(write_end)
-    chunks = []
-    try:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            ready, _, _ = select.select([read_end], [], [], 0.1)
-            if ready:
-                chunk = os.read(read_end, 65536)
-                if not chunk:
-                    break
-                chunks.append(chunk)
-    finally:
-        os.close(read_end)
-        os.waitpid(pid, 0)
-    result: Dict[str, Any] = json.loads(b"".join(chunks) or b"{}")
-    return result
 
 
 # -- close() -------------------------------------------------------------------------------------

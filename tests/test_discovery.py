@@ -8,17 +8,15 @@ so that like real ElastiCache nodes they answer ``config get cluster``.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import random
-import select
 import threading
 import time
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import pytest
-from support.helpers import tcp
+from support.helpers import run_in_child, tcp
 from support.servers import MemcachedProcess
 
 import pymc
@@ -359,39 +357,20 @@ def test_a_forked_child_follows_a_scale_out(
     cluster.serve([0])
     client = make(clients, cluster.endpoint.server)
     assert client.polling
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child
-        status = 1
-        try:
-            os.close(read_end)
-            report: Dict[str, Any] = {"polling_before": client.polling}
-            client.set("child", b"1")  # first use: the child's own poller starts
-            report["polling_after"] = client.polling
-            deadline = time.monotonic() + 5
-            while len(client.nodes) < 3 and time.monotonic() < deadline:
-                time.sleep(0.05)
-            report["nodes"] = len(client.nodes)
-            os.write(write_end, json.dumps(report).encode())
-            status = 0
-        finally:
-            os._exit(status)
-    os.close(write_end)
-    try:
-        cluster.serve([0, 1, 2])
-        chunks = []
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            ready, _, _ = select.select([read_end], [], [], 0.1)
-            if ready:
-                chunk = os.read(read_end, 65536)
-                if not chunk:
-                    break
-                chunks.append(chunk)
-        report = json.loads(b"".join(chunks) or b"{}")
-    finally:
-        os.close(read_end)
-        os.waitpid(pid, 0)
+
+    def child() -> Dict[str, Any]:
+        report: Dict[str, Any] = {"polling_before": client.polling}
+        client.set("child", b"1")  # first use: the child's own poller starts
+        report["polling_after"] = client.polling
+        deadline = time.monotonic() + 5
+        while len(client.nodes) < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        report["nodes"] = len(client.nodes)
+        return report
+
+    # The scale-out happens while the child runs: the parent serves it after 0.3 s.
+    threading.Timer(0.3, cluster.serve, args=([0, 1, 2],)).start()
+    report = run_in_child(child)
     assert report == {"polling_before": False, "polling_after": True, "nodes": 3}
 
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import os
+import select
 import socket
 import time
-from typing import Any, Callable, Optional, Protocol, Tuple
+from typing import Any, Callable, Dict, Optional, Protocol, Tuple
 
 
 class Interrupt(BaseException):
@@ -43,3 +46,48 @@ def wait_until(predicate: Callable[[], bool], timeout: float = 3.0, what: str = 
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what or predicate}")
         time.sleep(0.005)
+
+
+def _reap(pid: int, timeout: float = 5.0) -> None:
+    """Wait for a child to exit; kill it if it has not within ``timeout``."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if os.waitpid(pid, os.WNOHANG)[0]:
+            return
+        time.sleep(0.02)
+    os.kill(pid, 9)
+    os.waitpid(pid, 0)
+
+
+def run_in_child(body: Callable[[], Dict[str, Any]], timeout: float = 10.0) -> Dict[str, Any]:
+    """Fork; run ``body`` in the child and return the JSON report it makes."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child
+        status = 1
+        try:
+            os.close(read_end)
+            try:
+                report = body()
+            except BaseException as exc:  # report it to the parent
+                report = {"error": repr(exc)}
+            os.write(write_end, json.dumps(report).encode())
+            status = 0
+        finally:
+            os._exit(status)
+    os.close(write_end)
+    chunks = []
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([read_end], [], [], 0.1)
+            if ready:
+                chunk = os.read(read_end, 65536)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+    finally:
+        os.close(read_end)
+        _reap(pid)
+    result: Dict[str, Any] = json.loads(b"".join(chunks) or b"{}")
+    return result
