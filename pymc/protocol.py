@@ -697,6 +697,50 @@ class Reader:
         self._pos = end + len(token)
         return out
 
+    def next_line(self) -> Union[bytes, _NeedData]:
+        """The next ``\\r\\n``-terminated line, without its ``\\r\\n``, or :data:`NEED_DATA`.
+
+        For readers of replies :meth:`next_reply` does not know (the meta commands). A line
+        longer than ``MAX_LINE_LENGTH`` is a protocol error that poisons the reader.
+        """
+        if self._need:
+            if self._broken is not None:
+                raise self._poisoned()
+            return NEED_DATA
+        buf = self._joined() if self._parts else self._buf
+        pos = self._pos
+        end = buf.find(b"\r\n", pos)
+        if end < 0:
+            return self._wait_for_line()
+        if end - pos > MAX_LINE_LENGTH:
+            raise self._fail(f"reply line longer than {MAX_LINE_LENGTH} bytes")
+        self._pos = end + 2
+        return buf[pos:end]
+
+    def next_block(self, size: int) -> Union[bytes, _NeedData]:
+        """Exactly ``size`` bytes followed by ``\\r\\n`` (consumed, not returned), or
+        :data:`NEED_DATA`. A block larger than ``max_block``, or not followed by ``\\r\\n``,
+        is a protocol error that poisons the reader."""
+        if type(size) is not int or size < 0:
+            raise ValueError(f"a block size must be a non-negative int, not {size!r}")
+        if self._need:
+            if self._broken is not None:
+                raise self._poisoned()
+            return NEED_DATA
+        if self._max_block is not None and size > self._max_block:
+            raise self._fail(
+                f"a data block of {size} bytes, more than the {self._max_block} allowed"
+            )
+        if self._parts:
+            self._joined()
+        data = self._block(self._pos, size)
+        return NEED_DATA if data is None else data
+
+    def fail(self, message: str) -> MemcacheProtocolError:
+        """Poison the reader (every later call raises) and return the error to raise: for
+        readers built on :meth:`next_line` / :meth:`next_block` that find a reply malformed."""
+        return self._fail(message)
+
     # -- internals
 
     def _joined(self) -> bytes:
