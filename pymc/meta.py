@@ -1,0 +1,737 @@
+"""memcached's meta commands (``mg``, ``ms``, ``md``, ``ma``, ``mn``), sans I/O.
+
+Encoders turn readable keyword options into the exact request bytes (each option is one
+documented flag of memcached's ``doc/protocol.txt``); the ``Expect*`` readers turn what a
+:class:`~pymc.protocol.Reader` buffered into a :class:`MetaResult`, or poison the reader
+when the reply is not one the request can have.
+
+Checked replies: a request that carries an opaque (``O``) or asks for its key back
+(``k``) gets a reader told so, and a reply echoing another opaque or key is a protocol
+error, never a result. A quiet pipeline (``q`` requests with unique opaques, then ``mn``)
+is read by :class:`ExpectMetaQuiet`, which matches every answer to its request.
+
+Server versions: memcached 1.6.6 (ElastiCache's 1.6.6 engine among them) answers ``OK``
+where later versions answer ``HD``, and sends its failure codes (``EN``, ``NF``, ...)
+without flags; both are accepted where unambiguous. Reply flags this module does not know
+are skipped, so a newer server's additions do not break the reader.
+"""
+
+from __future__ import annotations
+
+import base64 as _b64
+import binascii
+import re
+from dataclasses import dataclass
+from typing import Dict, Final, List, Optional, Sequence, Tuple, Union
+
+from .exceptions import MemcacheIllegalInputError
+from .protocol import (
+    MAX_KEY_LENGTH,
+    NEED_DATA,
+    ErrorReply,
+    Expect,
+    Reader,
+    validate_key,
+)
+
+__all__ = [
+    "MAX_OPAQUE_LENGTH",
+    "META_STATUSES",
+    "ExpectMeta",
+    "ExpectMetaQuiet",
+    "MetaResult",
+    "encode_meta_arithmetic",
+    "encode_meta_delete",
+    "encode_meta_get",
+    "encode_meta_noop",
+    "encode_meta_set",
+    "meta_key",
+]
+
+#: memcached refuses an ``O`` token of 32 bytes or more (the flag letter counts).
+MAX_OPAQUE_LENGTH: Final = 31
+#: Every ``MetaResult.status``.
+META_STATUSES: Final = (
+    "hit",
+    "miss",
+    "stored",
+    "deleted",
+    "not_stored",
+    "exists",
+    "not_found",
+    "noop",
+)
+
+_UINT32: Final = 1 << 32
+_UINT64: Final = 1 << 64
+_TTL_LOW: Final = -(1 << 31)
+_TTL_HIGH: Final = 1 << 31
+_BAD_BYTE = re.compile(rb"[\x00-\x20\x7f]").search
+_BAD_FLAGS = re.compile(r"[\x00-\x1f\x7f]").search
+_BASE64 = re.compile(rb"[A-Za-z0-9+/]+={0,2}").fullmatch
+_UINT = re.compile(rb"[0-9]{1,20}").fullmatch
+_TTL = re.compile(rb"-?[0-9]{1,11}").fullmatch
+
+
+# --------------------------------------------------------------------------- results
+
+
+@dataclass(frozen=True, slots=True)
+class MetaResult:
+    """One meta reply. ``status`` is one of :data:`META_STATUSES`: ``hit`` (``VA``/``HD``
+    to ``mg`` or ``ma``), ``miss`` (``EN``), ``stored`` (``HD`` to ``ms``), ``deleted``
+    (``HD`` to ``md``), ``not_stored`` (``NS``), ``exists`` (``EX``), ``not_found``
+    (``NF``), ``noop`` (``MN``). The other fields are the reply's flags (None when absent).
+    """
+
+    status: str
+    value: Optional[bytes] = None  # the data block of a VA reply
+    cas: Optional[int] = None  # c
+    ttl: Optional[int] = None  # t (-1: no expiry)
+    client_flags: Optional[int] = None  # f
+    size: Optional[int] = None  # s
+    hit_before: Optional[bool] = None  # h
+    last_access: Optional[int] = None  # l (seconds)
+    win: bool = False  # W: this client won the right to recache
+    stale: bool = False  # X
+    won_elsewhere: bool = False  # Z: another client already won
+    opaque: Optional[bytes] = None  # O
+    key: Optional[bytes] = None  # k, decoded from base64 when the reply carried b
+    number: Optional[int] = None  # ma's value (VA), as an int
+
+    @property
+    def hit(self) -> bool:
+        return self.status == "hit"
+
+    @property
+    def miss(self) -> bool:
+        return self.status == "miss"
+
+    @property
+    def stored(self) -> bool:
+        return self.status == "stored"
+
+    @property
+    def deleted(self) -> bool:
+        return self.status == "deleted"
+
+    @property
+    def ok(self) -> bool:
+        """The command did what it was asked: ``hit``, ``stored``, ``deleted`` or ``noop``."""
+        return self.status in ("hit", "stored", "deleted", "noop")
+
+
+# --------------------------------------------------------------------------- keys
+
+
+def meta_key(
+    key: Union[str, bytes], prefix: bytes = b"", allow_unicode: bool = False
+) -> Tuple[bytes, bool]:
+    """``(wire key, base64?)`` for ``prefix + key``.
+
+    A key the text protocol takes (see :func:`~pymc.protocol.validate_key`) goes as it is.
+    Any other one (bytes holding a space or control character, a key longer than 250 bytes,
+    a non-ASCII ``str`` as UTF-8, which needs ``allow_unicode`` as in the text protocol)
+    goes base64-encoded, to be sent with the ``b`` flag. memcached takes a key token of at
+    most 250 bytes, base64 included (so at most 186 bytes before encoding); longer, empty
+    or non-str/bytes keys raise :class:`MemcacheIllegalInputError`.
+    """
+    if not isinstance(key, (str, bytes)):
+        raise MemcacheIllegalInputError(f"a key must be str or bytes, not {type(key).__name__}")
+    if not isinstance(prefix, bytes):
+        raise MemcacheIllegalInputError(f"a key prefix must be bytes, not {type(prefix).__name__}")
+    try:
+        return validate_key(key, prefix), False
+    except MemcacheIllegalInputError:
+        pass
+    if isinstance(key, str):
+        try:
+            raw = key.encode("ascii")
+        except UnicodeEncodeError:
+            if not allow_unicode:
+                raise MemcacheIllegalInputError(
+                    f"non-ASCII key {key!r}: pass allow_unicode_keys=True to store it as UTF-8"
+                ) from None
+            try:
+                raw = key.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                raise MemcacheIllegalInputError(f"key {key!r} is not valid Unicode") from exc
+    else:
+        raw = key
+    if not raw:
+        raise MemcacheIllegalInputError("a key must not be empty")
+    wire = _b64.b64encode(prefix + raw)
+    if len(wire) > MAX_KEY_LENGTH:
+        raise MemcacheIllegalInputError(
+            f"key is {len(prefix) + len(raw)} bytes long (with its prefix), {len(wire)} in "
+            f"base64; memcached allows at most {MAX_KEY_LENGTH}: {(prefix + raw)[:40]!r}..."
+        )
+    return wire, True
+
+
+# --------------------------------------------------------------------------- encoders
+
+
+def _wire_key(key: bytes, base64: bool) -> bytes:
+    if type(key) is not bytes:
+        raise MemcacheIllegalInputError(
+            f"a meta key must be bytes (see meta_key), not {type(key).__name__}"
+        )
+    if not 0 < len(key) <= MAX_KEY_LENGTH or _BAD_BYTE(key) is not None:
+        raise MemcacheIllegalInputError(f"illegal meta key {key[:60]!r} (see meta_key)")
+    if base64 and (len(key) % 4 or _BASE64(key) is None):
+        raise MemcacheIllegalInputError(f"a base64 key that is not base64: {key[:60]!r}")
+    return key
+
+
+def _uint(value: object, name: str, high: int) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise MemcacheIllegalInputError(f"{name} must be an int, not {type(value).__name__}")
+    if not 0 <= value < high:
+        raise MemcacheIllegalInputError(f"{name} must be in [0, {high}), got {value}")
+    return int(value)
+
+
+def _ttl(value: object, name: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise MemcacheIllegalInputError(f"{name} must be an int, not {type(value).__name__}")
+    if not _TTL_LOW <= value < _TTL_HIGH:
+        raise MemcacheIllegalInputError(f"{name} must be in [{_TTL_LOW}, {_TTL_HIGH}), got {value}")
+    return int(value)
+
+
+def _opaque(opaque: object) -> bytes:
+    if (
+        type(opaque) is not bytes
+        or not 0 < len(opaque) <= MAX_OPAQUE_LENGTH
+        or _BAD_BYTE(opaque) is not None
+    ):
+        raise MemcacheIllegalInputError(
+            f"an opaque must be 1 to {MAX_OPAQUE_LENGTH} bytes with no space or control "
+            f"character: {opaque!r}"
+        )
+    return b"O" + opaque
+
+
+def _extra(flags: object) -> List[bytes]:
+    if not isinstance(flags, str):
+        raise MemcacheIllegalInputError(f"flags must be a str, not {type(flags).__name__}")
+    if not flags:
+        return []
+    if not flags.isascii() or _BAD_FLAGS(flags) is not None:
+        raise MemcacheIllegalInputError(f"flags must be ASCII with no CR, LF or control: {flags!r}")
+    return [flags.encode("ascii")]
+
+
+def _line(command: bytes, key: bytes, parts: List[bytes]) -> bytes:
+    return b" ".join([command, key, *parts]) + b"\r\n"
+
+
+def encode_meta_get(
+    key: bytes,
+    *,
+    base64: bool = False,
+    value: bool = True,
+    return_cas: bool = False,
+    return_ttl: bool = False,
+    return_client_flags: bool = False,
+    return_size: bool = False,
+    return_hit: bool = False,
+    return_last_access: bool = False,
+    return_key: bool = False,
+    opaque: Optional[bytes] = None,
+    touch_ttl: Optional[int] = None,
+    vivify_on_miss: Optional[int] = None,
+    recache_ttl: Optional[int] = None,
+    no_bump: bool = False,
+    quiet: bool = False,
+    flags: str = "",
+) -> bytes:
+    """``mg <key> <flags>*``. Flags, in this order: ``b`` (base64), ``v`` (value), ``c``
+    (return_cas), ``f`` (return_client_flags), ``h`` (return_hit), ``k`` (return_key),
+    ``l`` (return_last_access), ``s`` (return_size), ``t`` (return_ttl), ``O`` (opaque),
+    ``q`` (quiet: no ``EN`` on a miss), ``N`` (vivify_on_miss: its TTL), ``R``
+    (recache_ttl), ``T`` (touch_ttl), ``u`` (no_bump), then ``flags`` verbatim."""
+    parts = [b"b"] if base64 else []
+    for wanted, flag in (
+        (value, b"v"),
+        (return_cas, b"c"),
+        (return_client_flags, b"f"),
+        (return_hit, b"h"),
+        (return_key, b"k"),
+        (return_last_access, b"l"),
+        (return_size, b"s"),
+        (return_ttl, b"t"),
+    ):
+        if wanted:
+            parts.append(flag)
+    if opaque is not None:
+        parts.append(_opaque(opaque))
+    if quiet:
+        parts.append(b"q")
+    if vivify_on_miss is not None:
+        parts.append(b"N%d" % _ttl(vivify_on_miss, "vivify_on_miss"))
+    if recache_ttl is not None:
+        parts.append(b"R%d" % _ttl(recache_ttl, "recache_ttl"))
+    if touch_ttl is not None:
+        parts.append(b"T%d" % _ttl(touch_ttl, "touch_ttl"))
+    if no_bump:
+        parts.append(b"u")
+    parts += _extra(flags)
+    return _line(b"mg", _wire_key(key, base64), parts)
+
+
+_MODES: Final = {"set": b"S", "add": b"E", "replace": b"R", "append": b"A", "prepend": b"P"}
+
+
+def encode_meta_set(
+    key: bytes,
+    data: bytes,
+    *,
+    base64: bool = False,
+    client_flags: int = 0,
+    ttl: int = 0,
+    mode: Optional[str] = None,
+    compare_cas: Optional[int] = None,
+    invalidate: bool = False,
+    vivify_on_miss: Optional[int] = None,
+    return_cas: bool = False,
+    return_key: bool = False,
+    opaque: Optional[bytes] = None,
+    quiet: bool = False,
+    flags: str = "",
+) -> bytes:
+    """``ms <key> <datalen> <flags>*`` and the data block. Flags, in this order: ``b``,
+    ``c`` (return_cas), ``k`` (return_key), ``F`` (client_flags, left out when 0), ``T``
+    (ttl, left out when 0), ``M`` (mode: ``E`` add, ``R`` replace, ``A`` append, ``P``
+    prepend; ``set`` is the default and sends nothing), ``C`` (compare_cas), ``I``
+    (invalidate, only with compare_cas), ``N`` (vivify_on_miss, only in append or prepend
+    mode; memcached 1.6.20+), ``O``, ``q`` (quiet: no ``HD``), then ``flags`` verbatim."""
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise MemcacheIllegalInputError(f"data must be bytes, not {type(data).__name__}")
+    data = bytes(data)
+    parts = [b"%d" % len(data)]
+    if base64:
+        parts.append(b"b")
+    if return_cas:
+        parts.append(b"c")
+    if return_key:
+        parts.append(b"k")
+    if _uint(client_flags, "client_flags", _UINT32):
+        parts.append(b"F%d" % client_flags)
+    if _ttl(ttl, "ttl"):
+        parts.append(b"T%d" % ttl)
+    if mode is not None:
+        letter = _MODES.get(mode) if isinstance(mode, str) else None
+        if letter is None:
+            raise MemcacheIllegalInputError(f"mode must be one of {sorted(_MODES)}, not {mode!r}")
+        if mode != "set":
+            parts.append(b"M" + letter)
+    if compare_cas is not None:
+        parts.append(b"C%d" % _uint(compare_cas, "compare_cas", _UINT64))
+    if invalidate:
+        if compare_cas is None:
+            raise MemcacheIllegalInputError("invalidate needs compare_cas")
+        parts.append(b"I")
+    if vivify_on_miss is not None:
+        if mode not in ("append", "prepend"):
+            raise MemcacheIllegalInputError("vivify_on_miss needs mode='append' or 'prepend'")
+        parts.append(b"N%d" % _ttl(vivify_on_miss, "vivify_on_miss"))
+    if opaque is not None:
+        parts.append(_opaque(opaque))
+    if quiet:
+        parts.append(b"q")
+    parts += _extra(flags)
+    return _line(b"ms", _wire_key(key, base64), parts) + data + b"\r\n"
+
+
+def encode_meta_delete(
+    key: bytes,
+    *,
+    base64: bool = False,
+    compare_cas: Optional[int] = None,
+    invalidate: bool = False,
+    ttl: Optional[int] = None,
+    return_key: bool = False,
+    opaque: Optional[bytes] = None,
+    quiet: bool = False,
+    flags: str = "",
+) -> bytes:
+    """``md <key> <flags>*``. Flags, in this order: ``b``, ``k`` (return_key), ``C``
+    (compare_cas), ``I`` (invalidate: mark stale instead of removing), ``T`` (ttl, only
+    with invalidate), ``O``, ``q`` (quiet: no ``HD``), then ``flags`` verbatim."""
+    parts = [b"b"] if base64 else []
+    if return_key:
+        parts.append(b"k")
+    if compare_cas is not None:
+        parts.append(b"C%d" % _uint(compare_cas, "compare_cas", _UINT64))
+    if invalidate:
+        parts.append(b"I")
+    if ttl is not None:
+        if not invalidate:
+            raise MemcacheIllegalInputError("a delete ttl needs invalidate=True")
+        parts.append(b"T%d" % _ttl(ttl, "ttl"))
+    if opaque is not None:
+        parts.append(_opaque(opaque))
+    if quiet:
+        parts.append(b"q")
+    parts += _extra(flags)
+    return _line(b"md", _wire_key(key, base64), parts)
+
+
+def encode_meta_arithmetic(
+    key: bytes,
+    *,
+    base64: bool = False,
+    decrement: bool = False,
+    delta: int = 1,
+    initial: Optional[int] = None,
+    vivify_on_miss: Optional[int] = None,
+    ttl: Optional[int] = None,
+    compare_cas: Optional[int] = None,
+    return_value: bool = True,
+    return_cas: bool = False,
+    return_ttl: bool = False,
+    return_key: bool = False,
+    opaque: Optional[bytes] = None,
+    quiet: bool = False,
+    flags: str = "",
+) -> bytes:
+    """``ma <key> <flags>*``. Flags, in this order: ``b``, ``v`` (return_value), ``c``
+    (return_cas), ``k`` (return_key), ``t`` (return_ttl), ``M`` (``MD`` when decrement),
+    ``D`` (delta, left out when 1), ``N`` (vivify_on_miss: its TTL), ``J`` (initial, only
+    with vivify_on_miss), ``T`` (ttl), ``C`` (compare_cas), ``O``, ``q`` (quiet: no
+    ``HD`` nor ``VA``), then ``flags`` verbatim."""
+    parts = [b"b"] if base64 else []
+    for wanted, flag in (
+        (return_value, b"v"),
+        (return_cas, b"c"),
+        (return_key, b"k"),
+        (return_ttl, b"t"),
+    ):
+        if wanted:
+            parts.append(flag)
+    if decrement:
+        parts.append(b"MD")
+    if _uint(delta, "delta", _UINT64) != 1:
+        parts.append(b"D%d" % delta)
+    if vivify_on_miss is not None:
+        parts.append(b"N%d" % _ttl(vivify_on_miss, "vivify_on_miss"))
+    if initial is not None:
+        if vivify_on_miss is None:
+            raise MemcacheIllegalInputError("initial needs vivify_on_miss")
+        parts.append(b"J%d" % _uint(initial, "initial", _UINT64))
+    if ttl is not None:
+        parts.append(b"T%d" % _ttl(ttl, "ttl"))
+    if compare_cas is not None:
+        parts.append(b"C%d" % _uint(compare_cas, "compare_cas", _UINT64))
+    if opaque is not None:
+        parts.append(_opaque(opaque))
+    if quiet:
+        parts.append(b"q")
+    parts += _extra(flags)
+    return _line(b"ma", _wire_key(key, base64), parts)
+
+
+def encode_meta_noop() -> bytes:
+    """``mn``: answered ``MN`` once every request before it has been answered."""
+    return b"mn\r\n"
+
+
+# --------------------------------------------------------------------------- replies
+
+_COMMANDS: Final = (b"mg", b"ms", b"md", b"ma", b"mn")
+# (command, return code) -> status; a code missing here is not an answer to that command.
+_STATUS: Final = {
+    (b"mg", b"VA"): "hit",
+    (b"mg", b"HD"): "hit",
+    (b"mg", b"EN"): "miss",
+    (b"ms", b"HD"): "stored",
+    (b"ms", b"NS"): "not_stored",
+    (b"ms", b"EX"): "exists",
+    (b"ms", b"NF"): "not_found",
+    (b"md", b"HD"): "deleted",
+    (b"md", b"EX"): "exists",
+    (b"md", b"NF"): "not_found",
+    (b"ma", b"VA"): "hit",
+    (b"ma", b"HD"): "hit",
+    (b"ma", b"NS"): "not_stored",
+    (b"ma", b"EX"): "exists",
+    (b"ma", b"NF"): "not_found",
+    (b"mn", b"MN"): "noop",
+}
+_FAILURES: Final = frozenset((b"EN", b"NS", b"EX", b"NF"))
+_ERROR_KINDS: Final = (b"ERROR", b"CLIENT_ERROR", b"SERVER_ERROR")
+
+
+class _Head:
+    """A parsed reply line, waiting for its data block when ``size`` is not None."""
+
+    __slots__ = ("code", "fields", "size")
+
+    def __init__(self, code: bytes, size: Optional[int], fields: Dict[str, object]) -> None:
+        self.code = code
+        self.size = size
+        self.fields = fields
+
+
+def _error_reply(reader: Reader, line: bytes) -> Optional[ErrorReply]:
+    """The ErrorReply an ``ERROR``/``CLIENT_ERROR``/``SERVER_ERROR`` line is, else None."""
+    kind, _, message = line.partition(b" ")
+    kind = kind.removesuffix(b":")
+    if kind not in _ERROR_KINDS:
+        return None
+    reply = ErrorReply(kind, message.decode("utf-8", "replace"))
+    if not reply.in_step:
+        # The server refused the connection (memcached's "ERROR Too many open
+        # connections"): nothing after it is trusted.
+        reader.fail(f"the server refused the connection: {line[:100]!r}")
+    return reply
+
+
+def _parse_head(reader: Reader, line: bytes) -> _Head:
+    """The return code, data size and flags of a meta reply line; poisons when malformed."""
+    tokens = line.split(b" ")
+    code = tokens[0]
+    size: Optional[int] = None
+    rest = tokens[1:]
+    if code == b"OK":  # memcached 1.6.6 (ElastiCache's engine among them)
+        code = b"HD"
+    if code == b"VA":
+        if not rest or _UINT(rest[0]) is None:
+            raise reader.fail(f"malformed VA line {line[:300]!r}")
+        size = int(rest[0])
+        rest = rest[1:]
+    elif code not in (b"HD", b"EN", b"NS", b"EX", b"NF", b"MN"):
+        raise reader.fail(f"unexpected meta reply {line[:100]!r}")
+    fields: Dict[str, object] = {}
+    for token in rest:
+        if not token:
+            raise reader.fail(f"malformed meta reply {line[:300]!r}")
+        flag = chr(token[0])
+        arg = token[1:]
+        if flag in fields:
+            raise reader.fail(f"flag {flag!r} twice in meta reply {line[:300]!r}")
+        if flag in "cfsl":
+            if _UINT(arg) is None or (flag in "cs" and int(arg) >= _UINT64):
+                raise reader.fail(f"bad {flag!r} flag in meta reply {line[:300]!r}")
+            number = int(arg)
+            if flag == "f" and number >= _UINT32:
+                raise reader.fail(f"bad 'f' flag in meta reply {line[:300]!r}")
+            fields[flag] = number
+        elif flag == "t":
+            if _TTL(arg) is None or int(arg) < -1:
+                raise reader.fail(f"bad 't' flag in meta reply {line[:300]!r}")
+            fields[flag] = int(arg)
+        elif flag == "h":
+            if arg not in (b"0", b"1"):
+                raise reader.fail(f"bad 'h' flag in meta reply {line[:300]!r}")
+            fields[flag] = arg == b"1"
+        elif flag in "WXZb":
+            if arg:
+                raise reader.fail(f"bad {flag!r} flag in meta reply {line[:300]!r}")
+            fields[flag] = True
+        elif flag in "Ok":
+            fields[flag] = arg
+        # Any other flag is one a newer server added: skipped.
+    if code == b"MN" and fields:
+        raise reader.fail(f"malformed MN line {line[:100]!r}")
+    key = fields.get("k")
+    if key is not None and fields.get("b"):
+        assert isinstance(key, bytes)
+        try:
+            if len(key) % 4 or _BASE64(key) is None:
+                raise ValueError
+            fields["k"] = _b64.b64decode(key, validate=True)
+        except (binascii.Error, ValueError):
+            raise reader.fail(f"a base64 key that is not base64 in {line[:300]!r}") from None
+    elif key is not None and not key:
+        raise reader.fail(f"an empty key in meta reply {line[:300]!r}")
+    return _Head(code, size, fields)
+
+
+def _expected_key(key: Optional[bytes], base64: bool) -> Optional[bytes]:
+    if key is None or not base64:
+        return key
+    try:
+        return _b64.b64decode(key, validate=True)
+    except binascii.Error:
+        raise MemcacheIllegalInputError(f"a base64 key that is not base64: {key[:60]!r}") from None
+
+
+def _check_command(command: bytes) -> bytes:
+    if command not in _COMMANDS:
+        raise ValueError(f"command must be one of {_COMMANDS}, not {command!r}")
+    return command
+
+
+def _result(
+    reader: Reader,
+    head: _Head,
+    command: bytes,
+    data: Optional[bytes],
+    opaque: Optional[bytes],
+    key: Optional[bytes],
+) -> MetaResult:
+    """The MetaResult of a complete reply; poisons on a code or echo the request cannot get."""
+    status = _STATUS.get((command, head.code))
+    if status is None:
+        raise reader.fail(f"{head.code!r} is no answer to {command.decode()}")
+    fields = head.fields
+    # memcached before 1.6.10 sends its failure codes bare, even to a request with O or k.
+    bare = not fields and head.code in _FAILURES
+    got_opaque = fields.get("O")
+    if got_opaque != opaque and not bare:
+        raise reader.fail(f"the reply's opaque {got_opaque!r} is not the request's {opaque!r}")
+    got_key = fields.get("k")
+    if key is not None and got_key != key and not bare:
+        raise reader.fail(f"the reply is for key {got_key!r}, not {key!r}"[:300])
+    number = None
+    if command == b"ma" and data is not None:
+        if _UINT(data) is None or int(data) >= _UINT64:
+            raise reader.fail(f"ma answered a value that is not a number: {data[:40]!r}")
+        number = int(data)
+    return MetaResult(
+        status,
+        value=data,
+        cas=fields.get("c"),  # type: ignore[arg-type]
+        ttl=fields.get("t"),  # type: ignore[arg-type]
+        client_flags=fields.get("f"),  # type: ignore[arg-type]
+        size=fields.get("s"),  # type: ignore[arg-type]
+        hit_before=fields.get("h"),  # type: ignore[arg-type]
+        last_access=fields.get("l"),  # type: ignore[arg-type]
+        win="W" in fields,
+        stale="X" in fields,
+        won_elsewhere="Z" in fields,
+        opaque=got_opaque,  # type: ignore[arg-type]
+        key=got_key,  # type: ignore[arg-type]
+        number=number,
+    )
+
+
+class ExpectMeta(Expect):
+    """Exactly one reply to one meta request: a :class:`MetaResult`, or an
+    :class:`~pymc.protocol.ErrorReply` (the server refused the command, still in step).
+
+    ``opaque``: the ``O`` token the request carried; the reply must echo it (and a reply
+    with an opaque the request did not carry is refused too). ``key``: the wire key of a
+    request that asked for its key back (``k``), base64 text when ``base64``; the reply's
+    key (decoded when it carries ``b``) must be that key. ``command``: ``b"mg"``,
+    ``b"ms"``, ``b"md"``, ``b"ma"`` or ``b"mn"``: which return codes are answers, and what
+    ``HD`` means. Anything else poisons the reader.
+    """
+
+    __slots__ = ("command", "expected_key", "head", "opaque")
+
+    def __init__(
+        self,
+        opaque: Optional[bytes] = None,
+        key: Optional[bytes] = None,
+        base64: bool = False,
+        *,
+        command: bytes = b"mg",
+    ) -> None:
+        self.opaque = opaque
+        self.expected_key = _expected_key(key, base64)
+        self.command = _check_command(command)
+        self.head: Optional[_Head] = None
+
+    def step(self, reader: Reader) -> object:
+        head = self.head
+        if head is None:
+            line = reader.next_line()
+            if line is NEED_DATA:
+                return NEED_DATA
+            assert isinstance(line, bytes)
+            error = _error_reply(reader, line)
+            if error is not None:
+                return error
+            head = self.head = _parse_head(reader, line)
+        data = None
+        if head.size is not None:
+            block = reader.next_block(head.size)
+            if block is NEED_DATA:
+                return NEED_DATA
+            assert isinstance(block, bytes)
+            data = block
+        return _result(reader, head, self.command, data, self.opaque, self.expected_key)
+
+
+class ExpectMetaQuiet(Expect):
+    """The replies to a quiet pipeline: meta requests each with ``q`` and a unique opaque,
+    then ``mn`` (:func:`encode_meta_noop`). Reads up to ``MN``.
+
+    ``sent`` lists the requests in the order sent: ``(opaque,)``, ``(opaque, command)``,
+    ``(opaque, command, wire key)`` or ``(opaque, command, wire key, b"b")`` (the key was
+    base64), where the key is given when the request asked for it back (``k``); the
+    command defaults to ``b"mg"``. Every reply before ``MN`` must carry the opaque of one
+    of them, later in the list than the one before it; anything else poisons the reader.
+
+    The result is ``{opaque: MetaResult}`` for the requests the server answered (in quiet
+    mode: the ``mg`` hits, and the failures of the others). An error line (which carries no
+    opaque, so belongs to no request) is kept in ``errors`` and the reading goes on to
+    ``MN``; the result is then the first :class:`~pymc.protocol.ErrorReply`, and
+    ``results`` holds what was matched.
+    """
+
+    __slots__ = ("_head", "_index", "_last", "_sent", "errors", "results")
+
+    def __init__(self, sent: Sequence[Tuple[bytes, ...]]) -> None:
+        index: Dict[bytes, int] = {}
+        parsed: List[Tuple[bytes, Optional[bytes]]] = []
+        for n, entry in enumerate(sent):
+            if not 1 <= len(entry) <= 4 or (len(entry) == 4 and entry[3] not in (b"b", b"")):
+                raise ValueError(
+                    f"a quiet request is (opaque[, command[, key[, b'b']]]): {entry!r}"
+                )
+            opaque = entry[0]
+            if type(opaque) is not bytes or opaque in index:
+                raise ValueError(f"every quiet request needs its own bytes opaque: {opaque!r}")
+            index[opaque] = n
+            command = _check_command(entry[1]) if len(entry) > 1 else b"mg"
+            key = _expected_key(entry[2], entry[3:] == (b"b",)) if len(entry) > 2 else None
+            parsed.append((command, key))
+        self._index = index
+        self._sent = parsed
+        self._last = -1
+        self._head: Optional[_Head] = None
+        self.results: Dict[bytes, MetaResult] = {}
+        self.errors: List[ErrorReply] = []
+
+    def step(self, reader: Reader) -> object:
+        while True:
+            head = self._head
+            if head is None:
+                line = reader.next_line()
+                if line is NEED_DATA:
+                    return NEED_DATA
+                assert isinstance(line, bytes)
+                error = _error_reply(reader, line)
+                if error is not None:
+                    self.errors.append(error)
+                    if not error.in_step:
+                        return error
+                    continue
+                head = _parse_head(reader, line)
+                if head.code == b"MN":
+                    return self.errors[0] if self.errors else self.results
+                self._head = head
+            data = None
+            if head.size is not None:
+                block = reader.next_block(head.size)
+                if block is NEED_DATA:
+                    return NEED_DATA
+                assert isinstance(block, bytes)
+                data = block
+            self._head = None
+            opaque = head.fields.get("O")
+            n = self._index.get(opaque) if isinstance(opaque, bytes) else None
+            if n is None or n <= self._last:
+                raise reader.fail(
+                    f"a quiet reply with opaque {opaque!r}: not sent, answered already, "
+                    f"or out of order"[:300]
+                )
+            self._last = n
+            command, key = self._sent[n]
+            assert isinstance(opaque, bytes)
+            self.results[opaque] = _result(reader, head, command, data, opaque, key)
