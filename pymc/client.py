@@ -21,6 +21,7 @@ import select
 import selectors
 import socket
 import ssl
+import time
 from typing import (
     Any,
     Callable,
@@ -45,10 +46,22 @@ from .exceptions import (
     MemcacheConnectTimeoutError,
     MemcacheError,
     MemcacheIllegalInputError,
+    MemcacheLeaseTimeoutError,
     MemcacheNetworkError,
     MemcacheProtocolError,
     MemcacheTimeoutError,
     MemcacheUnexpectedCloseError,
+    MemcacheUnknownCommandError,
+)
+from .meta import (
+    ExpectMeta,
+    MetaResult,
+    encode_meta_arithmetic,
+    encode_meta_delete,
+    encode_meta_get,
+    encode_meta_noop,
+    encode_meta_set,
+    meta_key,
 )
 from .protocol import (
     END,
@@ -93,6 +106,7 @@ __all__ = [
     "decode_values",
     "normalize_server_spec",
     "per_key_results",
+    "read_through",
     "request_chunks",
     "resolve_noreply",
     "warn_if_config_endpoint",
@@ -400,6 +414,64 @@ def _typed_stats(raw: Dict[bytes, bytes]) -> Dict[bytes, Any]:
     return out
 
 
+def read_through(
+    client: Any,
+    key: Any,
+    compute: Callable[[], Any],
+    ttl: int = 0,
+    lease_ttl: int = 30,
+    recache_ttl: Optional[int] = None,
+    wait: Optional[float] = None,
+) -> Any:
+    """``fetch()`` for any client with ``meta_get``/``meta_set``/``meta_delete`` (each
+    call of which takes its own connection, so nothing is held while a caller waits).
+
+    A hit returns the value. On a miss exactly one caller (cluster-wide) wins a lease and
+    runs ``compute()``; it stores the result for ``ttl`` seconds and returns it, while the
+    others wait (capped backoff through ``time.sleep``, cooperative under gevent) for at
+    most ``lease_ttl`` (or ``wait``) seconds, then read it. A stale value (after
+    ``invalidate()``, or within ``recache_ttl`` seconds of expiry) is returned at once to
+    every caller but one, which recomputes it. If ``compute()`` raises, the lease is given
+    back, so the next caller recomputes at once.
+    """
+    patience = lease_ttl if wait is None else wait
+    deadline = time.monotonic() + patience
+    delay = 0.001
+    while True:
+        result = client.meta_get(
+            key, return_cas=True, vivify_on_miss=lease_ttl, recache_ttl=recache_ttl
+        )
+        if result.win:
+            return _recompute(client, key, compute, ttl, result)
+        if result.status == "miss":  # no lease was offered: the cache is unavailable
+            return compute()  # (a HashClient with ignore_exc and a failing node)
+        if result.status == "hit" and (result.stale or not result.won_elsewhere):
+            return result.value  # a value; a stale one while someone else refreshes it
+        # Someone else holds the lease of a missing value: wait for what it stores.
+        now = time.monotonic()
+        if now >= deadline:
+            raise MemcacheLeaseTimeoutError(
+                f"{key!r} was not stored by the lease holder within {patience} s"
+            )
+        time.sleep(min(delay, deadline - now))
+        delay = min(delay * 2, 0.1)
+
+
+def _recompute(client: Any, key: Any, compute: Callable[[], Any], ttl: int, lease: Any) -> Any:
+    try:
+        value = compute()
+    except BaseException:
+        # Give the lease back: a placeholder goes, a stale value is stale again; either
+        # way the next caller wins at once.
+        try:
+            client.meta_delete(key, compare_cas=lease.cas, invalidate=lease.stale)
+        except MemcacheError:
+            pass
+        raise
+    client.meta_set(key, value, ttl, compare_cas=lease.cas)
+    return value
+
+
 class Client:
     """A client for one memcached server over one blocking socket.
 
@@ -479,6 +551,7 @@ class Client:
         self._pending = False  # a request was sent whose reply is not read to its end yet
         #: Error lines that noreply commands drew from the server (logged, never raised).
         self.noreply_errors = 0
+        self._opaque_counter = 0
 
     # pymemcache exposes its settings as attributes; so do we, read-only.
     serde = property(lambda self: self.options.serde)
@@ -1087,13 +1160,48 @@ class Client:
         request = encode_incr_decr(command.encode(), self._key(key), value, noreply)
         return self._one(RULES[command], request, noreply)  # type: ignore[no-any-return]
 
-    def incr(self, key: Key, value: int, noreply: Optional[bool] = False) -> Optional[int]:
-        """Add ``value`` to a decimal counter; the new value, or None if it is missing."""
+    def incr(
+        self,
+        key: Key,
+        value: int,
+        noreply: Optional[bool] = False,
+        *,
+        initial: Optional[int] = None,
+        ttl: Optional[int] = None,
+    ) -> Optional[int]:
+        """Add ``value`` to a decimal counter; the new value, or None if it is missing.
+        With ``initial`` (and ``ttl``) a missing counter is created as ``initial`` in the
+        same round trip (``ma`` with ``N``/``J``: memcached 1.6)."""
+        if initial is not None or ttl is not None:
+            return self._counter(key, value, False, initial, ttl)
         return self._arith("incr", key, value, noreply)
 
-    def decr(self, key: Key, value: int, noreply: Optional[bool] = False) -> Optional[int]:
-        """Subtract ``value`` (memcached stops at 0); the new value, or None if missing."""
+    def decr(
+        self,
+        key: Key,
+        value: int,
+        noreply: Optional[bool] = False,
+        *,
+        initial: Optional[int] = None,
+        ttl: Optional[int] = None,
+    ) -> Optional[int]:
+        """Subtract ``value`` (memcached stops at 0); the new value, or None if missing.
+        ``initial`` and ``ttl`` as for :meth:`incr`."""
+        if initial is not None or ttl is not None:
+            return self._counter(key, value, True, initial, ttl)
         return self._arith("decr", key, value, noreply)
+
+    def _counter(
+        self, key: Key, delta: int, decrement: bool, initial: Optional[int], ttl: Optional[int]
+    ) -> Optional[int]:
+        result = self.meta_arithmetic(
+            key,
+            delta,
+            decrement=decrement,
+            initial=initial or 0,
+            vivify_on_miss=ttl or 0,
+        )
+        return result.number
 
     def touch(self, key: Key, expire: int = 0, noreply: Optional[bool] = None) -> bool:
         """Set a new expiry. False when the key did not exist."""
@@ -1185,6 +1293,205 @@ class Client:
                 )
         return reply
 
+    # ------------------------------------------------------------------ meta protocol
+    #
+    # memcached 1.6's meta commands. Every request carries an opaque token that its reply
+    # must echo (checked by meta.ExpectMeta), values go through the serde as with text
+    # commands, and keys that are not valid text keys travel base64-encoded.
+
+    def _opaque(self) -> bytes:
+        self._opaque_counter = (self._opaque_counter + 1) & 0xFFFFFFF
+        return b"%x" % self._opaque_counter
+
+    def _meta(self, request: bytes, opaque: bytes, command: str) -> MetaResult:
+        result = self.request(request, ExpectMeta(opaque=opaque, command=command.encode()))
+        if type(result) is ErrorReply:
+            if result.kind == b"ERROR" and not result.message:
+                raise MemcacheUnknownCommandError(
+                    f"{server_name(self.server)} does not know the meta command {command} "
+                    f"(memcached {self._server_version()}); meta commands need 1.6 or later"
+                )
+            self.raise_error(result, command)
+        return result  # type: ignore[no-any-return]
+
+    def _server_version(self) -> str:
+        try:
+            return self.version().decode("ascii", "replace")
+        except MemcacheError:
+            return "of unknown version"
+
+    def _decoded(self, key: Key, result: MetaResult) -> MetaResult:
+        """``result`` with its value deserialized, as a text get would return it."""
+        if result.value is None or (self._raw_values and not result.client_flags):
+            return result
+        value = self._serde.deserialize(key, result.value, result.client_flags or 0)
+        return dataclasses.replace(result, value=value)
+
+    def meta_get(
+        self,
+        key: Key,
+        *,
+        return_cas: bool = False,
+        return_ttl: bool = False,
+        return_size: bool = False,
+        return_hit: bool = False,
+        return_last_access: bool = False,
+        touch_ttl: Optional[int] = None,
+        vivify_on_miss: Optional[int] = None,
+        recache_ttl: Optional[int] = None,
+        no_bump: bool = False,
+        flags: str = "",
+    ) -> MetaResult:
+        """``mg``: the value (deserialized) and what was asked for, as a :class:`MetaResult`
+        (``status`` ``"hit"`` or ``"miss"``; ``win``/``stale``/``won_elsewhere`` with
+        ``vivify_on_miss`` or ``recache_ttl``)."""
+        wire, b64 = meta_key(key, self._prefix, True)  # any key: binary ones go base64
+        opaque = self._opaque()
+        request = encode_meta_get(
+            wire,
+            base64=b64,
+            return_cas=return_cas,
+            return_ttl=return_ttl,
+            return_client_flags=True,
+            return_size=return_size,
+            return_hit=return_hit,
+            return_last_access=return_last_access,
+            opaque=opaque,
+            touch_ttl=touch_ttl,
+            vivify_on_miss=vivify_on_miss,
+            recache_ttl=recache_ttl,
+            no_bump=no_bump,
+            flags=flags,
+        )
+        return self._decoded(key, self._meta(request, opaque, "mg"))
+
+    def meta_set(
+        self,
+        key: Key,
+        value: Any,
+        ttl: int = 0,
+        *,
+        mode: Optional[str] = None,
+        compare_cas: Optional[int] = None,
+        invalidate: bool = False,
+        return_cas: bool = False,
+        flags: str = "",
+    ) -> MetaResult:
+        """``ms``: store ``value`` (through the serde); ``mode`` is ``"set"`` (default),
+        ``"add"``, ``"replace"``, ``"append"`` or ``"prepend"``. ``status`` is ``"stored"``,
+        ``"not_stored"``, ``"exists"`` (stale ``compare_cas``) or ``"not_found"``."""
+        wire, b64 = meta_key(key, self._prefix, True)  # any key: binary ones go base64
+        data, client_flags = self._serialize(key, value, None)
+        opaque = self._opaque()
+        request = encode_meta_set(
+            wire,
+            data,
+            base64=b64,
+            client_flags=client_flags,
+            ttl=ttl,
+            mode=mode,
+            compare_cas=compare_cas,
+            invalidate=invalidate,
+            return_cas=return_cas,
+            opaque=opaque,
+            flags=flags,
+        )
+        return self._meta(request, opaque, "ms")
+
+    def meta_delete(
+        self,
+        key: Key,
+        *,
+        compare_cas: Optional[int] = None,
+        invalidate: bool = False,
+        ttl: Optional[int] = None,
+        flags: str = "",
+    ) -> MetaResult:
+        """``md``: delete, or with ``invalidate`` mark the value stale (served while one
+        caller refreshes it). ``status`` is ``"deleted"`` (done), ``"not_found"`` or
+        ``"exists"`` (stale ``compare_cas``)."""
+        wire, b64 = meta_key(key, self._prefix, True)  # any key: binary ones go base64
+        opaque = self._opaque()
+        request = encode_meta_delete(
+            wire,
+            base64=b64,
+            compare_cas=compare_cas,
+            invalidate=invalidate,
+            ttl=ttl,
+            opaque=opaque,
+            flags=flags,
+        )
+        return self._meta(request, opaque, "md")
+
+    def meta_arithmetic(
+        self,
+        key: Key,
+        delta: int = 1,
+        *,
+        decrement: bool = False,
+        initial: Optional[int] = None,
+        vivify_on_miss: Optional[int] = None,
+        ttl: Optional[int] = None,
+        compare_cas: Optional[int] = None,
+        return_cas: bool = False,
+        flags: str = "",
+    ) -> MetaResult:
+        """``ma``: add (or subtract) ``delta``; ``number`` is the new value. With
+        ``vivify_on_miss`` a missing counter is created as ``initial`` (default 0) with
+        that ttl."""
+        wire, b64 = meta_key(key, self._prefix, True)  # any key: binary ones go base64
+        opaque = self._opaque()
+        request = encode_meta_arithmetic(
+            wire,
+            base64=b64,
+            decrement=decrement,
+            delta=delta,
+            initial=initial,
+            vivify_on_miss=vivify_on_miss,
+            ttl=ttl,
+            compare_cas=compare_cas,
+            return_cas=return_cas,
+            opaque=opaque,
+            flags=flags,
+        )
+        return self._meta(request, opaque, "ma")
+
+    def meta_noop(self) -> MetaResult:
+        """``mn``: a round trip that does nothing (``status`` ``"noop"``)."""
+        result = self.request(encode_meta_noop(), ExpectMeta(command=b"mn"))
+        if type(result) is ErrorReply:
+            self.raise_error(result, "mn")
+        return result  # type: ignore[no-any-return]
+
+    def get_cas(self, key: Key, default: Any = None) -> Tuple[Any, Optional[int]]:
+        """``(value, cas)`` through ``mg``, or ``(default, None)`` on a miss."""
+        result = self.meta_get(key, return_cas=True)
+        return (result.value, result.cas) if result.status == "hit" else (default, None)
+
+    def set_cas(self, key: Key, value: Any, cas: int, ttl: int = 0) -> bool:
+        """Store ``value`` only if the item's cas is still ``cas``; False if it changed or
+        the key is gone."""
+        return self.meta_set(key, value, ttl, compare_cas=cas).status == "stored"
+
+    def invalidate(self, key: Key, ttl: int = 30) -> bool:
+        """Mark ``key`` stale instead of deleting it: the next :meth:`fetch` gets the stale
+        value at once while one caller recomputes it. True if the key existed."""
+        return self.meta_delete(key, invalidate=True, ttl=ttl).status == "deleted"
+
+    def fetch(
+        self,
+        key: Key,
+        compute: Callable[[], Any],
+        ttl: int = 0,
+        *,
+        lease_ttl: int = 30,
+        recache_ttl: Optional[int] = None,
+        wait: Optional[float] = None,
+    ) -> Any:
+        """Read-through with herd protection and stale-while-revalidate: see
+        :func:`read_through`."""
+        return read_through(self, key, compute, ttl, lease_ttl, recache_ttl, wait)
+
     # ------------------------------------------------------------------ mapping sugar
 
     def __getitem__(self, key: Key) -> Any:
@@ -1234,6 +1541,14 @@ COMMANDS: Tuple[str, ...] = tuple(
         "shutdown",
         "raw_command",
         "cluster_config",
+        "meta_get",
+        "meta_set",
+        "meta_delete",
+        "meta_arithmetic",
+        "meta_noop",
+        "get_cas",
+        "set_cas",
+        "invalidate",
     ]
 )
 
@@ -1296,3 +1611,25 @@ class Commands:
     shutdown = _delegate(Client.shutdown)
     raw_command = _delegate(Client.raw_command)
     cluster_config = _delegate(Client.cluster_config)
+    meta_get = _delegate(Client.meta_get)
+    meta_set = _delegate(Client.meta_set)
+    meta_delete = _delegate(Client.meta_delete)
+    meta_arithmetic = _delegate(Client.meta_arithmetic)
+    meta_noop = _delegate(Client.meta_noop)
+    get_cas = _delegate(Client.get_cas)
+    set_cas = _delegate(Client.set_cas)
+    invalidate = _delegate(Client.invalidate)
+
+    def fetch(
+        self,
+        key: Key,
+        compute: Callable[[], Any],
+        ttl: int = 0,
+        *,
+        lease_ttl: int = 30,
+        recache_ttl: Optional[int] = None,
+        wait: Optional[float] = None,
+    ) -> Any:
+        """As :meth:`Client.fetch`; each step takes a connection of its own, so none is
+        held while this caller waits for another's lease."""
+        return read_through(self, key, compute, ttl, lease_ttl, recache_ttl, wait)

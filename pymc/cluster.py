@@ -51,6 +51,7 @@ from .client import (
     decode_values,
     normalize_server_spec,
     per_key_results,
+    read_through,
     request_chunks,
     resolve_noreply,
     server_name,
@@ -58,12 +59,14 @@ from .client import (
 )
 from .exceptions import (
     AllNodesDownError,
+    MemcacheError,
     MemcacheIllegalInputError,
     MemcacheNetworkError,
     MemcacheProtocolError,
     MemcacheServerRefusedError,
 )
 from .hashing import RendezvousHash, build_locator
+from .meta import MetaResult
 from .pool import DEFAULT_POOL_TIMEOUT, Lease, PooledClient
 from .protocol import (
     RULES,
@@ -308,6 +311,13 @@ _ON_FAILURE: Dict[str, Any] = {
     "touch": False,
     "incr": None,
     "decr": None,
+    "meta_get": MetaResult("miss"),
+    "meta_set": MetaResult("not_stored"),
+    "meta_delete": MetaResult("not_found"),
+    "meta_arithmetic": MetaResult("not_found"),
+    "get_cas": lambda a, kw: (_default_arg(0, "default")(a, kw), None),
+    "set_cas": False,
+    "invalidate": False,
 }
 
 
@@ -1079,6 +1089,32 @@ class HashClient:
     touch = _keyed(Client.touch)
     incr = _keyed(Client.incr)
     decr = _keyed(Client.decr)
+    meta_get = _keyed(Client.meta_get)
+    meta_set = _keyed(Client.meta_set)
+    meta_delete = _keyed(Client.meta_delete)
+    meta_arithmetic = _keyed(Client.meta_arithmetic)
+    get_cas = _keyed(Client.get_cas)
+    set_cas = _keyed(Client.set_cas)
+    invalidate = _keyed(Client.invalidate)
+
+    def fetch(
+        self,
+        key: AnyKey,
+        compute: Callable[[], Any],
+        ttl: int = 0,
+        *,
+        lease_ttl: int = 30,
+        recache_ttl: Optional[int] = None,
+        wait: Optional[float] = None,
+    ) -> Any:
+        """As :meth:`Client.fetch`, on the key's node. With ``ignore_exc`` a failing node
+        makes it ``compute()`` and return the value, uncached."""
+        try:
+            return read_through(self, key, compute, ttl, lease_ttl, recache_ttl, wait)
+        except MemcacheError as exc:
+            if self.ignore_exc and not isinstance(exc, MemcacheIllegalInputError):
+                return compute()
+            raise
 
     @property
     def key_prefix(self) -> bytes:

@@ -20,6 +20,7 @@ __all__ = [
     "MemcacheConnectTimeoutError",
     "MemcacheError",
     "MemcacheIllegalInputError",
+    "MemcacheLeaseTimeoutError",
     "MemcacheNetworkError",
     "MemcachePoolTimeoutError",
     "MemcacheProtocolError",
@@ -109,3 +110,8 @@ class ClusterNotReadyError(AllNodesDownError):
     """An :class:`~pymc.ElastiCacheClient` has no node list yet: discovery has not
     succeeded since it was made. It keeps trying in the background; ``wait_ready()``
     waits for it."""
+
+
+class MemcacheLeaseTimeoutError(MemcacheError):
+    """``fetch()`` waited its whole ``wait`` (by default ``lease_ttl``) for the caller that
+    holds the lease on a missing key to store its value, and none came."""

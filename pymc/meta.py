@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import base64 as _b64
 import binascii
+import hashlib
 import re
 from dataclasses import dataclass
 from typing import Dict, Final, List, Optional, Sequence, Tuple, Union
@@ -35,6 +36,7 @@ from .protocol import (
 )
 
 __all__ = [
+    "LONG_KEY_TAG",
     "MAX_OPAQUE_LENGTH",
     "META_STATUSES",
     "ExpectMeta",
@@ -48,6 +50,8 @@ __all__ = [
     "meta_key",
 ]
 
+#: Marks a key sent as its digest (a key too long for memcached even in base64).
+LONG_KEY_TAG: Final = b"pymc:blake2b:"
 #: memcached refuses an ``O`` token of 32 bytes or more (the flag letter counts).
 MAX_OPAQUE_LENGTH: Final = 31
 #: Every ``MetaResult.status``.
@@ -133,8 +137,9 @@ def meta_key(
     Any other one (bytes holding a space or control character, a key longer than 250 bytes,
     a non-ASCII ``str`` as UTF-8, which needs ``allow_unicode`` as in the text protocol)
     goes base64-encoded, to be sent with the ``b`` flag. memcached takes a key token of at
-    most 250 bytes, base64 included (so at most 186 bytes before encoding); longer, empty
-    or non-str/bytes keys raise :class:`MemcacheIllegalInputError`.
+    most 250 bytes, base64 included (186 bytes before encoding): a longer key is sent as
+    :data:`LONG_KEY_TAG` plus its 32-byte BLAKE2b digest, base64-encoded. Empty or
+    non-str/bytes keys raise :class:`MemcacheIllegalInputError`.
     """
     if not isinstance(key, (str, bytes)):
         raise MemcacheIllegalInputError(f"a key must be str or bytes, not {type(key).__name__}")
@@ -160,12 +165,12 @@ def meta_key(
         raw = key
     if not raw:
         raise MemcacheIllegalInputError("a key must not be empty")
-    wire = _b64.b64encode(prefix + raw)
+    full = prefix + raw
+    wire = _b64.b64encode(full)
     if len(wire) > MAX_KEY_LENGTH:
-        raise MemcacheIllegalInputError(
-            f"key is {len(prefix) + len(raw)} bytes long (with its prefix), {len(wire)} in "
-            f"base64; memcached allows at most {MAX_KEY_LENGTH}: {(prefix + raw)[:40]!r}..."
-        )
+        # Too long even in base64 (over 186 bytes): the key's BLAKE2b digest stands for it,
+        # so no key is refused. Only pymc finds such an item again (by the same digest).
+        wire = _b64.b64encode(LONG_KEY_TAG + hashlib.blake2b(full, digest_size=32).digest())
     return wire, True
 
 
