@@ -539,7 +539,7 @@ def _parse_head(reader: Reader, line: bytes) -> _Head:
         elif flag in "Ok":
             fields[flag] = arg
         # Any other flag is one a newer server added: skipped.
-    if code == b"MN" and fields:
+    if code == b"MN" and rest:
         raise reader.fail(f"malformed MN line {line[:100]!r}")
     key = fields.get("k")
     if key is not None and fields.get("b"):
