@@ -6,6 +6,7 @@ readers and round-trips replies built from random results."""
 from __future__ import annotations
 
 import base64
+import hashlib
 from typing import Callable, List, Optional, Tuple, cast
 
 import pytest
@@ -15,6 +16,7 @@ from hypothesis import strategies as st
 from pymc import meta
 from pymc.exceptions import MemcacheIllegalInputError, MemcacheProtocolError
 from pymc.meta import (
+    LONG_KEY_TAG,
     ExpectMeta,
     ExpectMetaQuiet,
     MetaResult,
@@ -200,12 +202,13 @@ class TestMetaKey:
         assert meta_key(b"k" * 186) == (b"k" * 186, False)
         assert meta_key(b" " * 186) == (B64(b" " * 186), True)
         assert len(meta_key(b" " * 186)[0]) == 248
-        with pytest.raises(MemcacheIllegalInputError):
-            meta_key(b" " * 187)  # 252 bytes in base64
-        with pytest.raises(MemcacheIllegalInputError):
-            meta_key(b"k" * 251)
-        with pytest.raises(MemcacheIllegalInputError):
-            meta_key(b"k" * 250, prefix=b"p")
+        # Too long even in base64: the key's digest stands for it, never a refusal.
+        for long_key, prefix in ((b" " * 187, b""), (b"k" * 251, b""), (b"k" * 250, b"p")):
+            wire, b64 = meta_key(long_key, prefix=prefix)
+            digest = hashlib.blake2b(prefix + long_key, digest_size=32).digest()
+            assert (wire, b64) == (B64(LONG_KEY_TAG + digest), True)
+            assert len(wire) <= 250
+        assert meta_key(b"k" * 251) != meta_key(b"k" * 252)
 
     @pytest.mark.parametrize("bad", ["", b"", None, 1, 1.5, ["a"], bytearray(b"a")])
     def test_illegal(self, bad: object) -> None:

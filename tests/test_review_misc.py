@@ -253,6 +253,14 @@ def _every_command_by_keyword(client: Any) -> List[str]:
     assert reply.startswith(b"VALUE new 0 1\r\nn\r\n")
     with pytest.raises(MemcacheUnknownCommandError):  # plain memcached: no cluster config
         call("cluster_config")
+    assert call("meta_set", key="m", value=b"1", ttl=0).status == "stored"
+    assert call("meta_get", key="m", return_cas=True).value == b"1"
+    assert call("meta_arithmetic", key="m", delta=2).number == 3
+    assert call("meta_delete", key="m", invalidate=True).status == "deleted"
+    assert call("meta_noop").status == "noop"
+    value, cas = call("get_cas", key="m", default=None)
+    assert call("set_cas", key="m", value=b"5", cas=cas, ttl=0) is True
+    assert call("invalidate", key="m", ttl=30) is True
     assert call("flush_all", delay=0, noreply=False) is True
     assert call("get", key="k", default=None) is None
     assert call("quit") is None
