@@ -66,7 +66,7 @@ from .exceptions import (
     MemcacheServerRefusedError,
 )
 from .hashing import RendezvousHash, build_locator
-from .meta import MetaResult
+from .meta import MetaResult, meta_key
 from .pool import DEFAULT_POOL_TIMEOUT, Lease, PooledClient
 from .protocol import (
     RULES,
@@ -319,6 +319,12 @@ _ON_FAILURE: Dict[str, Any] = {
     "set_cas": False,
     "invalidate": False,
 }
+
+
+# The meta commands take any str or bytes key (one that is no text key goes base64).
+_ANY_KEY = frozenset(
+    ["meta_get", "meta_set", "meta_delete", "meta_arithmetic", "get_cas", "set_cas", "invalidate"]
+)
 
 
 def _keyed(
@@ -649,7 +655,10 @@ class HashClient:
         if type(key) is tuple:
             routing_key, real_key = key
         # A bad key raises here, before routing, whatever ignore_exc says.
-        validate_key(real_key, self._prefix, self._unicode)
+        if command in _ANY_KEY:
+            meta_key(real_key, self._prefix, True)  # any str/bytes key (base64 on the wire)
+        else:
+            validate_key(real_key, self._prefix, self._unicode)
         if self._dead:
             self._maybe_probe()
         name = nodes._cache.get(routing_key) or nodes.node_for(routing_key)

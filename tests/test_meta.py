@@ -1,0 +1,302 @@
+"""Meta commands and fetch() against real memcached 1.6 servers, on every client."""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from typing import Any, Callable, Iterator, List, Tuple
+
+import pytest
+from support.faultproxy import FaultProxy
+from support.helpers import tcp
+from support.servers import MemcachedProcess
+
+import pymc
+from pymc import (
+    Client,
+    HashClient,
+    MemcacheProtocolError,
+    MemcacheUnknownCommandError,
+    PooledClient,
+)
+from pymc.exceptions import MemcacheLeaseTimeoutError
+from pymc.serde import pickle_serde
+from pymc.testing import ConfigEndpoint
+
+pytestmark = pytest.mark.timeout(60)
+KINDS = ["client", "pooled", "hash"]
+_tags = itertools.count()
+
+
+def tag() -> str:
+    return f"meta{next(_tags)}-{time.monotonic_ns() % 10**9}"
+
+
+def make(kind: str, nodes: List[MemcachedProcess], **kw: Any) -> Any:
+    kw.setdefault("timeout", 5.0)
+    if kind == "client":
+        return Client(tcp(nodes[0]), **kw)
+    if kind == "pooled":
+        return PooledClient(tcp(nodes[0]), max_pool_size=8, **kw)
+    return HashClient([tcp(n) for n in nodes[:3]], use_pooling=True, max_pool_size=8, **kw)
+
+
+@pytest.fixture
+def nodes(memcached_nodes: List[MemcachedProcess]) -> Iterator[List[MemcachedProcess]]:
+    for node in memcached_nodes:
+        if not node.is_running():
+            node.start()
+    yield memcached_nodes
+
+
+def run_threads(n: int, target: Callable[[int], Any]) -> Tuple[List[Any], List[BaseException]]:
+    results: List[Any] = [None] * n
+    errors: List[BaseException] = []
+    barrier = threading.Barrier(n)
+
+    def work(i: int) -> None:
+        try:
+            barrier.wait(5)
+            results[i] = target(i)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(i,), daemon=True) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert not any(t.is_alive() for t in threads), "a thread hangs"
+    return results, errors
+
+
+# --------------------------------------------------------------------------- fetch
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_fetch_from_50_threads_computes_once(nodes: List[MemcachedProcess], kind: str) -> None:
+    key = tag()
+    calls: List[int] = []
+    lock = threading.Lock()
+
+    def compute() -> bytes:
+        with lock:
+            calls.append(1)
+        time.sleep(0.3)
+        return b"computed"
+
+    shared = make(kind, nodes)
+    own = [make("client", nodes) for _ in range(50)] if kind == "client" else []
+    lease_ttl = 5
+
+    def call(i: int) -> Tuple[Any, float]:
+        client = own[i] if own else shared
+        started = time.monotonic()
+        value = client.fetch(key, compute, 60, lease_ttl=lease_ttl)
+        return value, time.monotonic() - started
+
+    try:
+        results, errors = run_threads(50, call)
+        assert not errors, errors[:3]
+        assert len(calls) == 1
+        assert all(value == b"computed" for value, _ in results)
+        assert max(took for _, took in results) < lease_ttl
+        assert shared.get(key) == b"computed"
+    finally:
+        shared.close()
+        for c in own:
+            c.close()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_after_invalidate_one_recomputes_and_the_rest_get_the_stale_value_at_once(
+    nodes: List[MemcachedProcess], kind: str
+) -> None:
+    key = tag()
+    client = make(kind, nodes)
+    own = [make("client", nodes) for _ in range(50)] if kind == "client" else []
+    try:
+        assert client.fetch(key, lambda: b"old", 60) == b"old"
+        assert client.invalidate(key) is True
+        calls: List[int] = []
+
+        def compute() -> bytes:
+            calls.append(1)
+            time.sleep(0.5)
+            return b"new"
+
+        def call(i: int) -> Tuple[Any, float]:
+            started = time.monotonic()
+            value = (own[i] if own else client).fetch(key, compute, 60)
+            return value, time.monotonic() - started
+
+        results, errors = run_threads(50, call)
+        assert not errors, errors[:3]
+        assert len(calls) == 1
+        stale = [took for value, took in results if value == b"old"]
+        fresh = [value for value, _ in results if value == b"new"]
+        assert len(stale) == 49 and len(fresh) == 1
+        assert max(stale) < 0.4  # none of them waited for the recompute
+        assert client.get(key) == b"new"
+    finally:
+        client.close()
+        for c in own:
+            c.close()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_compute_that_raises_gives_the_lease_back(
+    nodes: List[MemcachedProcess], kind: str
+) -> None:
+    key = tag()
+    client = make(kind, nodes)
+    try:
+
+        def boom() -> bytes:
+            raise RuntimeError("backend down")
+
+        with pytest.raises(RuntimeError):
+            client.fetch(key, boom, 60, lease_ttl=30)
+        started = time.monotonic()
+        assert client.fetch(key, lambda: b"second", 60, lease_ttl=30) == b"second"
+        assert time.monotonic() - started < 0.5  # nobody waited for the 30 s lease
+        # the same after invalidate: the stale value's lease comes back too
+        client.invalidate(key)
+        with pytest.raises(RuntimeError):
+            client.fetch(key, boom, 60)
+        assert client.fetch(key, lambda: b"third", 60) == b"third"
+    finally:
+        client.close()
+
+
+def test_fetch_waits_at_most_its_wait(nodes: List[MemcachedProcess]) -> None:
+    key = tag()
+    holder = make("client", nodes)
+    other = make("client", nodes)
+    try:
+        assert holder.meta_get(key, vivify_on_miss=30).win  # a lease nobody will honour
+        started = time.monotonic()
+        with pytest.raises(MemcacheLeaseTimeoutError):
+            other.fetch(key, lambda: b"x", 60, lease_ttl=30, wait=0.5)
+        assert 0.4 < time.monotonic() - started < 1.5
+    finally:
+        holder.close()
+        other.close()
+
+
+def test_hash_client_fetch_with_ignore_exc_computes_when_the_node_is_down() -> None:
+    client = HashClient([("127.0.0.1", 1)], ignore_exc=True, connect_timeout=0.2)
+    try:
+        assert client.fetch("k", lambda: b"computed", 60) == b"computed"
+    finally:
+        client.close()
+
+
+# --------------------------------------------------------------------------- keys, serde
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize(
+    "key",
+    [b"with space", b"\x00\x01binary", "ünïcode key", "k" * 186, "k" * 251, b"x" * 400],
+    ids=["space", "binary", "unicode", "186", "251", "400"],
+)
+def test_keys_that_are_no_text_keys_round_trip(
+    nodes: List[MemcachedProcess], kind: str, key: Any
+) -> None:
+    client = make(kind, nodes)
+    try:
+        assert client.meta_set(key, b"v", 60).status == "stored"
+        assert client.meta_get(key).value == b"v"
+        assert client.fetch(key, lambda: b"never", 60) == b"v"
+        assert client.meta_delete(key).status == "deleted"
+        assert client.meta_get(key).status == "miss"
+    finally:
+        client.close()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_text_and_meta_read_each_others_values(nodes: List[MemcachedProcess], kind: str) -> None:
+    client = make(kind, nodes, serde=pickle_serde)
+    a, b = tag(), tag()
+    try:
+        client.set(a, {"text": 1})
+        assert client.meta_get(a).value == {"text": 1}
+        client.meta_set(b, ["meta", 2])
+        assert client.get(b) == ["meta", 2]
+        assert client.get_many([a, b]) == {a: {"text": 1}, b: ["meta", 2]}
+        value, cas = client.get_cas(a)
+        assert value == {"text": 1} and cas
+        assert client.set_cas(a, "new", cas) is True
+        assert client.set_cas(a, "again", cas) is False  # the cas moved on
+        assert client.get(a) == "new"
+    finally:
+        client.close()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_counters_that_create_themselves(nodes: List[MemcachedProcess], kind: str) -> None:
+    client = make(kind, nodes)
+    key = tag()
+    try:
+        assert client.incr(key, 1) is None  # text incr: missing
+        assert client.incr(key, 5, initial=100, ttl=60) == 100  # created as initial
+        assert client.incr(key, 5, initial=100, ttl=60) == 105
+        assert client.decr(key, 10, initial=0) == 95
+        assert client.incr(key, 1) == 96
+    finally:
+        client.close()
+
+
+# --------------------------------------------------------------------------- checked replies
+
+
+def test_a_reply_for_another_request_is_refused_and_the_connection_closed(
+    nodes: List[MemcachedProcess], fault_proxy: Callable[[Tuple[str, int]], FaultProxy]
+) -> None:
+    proxy = fault_proxy(tcp(nodes[0]))
+    client = Client(proxy.server, timeout=2)
+    key = tag()
+    try:
+        client.meta_set(key, b"v")
+        # A middlebox that hands this request the reply (opaque) of another one.
+        proxy.set_mode("rewrite", fn=lambda d: d.replace(b" O", b" O9", 1))
+        with pytest.raises(MemcacheProtocolError):
+            client.meta_get(key)
+        assert client.sock is None
+        proxy.set_mode("pass")
+        assert client.meta_get(key).value == b"v"
+    finally:
+        client.close()
+
+
+def test_a_server_without_meta_commands_says_so() -> None:
+    with ConfigEndpoint() as old_server:  # answers ERROR to anything it does not know
+        client = Client(old_server.address, timeout=2)
+        try:
+            with pytest.raises(MemcacheUnknownCommandError, match=r"1\.6"):
+                client.meta_get("k")
+            assert client.version().startswith(b"1.6")  # text commands still work
+        finally:
+            client.close()
+
+
+def test_meta_results_are_what_pymemcache_users_would_expect_types(
+    nodes: List[MemcachedProcess],
+) -> None:
+    client = make("client", nodes)
+    key = tag()
+    try:
+        stored = client.meta_set(key, b"v", 60, return_cas=True)
+        assert stored.status == "stored" and isinstance(stored.cas, int)
+        got = client.meta_get(key, return_cas=True, return_ttl=True, return_size=True)
+        assert (got.status, got.value, got.cas, got.size) == ("hit", b"v", stored.cas, 1)
+        assert 0 < (got.ttl or 0) <= 60
+        assert client.meta_set(key, b"w", compare_cas=(stored.cas or 0) + 1).status == "exists"
+        assert client.meta_set(tag(), b"w", mode="replace").status == "not_stored"
+        assert client.meta_delete(tag()).status == "not_found"
+        with pytest.raises(pymc.MemcacheIllegalInputError):
+            client.meta_set(key, b"v", mode="upsert-ish")
+    finally:
+        client.close()
