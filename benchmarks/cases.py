@@ -90,6 +90,10 @@ def single_server(address: Address) -> Cases:
         n: (lambda c=c: (c.set("bench:nr", VALUE, noreply=True), c.get("bench:one")))
         for n, c in peers.items()
     }
+    # The meta protocol's read-through: its hit path next to a plain get (pymc only).
+    cases["Client.fetch (hit)"] = {
+        "pymc": lambda c=clients["pymc"]: c.fetch("bench:one", lambda: VALUE, 0),
+    }
     cases["Client.get"]["bare socket"] = bare_exchange(address, b"get bench:one\r\n", b"END\r\n")
     set_request = b"set bench:one 0 0 %d\r\n%s\r\n" % (len(VALUE), VALUE)
     cases["Client.set"]["bare socket"] = bare_exchange(address, set_request, b"\r\n")
@@ -165,5 +169,5 @@ def check(cases: Cases) -> None:
             if "get_many" in case:
                 want = int(case.split("(")[1].rstrip(")"))
                 assert len(got) == want and set(got.values()) == {VALUE}, (case, name)
-            elif ".get" in case:
+            elif ".get" in case or ".fetch" in case:
                 assert got == VALUE, (case, name, got)
