@@ -55,6 +55,8 @@ from .exceptions import (
 )
 from .meta import (
     ExpectMeta,
+    ExpectMetaEach,
+    ExpectMetaQuiet,
     MetaResult,
     encode_meta_arithmetic,
     encode_meta_delete,
@@ -104,8 +106,11 @@ __all__ = [
     "Commands",
     "KeepaliveOpts",
     "decode_values",
+    "meta_batches",
     "normalize_server_spec",
     "per_key_results",
+    "quiet_deletes",
+    "quiet_gets",
     "read_through",
     "request_chunks",
     "resolve_noreply",
@@ -125,6 +130,8 @@ RECV_SIZE = 65536
 #: A pipelined pass sends at most this many request bytes before it reads the replies, so
 #: neither side can fill both socket buffers and wait for the other forever.
 PIPELINE_BYTES = 32768
+#: A quiet meta pipeline sends at most about this many bytes of request lines per batch.
+QUIET_BATCH_BYTES = 65536
 #: The longest ``get``/``gets`` line a multi-get sends by default: ElastiCache Serverless
 #: refuses longer ones. Longer key lists go in several requests (``max_get_line``).
 MAX_GET_LINE = 16384
@@ -412,6 +419,61 @@ def _typed_stats(raw: Dict[bytes, bytes]) -> Dict[bytes, Any]:
         except ValueError:
             out[name] = value
     return out
+
+
+QuietBatch = Tuple[bytes, List[Tuple[bytes, ...]], Dict[bytes, Any]]
+
+
+def quiet_gets(
+    batch: List[Tuple[bytes, Tuple[Any, bool]]], opaque: Callable[[], bytes]
+) -> QuietBatch:
+    """``(request, sent, key by opaque)`` of a quiet ``mg`` pipeline ending in ``mn``."""
+    requests: List[bytes] = []
+    sent: List[Tuple[bytes, ...]] = []
+    key_of: Dict[bytes, Any] = {}
+    for wire, (key, b64) in batch:
+        token = opaque()
+        requests.append(
+            encode_meta_get(wire, base64=b64, return_client_flags=True, opaque=token, quiet=True)
+        )
+        sent.append((token, b"mg"))
+        key_of[token] = key
+    requests.append(encode_meta_noop())
+    return b"".join(requests), sent, key_of
+
+
+def quiet_deletes(
+    batch: List[Tuple[bytes, Tuple[Any, bool]]], opaque: Callable[[], bytes], invalidate: bool
+) -> QuietBatch:
+    """``(request, sent, key by opaque)`` of a quiet ``md`` pipeline ending in ``mn``."""
+    requests: List[bytes] = []
+    sent: List[Tuple[bytes, ...]] = []
+    key_of: Dict[bytes, Any] = {}
+    for wire, (key, b64) in batch:
+        token = opaque()
+        requests.append(
+            encode_meta_delete(wire, base64=b64, invalidate=invalidate, opaque=token, quiet=True)
+        )
+        sent.append((token, b"md"))
+        key_of[token] = key
+    requests.append(encode_meta_noop())
+    return b"".join(requests), sent, key_of
+
+
+def meta_batches(items: List[Tuple[bytes, Any]]) -> List[List[Tuple[bytes, Any]]]:
+    """Split ``(wire key, ...)`` items of a meta pipeline into batches of about
+    QUIET_BATCH_BYTES of request lines, so that neither side's socket buffer fills while
+    the other waits (a quiet pipeline's answers are small: only misses and failures, or
+    the hits of a get)."""
+    batches: List[List[Tuple[bytes, Any]]] = [[]]
+    size = 0
+    for item in items:
+        if size >= QUIET_BATCH_BYTES:
+            batches.append([])
+            size = 0
+        batches[-1].append(item)
+        size += len(item[0]) + 40
+    return batches if batches[0] else []
 
 
 def read_through(
@@ -1492,6 +1554,98 @@ class Client:
         :func:`read_through`."""
         return read_through(self, key, compute, ttl, lease_ttl, recache_ttl, wait)
 
+    # Quiet pipelines: each request says ``q`` and carries its own opaque; one ``mn``
+    # ends the batch; only misses and failures come back (``ExpectMetaQuiet`` checks that
+    # every reply belongs to a request of the batch, in order).
+
+    def meta_wires(self, keys: Iterable[Any]) -> Dict[bytes, Tuple[Any, bool]]:
+        """``{wire key: (key, base64?)}``; spellings of one key are one key (the last)."""
+        out: Dict[bytes, Tuple[Any, bool]] = {}
+        for key in keys:
+            wire, b64 = meta_key(key, self._prefix, True)
+            out[wire] = (key, b64)
+        return out
+
+    def meta_get_many(self, keys: Iterable[Key]) -> Dict[Key, Any]:
+        """The values (deserialized) of the keys present, in one quiet pipeline per
+        batch: ``mg ... q`` for each key, then ``mn``; the server sends only the hits."""
+        out: Dict[Key, Any] = {}
+        for batch in meta_batches(list(self.meta_wires(keys).items())):
+            request, sent, key_of = quiet_gets(batch, self._opaque)
+            found = self.request(request, ExpectMetaQuiet(sent))
+            if type(found) is ErrorReply:
+                self.raise_error(found, "mg")
+            out.update(self.meta_values(found, key_of))
+        return out
+
+    def meta_values(
+        self, found: Dict[bytes, MetaResult], key_of: Dict[bytes, Any]
+    ) -> Dict[Any, Any]:
+        """``{key: value}`` (deserialized) of the hits of a quiet ``mg`` pipeline."""
+        out: Dict[Any, Any] = {}
+        for token, result in found.items():
+            if result.status == "hit":
+                key = key_of[token]
+                out[key] = self._decoded(key, result).value
+        return out
+
+    def meta_set_many(self, values: Mapping[Any, Any], ttl: int = 0) -> List[Any]:
+        """Store many values in one quiet pipeline per batch; return the keys that were not
+        stored. An error line (a value over the item size limit) names no request, so that
+        batch is sent again with a reply for each (a set may run twice), and the error is
+        raised once every reply was read, as :meth:`set_many` does."""
+        failed: List[Any] = []
+        errors: List[Tuple[Any, ErrorReply]] = []
+        wires = self.meta_wires(values)
+        for batch in meta_batches(list(wires.items())):
+            lines: List[Tuple[bytes, bytes, Any]] = []  # (opaque, request without q, key)
+            for wire, (key, b64) in batch:
+                data, client_flags = self._serialize(key, values[key], None)
+                opaque = self._opaque()
+                options = dict(base64=b64, client_flags=client_flags, ttl=ttl, opaque=opaque)
+                lines.append((opaque, encode_meta_set(wire, data, quiet=True, **options), key))
+            sent: List[Tuple[bytes, ...]] = [(opaque, b"ms") for opaque, _, _ in lines]
+            request = b"".join(line for _, line, _ in lines) + encode_meta_noop()
+            found = self.request(request, ExpectMetaQuiet(sent))
+            if type(found) is not ErrorReply:
+                key_of = {opaque: key for opaque, _, key in lines}
+                failed.extend(key_of[o] for o, r in found.items() if r.status != "stored")
+                continue
+            if not found.in_step:
+                self.raise_error(found, "ms")
+            # Which request drew the error? Ask again, one reply each, in order.
+            loud = []
+            for wire, (key, b64) in batch:
+                data, client_flags = self._serialize(key, values[key], None)
+                opaque = self._opaque()
+                options = dict(base64=b64, client_flags=client_flags, ttl=ttl, opaque=opaque)
+                loud.append((opaque, encode_meta_set(wire, data, **options), key))
+            replies = self.request(
+                b"".join(line for _, line, _ in loud),
+                ExpectMetaEach([ExpectMeta(opaque, command=b"ms") for opaque, _, _ in loud]),
+            )
+            for (_, _, key), reply in zip(loud, replies):
+                if type(reply) is ErrorReply:
+                    errors.append((key, reply))
+                elif reply.status != "stored":
+                    failed.append(key)
+        if errors:
+            names = ", ".join(repr(k) for k, _ in errors[:5])
+            self.raise_error(errors[0][1], f"meta_set_many of {len(errors)} key(s): {names}")
+        return failed
+
+    def meta_delete_many(self, keys: Iterable[Key], *, invalidate: bool = False) -> List[Key]:
+        """Delete (or with ``invalidate`` mark stale) many keys in one quiet pipeline per
+        batch; return the keys that were not found."""
+        missing: List[Key] = []
+        for batch in meta_batches(list(self.meta_wires(keys).items())):
+            request, sent, key_of = quiet_deletes(batch, self._opaque, invalidate)
+            found = self.request(request, ExpectMetaQuiet(sent))
+            if type(found) is ErrorReply:
+                self.raise_error(found, "md")
+            missing.extend(key_of[t] for t, r in found.items() if r.status == "not_found")
+        return missing
+
     # ------------------------------------------------------------------ mapping sugar
 
     def __getitem__(self, key: Key) -> Any:
@@ -1546,6 +1700,9 @@ COMMANDS: Tuple[str, ...] = tuple(
         "meta_delete",
         "meta_arithmetic",
         "meta_noop",
+        "meta_get_many",
+        "meta_set_many",
+        "meta_delete_many",
         "get_cas",
         "set_cas",
         "invalidate",
@@ -1616,6 +1773,9 @@ class Commands:
     meta_delete = _delegate(Client.meta_delete)
     meta_arithmetic = _delegate(Client.meta_arithmetic)
     meta_noop = _delegate(Client.meta_noop)
+    meta_get_many = _delegate(Client.meta_get_many)
+    meta_set_many = _delegate(Client.meta_set_many)
+    meta_delete_many = _delegate(Client.meta_delete_many)
     get_cas = _delegate(Client.get_cas)
     set_cas = _delegate(Client.set_cas)
     invalidate = _delegate(Client.invalidate)

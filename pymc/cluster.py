@@ -22,6 +22,7 @@ any of them.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
 import os
 import threading
@@ -49,8 +50,11 @@ from .client import (
     Item,
     ServerSpec,
     decode_values,
+    meta_batches,
     normalize_server_spec,
     per_key_results,
+    quiet_deletes,
+    quiet_gets,
     read_through,
     request_chunks,
     resolve_noreply,
@@ -66,7 +70,7 @@ from .exceptions import (
     MemcacheServerRefusedError,
 )
 from .hashing import RendezvousHash, build_locator
-from .meta import MetaResult, meta_key
+from .meta import ExpectMetaQuiet, MetaResult, encode_meta_noop, encode_meta_set, meta_key
 from .pool import DEFAULT_POOL_TIMEOUT, Lease, PooledClient
 from .protocol import (
     RULES,
@@ -270,6 +274,17 @@ class NodeSet:
 
     def __repr__(self) -> str:
         return f"<NodeSet v{self.version} {list(self.names)}>"
+
+
+def _with_keys(
+    finish: Callable[[Any, Dict[bytes, Any]], Any], key_of: Dict[bytes, Any]
+) -> Callable[[Any], Any]:
+    return lambda found: finish(found, key_of)
+
+
+def _route(key: AnyKey) -> Any:
+    """What a key is placed by: the server key of a ``(server_key, key)`` tuple."""
+    return key[0] if type(key) is tuple else key
 
 
 def _real(key: AnyKey) -> Key:
@@ -997,6 +1012,160 @@ class HashClient:
         return True
 
     delete_multi = delete_many
+
+    # ------------------------------------------------------------------ meta pipelines
+
+    def _meta_groups(
+        self, keys: Iterable[AnyKey]
+    ) -> Tuple[NodeSet, Dict[str, List[Tuple[bytes, Tuple[Any, bool]]]]]:
+        """Each node's ``[(wire key, (caller key, base64?))]``; one entry per wire key."""
+        opts = self.options
+        wires: Dict[Any, Tuple[bytes, bool]] = {}
+        for key in keys:
+            wires[key] = meta_key(_real(key), opts.key_prefix, True)
+        nodes = self._nodes
+        groups = self._groups(nodes, list(wires))
+        out: Dict[str, List[Tuple[bytes, Tuple[Any, bool]]]] = {}
+        for name, group in groups.items():
+            by_wire = {wires[k][0]: (k, wires[k][1]) for k in group}
+            out[name] = list(by_wire.items())
+        return nodes, out
+
+    def _quiet_fan_out(
+        self,
+        command: str,
+        keys: Iterable[AnyKey],
+        build: Callable[[List[Tuple[bytes, Tuple[Any, bool]]], Callable[[], bytes]], Any],
+        finish: Callable[[Any, Dict[bytes, Any]], Any],
+        alone: Callable[[str, List[Any]], Any],
+    ) -> Dict[str, Any]:
+        """A quiet meta pipeline to every node at once: ``{node: finish(found, key_of)}``
+        (``alone(node, caller keys)`` for a node whose batch is too big for one pass)."""
+        try:
+            nodes, groups = self._meta_groups(keys)
+        except AllNodesDownError:
+            if self.ignore_exc:
+                return {}
+            raise
+        tokens = itertools.count()
+
+        def opaque() -> bytes:
+            return b"%x" % next(tokens)
+
+        parts: Dict[str, Optional[Part]] = {}
+        for name, batch in groups.items():
+            if len(meta_batches(batch)) > 1:
+                parts[name] = None
+                continue
+            request, sent, key_of = build(batch, opaque)
+            parts[name] = (
+                request,
+                partial(ExpectMetaQuiet, sent),
+                _with_keys(finish, key_of),
+            )
+
+        def solo(name: str) -> Any:
+            return alone(name, [key for _, (key, _) in groups[name]])
+
+        return self._fan_out(command, nodes, parts, solo)
+
+    def meta_get_many(self, keys: Iterable[AnyKey]) -> Dict[Any, Any]:
+        """The values of the keys present, from every node at once: one quiet ``mg``
+        pipeline per node (only the hits come back)."""
+        opts = self.options
+
+        def finish(found: Any, key_of: Dict[bytes, Any]) -> Dict[Any, Any]:
+            if type(found) is ErrorReply:
+                raise found.exception("mg")
+            items = {t: (r.client_flags or 0, r.value, None) for t, r in found.items() if r.hit}
+            return decode_values(items, key_of, opts, False)
+
+        def alone(name: str, group: List[Any]) -> Dict[Any, Any]:
+            got = self._nodes_client(name).run("meta_get_many", ([_real(k) for k in group],), {})
+            return {k: got[_real(k)] for k in group if _real(k) in got}
+
+        results = self._quiet_fan_out("meta_get_many", keys, quiet_gets, finish, alone)
+        out: Dict[Any, Any] = {}
+        for values in results.values():
+            out.update(values)
+        return out
+
+    def meta_delete_many(self, keys: Iterable[AnyKey], *, invalidate: bool = False) -> List[Any]:
+        """Delete (or mark stale) many keys on every node at once; return those not found."""
+
+        def build(batch: Any, opaque: Callable[[], bytes]) -> Any:
+            return quiet_deletes(batch, opaque, invalidate)
+
+        def finish(found: Any, key_of: Dict[bytes, Any]) -> List[Any]:
+            if type(found) is ErrorReply:
+                raise found.exception("md")
+            return [key_of[t] for t, r in found.items() if r.status == "not_found"]
+
+        def alone(name: str, group: List[Any]) -> List[Any]:
+            reals = [_real(k) for k in group]
+            gone = set(
+                self._nodes_client(name).run(
+                    "meta_delete_many", (reals,), {"invalidate": invalidate}
+                )
+            )
+            return [k for k in group if _real(k) in gone]
+
+        results = self._quiet_fan_out("meta_delete_many", keys, build, finish, alone)
+        return [key for missing in results.values() for key in missing]
+
+    def meta_set_many(self, values: Mapping[Any, Any], ttl: int = 0) -> List[Any]:
+        """Store many values on every node at once (one quiet ``ms`` pipeline per node);
+        return the keys not stored. A node whose pipeline drew an error line is asked
+        again through its own client, which finds the key and raises its error."""
+        opts = self.options
+        retry_alone = object()
+
+        def build(batch: Any, opaque: Callable[[], bytes]) -> Any:
+            requests: List[bytes] = []
+            sent: List[Tuple[bytes, ...]] = []
+            key_of: Dict[bytes, Any] = {}
+            for wire, (key, b64) in batch:
+                real = _real(key)
+                data, client_flags = opts.serde.serialize(real, values[key])
+                if type(data) is not bytes:
+                    data = coerce_to_bytes(data, opts.encoding, real)
+                token = opaque()
+                requests.append(
+                    encode_meta_set(
+                        wire,
+                        data,
+                        base64=b64,
+                        client_flags=client_flags,
+                        ttl=ttl,
+                        opaque=token,
+                        quiet=True,
+                    )
+                )
+                sent.append((token, b"ms"))
+                key_of[token] = key
+            requests.append(encode_meta_noop())
+            return b"".join(requests), sent, key_of
+
+        def finish(found: Any, key_of: Dict[bytes, Any]) -> Any:
+            if type(found) is ErrorReply:
+                if not found.in_step:
+                    raise found.exception("ms")
+                return retry_alone
+            return [key_of[t] for t, r in found.items() if r.status != "stored"]
+
+        def alone(name: str, group: List[Any]) -> List[Any]:
+            sub = {_real(k): values[k] for k in group}
+            failed = set(self._nodes_client(name).run("meta_set_many", (sub, ttl), {}))
+            return [k for k in group if _real(k) in failed]
+
+        results = self._quiet_fan_out("meta_set_many", values, build, finish, alone)
+        failed: List[Any] = []
+        for name, answer in results.items():
+            if answer is retry_alone:
+                group = [k for k in values if self._nodes.node_for(_route(k)) == name]
+                answer = alone(name, group)
+            failed.extend(answer)
+        return failed
 
     def touch_many(
         self, keys: Iterable[AnyKey], expire: int = 0, noreply: Optional[bool] = None

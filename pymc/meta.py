@@ -40,6 +40,7 @@ __all__ = [
     "MAX_OPAQUE_LENGTH",
     "META_STATUSES",
     "ExpectMeta",
+    "ExpectMetaEach",
     "ExpectMetaQuiet",
     "MetaResult",
     "encode_meta_arithmetic",
@@ -740,3 +741,26 @@ class ExpectMetaQuiet(Expect):
             command, key = self._sent[n]
             assert isinstance(opaque, bytes)
             self.results[opaque] = _result(reader, head, command, data, opaque, key)
+
+
+class ExpectMetaEach(Expect):
+    """One reply to each of a pipeline of (non-quiet) meta requests, in order: a list of
+    their results (:class:`MetaResult` or :class:`~pymc.protocol.ErrorReply`), so that
+    even an error line, which carries no opaque, belongs to its request."""
+
+    __slots__ = ("_each", "results")
+
+    def __init__(self, each: Sequence[ExpectMeta]) -> None:
+        self._each = list(each)
+        self.results: List[object] = []
+
+    def step(self, reader: Reader) -> object:
+        results = self.results
+        while len(results) < len(self._each):
+            result = self._each[len(results)].step(reader)
+            if result is NEED_DATA:
+                return NEED_DATA
+            results.append(result)
+            if type(result) is ErrorReply and not result.in_step:
+                results.extend([result] * (len(self._each) - len(results)))
+        return results

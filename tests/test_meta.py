@@ -300,3 +300,116 @@ def test_meta_results_are_what_pymemcache_users_would_expect_types(
             client.meta_set(key, b"v", mode="upsert-ish")
     finally:
         client.close()
+
+
+# --------------------------------------------------------------------------- gevent
+
+
+@pytest.mark.timeout(120)
+def test_fetch_herd_of_500_greenlets_under_gevent(nodes: List[MemcachedProcess]) -> None:
+    pytest.importorskip("gevent")
+    from support import gevent_runner
+
+    out = gevent_runner.run_scenario(
+        "meta_gevent_scenarios.py", "herd", {"servers": [list(tcp(n)) for n in nodes[:3]]}
+    )
+    assert "scenario herd passed" in out
+
+
+# --------------------------------------------------------------------------- quiet pipelines
+
+
+class _Counted:
+    """A socket module whose sockets count their send() calls: one request write each."""
+
+    sends = 0
+
+    def __init__(self) -> None:
+        import socket as real
+
+        counted = self
+
+        class CountingSocket(real.socket):
+            def send(self, data: Any, *args: Any) -> int:
+                counted.sends += 1
+                return super().send(data, *args)
+
+            def sendall(self, data: Any, *args: Any) -> None:
+                counted.sends += 1
+                super().sendall(data, *args)
+
+        self.socket = CountingSocket
+        self._real = real
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._real, name)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_thousand_quiet_sets_cost_one_round_trip_per_node_and_report_only_failures(
+    nodes: List[MemcachedProcess], kind: str
+) -> None:
+    counted = _Counted()
+    client = make(kind, nodes, socket_module=counted)
+    prefix = tag()
+    values = {f"{prefix}-{i}": b"v%d" % i for i in range(1000)}
+    try:
+        if kind != "hash":
+            client.meta_noop()  # connect first
+        before = counted.sends
+        assert client.meta_set_many(values, 60) == []
+        writes = counted.sends - before
+        assert writes == (1 if kind != "hash" else 3), writes  # one pipeline per node
+        assert client.meta_get_many(list(values)) == values
+        # only failures come back: the one key that was never stored
+        missing = f"{prefix}-never"
+        assert client.meta_delete_many([f"{prefix}-1", missing, f"{prefix}-2"]) == [missing]
+        assert client.meta_get_many([f"{prefix}-1", f"{prefix}-2", f"{prefix}-3"]) == {
+            f"{prefix}-3": b"v3"
+        }
+    finally:
+        client.close()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_an_oversize_value_in_the_middle_of_a_quiet_set(
+    nodes: List[MemcachedProcess], kind: str
+) -> None:
+    client = make(kind, nodes)
+    prefix = tag()
+    values = {f"{prefix}-{i}": b"v" for i in range(200)}
+    big = f"{prefix}-100"
+    values[big] = b"x" * (2 << 20)  # over the server's 1 MiB item limit
+    try:
+        with pytest.raises(pymc.MemcacheServerError) as info:
+            client.meta_set_many(values, 60)
+        assert repr(big) in str(info.value)
+        got = client.meta_get_many(list(values))
+        assert set(got) == set(values) - {big}  # every other value was stored
+    finally:
+        client.close()
+
+
+def test_swapped_replies_in_a_quiet_pipeline_are_refused(
+    nodes: List[MemcachedProcess], fault_proxy: Callable[[Tuple[str, int]], FaultProxy]
+) -> None:
+    proxy = fault_proxy(tcp(nodes[0]))
+    client = Client(proxy.server, timeout=2)
+    keys = [tag() for _ in range(3)]
+    try:
+        client.meta_set_many({k: b"v" for k in keys})
+
+        def swap(data: bytes) -> bytes:  # the first two hits trade places
+            parts = data.split(b"VA ")
+            if len(parts) >= 3:
+                parts[1], parts[2] = parts[2], parts[1]
+            return b"VA ".join(parts)
+
+        proxy.set_mode("rewrite", fn=swap)
+        with pytest.raises(MemcacheProtocolError):
+            client.meta_get_many(keys)
+        assert client.sock is None
+        proxy.set_mode("pass")
+        assert client.meta_get_many(keys) == {k: b"v" for k in keys}
+    finally:
+        client.close()

@@ -4,14 +4,10 @@ process stays unpatched and owns the memcached server."""
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 from typing import Any, Dict
 
 import pytest
+from support import gevent_runner
 from support.helpers import tcp
 from support.servers import MemcachedProcess
 
@@ -21,30 +17,9 @@ pytestmark = pytest.mark.skipif(
     monkey.is_module_patched("socket"), reason="starts its own gevent processes"
 )
 
-ROOT = Path(__file__).resolve().parent.parent
-SCENARIOS = ROOT / "tests" / "pool_gevent_scenarios.py"
-
 
 def run_scenario(name: str, args: Dict[str, Any], timeout: float = 90) -> str:
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "tests")]))
-    env.pop("PYTEST_ADDOPTS", None)
-    try:
-        result = subprocess.run(
-            [sys.executable, str(SCENARIOS), name, json.dumps(args)],
-            cwd=ROOT,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            timeout=timeout,
-        )
-    except subprocess.TimeoutExpired as exc:
-        out = exc.stdout if isinstance(exc.stdout, str) else (exc.stdout or b"").decode()
-        pytest.fail(f"scenario {name} did not finish in {timeout} s:\n{out[-4000:]}")
-    assert result.returncode == 0, f"scenario {name} failed:\n{result.stdout[-6000:]}"
-    print(result.stdout)
-    return result.stdout
+    return gevent_runner.run_scenario("pool_gevent_scenarios.py", name, args, timeout)
 
 
 @pytest.mark.timeout(120)
