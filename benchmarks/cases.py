@@ -90,6 +90,10 @@ def single_server(address: Address) -> Cases:
         n: (lambda c=c: (c.set("bench:nr", VALUE, noreply=True), c.get("bench:one")))
         for n, c in peers.items()
     }
+    # The meta protocol (pymc only): a quiet pipeline of 100 gets, and fetch's hit path.
+    cases["Client.meta_get_many(100)"] = {
+        "pymc": lambda c=clients["pymc"]: c.meta_get_many(keys),
+    }
     # The meta protocol's read-through: its hit path next to a plain get (pymc only).
     cases["Client.fetch (hit)"] = {
         "pymc": lambda c=clients["pymc"]: c.fetch("bench:one", lambda: VALUE, 0),

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import base64 as _b64
 import binascii
+import functools
 import hashlib
 import re
 from dataclasses import dataclass
@@ -258,7 +259,48 @@ def encode_meta_get(
     ``l`` (return_last_access), ``s`` (return_size), ``t`` (return_ttl), ``O`` (opaque),
     ``q`` (quiet: no ``EN`` on a miss), ``N`` (vivify_on_miss: its TTL), ``R``
     (recache_ttl), ``T`` (touch_ttl), ``u`` (no_bump), then ``flags`` verbatim."""
-    parts = [b"b"] if base64 else []
+    before, after = _mg_flags(
+        base64,
+        value,
+        return_cas,
+        return_client_flags,
+        return_hit,
+        return_key,
+        return_last_access,
+        return_size,
+        return_ttl,
+        quiet,
+        vivify_on_miss,
+        recache_ttl,
+        touch_ttl,
+        no_bump,
+        flags,
+    )
+    middle = [_opaque(opaque)] if opaque is not None else []
+    return _line(b"mg", _wire_key(key, base64), [*before, *middle, *after])
+
+
+@functools.lru_cache(maxsize=512)
+def _mg_flags(
+    base64: bool,
+    value: bool,
+    return_cas: bool,
+    return_client_flags: bool,
+    return_hit: bool,
+    return_key: bool,
+    return_last_access: bool,
+    return_size: bool,
+    return_ttl: bool,
+    quiet: bool,
+    vivify_on_miss: Optional[int],
+    recache_ttl: Optional[int],
+    touch_ttl: Optional[int],
+    no_bump: bool,
+    flags: str,
+) -> Tuple[Tuple[bytes, ...], Tuple[bytes, ...]]:
+    """The flags of an ``mg`` before and after its opaque (checked and built once for
+    each combination: a read-through asks the same way every time)."""
+    before = [b"b"] if base64 else []
     for wanted, flag in (
         (value, b"v"),
         (return_cas, b"c"),
@@ -270,21 +312,20 @@ def encode_meta_get(
         (return_ttl, b"t"),
     ):
         if wanted:
-            parts.append(flag)
-    if opaque is not None:
-        parts.append(_opaque(opaque))
+            before.append(flag)
+    after = []
     if quiet:
-        parts.append(b"q")
+        after.append(b"q")
     if vivify_on_miss is not None:
-        parts.append(b"N%d" % _ttl(vivify_on_miss, "vivify_on_miss"))
+        after.append(b"N%d" % _ttl(vivify_on_miss, "vivify_on_miss"))
     if recache_ttl is not None:
-        parts.append(b"R%d" % _ttl(recache_ttl, "recache_ttl"))
+        after.append(b"R%d" % _ttl(recache_ttl, "recache_ttl"))
     if touch_ttl is not None:
-        parts.append(b"T%d" % _ttl(touch_ttl, "touch_ttl"))
+        after.append(b"T%d" % _ttl(touch_ttl, "touch_ttl"))
     if no_bump:
-        parts.append(b"u")
-    parts += _extra(flags)
-    return _line(b"mg", _wire_key(key, base64), parts)
+        after.append(b"u")
+    after += _extra(flags)
+    return tuple(before), tuple(after)
 
 
 _MODES: Final = {"set": b"S", "add": b"E", "replace": b"R", "append": b"A", "prepend": b"P"}
@@ -645,6 +686,8 @@ class ExpectMeta(Expect):
     def step(self, reader: Reader) -> object:
         head = self.head
         if head is None:
+            if not reader.buffered:
+                return NEED_DATA  # (the first call, before anything was received)
             line = reader.next_line()
             if line is NEED_DATA:
                 return NEED_DATA
