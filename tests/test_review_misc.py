@@ -261,6 +261,9 @@ def _every_command_by_keyword(client: Any) -> List[str]:
     value, cas = call("get_cas", key="m", default=None)
     assert call("set_cas", key="m", value=b"5", cas=cas, ttl=0) is True
     assert call("invalidate", key="m", ttl=30) is True
+    assert call("meta_set_many", values={"m1": b"1", "m2": b"2"}, ttl=0) == []
+    assert call("meta_get_many", keys=["m1", "m2", "m3"]) == {"m1": b"1", "m2": b"2"}
+    assert call("meta_delete_many", keys=["m1", "m3"], invalidate=False) == ["m3"]
     assert call("flush_all", delay=0, noreply=False) is True
     assert call("get", key="k", default=None) is None
     assert call("quit") is None
