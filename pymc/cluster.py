@@ -1229,7 +1229,8 @@ class HashClient:
         return all(self._each("verbosity", level, noreply).values())
 
     def quit(self) -> None:
-        self._each("quit")
+        if self._nodes.clients:  # no node: nothing to quit
+            self._each("quit")
 
     def close(self) -> None:
         """Close every idle connection of every node (live or dead)."""

@@ -12,10 +12,10 @@ from typing import Any, Callable, Dict, List, Tuple
 
 import pytest
 from support.faultproxy import FaultProxy
-from support.helpers import tcp
+from support.helpers import KINDS, one_node_client, tcp
 from support.servers import MemcachedProcess
 
-from pymc import Client, HashClient, MemcacheProtocolError, PooledClient
+from pymc import HashClient, MemcacheProtocolError
 from pymc.exceptions import MemcacheServerRefusedError
 from pymc.protocol import (
     NEED_DATA,
@@ -30,7 +30,6 @@ from pymc.protocol import (
 )
 
 ProxyFactory = Callable[[Tuple[str, int]], FaultProxy]
-KINDS = ["client", "pooled", "hash"]
 _counter = itertools.count()
 
 
@@ -38,22 +37,7 @@ def tag() -> str:
     return f"atk{next(_counter)}-{time.monotonic_ns() % 10**9}"
 
 
-def make(kind: str, server: Any, **options: Any) -> Any:
-    options.setdefault("timeout", 2.0)
-    options.setdefault("connect_timeout", 2.0)
-    if kind == "client":
-        return Client(server, **options)
-    if kind == "pooled":
-        return PooledClient(server, max_pool_size=2, pool_timeout=2.0, **options)
-    return HashClient(
-        [server],
-        use_pooling=True,
-        max_pool_size=2,
-        pool_timeout=2.0,
-        retry_attempts=1000,
-        retry_timeout=0,
-        **options,
-    )
+make = one_node_client
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ from typing import Any, Callable, Dict, List, Tuple, Type
 
 import pytest
 from support.faultproxy import FaultProxy
-from support.helpers import tcp
+from support.helpers import KINDS, one_node_client, tcp
 from support.servers import MemcachedProcess
 
 from pymc import (
@@ -29,14 +29,12 @@ from pymc import (
     MemcacheProtocolError,
     MemcacheServerError,
     MemcacheUnknownCommandError,
-    PooledClient,
 )
 from pymc.client import PIPELINE_BYTES
 from pymc.exceptions import MemcacheServerRefusedError
 from pymc.serde import pickle_serde
 
 ProxyFactory = Callable[[Tuple[str, int]], FaultProxy]
-KINDS = ["client", "pooled", "hash"]
 _counter = itertools.count()
 
 
@@ -44,24 +42,7 @@ def tag() -> str:
     return f"rp{next(_counter)}-{time.monotonic_ns() % 10**9}"
 
 
-def make(kind: str, server: Any, **options: Any) -> Any:
-    """A client of ``kind`` for one server (the HashClient has that one node)."""
-    options.setdefault("timeout", 2.0)
-    options.setdefault("connect_timeout", 2.0)
-    if kind == "client":
-        return Client(server, **options)
-    if kind == "pooled":
-        return PooledClient(server, max_pool_size=2, pool_timeout=2.0, **options)
-    # A node that fails is tried again at once (no ejection): the same input as the others.
-    return HashClient(
-        [server],
-        use_pooling=True,
-        max_pool_size=2,
-        pool_timeout=2.0,
-        retry_attempts=1000,
-        retry_timeout=0,
-        **options,
-    )
+make = one_node_client
 
 
 @pytest.fixture

@@ -91,3 +91,29 @@ def run_in_child(body: Callable[[], Dict[str, Any]], timeout: float = 10.0) -> D
         _reap(pid)
     result: Dict[str, Any] = json.loads(b"".join(chunks) or b"{}")
     return result
+
+
+#: The three clients that must answer the same input the same way.
+KINDS = ["client", "pooled", "hash"]
+
+
+def one_node_client(kind: str, server: Any, **options: Any) -> Any:
+    """A Client, PooledClient or HashClient (of that one node) for ``server``. The
+    HashClient never ejects its node, so every client sees the same input."""
+    import pymc
+
+    options.setdefault("timeout", 2.0)
+    options.setdefault("connect_timeout", 2.0)
+    if kind == "client":
+        return pymc.Client(server, **options)
+    if kind == "pooled":
+        return pymc.PooledClient(server, max_pool_size=2, pool_timeout=2.0, **options)
+    return pymc.HashClient(
+        [server],
+        use_pooling=True,
+        max_pool_size=2,
+        pool_timeout=2.0,
+        retry_attempts=1000,
+        retry_timeout=0,
+        **options,
+    )
