@@ -58,6 +58,7 @@ from .meta import (
     ExpectMetaEach,
     ExpectMetaQuiet,
     MetaResult,
+    encode_lease_get,
     encode_meta_arithmetic,
     encode_meta_delete,
     encode_meta_get,
@@ -497,12 +498,10 @@ def read_through(
     back, so the next caller recomputes at once.
     """
     patience = lease_ttl if wait is None else wait
-    deadline = time.monotonic() + patience
+    deadline = None
     delay = 0.001
     while True:
-        result = client.meta_get(
-            key, return_cas=True, vivify_on_miss=lease_ttl, recache_ttl=recache_ttl
-        )
+        result = client.lease_get(key, lease_ttl, recache_ttl)
         if result.win:
             return _recompute(client, key, compute, ttl, result)
         if result.status == "miss":  # no lease was offered: the cache is unavailable
@@ -511,6 +510,8 @@ def read_through(
             return result.value  # a value; a stale one while someone else refreshes it
         # Someone else holds the lease of a missing value: wait for what it stores.
         now = time.monotonic()
+        if deadline is None:  # (measured from the first wait: the hit path skips the clock)
+            deadline = now + patience
         if now >= deadline:
             raise MemcacheLeaseTimeoutError(
                 f"{key!r} was not stored by the lease holder within {patience} s"
@@ -522,15 +523,16 @@ def read_through(
 def _recompute(client: Any, key: Any, compute: Callable[[], Any], ttl: int, lease: Any) -> Any:
     try:
         value = compute()
+        client.meta_set(key, value, ttl, compare_cas=lease.cas)
     except BaseException:
-        # Give the lease back: a placeholder goes, a stale value is stale again; either
-        # way the next caller wins at once.
+        # compute() raised, or its value could not be stored (too large, a network
+        # error): give the lease back. A placeholder goes, a stale value is stale again;
+        # either way the next caller wins at once instead of waiting out the lease.
         try:
             client.meta_delete(key, compare_cas=lease.cas, invalidate=lease.stale)
         except MemcacheError:
             pass
         raise
-    client.meta_set(key, value, ttl, compare_cas=lease.cas)
     return value
 
 
@@ -815,24 +817,49 @@ class Client:
         try:
             if self._syncing:
                 self._sync(sock, reader)
-            result = expect.step(reader)
-            while result is NEED_DATA:
-                data = sock.recv(RECV_SIZE)
-                if not data:
-                    raise self._closed_mid_reply()
-                reader.feed(data)
-                result = expect.step(reader)
-            if reader.buffered:
-                raise MemcacheProtocolError(self._leftover(reader))
+            result = self._read_to_end(sock, reader, expect, expect.step(reader))
         except BaseException as exc:
             self._abort(exc)
         self._pending = False
         return result
 
+    def _read_to_end(self, sock: Any, reader: Reader, expect: Expect, result: Any) -> Any:
+        """Receive until ``expect`` has its reply (``result`` is its last step); bytes
+        after the reply are a protocol error. Inside the callers' safety net."""
+        while result is NEED_DATA:
+            data = sock.recv(RECV_SIZE)
+            if not data:
+                raise self._closed_mid_reply()
+            reader.feed(data)
+            result = expect.step(reader)
+        if reader.buffered:
+            raise MemcacheProtocolError(self._leftover(reader))
+        return result
+
     def request(self, request: bytes, expect: Expect) -> Any:
         """:meth:`send` then :meth:`receive`."""
-        self.send(request)
-        return self.receive(expect)
+        sock = self.sock
+        reader = self._reader
+        if (
+            sock is None
+            or reader is None
+            or self._pending
+            or self._owes_sync
+            or self._syncing
+            or reader.broken
+        ):
+            self.send(request)
+            return self.receive(expect)
+        # The two written out for a connection in step with nothing owed (the reader is
+        # empty: receive() refuses leftovers), as every command but get finds it.
+        self._pending = True
+        try:
+            _send(sock, request)
+            result = self._read_to_end(sock, reader, expect, NEED_DATA)
+        except BaseException as exc:
+            self._abort(exc)
+        self._pending = False
+        return result
 
     @property
     def owes_sync(self) -> bool:
@@ -1387,7 +1414,7 @@ class Client:
         if result.value is None or (self._raw_values and not result.client_flags):
             return result
         value = self._serde.deserialize(key, result.value, result.client_flags or 0)
-        return dataclasses.replace(result, value=value)
+        return result._replace(value=value)
 
     def meta_get(
         self,
@@ -1425,6 +1452,18 @@ class Client:
             no_bump=no_bump,
             flags=flags,
         )
+        return self._decoded(key, self._meta(request, opaque, "mg"))
+
+    def lease_get(
+        self, key: Key, lease_ttl: int = 30, recache_ttl: Optional[int] = None
+    ) -> MetaResult:
+        """The probe :meth:`fetch` makes: :meth:`meta_get` with ``return_cas=True``,
+        ``vivify_on_miss=lease_ttl`` and ``recache_ttl``. On a miss the caller that gets
+        ``win`` holds the lease (and the ``cas`` to store with); the others get
+        ``won_elsewhere``."""
+        wire, b64 = meta_key(key, self._prefix, True)
+        opaque = self._opaque()
+        request = encode_lease_get(wire, opaque, lease_ttl, recache_ttl, base64=b64)
         return self._decoded(key, self._meta(request, opaque, "mg"))
 
     def meta_set(
@@ -1696,6 +1735,7 @@ COMMANDS: Tuple[str, ...] = tuple(
         "raw_command",
         "cluster_config",
         "meta_get",
+        "lease_get",
         "meta_set",
         "meta_delete",
         "meta_arithmetic",
@@ -1769,6 +1809,7 @@ class Commands:
     raw_command = _delegate(Client.raw_command)
     cluster_config = _delegate(Client.cluster_config)
     meta_get = _delegate(Client.meta_get)
+    lease_get = _delegate(Client.lease_get)
     meta_set = _delegate(Client.meta_set)
     meta_delete = _delegate(Client.meta_delete)
     meta_arithmetic = _delegate(Client.meta_arithmetic)

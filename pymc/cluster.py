@@ -327,6 +327,7 @@ _ON_FAILURE: Dict[str, Any] = {
     "incr": None,
     "decr": None,
     "meta_get": MetaResult("miss"),
+    "lease_get": MetaResult("miss"),
     "meta_set": MetaResult("not_stored"),
     "meta_delete": MetaResult("not_found"),
     "meta_arithmetic": MetaResult("not_found"),
@@ -338,7 +339,16 @@ _ON_FAILURE: Dict[str, Any] = {
 
 # The meta commands take any str or bytes key (one that is no text key goes base64).
 _ANY_KEY = frozenset(
-    ["meta_get", "meta_set", "meta_delete", "meta_arithmetic", "get_cas", "set_cas", "invalidate"]
+    [
+        "meta_get",
+        "lease_get",
+        "meta_set",
+        "meta_delete",
+        "meta_arithmetic",
+        "get_cas",
+        "set_cas",
+        "invalidate",
+    ]
 )
 
 
@@ -1269,6 +1279,7 @@ class HashClient:
     incr = _keyed(Client.incr)
     decr = _keyed(Client.decr)
     meta_get = _keyed(Client.meta_get)
+    lease_get = _keyed(Client.lease_get)
     meta_set = _keyed(Client.meta_set)
     meta_delete = _keyed(Client.meta_delete)
     meta_arithmetic = _keyed(Client.meta_arithmetic)

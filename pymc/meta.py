@@ -23,8 +23,7 @@ import binascii
 import functools
 import hashlib
 import re
-from dataclasses import dataclass
-from typing import Dict, Final, List, Optional, Sequence, Tuple, Union
+from typing import Dict, Final, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 from .exceptions import MemcacheIllegalInputError
 from .protocol import (
@@ -44,6 +43,7 @@ __all__ = [
     "ExpectMetaEach",
     "ExpectMetaQuiet",
     "MetaResult",
+    "encode_lease_get",
     "encode_meta_arithmetic",
     "encode_meta_delete",
     "encode_meta_get",
@@ -75,19 +75,19 @@ _TTL_HIGH: Final = 1 << 31
 _BAD_BYTE = re.compile(rb"[\x00-\x20\x7f]").search
 _BAD_FLAGS = re.compile(r"[\x00-\x1f\x7f]").search
 _BASE64 = re.compile(rb"[A-Za-z0-9+/]+={0,2}").fullmatch
-_UINT = re.compile(rb"[0-9]{1,20}").fullmatch
 _TTL = re.compile(rb"-?[0-9]{1,11}").fullmatch
 
 
 # --------------------------------------------------------------------------- results
 
 
-@dataclass(frozen=True, slots=True)
-class MetaResult:
-    """One meta reply. ``status`` is one of :data:`META_STATUSES`: ``hit`` (``VA``/``HD``
-    to ``mg`` or ``ma``), ``miss`` (``EN``), ``stored`` (``HD`` to ``ms``), ``deleted``
-    (``HD`` to ``md``), ``not_stored`` (``NS``), ``exists`` (``EX``), ``not_found``
-    (``NF``), ``noop`` (``MN``). The other fields are the reply's flags (None when absent).
+class MetaResult(NamedTuple):
+    """One meta reply (immutable). ``status`` is one of :data:`META_STATUSES`: ``hit``
+    (``VA``/``HD`` to ``mg`` or ``ma``), ``miss`` (``EN``), ``stored`` (``HD`` to ``ms``),
+    ``deleted`` (``HD`` to ``md``), ``not_stored`` (``NS``), ``exists`` (``EX``),
+    ``not_found`` (``NF``), ``noop`` (``MN``). The other fields are the reply's flags (None
+    when absent). A named tuple, because it is made on every meta reply and a tuple is the
+    cheapest immutable object Python builds; ``_replace`` makes a changed copy.
     """
 
     status: str
@@ -276,8 +276,8 @@ def encode_meta_get(
         no_bump,
         flags,
     )
-    middle = [_opaque(opaque)] if opaque is not None else []
-    return _line(b"mg", _wire_key(key, base64), [*before, *middle, *after])
+    middle = b" " + _opaque(opaque) if opaque is not None else b""
+    return b"mg " + _wire_key(key, base64) + before + middle + after + b"\r\n"
 
 
 @functools.lru_cache(maxsize=512)
@@ -297,9 +297,10 @@ def _mg_flags(
     touch_ttl: Optional[int],
     no_bump: bool,
     flags: str,
-) -> Tuple[Tuple[bytes, ...], Tuple[bytes, ...]]:
-    """The flags of an ``mg`` before and after its opaque (checked and built once for
-    each combination: a read-through asks the same way every time)."""
+) -> Tuple[bytes, bytes]:
+    """The flags of an ``mg`` before and after its opaque, each with its leading space
+    (checked and built once for each combination: a read-through asks the same way every
+    time)."""
     before = [b"b"] if base64 else []
     for wanted, flag in (
         (value, b"v"),
@@ -325,7 +326,43 @@ def _mg_flags(
     if no_bump:
         after.append(b"u")
     after += _extra(flags)
-    return tuple(before), tuple(after)
+    return b"".join(b" " + flag for flag in before), b"".join(b" " + flag for flag in after)
+
+
+def encode_lease_get(
+    key: bytes,
+    opaque: bytes,
+    lease_ttl: int,
+    recache_ttl: Optional[int] = None,
+    *,
+    base64: bool = False,
+) -> bytes:
+    """The probe of a read-through: the bytes of :func:`encode_meta_get` with ``value``,
+    ``return_cas``, ``return_client_flags``, ``opaque``, ``vivify_on_miss=lease_ttl`` and
+    ``recache_ttl``, built with less work (it runs on every ``fetch``)."""
+    before, after = _lease_flags(base64, lease_ttl, recache_ttl)
+    return b"mg " + _wire_key(key, base64) + before + b" " + _opaque(opaque) + after + b"\r\n"
+
+
+@functools.lru_cache(maxsize=256)
+def _lease_flags(base64: bool, lease_ttl: int, recache_ttl: Optional[int]) -> Tuple[bytes, bytes]:
+    return _mg_flags(
+        base64,
+        True,
+        True,
+        True,
+        False,
+        False,
+        False,
+        False,
+        False,
+        False,
+        lease_ttl,
+        recache_ttl,
+        None,
+        False,
+        "",
+    )
 
 
 _MODES: Final = {"set": b"S", "add": b"E", "replace": b"R", "append": b"A", "prepend": b"P"}
@@ -536,64 +573,79 @@ def _error_reply(reader: Reader, line: bytes) -> Optional[ErrorReply]:
     return reply
 
 
+def _digits(arg: bytes) -> bool:
+    """Whether ``arg`` is 1 to 20 ASCII digits (``bytes.isdigit`` knows no others)."""
+    return arg.isdigit() and len(arg) <= 20
+
+
+# The reply flags this module reads, by their first byte; any other is a newer server's
+# addition, skipped.
+_KNOWN_FLAGS: Final = {bytes([c]): chr(c) for c in b"cfsltWXZbOkh"}
+_HEAD_CODES: Final = frozenset((b"HD", b"EN", b"NS", b"EX", b"NF", b"MN"))
+
+
 def _parse_head(reader: Reader, line: bytes) -> _Head:
     """The return code, data size and flags of a meta reply line; poisons when malformed."""
     tokens = line.split(b" ")
     code = tokens[0]
     size: Optional[int] = None
-    rest = tokens[1:]
-    if code == b"OK":  # memcached 1.6.6 (ElastiCache's engine among them)
-        code = b"HD"
     if code == b"VA":
-        if not rest or _UINT(rest[0]) is None:
+        if len(tokens) < 2 or not _digits(tokens[1]):
             raise reader.fail(f"malformed VA line {line[:300]!r}")
-        size = int(rest[0])
-        rest = rest[1:]
-    elif code not in (b"HD", b"EN", b"NS", b"EX", b"NF", b"MN"):
+        size = int(tokens[1])
+        del tokens[:2]
+    elif code in _HEAD_CODES:
+        del tokens[0]
+    elif code == b"OK":  # memcached 1.6.6 (ElastiCache's engine among them)
+        code = b"HD"
+        del tokens[0]
+    else:
         raise reader.fail(f"unexpected meta reply {line[:100]!r}")
     fields: Dict[str, object] = {}
-    for token in rest:
-        if not token:
-            raise reader.fail(f"malformed meta reply {line[:300]!r}")
-        flag = chr(token[0])
-        arg = token[1:]
+    for token in tokens:
+        flag = _KNOWN_FLAGS.get(token[:1])
+        if flag is None:
+            if not token:
+                raise reader.fail(f"malformed meta reply {line[:300]!r}")
+            continue  # a flag a newer server added
         if flag in fields:
             raise reader.fail(f"flag {flag!r} twice in meta reply {line[:300]!r}")
+        arg = token[1:]
         if flag in "cfsl":
-            if _UINT(arg) is None or (flag in "cs" and int(arg) >= _UINT64):
+            if not (arg.isdigit() and len(arg) <= 20):  # _digits, inline: the hot loop
                 raise reader.fail(f"bad {flag!r} flag in meta reply {line[:300]!r}")
             number = int(arg)
-            if flag == "f" and number >= _UINT32:
-                raise reader.fail(f"bad 'f' flag in meta reply {line[:300]!r}")
+            if (flag in "cs" and number >= _UINT64) or (flag == "f" and number >= _UINT32):
+                raise reader.fail(f"bad {flag!r} flag in meta reply {line[:300]!r}")
             fields[flag] = number
-        elif flag == "t":
-            if _TTL(arg) is None or int(arg) < -1:
-                raise reader.fail(f"bad 't' flag in meta reply {line[:300]!r}")
-            fields[flag] = int(arg)
-        elif flag == "h":
-            if arg not in (b"0", b"1"):
-                raise reader.fail(f"bad 'h' flag in meta reply {line[:300]!r}")
-            fields[flag] = arg == b"1"
+        elif flag in "Ok":
+            fields[flag] = arg
         elif flag in "WXZb":
             if arg:
                 raise reader.fail(f"bad {flag!r} flag in meta reply {line[:300]!r}")
             fields[flag] = True
-        elif flag in "Ok":
-            fields[flag] = arg
-        # Any other flag is one a newer server added: skipped.
-    if code == b"MN" and rest:
+        elif flag == "t":
+            if _TTL(arg) is None or int(arg) < -1:
+                raise reader.fail(f"bad 't' flag in meta reply {line[:300]!r}")
+            fields[flag] = int(arg)
+        else:  # h
+            if arg not in (b"0", b"1"):
+                raise reader.fail(f"bad 'h' flag in meta reply {line[:300]!r}")
+            fields[flag] = arg == b"1"
+    if code == b"MN" and tokens:
         raise reader.fail(f"malformed MN line {line[:100]!r}")
     key = fields.get("k")
-    if key is not None and fields.get("b"):
-        assert isinstance(key, bytes)
-        try:
-            if len(key) % 4 or _BASE64(key) is None:
-                raise ValueError
-            fields["k"] = _b64.b64decode(key, validate=True)
-        except (binascii.Error, ValueError):
-            raise reader.fail(f"a base64 key that is not base64 in {line[:300]!r}") from None
-    elif key is not None and not key:
-        raise reader.fail(f"an empty key in meta reply {line[:300]!r}")
+    if key is not None:
+        if fields.get("b"):
+            assert isinstance(key, bytes)
+            try:
+                if len(key) % 4 or _BASE64(key) is None:
+                    raise ValueError
+                fields["k"] = _b64.b64decode(key, validate=True)
+            except (binascii.Error, ValueError):
+                raise reader.fail(f"a base64 key that is not base64 in {line[:300]!r}") from None
+        elif not key:
+            raise reader.fail(f"an empty key in meta reply {line[:300]!r}")
     return _Head(code, size, fields)
 
 
@@ -635,24 +687,25 @@ def _result(
         raise reader.fail(f"the reply is for key {got_key!r}, not {key!r}"[:300])
     number = None
     if command == b"ma" and data is not None:
-        if _UINT(data) is None or int(data) >= _UINT64:
+        if not _digits(data) or int(data) >= _UINT64:
             raise reader.fail(f"ma answered a value that is not a number: {data[:40]!r}")
         number = int(data)
-    return MetaResult(
+    get = fields.get
+    return MetaResult(  # positional: this runs for every reply
         status,
-        value=data,
-        cas=fields.get("c"),  # type: ignore[arg-type]
-        ttl=fields.get("t"),  # type: ignore[arg-type]
-        client_flags=fields.get("f"),  # type: ignore[arg-type]
-        size=fields.get("s"),  # type: ignore[arg-type]
-        hit_before=fields.get("h"),  # type: ignore[arg-type]
-        last_access=fields.get("l"),  # type: ignore[arg-type]
-        win="W" in fields,
-        stale="X" in fields,
-        won_elsewhere="Z" in fields,
-        opaque=got_opaque,  # type: ignore[arg-type]
-        key=got_key,  # type: ignore[arg-type]
-        number=number,
+        data,
+        get("c"),  # type: ignore[arg-type]
+        get("t"),  # type: ignore[arg-type]
+        get("f"),  # type: ignore[arg-type]
+        get("s"),  # type: ignore[arg-type]
+        get("h"),  # type: ignore[arg-type]
+        get("l"),  # type: ignore[arg-type]
+        "W" in fields,
+        "X" in fields,
+        "Z" in fields,
+        got_opaque,  # type: ignore[arg-type]
+        got_key,  # type: ignore[arg-type]
+        number,
     )
 
 

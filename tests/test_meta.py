@@ -170,6 +170,26 @@ def test_a_compute_that_raises_gives_the_lease_back(
         client.close()
 
 
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_value_that_cannot_be_stored_gives_the_lease_back(
+    nodes: List[MemcachedProcess], kind: str
+) -> None:
+    key = tag()
+    client = make(kind, nodes, serde=pickle_serde)
+    try:
+        with pytest.raises(Exception, match="pickle"):  # the serde cannot store a lock
+            client.fetch(key, threading.Lock, 60, lease_ttl=30)
+        started = time.monotonic()
+        assert client.fetch(key, lambda: b"small", 60, lease_ttl=30) == b"small"
+        assert time.monotonic() - started < 0.5  # the lease came back: nobody waits 30 s
+        assert client.get(key) == b"small"
+        # (a value over the item size needs no give-back: memcached drops the key itself)
+        with pytest.raises(pymc.MemcacheServerError):
+            client.fetch(tag(), lambda: b"x" * (2 * 1024 * 1024), 60, lease_ttl=30)
+    finally:
+        client.close()
+
+
 def test_fetch_waits_at_most_its_wait(nodes: List[MemcachedProcess]) -> None:
     key = tag()
     holder = make("client", nodes)

@@ -20,6 +20,7 @@ from pymc.meta import (
     ExpectMeta,
     ExpectMetaQuiet,
     MetaResult,
+    encode_lease_get,
     encode_meta_arithmetic,
     encode_meta_delete,
     encode_meta_get,
@@ -308,6 +309,38 @@ class TestEncodeGet:
     def test_illegal_keys(self, key: object, b64: bool) -> None:
         with pytest.raises(MemcacheIllegalInputError):
             encode_meta_get(key, base64=b64)  # type: ignore[arg-type]
+
+
+@given(
+    key_b64=st.sampled_from([(b"k", False), (b"a" * 250, False), (b"YWJj", True)]),
+    opaque=st.sampled_from([b"1", b"ff", b"x" * 31]),
+    lease_ttl=st.integers(-(1 << 31), (1 << 31) - 1),
+    recache_ttl=st.none() | st.integers(-(1 << 31), (1 << 31) - 1),
+)
+def test_the_lease_probe_is_the_meta_get_it_stands_for(
+    key_b64: Tuple[bytes, bool], opaque: bytes, lease_ttl: int, recache_ttl: Optional[int]
+) -> None:
+    key, base64 = key_b64
+    assert encode_lease_get(key, opaque, lease_ttl, recache_ttl, base64=base64) == (
+        encode_meta_get(
+            key,
+            base64=base64,
+            return_cas=True,
+            return_client_flags=True,
+            opaque=opaque,
+            vivify_on_miss=lease_ttl,
+            recache_ttl=recache_ttl,
+        )
+    )
+
+
+@pytest.mark.parametrize(
+    "args",
+    [(b"k", b"o p", 30), (b"k", b"", 30), (b"k k", b"1", 30), (b"k", b"1", 1 << 31)],
+)
+def test_the_lease_probe_refuses_what_meta_get_refuses(args: Tuple[bytes, bytes, int]) -> None:
+    with pytest.raises(MemcacheIllegalInputError):
+        encode_lease_get(*args)
 
 
 class TestEncodeSet:

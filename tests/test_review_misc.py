@@ -255,6 +255,7 @@ def _every_command_by_keyword(client: Any) -> List[str]:
         call("cluster_config")
     assert call("meta_set", key="m", value=b"1", ttl=0).status == "stored"
     assert call("meta_get", key="m", return_cas=True).value == b"1"
+    assert call("lease_get", key="m", lease_ttl=30, recache_ttl=None).value == b"1"
     assert call("meta_arithmetic", key="m", delta=2).number == 3
     assert call("meta_delete", key="m", invalidate=True).status == "deleted"
     assert call("meta_noop").status == "noop"
