@@ -28,6 +28,7 @@ from typing import (
     Concatenate,
     Container,
     Dict,
+    Final,
     Iterable,
     List,
     Mapping,
@@ -102,6 +103,8 @@ from .protocol import (
 from .serde import DefaultSerde, LegacyWrappingSerde, Serde, coerce_to_bytes
 
 __all__ = [
+    "DEFAULT_CONNECT_TIMEOUT",
+    "DEFAULT_TIMEOUT",
     "Client",
     "ClientOptions",
     "Commands",
@@ -139,6 +142,15 @@ MAX_GET_LINE = 16384
 #: Room a retrieval line keeps for its command, expiry and CRLF around the keys.
 _GET_LINE_OVERHEAD = 32
 _MISSING: Any = object()
+
+
+#: The default seconds to connect, and to wait on a socket within a command. pymemcache
+#: waits forever by default; pymc does not, so that a dead or black-holed server costs a
+#: request thread two seconds, never the thread. Two seconds leave room for one lost SYN
+#: (Linux resends after one second) and for a multi-megabyte reply; pass None to wait
+#: forever as pymemcache does.
+DEFAULT_CONNECT_TIMEOUT: Final = 2.0
+DEFAULT_TIMEOUT: Final = 2.0
 
 
 class KeepaliveOpts:
@@ -216,8 +228,8 @@ class ClientOptions:
     """
 
     serde: Serde
-    connect_timeout: Optional[float] = None
-    timeout: Optional[float] = None
+    connect_timeout: Optional[float] = DEFAULT_CONNECT_TIMEOUT
+    timeout: Optional[float] = DEFAULT_TIMEOUT
     no_delay: bool = True
     ignore_exc: bool = False
     socket_module: Any = socket
@@ -237,8 +249,8 @@ class ClientOptions:
         serde: Optional[Serde] = None,
         serializer: Optional[Callable[[Any, Any], Tuple[bytes, int]]] = None,
         deserializer: Optional[Callable[[Any, bytes, int], Any]] = None,
-        connect_timeout: Optional[float] = None,
-        timeout: Optional[float] = None,
+        connect_timeout: Optional[float] = DEFAULT_CONNECT_TIMEOUT,
+        timeout: Optional[float] = DEFAULT_TIMEOUT,
         no_delay: bool = True,
         ignore_exc: bool = False,
         socket_module: Any = socket,
@@ -550,8 +562,8 @@ class Client:
         serde: Optional[Serde] = None,
         serializer: Optional[Callable[[Any, Any], Tuple[bytes, int]]] = None,
         deserializer: Optional[Callable[[Any, bytes, int], Any]] = None,
-        connect_timeout: Optional[float] = None,
-        timeout: Optional[float] = None,
+        connect_timeout: Optional[float] = DEFAULT_CONNECT_TIMEOUT,
+        timeout: Optional[float] = DEFAULT_TIMEOUT,
         no_delay: bool = True,
         ignore_exc: bool = False,
         socket_module: Any = socket,
