@@ -1,9 +1,8 @@
-"""Command line: ``python -m pymc discover HOST:PORT``, ``stats HOST:PORT`` and ``bench``."""
+"""Command line: ``python -m pymc discover HOST:PORT`` and ``stats HOST:PORT``."""
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 from typing import List, Optional
 
@@ -37,20 +36,6 @@ def _stats(args: argparse.Namespace) -> int:
     return 0
 
 
-def _bench(rest: List[str]) -> int:
-    """The same benchmark as ``make bench``, from a source checkout."""
-    try:
-        bench = importlib.import_module("benchmarks.__main__")
-    except ImportError:
-        print(
-            "python -m pymc bench runs from a pymc source checkout (it needs benchmarks/ and "
-            "the bench extra: pip install -e '.[bench]'); or use: make bench",
-            file=sys.stderr,
-        )
-        return 2
-    return int(bench.main(rest))
-
-
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pymc")
     parser.add_argument("--timeout", type=float, default=5.0, help="seconds (default 5)")
@@ -62,11 +47,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("server", help="HOST:PORT or a UNIX socket path")
     p.add_argument("args", nargs="*", help="a stats sub-command, e.g. settings, slabs")
     p.set_defaults(run=_stats)
-    sub.add_parser("bench", help="the side-by-side benchmark, as make bench (--help for more)")
-    argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["bench"]:
-        return _bench(argv[1:])
-    args = parser.parse_args(argv)
+    # No "bench" here: it would import whatever ``benchmarks`` package is on sys.path (the
+    # current directory's, another project's). The benchmark is ``make bench``.
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     try:
         return int(args.run(args))
     except (MemcacheError, OSError) as exc:
