@@ -131,6 +131,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--quick", action="store_true", help="one short round (smoke test)")
     parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
     parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument(
+        "--only",
+        help="comma-separated substrings: run only the cases whose names contain one "
+        "(and the gevent case only if one of them is 'gevent')",
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.rounds, args.seconds = 1, 0.1
@@ -153,7 +158,12 @@ def main(argv: Optional[List[str]] = None) -> int:
         cases.update(bench_cases.pooled(addresses[0]))
         cases.update(bench_cases.cluster(addresses))
         bench_cases.check(cases)
-        gevent_counts = (100, 1000)
+        gevent_counts: Tuple[int, ...] = (100, 1000)
+        if args.only:
+            wanted = [w.strip() for w in args.only.split(",") if w.strip()]
+            cases = {name: ops for name, ops in cases.items() if any(w in name for w in wanted)}
+            if "gevent" not in wanted:
+                gevent_counts = ()
         total = args.rounds * sum(len(v) for v in cases.values()) + len(gevent_counts)
         progress = Progress(total, not args.no_progress)
         results = run(cases, args.rounds, args.seconds, progress)
