@@ -17,7 +17,7 @@ import importlib.util
 import sys
 import types
 from pathlib import Path
-from typing import Dict, Iterable
+from typing import Dict, Iterable, Tuple
 
 import pytest
 from support.sdist import sdist_tree
@@ -75,3 +75,17 @@ def flask_caching_suite() -> Dict[str, types.ModuleType]:
     """Flask-Caching's ``tests/test_backend_cache.py``."""
     tests_dir = sdist_tree("Flask-Caching") / "tests"
     return load_suite(tests_dir, ["test_backend_cache"], conftest_as="flask_caching_suite_conftest")
+
+
+#: Flask-Caching's app-level tests (the ``cached``/``memoize`` decorators, views, templates,
+#: hash methods), which its own suite runs on SimpleCache only.
+FLASK_CACHING_APP_MODULES = ["test_cache", "test_memoize", "test_view", "test_templates"]
+
+
+def flask_caching_app_suite() -> Tuple[Path, Dict[str, types.ModuleType]]:
+    """Flask-Caching's ``tests/`` directory and its app-level test modules."""
+    tests_dir = sdist_tree("Flask-Caching") / "tests"
+    modules = load_suite(
+        tests_dir, FLASK_CACHING_APP_MODULES, conftest_as="flask_caching_app_suite_conftest"
+    )
+    return tests_dir, modules

@@ -15,6 +15,7 @@ caps and blocking are tested in tests/test_pool.py and below):
 from __future__ import annotations
 
 import datetime as dt
+import inspect
 import pickle
 import socket
 import threading
@@ -22,7 +23,7 @@ import time
 from typing import Any, Callable, Dict, Iterator, List
 
 import pytest
-from contrib_flask_suites import cachelib_suite, flask_caching_suite
+from contrib_flask_suites import cachelib_suite, flask_caching_app_suite, flask_caching_suite
 from support.faultproxy import FaultProxy
 from support.servers import MemcachedProcess
 
@@ -135,6 +136,57 @@ class TestFlaskCachingMemcachedCache(FLASK_CACHING["test_backend_cache"].TestMem
         yield lambda: cache
         cache.clear()
         cache.close()
+
+
+# ---------------------------------------------------------------------- Flask-Caching's app tests
+
+# An extra beyond its memcached tests: Flask-Caching's tests of ``cached``, ``memoize``, views
+# and templates (which it runs on SimpleCache only), with CACHE_TYPE set to PymcCache. Those
+# that ask for the ``clock`` fixture are left out: they move Flask-Caching's fake clock, which
+# only SimpleCache and FileSystemCache read (memcached expires entries by its own clock, and
+# sleeping instead takes minutes); test_cache_unlink needs a Redis server.
+APP_TESTS_DIR, APP_MODULES = flask_caching_app_suite()
+APP_TESTS_LEFT_OUT: Dict[str, str] = {}
+APP_TESTS_RUN: List[str] = []
+for _module_name, _module in APP_MODULES.items():
+    if _module_name == "conftest":
+        continue
+    for _test_name, _test in vars(_module).items():
+        if not (_test_name.startswith("test_") and inspect.isfunction(_test)):
+            continue
+        _params = inspect.signature(_test).parameters
+        _qualified = f"{_module_name}.{_test_name}"
+        if "clock" in _params:
+            APP_TESTS_LEFT_OUT[_qualified] = "moves Flask-Caching's fake clock (SimpleCache's)"
+        elif "redis_server" in _params:
+            APP_TESTS_LEFT_OUT[_qualified] = "needs a Redis server"
+        else:
+            APP_TESTS_RUN.append(_qualified)
+            globals()[f"test_flask_caching_app__{_module_name}__{_test_name}"] = _test
+
+
+@pytest.fixture
+def app(request: pytest.FixtureRequest, memcached: MemcachedProcess) -> Any:
+    """Flask-Caching's ``app`` fixture, with PymcCache as the cache type."""
+    import flask
+
+    app = flask.Flask(request.module.__name__, template_folder=str(APP_TESTS_DIR))
+    app.testing = True
+    app.config["CACHE_TYPE"] = "pymc.contrib.flask.PymcCache"
+    app.config["CACHE_MEMCACHED_SERVERS"] = [memcached.server]
+    return app
+
+
+@pytest.fixture
+def cache(app: Any) -> Any:
+    from flask_caching import Cache
+
+    return Cache(app)
+
+
+def test_flask_caching_app_tests_were_found() -> None:
+    assert len(APP_TESTS_RUN) > 50, APP_TESTS_RUN
+    assert len(APP_TESTS_LEFT_OUT) < len(APP_TESTS_RUN) / 2, APP_TESTS_LEFT_OUT
 
 
 # ---------------------------------------------------------------------- ours
@@ -408,3 +460,24 @@ def test_flask_caching_cache_type(memcached: MemcachedProcess) -> None:
     other_cache = Cache(other)
     with other.app_context():
         assert other_cache.set("x", 1) and other_cache.get("x") == 1
+
+
+@pytest.mark.timeout(20)
+def test_non_blocking_pool_fails_at_once_when_full(
+    memcached: MemcachedProcess, fault_proxy: Callable[[Any], FaultProxy]
+) -> None:
+    proxy = fault_proxy(memcached.address)
+    cache = PymcCache([proxy.server], pool_size=1, pool_blocking=False)
+    assert cache.set("k", "v")
+    proxy.set_mode("delay", seconds=0.8)
+    slow: List[Any] = []
+    holder = threading.Thread(target=lambda: slow.append(cache.get("k")))
+    holder.start()
+    time.sleep(0.2)  # the holder has the only connection, waiting for its reply
+    started = time.monotonic()
+    assert cache.get("k") is None and cache.set("k", "w") is False
+    assert time.monotonic() - started < 0.5
+    holder.join(timeout=10)
+    assert slow == ["v"]
+    proxy.set_mode("pass")
+    assert cache.get("k") == "v"
