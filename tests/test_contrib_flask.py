@@ -332,6 +332,8 @@ def test_unicode_keys(memcached: MemcachedProcess, prefix: str) -> None:
     assert cache.get("café au lait") is None
     assert cache.delete_many(*good) == list(good)
     assert cache.get_many(*good) == [None] * len(good)
+    if not prefix:  # cachelib passes a key as it is when there is no prefix, bytes too
+        assert cache.set(b"bytes-key", 1) and cache.get(b"bytes-key") == 1  # type: ignore[arg-type]
 
 
 def test_key_prefix_at_the_250_byte_edge(memcached: MemcachedProcess) -> None:

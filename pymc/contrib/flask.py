@@ -154,7 +154,8 @@ class PymcCache(_Base):
             raise RuntimeError("could not connect to memcached server(s): no server answered")
 
     def _key(self, key: str) -> str:
-        return self.key_prefix + key
+        # Without a prefix the key goes as it is (a bytes key too, as with cachelib).
+        return self.key_prefix + key if self.key_prefix else key
 
     @staticmethod
     def _storable(full_key: str) -> bool:
