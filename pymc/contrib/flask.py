@@ -34,6 +34,7 @@ import time
 from typing import Any, Dict, List, Mapping, Optional, Union
 
 from pymc import HashClient, MemcacheError
+from pymc.client import DEFAULT_CONNECT_TIMEOUT, DEFAULT_TIMEOUT  # pymc's own: 2 s each
 from pymc.protocol import validate_key
 from pymc.serde import PickleSerde
 
@@ -44,10 +45,6 @@ except ImportError:  # pragma: no cover - cachelib without Flask-Caching
 
 __all__ = ["DEFAULT_CONNECT_TIMEOUT", "DEFAULT_TIMEOUT", "PymcCache"]
 
-#: Seconds to wait for a connection, unless ``connect_timeout`` is given.
-DEFAULT_CONNECT_TIMEOUT = 1.0
-#: Seconds to wait for a reply, unless ``timeout`` is given.
-DEFAULT_TIMEOUT = 2.0
 
 #: memcached reads an expiry above this many seconds as a Unix time.
 THIRTY_DAYS = 60 * 60 * 24 * 30
