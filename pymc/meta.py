@@ -561,6 +561,8 @@ class _Head:
 
 def _error_reply(reader: Reader, line: bytes) -> Optional[ErrorReply]:
     """The ErrorReply an ``ERROR``/``CLIENT_ERROR``/``SERVER_ERROR`` line is, else None."""
+    if not line.startswith(_ERROR_KINDS):  # (one C call for the replies that are no error)
+        return None
     kind, _, message = line.partition(b" ")
     kind = kind.removesuffix(b":")
     if kind not in _ERROR_KINDS:
