@@ -22,17 +22,22 @@ Excluded from Django's suite, each with its reason (also in the README):
 from __future__ import annotations
 
 import importlib
+import pickle
+import socket
 import sys
+import threading
+import time
 import unittest
-from typing import Any, ClassVar, Dict, Iterator, List
+from typing import Any, Callable, ClassVar, Dict, Iterator, List, Tuple
 
 import django
 import pytest
 from django.conf import settings
-from support.helpers import tcp
+from support.helpers import stat, tcp, wait_until
 from support.sdist import sdist_tree
 from support.servers import MemcachedProcess
 
+import pymc
 from pymc.testing import ConfigEndpoint
 
 DJANGO_TESTS = sdist_tree("Django") / "tests"
@@ -51,6 +56,9 @@ if not settings.configured:
     )
     django.setup()
 
+from django.core import signals  # noqa: E402
+from django.core.cache import InvalidCacheKey, cache  # noqa: E402
+from django.core.cache.backends.base import InvalidCacheBackendError  # noqa: E402
 from django.test import override_settings  # noqa: E402
 from django.test.utils import (  # noqa: E402
     setup_databases,
@@ -60,6 +68,10 @@ from django.test.utils import (  # noqa: E402
 )
 
 from pymc.contrib.django import (  # noqa: E402
+    DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_TIMEOUT,
+    ElastiCacheCache,
+    PymcCache,
     close_clients,
 )
 
@@ -168,3 +180,348 @@ class TestDjangoSuiteElastiCacheCache(DjangoSuiteBase):
     @unittest.skip("puts two servers in LOCATION: ElastiCacheCache takes one endpoint")
     def test_location_multiple_servers(self) -> None:
         pass
+
+
+# --------------------------------------------------------------------------- our own tests
+
+
+def one_server(server: MemcachedProcess, **params: Any) -> Dict[str, Any]:
+    return {"default": {"BACKEND": PYMC, "LOCATION": server.server, **params}}
+
+
+def end_request() -> None:
+    """What Django does when a response is done: close every cache this thread used."""
+    signals.request_finished.send(sender=None)
+
+
+def pool_stats(client: Any) -> Dict[str, Any]:
+    """The connection pool's counts of the only node of ``client``."""
+    (pool,) = client.clients.values()
+    stats: Dict[str, Any] = pool.client_pool.stats()
+    return stats
+
+
+def run_threads(target: Callable[[int], None], count: int, timeout: float = 20.0) -> None:
+    """Run ``target(i)`` in ``count`` threads at once; re-raise the first failure."""
+    errors: List[BaseException] = []
+
+    def run(i: int) -> None:
+        try:
+            target(i)
+        except BaseException as exc:  # reported below, in the test's thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(i,), daemon=True) for i in range(count)]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + timeout
+    for thread in threads:
+        thread.join(max(deadline - time.monotonic(), 0.01))
+    assert not any(t.is_alive() for t in threads), "a thread hung"
+    if errors:
+        raise errors[0]
+
+
+def test_values_are_pickled_with_the_highest_protocol(memcached: MemcachedProcess) -> None:
+    with override_settings(CACHES=one_server(memcached)):
+        client = cache._cache
+        assert client.options.serde.pickle_version == pickle.HIGHEST_PROTOCOL
+        for pool in client.clients.values():
+            assert pool.options.serde.pickle_version == pickle.HIGHEST_PROTOCOL
+
+
+def test_options_reach_the_client(memcached: MemcachedProcess) -> None:
+    options = {"no_delay": False, "max_pool_size": 3, "timeout": None, "key_prefix": "app:"}
+    with override_settings(CACHES=one_server(memcached, OPTIONS=options)):
+        client = cache._cache
+        assert client.options.no_delay is False
+        assert client.options.timeout is None  # None is honoured: the user asked to wait
+        assert client.options.connect_timeout == DEFAULT_CONNECT_TIMEOUT
+        assert client.options.key_prefix == b"app:"
+        assert client.use_pooling is True
+        cache.set("k", "v")
+        with pymc.Client(tcp(memcached), timeout=2) as direct:
+            assert direct.get(cache.make_key("k").encode()) is None
+            assert direct.get(b"app:" + cache.make_key("k").encode()) is not None
+    with override_settings(CACHES=one_server(memcached)):
+        client = cache._cache
+        assert (client.options.connect_timeout, client.options.timeout) == (
+            DEFAULT_CONNECT_TIMEOUT,
+            DEFAULT_TIMEOUT,
+        )
+
+
+def test_values_written_by_djangos_pymemcache_backend_read_back(
+    memcached: MemcachedProcess,
+) -> None:
+    """Switching BACKEND keeps what is cached: same keys, same pickles and flags."""
+    values: Dict[str, Any] = {"s": "texte é", "i": 42, "b": b"\x00raw", "d": {"a": [1, 2.5]}}
+    theirs = {"BACKEND": "django.core.cache.backends.memcached.PyMemcacheCache"}
+    with override_settings(CACHES={"default": {**theirs, "LOCATION": memcached.server}}):
+        cache.set_many(values)
+        end_request()
+    with override_settings(CACHES=one_server(memcached)):
+        assert cache.get_many(list(values)) == values
+        cache.set("mine", {"x": (1, 2)})
+        assert cache.incr("i") == 43
+    with override_settings(CACHES={"default": {**theirs, "LOCATION": memcached.server}}):
+        assert cache.get("mine") == {"x": (1, 2)}
+        assert cache.get("i") == 43
+        end_request()
+
+
+def test_close_after_each_request_keeps_pooled_connections(new_memcached: Any) -> None:
+    server = new_memcached()
+    with override_settings(CACHES=one_server(server)):
+        cache.set("k", 1)
+        end_request()
+        before = stat(server, "total_connections")
+        for _ in range(20):
+            assert cache.get("k") == 1
+            end_request()
+        opened = stat(server, "total_connections") - before - 1  # -1: the stats call
+        assert pool_stats(cache._cache)["created"] == 1
+    # memcached may count the first stats connection late: hence 1, not 0.
+    assert opened <= 1
+
+
+def test_djangos_pymemcache_backend_reconnects_after_each_request(new_memcached: Any) -> None:
+    """The behaviour ours departs from (Django has no option to keep it or to drop it)."""
+    server = new_memcached()
+    theirs = {"BACKEND": "django.core.cache.backends.memcached.PyMemcacheCache"}
+    with override_settings(CACHES={"default": {**theirs, "LOCATION": server.server}}):
+        before = stat(server, "total_connections")
+        for _ in range(5):
+            cache.get("k")
+            end_request()
+        opened = stat(server, "total_connections") - before - 1
+    assert opened >= 5
+
+
+def test_a_backend_per_thread_shares_one_client(new_memcached: Any) -> None:
+    """Django makes a backend per thread (per greenlet, per ASGI request): 30 one-request
+    threads, as a thread-per-request server runs, open one connection, not 30."""
+    server = new_memcached()
+    with override_settings(CACHES=one_server(server)):
+        before = stat(server, "total_connections")
+
+        def request(i: int) -> None:
+            cache.set(f"k{i}", i)
+            assert cache.get(f"k{i}") == i
+            end_request()
+
+        for _ in range(30):
+            run_threads(request, 1)
+        opened = stat(server, "total_connections") - before - 1
+        assert pool_stats(cache._cache)["created"] == 1
+    assert opened <= 2  # (memcached may count the first stats connection late)
+
+
+@pytest.mark.timeout(60)
+def test_close_between_requests_under_threads(new_memcached: Any) -> None:
+    """16 threads, 40 requests each, close() after every one: every thread reads its own
+    data, and the connections stay bounded by the number of threads."""
+    server = new_memcached()
+    threads, requests = 16, 40
+    peak = [0]
+    with override_settings(CACHES=one_server(server)):
+        before = stat(server, "total_connections")
+
+        def worker(t: int) -> None:
+            for r in range(requests):
+                mine = {f"t{t}:{j}": (t, r, j) for j in range(5)}
+                cache.set_many(mine)
+                assert cache.get_many(list(mine)) == mine
+                assert cache.get(f"t{t}:0") == (t, r, 0)
+                assert cache.incr(f"n{t}", 1) if r else cache.add(f"n{t}", 0) is True
+                end_request()
+                if r % 10 == 0:
+                    peak[0] = max(peak[0], stat(server, "curr_connections"))
+
+        run_threads(worker, threads, timeout=50)
+        for t in range(threads):
+            assert cache.get(f"n{t}") == requests - 1
+        pool = pool_stats(cache._cache)
+        assert pool["created"] <= threads
+        assert pool["destroyed"] == 0
+        opened = stat(server, "total_connections") - before
+    # The pool's connections, plus one per stats call (16 threads x 4 calls, +1, +1 late).
+    assert opened - (threads * 4 + 2) <= threads
+    assert peak[0] <= threads + threads + 1  # pooled + concurrent stats calls
+
+
+@pytest.mark.timeout(30)
+def test_a_dead_server_does_not_hang_a_request() -> None:
+    """A server that accepts connections and never answers: a request ends after the
+    default timeout, with an error, or a miss with ignore_exc."""
+    with socket.socket() as mute:
+        mute.bind(("127.0.0.1", 0))
+        mute.listen(64)  # the kernel completes the handshakes; nobody ever reads or answers
+        host, port = mute.getsockname()
+        location = f"{host}:{port}"
+        backend = PymcCache(location, {})
+        started = time.monotonic()
+        with pytest.raises(pymc.MemcacheError):
+            backend.get("k")
+        assert time.monotonic() - started < DEFAULT_TIMEOUT + 1.5
+        quiet = PymcCache(location, {"OPTIONS": {"ignore_exc": True, "timeout": 0.3}})
+        started = time.monotonic()
+        assert quiet.get("k", "default") == "default"
+        assert quiet.add("k", 1) is False
+        quiet.set("k", 1)
+        assert time.monotonic() - started < 3 * 0.3 + 1.5
+
+
+@pytest.mark.timeout(30)
+def test_a_dead_elasticache_endpoint_does_not_hang_a_request() -> None:
+    with socket.socket() as mute:
+        mute.bind(("127.0.0.1", 0))
+        mute.listen(64)
+        host, port = mute.getsockname()
+        backend = ElastiCacheCache(f"{host}:{port}", {"OPTIONS": {"discovery_timeout": 0.5}})
+        started = time.monotonic()
+        with pytest.raises(pymc.ClusterNotReadyError):
+            backend.get("k")
+        assert time.monotonic() - started < 0.5 + 1.5
+        quiet = ElastiCacheCache(
+            f"{host}:{port}", {"OPTIONS": {"discovery_timeout": 0.4, "ignore_exc": True}}
+        )
+        assert quiet.get("k") is None
+        close_clients()
+
+
+def test_str_and_bytes_keys(memcached: MemcachedProcess) -> None:
+    with override_settings(CACHES=one_server(memcached)):
+        cache.set("clé-ünïcode", "u")
+        cache.set(b"k", "bytes")
+        cache.set("k", "str")
+        assert cache.get("clé-ünïcode") == "u"
+        assert cache.get(b"k") == "bytes"  # Django makes b"k" the key "b'k'"
+        assert cache.get("k") == "str"
+        assert cache.get_many(["k", b"k", "clé-ünïcode"]) == {
+            "k": "str",
+            b"k": "bytes",
+            "clé-ünïcode": "u",
+        }
+        with pytest.raises(InvalidCacheKey):
+            cache.get("has space")
+        with pytest.raises(InvalidCacheKey):
+            cache.set("new\nline", 1)
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {},
+        {"KEY_PREFIX": "site-a"},
+        {"KEY_PREFIX": "pré", "VERSION": 12},
+        {"KEY_FUNCTION": "cache.tests.custom_key_func", "KEY_PREFIX": "p"},
+    ],
+    ids=["plain", "prefix", "unicode-prefix-version", "key-function"],
+)
+def test_keys_at_250_bytes(memcached: MemcachedProcess, params: Dict[str, Any]) -> None:
+    with override_settings(CACHES=one_server(memcached, **params)):
+        # 250 bytes once the prefix, the version and the key function have had their say.
+        extra = len(cache.make_key("").encode()) - len(cache.make_key(""))  # multi-byte prefix
+        longest = "x" * (250 - len(cache.make_key("")) - extra)
+        assert len(cache.make_key(longest).encode()) == 250
+        cache.set(longest, "fits")
+        assert cache.get(longest) == "fits"
+        assert cache.get_many([longest]) == {longest: "fits"}
+        for too_long in (longest + "x", longest[:-1] + "é"):  # 251 characters; 251 bytes
+            assert len(cache.make_key(too_long).encode()) == 251
+            calls: List[Tuple[str, Tuple[Any, ...]]] = [
+                ("get", (too_long,)),
+                ("set", (too_long, 1)),
+                ("get_many", ([too_long, "b"],)),
+                ("delete", (too_long,)),
+                ("incr", (too_long,)),
+            ]
+            for name, args in calls:
+                with pytest.raises(InvalidCacheKey):
+                    getattr(cache, name)(*args)
+        # The version is part of the key: at version+1 (two digits more) it no longer fits.
+        if "VERSION" in params:
+            with pytest.raises(InvalidCacheKey):
+                cache.get(longest, version=100)
+
+
+def test_a_client_key_prefix_counts_towards_250_bytes(memcached: MemcachedProcess) -> None:
+    with override_settings(CACHES=one_server(memcached, OPTIONS={"key_prefix": "12345"})):
+        key = "x" * (250 - 5 - len(cache.make_key("")))
+        cache.set(key, 1)
+        assert cache.get(key) == 1
+        with pytest.raises(InvalidCacheKey):
+            cache.set(key + "x", 1)
+
+
+def test_close_clients_forgets_the_shared_clients(memcached: MemcachedProcess) -> None:
+    with override_settings(CACHES=one_server(memcached)):
+        cache.set("k", 1)
+        first = cache._cache
+        close_clients()
+        end_request()
+        assert cache.get("k") == 1
+        assert cache._cache is not first
+
+
+# --------------------------------------------------------------------------- ElastiCache
+
+
+def test_elasticache_needs_one_endpoint() -> None:
+    for location in (["a.example:11211", "b.example:11211"], "a:1;b:2", "", "no-port"):
+        with pytest.raises(InvalidCacheBackendError, match="LOCATION"):
+            ElastiCacheCache(location, {})
+
+
+def test_elasticache_accepts_django_elastipymemcache_options(
+    elasticache_cluster: ElastiCacheCluster,
+) -> None:
+    options = {
+        "discovery_interval": 30,
+        "discovery_retry_delay": 2.0,
+        "use_vpc_ip_address": False,
+        "ignore_cluster_errors": True,
+        "use_pooling": True,
+        "max_pool_size": 5,
+        "ignore_exc": True,
+    }
+    backend = ElastiCacheCache(elasticache_cluster.location, {"OPTIONS": options})
+    client = backend._cache
+    assert isinstance(client, pymc.ElastiCacheClient)
+    assert client.poll_interval == 30
+    assert client.use_vpc is False
+    assert client.ignore_exc is True
+    backend.set("k", "v")
+    assert backend.get("k") == "v"
+    # discovery_interval 0 (its "no periodic discovery") polls at our default.
+    off = ElastiCacheCache(elasticache_cluster.location, {"OPTIONS": {"discovery_interval": 0}})
+    assert off._cache.poll_interval == 60.0
+    for both in (
+        {"discovery_interval": 1, "poll_interval": 1},
+        {"use_vpc_ip_address": True, "use_vpc": True},
+    ):
+        with pytest.raises(InvalidCacheBackendError, match="not both"):
+            ElastiCacheCache(elasticache_cluster.location, {"OPTIONS": both})
+    with pytest.raises(InvalidCacheBackendError, match="discovery_interval"):
+        ElastiCacheCache(elasticache_cluster.location, {"OPTIONS": {"discovery_interval": -1}})
+
+
+@pytest.mark.timeout(30)
+def test_elasticache_follows_the_cluster(memcached_nodes: List[MemcachedProcess]) -> None:
+    cluster = ElastiCacheCluster(memcached_nodes)
+    try:
+        settings_ = {"BACKEND": ELASTICACHE, "LOCATION": cluster.location}
+        options = {"discovery_interval": 0.2}
+        with override_settings(CACHES={"default": {**settings_, "OPTIONS": options}}):
+            assert len(cache._cache.nodes) == 4
+            cache.set("k", 1)
+            one = [cluster.nodes[0].address]
+            for emulator in [cluster.endpoint, *cluster.nodes]:
+                emulator.set_nodes(one, version=2)
+            wait_until(lambda: len(cache._cache.nodes) == 1, timeout=10, what="the new node list")
+            cache.set("k", 2)
+            assert cache.get("k") == 2
+    finally:
+        close_clients()
+        cluster.close()

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import re
 import threading
-from functools import cached_property
 from typing import Any, Dict, Hashable, List, Mapping, Sequence, Tuple, Union
 
 from django.core.cache.backends.base import InvalidCacheBackendError, InvalidCacheKey
@@ -70,6 +69,8 @@ ELASTIPYMEMCACHE_OPTIONS: Mapping[str, str] = {
 _clients_lock = threading.Lock()
 # key -> (client, the options it was made from: kept so that the ids in the key stay valid)
 _clients: Dict[Hashable, Tuple[Any, Dict[str, Any]]] = {}
+# Bumped by close_clients(): a backend holding a client of an older generation asks again.
+_generation = [0]
 
 
 def _freeze(value: Any) -> Hashable:
@@ -106,12 +107,13 @@ def _shared_client(kind: type, where: Any, options: Dict[str, Any]) -> Any:
 def close_clients() -> None:
     """Close and forget every client the backends of this process share.
 
-    A backend used afterwards makes a new one. For tests, and for a process that wants its
-    connections (and ElastiCache pollers) gone before it exits.
+    Every backend, made before or after, then uses a new one. For tests, and for a process
+    that wants its connections (and ElastiCache pollers) gone before it exits.
     """
     with _clients_lock:
         clients = [client for client, _ in _clients.values()]
         _clients.clear()
+        _generation[0] += 1
     for client in clients:
         client.close()
 
@@ -139,8 +141,16 @@ class PymcCache(BaseMemcachedCache):  # type: ignore[misc]  # Django ships no ty
         prefix = self._options.get("key_prefix") or b""
         self._prefix_bytes = len(prefix.encode() if isinstance(prefix, str) else prefix)
 
-    @cached_property
+    @property
     def _cache(self) -> Any:
+        held = self._held
+        if held is None or held[0] != _generation[0]:
+            held = self._held = (_generation[0], self._make_client())
+        return held[1]
+
+    _held: Any = None
+
+    def _make_client(self) -> Any:
         return _shared_client(self._class, list(self.client_servers), self._options)
 
     def close(self, **kwargs: Any) -> None:
@@ -220,6 +230,5 @@ class ElastiCacheCache(PymcCache):
         self._endpoint = servers[0]
         self._options = _elasticache_options(self._options)
 
-    @cached_property
-    def _cache(self) -> Any:
+    def _make_client(self) -> Any:
         return _shared_client(self._class, self._endpoint, self._options)
