@@ -525,3 +525,28 @@ def test_elasticache_follows_the_cluster(memcached_nodes: List[MemcachedProcess]
     finally:
         close_clients()
         cluster.close()
+
+
+@pytest.mark.timeout(30)
+def test_async_methods(memcached: MemcachedProcess) -> None:
+    """Django's cache tests for async methods target its dummy backend only
+    (tests/cache/tests_async.py): these are Django's async methods on ours."""
+    import asyncio
+
+    async def requests() -> None:
+        await cache.aset("a", {"x": 1})
+        assert await cache.aget("a") == {"x": 1}
+        assert await cache.aadd("a", 2) is False
+        await cache.aset_many({"b": 1, "c": "é"})
+        assert await cache.aget_many(["a", "b", "c", "d"]) == {"a": {"x": 1}, "b": 1, "c": "é"}
+        assert await cache.aincr("b", 5) == 6
+        assert await cache.adelete("a") is True
+        assert await cache.aget_or_set("a", lambda: 7) == 7
+        await asyncio.gather(*(cache.aset(f"k{i}", i) for i in range(20)))
+        assert await cache.aget_many([f"k{i}" for i in range(20)]) == {
+            f"k{i}": i for i in range(20)
+        }
+
+    with override_settings(CACHES=one_server(memcached)):
+        asyncio.run(requests())
+        end_request()
