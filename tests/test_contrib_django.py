@@ -22,6 +22,7 @@ Excluded from Django's suite, each with its reason (also in the README):
 from __future__ import annotations
 
 import importlib
+import json
 import pickle
 import socket
 import sys
@@ -33,6 +34,7 @@ from typing import Any, Callable, ClassVar, Dict, Iterator, List, Tuple
 import django
 import pytest
 from django.conf import settings
+from support.gevent_runner import run_scenario
 from support.helpers import stat, tcp, wait_until
 from support.sdist import sdist_tree
 from support.servers import MemcachedProcess
@@ -550,3 +552,20 @@ def test_async_methods(memcached: MemcachedProcess) -> None:
     with override_settings(CACHES=one_server(memcached)):
         asyncio.run(requests())
         end_request()
+
+
+@pytest.mark.timeout(90)
+def test_greenlets_share_the_pool_and_see_only_their_data(new_memcached: Any) -> None:
+    """gevent, patched: 200 greenlets x 10 requests, each greenlet with its own backend
+    (Django's caches are per greenlet) and close() after every request."""
+    server = new_memcached()
+    out = run_scenario(
+        "contrib_django_gevent.py",
+        "requests",
+        {"server": server.server, "greenlets": 200, "rounds": 10, "timeout": 60},
+        timeout=80,
+    )
+    result = json.loads(out.strip().splitlines()[-1])
+    assert result["wrong"] == [] and result["unfinished"] == 0
+    assert 1 <= result["pool"]["created"] <= 200
+    assert result["pool"]["destroyed"] == 0
