@@ -569,3 +569,10 @@ def test_greenlets_share_the_pool_and_see_only_their_data(new_memcached: Any) ->
     assert result["wrong"] == [] and result["unfinished"] == 0
     assert 1 <= result["pool"]["created"] <= 200
     assert result["pool"]["destroyed"] == 0
+
+
+def test_unix_socket_location(memcached_unix: MemcachedProcess) -> None:
+    for location in (f"unix:{memcached_unix.server}", memcached_unix.server):
+        backend = PymcCache(location, {})
+        backend.set("k", location)
+        assert backend.get("k") == location

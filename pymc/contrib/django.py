@@ -157,9 +157,9 @@ class PymcCache(BaseMemcachedCache):  # type: ignore[misc]  # Django ships no ty
         """Django calls this when a request ends: the pooled connections stay open for the
         next request (they are checked back into the pool after every command already)."""
 
-    def validate_key(self, key: str) -> None:
+    def validate_key(self, key: Union[str, bytes]) -> None:
         super().validate_key(key)
-        size = len(key.encode("utf-8")) + self._prefix_bytes
+        size = len(key.encode("utf-8") if isinstance(key, str) else key) + self._prefix_bytes
         if size > MAX_KEY_BYTES:
             raise InvalidCacheKey(
                 f"Cache key will cause errors if used with memcached: {key!r} "
