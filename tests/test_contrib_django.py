@@ -145,6 +145,7 @@ class ElastiCacheCluster:
     """A configuration endpoint naming emulated nodes that relay to real memcached."""
 
     def __init__(self, servers: List[MemcachedProcess]) -> None:
+        self.servers = servers
         self.nodes = [ConfigEndpoint(upstream=tcp(s)).start() for s in servers]
         addresses = [node.address for node in self.nodes]
         self.endpoint = ConfigEndpoint(addresses).start()
@@ -159,6 +160,8 @@ class ElastiCacheCluster:
     def close(self) -> None:
         for emulator in [self.endpoint, *self.nodes]:
             emulator.stop()
+        for server in self.servers:  # session servers: leave them empty
+            server.flush_all()
 
 
 @pytest.fixture(scope="module")
@@ -572,7 +575,10 @@ def test_greenlets_share_the_pool_and_see_only_their_data(new_memcached: Any) ->
 
 
 def test_unix_socket_location(memcached_unix: MemcachedProcess) -> None:
-    for location in (f"unix:{memcached_unix.server}", memcached_unix.server):
-        backend = PymcCache(location, {})
-        backend.set("k", location)
-        assert backend.get("k") == location
+    try:
+        for location in (f"unix:{memcached_unix.server}", memcached_unix.server):
+            backend = PymcCache(location, {})
+            backend.set("k", location)
+            assert backend.get("k") == location
+    finally:
+        memcached_unix.flush_all()  # a session server: other modules expect it empty
