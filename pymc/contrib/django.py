@@ -1,0 +1,234 @@
+"""Django cache backends over pymc: ``PymcCache`` and ``ElastiCacheCache``.
+
+``PymcCache`` takes what Django's ``PyMemcacheCache`` takes (``LOCATION`` is one server or
+several, as a list or separated by ``;`` or ``,``; ``OPTIONS`` are :class:`pymc.HashClient`
+arguments) and stores values the same way (pickled, with python-memcached flags), so a site
+switches by changing ``BACKEND`` and keeps what is already cached. What differs:
+
+* **Pooling is on** (``use_pooling=True``) and Django's per-request ``close()`` keeps the
+  pooled connections: a request reuses a connection instead of opening one.
+* **One client per configuration, per process.** Django makes a backend object per thread
+  (per greenlet under gevent, per request context under ASGI); they all share one
+  thread-safe :class:`pymc.HashClient` (chosen by the backend class, the servers and the
+  ``OPTIONS``), so the connections a process holds are bounded by its concurrency, not by
+  the number of threads or requests it ever saw. :func:`close_clients` closes them (tests,
+  or a process about to exit).
+* **Timeouts by default**: ``connect_timeout`` and ``timeout`` are
+  :data:`DEFAULT_CONNECT_TIMEOUT` and :data:`DEFAULT_TIMEOUT` unless ``OPTIONS`` says
+  otherwise (``None`` waits forever, as pymemcache does), so a dead server cannot hang a
+  request thread.
+* A key longer than 250 **bytes** once encoded (with the client's ``key_prefix``) raises
+  Django's ``InvalidCacheKey``, like a key longer than 250 characters does.
+
+``ElastiCacheCache`` is the same over :class:`pymc.ElastiCacheClient`: ``LOCATION`` is the
+cluster's configuration endpoint (``host:port``), and the ``OPTIONS`` names of
+django-elastipymemcache are accepted (see :data:`ELASTIPYMEMCACHE_OPTIONS`).
+
+This module imports Django; nothing in pymc's core imports it.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from typing import Any, Dict, Hashable, List, Mapping, Sequence, Tuple, Union
+
+from django.core.cache.backends.base import InvalidCacheBackendError, InvalidCacheKey
+from django.core.cache.backends.memcached import BaseMemcachedCache
+
+import pymc
+import pymc.serde
+
+__all__ = [
+    "DEFAULT_CONNECT_TIMEOUT",
+    "DEFAULT_TIMEOUT",
+    "ELASTIPYMEMCACHE_OPTIONS",
+    "ElastiCacheCache",
+    "PymcCache",
+    "close_clients",
+]
+
+#: Seconds to wait for a connection to a node, unless ``OPTIONS`` give ``connect_timeout``.
+DEFAULT_CONNECT_TIMEOUT = 1.0
+#: Seconds to wait for a node's reply, unless ``OPTIONS`` give ``timeout``.
+DEFAULT_TIMEOUT = 2.0
+
+#: memcached's longest key, in bytes.
+MAX_KEY_BYTES = 250
+
+#: django-elastipymemcache's own option names and what becomes of them here.
+ELASTIPYMEMCACHE_OPTIONS: Mapping[str, str] = {
+    "discovery_interval": "poll_interval (0, its 'no periodic discovery', polls every 60 s)",
+    "use_vpc_ip_address": "use_vpc",
+    "discovery_retry_delay": "accepted and ignored: discovery retries in the background",
+    "ignore_cluster_errors": "accepted and ignored: a plain memcached is used as the one node",
+}
+
+# --------------------------------------------------------------------------- shared clients
+
+_clients_lock = threading.Lock()
+# key -> (client, the options it was made from: kept so that the ids in the key stay valid)
+_clients: Dict[Hashable, Tuple[Any, Dict[str, Any]]] = {}
+# Bumped by close_clients(): a backend holding a client of an older generation asks again.
+_generation = [0]
+
+
+def _freeze(value: Any) -> Hashable:
+    """``value`` if it is hashable, else its identity (the registry keeps it alive)."""
+    try:
+        hash(value)
+    except TypeError:
+        return ("id", id(value))
+    return value  # type: ignore[no-any-return]
+
+
+def _shared_client(kind: type, where: Any, options: Dict[str, Any]) -> Any:
+    """The process's ``kind(where, **options)``, made on first use."""
+    frozen = tuple(_freeze(s) for s in where) if isinstance(where, list) else where
+    key = (
+        kind,
+        frozen,
+        tuple(sorted((name, _freeze(value)) for name, value in options.items())),
+    )
+    with _clients_lock:
+        found = _clients.get(key)
+    if found is not None:
+        return found[0]
+    # Made outside the lock: an ElastiCacheClient's first discovery may take a while, and
+    # another configuration's first request must not wait for it.
+    client = kind(where, **options)
+    with _clients_lock:
+        found = _clients.setdefault(key, (client, options))
+    if found[0] is not client:  # another thread made it first
+        client.close()
+    return found[0]
+
+
+def close_clients() -> None:
+    """Close and forget every client the backends of this process share.
+
+    Every backend, made before or after, then uses a new one. For tests, and for a process
+    that wants its connections (and ElastiCache pollers) gone before it exits.
+    """
+    with _clients_lock:
+        clients = [client for client, _ in _clients.values()]
+        _clients.clear()
+        _generation[0] += 1
+    for client in clients:
+        client.close()
+
+
+# --------------------------------------------------------------------------- PymcCache
+
+
+class PymcCache(BaseMemcachedCache):  # type: ignore[misc]  # Django ships no type hints
+    """A Django cache backend over :class:`pymc.HashClient` (see the module's docstring)."""
+
+    client_class: type = pymc.HashClient
+
+    def __init__(self, server: Union[str, Sequence[str]], params: Dict[str, Any]) -> None:
+        super().__init__(server, params, library=pymc, value_not_found_exception=KeyError)
+        self._class = self.client_class
+        self._options: Dict[str, Any] = {
+            "allow_unicode_keys": True,
+            "default_noreply": False,
+            "serde": pymc.serde.pickle_serde,
+            "use_pooling": True,
+            "connect_timeout": DEFAULT_CONNECT_TIMEOUT,
+            "timeout": DEFAULT_TIMEOUT,
+            **self._options,
+        }
+        prefix = self._options.get("key_prefix") or b""
+        self._prefix_bytes = len(prefix.encode() if isinstance(prefix, str) else prefix)
+
+    @property
+    def _cache(self) -> Any:
+        held = self._held
+        if held is None or held[0] != _generation[0]:
+            held = self._held = (_generation[0], self._make_client())
+        return held[1]
+
+    _held: Any = None
+
+    def _make_client(self) -> Any:
+        return _shared_client(self._class, list(self.client_servers), self._options)
+
+    def close(self, **kwargs: Any) -> None:
+        """Django calls this when a request ends: the pooled connections stay open for the
+        next request (they are checked back into the pool after every command already)."""
+
+    def validate_key(self, key: Union[str, bytes]) -> None:
+        super().validate_key(key)
+        size = len(key.encode("utf-8") if isinstance(key, str) else key) + self._prefix_bytes
+        if size > MAX_KEY_BYTES:
+            raise InvalidCacheKey(
+                f"Cache key will cause errors if used with memcached: {key!r} "
+                f"({size} bytes encoded, longer than {MAX_KEY_BYTES})"
+            )
+
+
+# --------------------------------------------------------------------------- ElastiCacheCache
+
+_ENDPOINT = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[^\s:\[\]]+):(\d{1,5})$")
+
+
+def _elasticache_options(options: Dict[str, Any]) -> Dict[str, Any]:
+    """django-elastipymemcache's option names, as ElastiCacheClient's."""
+    options = dict(options)
+    options.pop("discovery_retry_delay", None)
+    options.pop("ignore_cluster_errors", None)
+    if "use_vpc_ip_address" in options:
+        if "use_vpc" in options:
+            raise InvalidCacheBackendError(
+                "give use_vpc_ip_address (django-elastipymemcache's name) or use_vpc, not both"
+            )
+        options["use_vpc"] = bool(options.pop("use_vpc_ip_address"))
+    if "discovery_interval" in options:
+        if "poll_interval" in options:
+            raise InvalidCacheBackendError(
+                "give discovery_interval (django-elastipymemcache's name) or poll_interval, "
+                "not both"
+            )
+        interval = options.pop("discovery_interval")
+        try:
+            interval = float(interval or 0)
+        except (TypeError, ValueError):
+            raise InvalidCacheBackendError(
+                f"discovery_interval must be a number of seconds, got {interval!r}"
+            ) from None
+        if interval < 0:
+            raise InvalidCacheBackendError(f"discovery_interval must be >= 0, got {interval!r}")
+        if interval > 0:
+            options["poll_interval"] = interval
+        # 0 (django-elastipymemcache's default) turns its periodic discovery off; ours always
+        # runs, in the background, at the client's default interval: a cluster that scales
+        # must be followed, and a poll costs one small request per interval per process.
+    return options
+
+
+class ElastiCacheCache(PymcCache):
+    """A Django cache backend over :class:`pymc.ElastiCacheClient`: ``LOCATION`` is the
+    cluster's configuration endpoint, ``"host:port"``; ``OPTIONS`` are ElastiCacheClient's
+    and HashClient's, and django-elastipymemcache's names (:data:`ELASTIPYMEMCACHE_OPTIONS`)."""
+
+    client_class = pymc.ElastiCacheClient
+
+    def __init__(self, server: Union[str, Sequence[str]], params: Dict[str, Any]) -> None:
+        super().__init__(server, params)
+        servers: List[Any] = [
+            s.strip() if isinstance(s, str) else s for s in self._servers if s and str(s).strip()
+        ]
+        if len(servers) != 1:
+            raise InvalidCacheBackendError(
+                "ElastiCacheCache takes exactly one LOCATION, the cluster's configuration "
+                f"endpoint (host:port), not {self._servers!r}"
+            )
+        if not isinstance(servers[0], str) or not _ENDPOINT.match(servers[0]):
+            raise InvalidCacheBackendError(
+                f"ElastiCacheCache's LOCATION must be host:port, not {servers[0]!r}"
+            )
+        self._endpoint = servers[0]
+        self._options = _elasticache_options(self._options)
+
+    def _make_client(self) -> Any:
+        return _shared_client(self._class, self._endpoint, self._options)
