@@ -37,6 +37,7 @@ from django.core.cache.backends.base import InvalidCacheBackendError, InvalidCac
 from django.core.cache.backends.memcached import BaseMemcachedCache
 
 import pymc
+import pymc.client
 import pymc.serde
 
 __all__ = [
@@ -48,10 +49,10 @@ __all__ = [
     "close_clients",
 ]
 
-#: Seconds to wait for a connection to a node, unless ``OPTIONS`` give ``connect_timeout``.
-DEFAULT_CONNECT_TIMEOUT = 1.0
-#: Seconds to wait for a node's reply, unless ``OPTIONS`` give ``timeout``.
-DEFAULT_TIMEOUT = 2.0
+# Seconds to connect to a node and to wait for its reply, unless ``OPTIONS`` say otherwise:
+# pymc's own defaults (2 s each), named here too for settings that refer to them.
+DEFAULT_CONNECT_TIMEOUT = pymc.client.DEFAULT_CONNECT_TIMEOUT
+DEFAULT_TIMEOUT = pymc.client.DEFAULT_TIMEOUT
 
 #: memcached's longest key, in bytes.
 MAX_KEY_BYTES = 250
