@@ -131,6 +131,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--quick", action="store_true", help="one short round (smoke test)")
     parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
     parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--only", help="run only the cases whose name contains this text")
     args = parser.parse_args(argv)
     if args.quick:
         args.rounds, args.seconds = 1, 0.1
@@ -152,8 +153,12 @@ def main(argv: Optional[List[str]] = None) -> int:
         cases.update(bench_cases.single_server(addresses[0]))
         cases.update(bench_cases.pooled(addresses[0]))
         cases.update(bench_cases.cluster(addresses))
+        if args.only:
+            cases = {case: ops for case, ops in cases.items() if args.only in case}
         bench_cases.check(cases)
-        gevent_counts = (100, 1000)
+        gevent_counts: Tuple[int, ...] = (100, 1000)
+        if args.only and "gevent" not in args.only:
+            gevent_counts = ()
         total = args.rounds * sum(len(v) for v in cases.values()) + len(gevent_counts)
         progress = Progress(total, not args.no_progress)
         results = run(cases, args.rounds, args.seconds, progress)
