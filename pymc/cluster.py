@@ -389,7 +389,8 @@ class HashClient:
     plus ``pool_timeout``, ``retry`` (a :class:`RetryPolicy`) and ``on_event(event,
     node, info)``, called on ``node_failed``, ``node_ejected``, ``node_revived`` and
     ``snapshot_swapped``. Without ``use_pooling`` each node gets one connection, shared
-    safely (callers take turns).
+    safely (callers take turns). An ``on_command`` hook (a Client option) observes each
+    command on its node, and a multi-key command once per node it goes to.
     """
 
     #: The class of each node's connections (pymemcache compatibility: a subclass of
