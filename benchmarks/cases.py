@@ -98,10 +98,37 @@ def single_server(address: Address) -> Cases:
     cases["Client.fetch (hit)"] = {
         "pymc": lambda c=clients["pymc"]: c.fetch("bench:one", lambda: VALUE, 0),
     }
+    # The on_command hook (pymc only): the plain Client (hook unset) beside one whose hook
+    # does nothing, and, where opentelemetry-api is installed, one with pymc's
+    # instrumentation and no SDK (its spans are non-recording).
+    cases["Client.get on_command"] = on_command_cases(address, clients["pymc"])
     cases["Client.get"]["bare socket"] = bare_exchange(address, b"get bench:one\r\n", b"END\r\n")
     set_request = b"set bench:one 0 0 %d\r\n%s\r\n" % (len(VALUE), VALUE)
     cases["Client.set"]["bare socket"] = bare_exchange(address, set_request, b"\r\n")
     return cases
+
+
+def _no_op_hook(command: str, keys: Any, server: Any) -> None:
+    return None
+
+
+def on_command_cases(address: Address, plain: Any) -> Dict[str, Any]:
+    """``Client.get`` with the ``on_command`` hook unset, set to a no-op, and set to the
+    OpenTelemetry instrumentation without an SDK (when opentelemetry-api is installed)."""
+    import pymc
+
+    hooked = pymc.Client(address, on_command=_no_op_hook)
+    ops: Dict[str, Any] = {
+        "pymc": lambda: plain.get("bench:one"),
+        "no-op hook": lambda: hooked.get("bench:one"),
+    }
+    try:
+        from pymc.contrib.opentelemetry import PymcInstrumentor
+    except ImportError:
+        return ops
+    traced = pymc.Client(address, on_command=PymcInstrumentor().hook())
+    ops["otel no SDK"] = lambda: traced.get("bench:one")
+    return ops
 
 
 def pooled(address: Address, thread_counts: Sequence[int] = (1, 4, 16, 64)) -> Cases:

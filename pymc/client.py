@@ -107,9 +107,13 @@ __all__ = [
     "DEFAULT_TIMEOUT",
     "Client",
     "ClientOptions",
+    "CommandEnd",
+    "CommandHook",
     "Commands",
     "KeepaliveOpts",
+    "begin_command",
     "decode_values",
+    "end_command",
     "meta_batches",
     "normalize_server_spec",
     "per_key_results",
@@ -142,6 +146,13 @@ MAX_GET_LINE = 16384
 #: Room a retrieval line keeps for its command, expiry and CRLF around the keys.
 _GET_LINE_OVERHEAD = 32
 _MISSING: Any = object()
+
+#: Told how a command ended: None on success, else the exception it raised.
+CommandEnd = Callable[[Optional[BaseException]], None]
+#: ``on_command(command, keys, server)``, called as a command starts: see
+#: :func:`begin_command`. What it returns (a :data:`CommandEnd`, or None) is called once
+#: when the command ends.
+CommandHook = Callable[[str, Tuple[Any, ...], ServerSpec], Optional[CommandEnd]]
 
 
 #: The default seconds to connect, and to wait on a socket within a command. pymemcache
@@ -242,6 +253,7 @@ class ClientOptions:
     username: Optional[str] = None
     password: Optional[str] = dataclasses.field(default=None, repr=False)
     max_get_line: int = MAX_GET_LINE
+    on_command: Optional[CommandHook] = None
 
     @classmethod
     def create(
@@ -263,6 +275,7 @@ class ClientOptions:
         username: Optional[str] = None,
         password: Optional[str] = None,
         max_get_line: int = MAX_GET_LINE,
+        on_command: Optional[CommandHook] = None,
     ) -> ClientOptions:
         """Check the pymemcache-style arguments once and freeze them."""
         if serde is None:
@@ -292,6 +305,8 @@ class ClientOptions:
                 raise ValueError(f"{name} must be None or > 0, got {value!r}")
         if (username is None) != (password is None):
             raise ValueError("username and password go together")
+        if on_command is not None and not callable(on_command):
+            raise TypeError("on_command must be a callable (or None)")
         return cls(
             serde=serde,
             connect_timeout=connect_timeout,
@@ -308,6 +323,7 @@ class ClientOptions:
             username=username,
             password=password,
             max_get_line=max_get_line,
+            on_command=on_command,
         )
 
 
@@ -552,8 +568,9 @@ class Client:
     """A client for one memcached server over one blocking socket.
 
     The arguments are pymemcache 4.0's, with safer defaults for ``no_delay`` (True) and
-    ``default_noreply`` (False), plus ``username``/``password`` for ASCII auth. Nothing
-    connects until the first command.
+    ``default_noreply`` (False), plus ``username``/``password`` for ASCII auth and
+    ``on_command`` (a hook that observes each command, for tracing: see
+    :func:`begin_command`). Nothing connects until the first command.
     """
 
     def __init__(
@@ -576,6 +593,7 @@ class Client:
         username: Optional[str] = None,
         password: Optional[str] = None,
         max_get_line: int = MAX_GET_LINE,
+        on_command: Optional[CommandHook] = None,
     ) -> None:
         options = ClientOptions.create(
             serde=serde,
@@ -595,6 +613,7 @@ class Client:
             username=username,
             password=password,
             max_get_line=max_get_line,
+            on_command=on_command,
         )
         self._setup(normalize_server_spec(server), options)
 
@@ -628,6 +647,10 @@ class Client:
         #: Error lines that noreply commands drew from the server (logged, never raised).
         self.noreply_errors = 0
         self._opaque_counter = 0
+        if options.on_command is not None:
+            # Only a client made with the hook runs its commands through it: one without
+            # it runs the class's methods as they are, at no cost (see _observe).
+            _observe(self, options.on_command)
 
     # pymemcache exposes its settings as attributes; so do we, read-only.
     serde = property(lambda self: self.options.serde)
@@ -1760,6 +1783,133 @@ COMMANDS: Tuple[str, ...] = tuple(
         "invalidate",
     ]
 )
+
+
+# ---------------------------------------------------------------------- the command hook
+#
+# ``on_command`` (a Client option, so PooledClient, HashClient and ElastiCacheClient pass it
+# to every connection they make) observes each command: it is called as the command starts
+# and what it returns is told how it ended. A Client made with it binds, once, observed
+# versions of its command methods on itself; a Client made without it runs the class's
+# methods untouched, so an unset hook costs nothing on any path.
+
+#: Where each command's keys are: ``(parameter, many)``, the parameter being the first one
+#: (``many``: an iterable of keys, or a mapping whose keys they are). Other commands have no
+#: keys.
+_ONE_KEY: Tuple[str, ...] = (
+    "set",
+    "add",
+    "replace",
+    "append",
+    "prepend",
+    "cas",
+    "get",
+    "gets",
+    "gat",
+    "gats",
+)
+_ONE_KEY += ("delete", "incr", "decr", "touch", "meta_get", "lease_get", "meta_set", "meta_delete")
+_ONE_KEY += ("meta_arithmetic", "get_cas", "set_cas", "invalidate")
+_MANY_KEYS: Tuple[str, ...] = (
+    "get_many",
+    "get_multi",
+    "gets_many",
+    "gets_multi",
+    "delete_many",
+    "delete_multi",
+)
+_MANY_KEYS += ("meta_get_many", "meta_delete_many")
+_KEYS_OF: Dict[str, Tuple[str, bool]] = {
+    **{name: ("key", False) for name in _ONE_KEY},
+    **{name: ("values", True) for name in ("set_many", "set_multi", "meta_set_many")},
+    **{name: ("keys", True) for name in _MANY_KEYS},
+}
+
+
+def begin_command(
+    hook: CommandHook, command: str, keys: Tuple[Any, ...], server: ServerSpec
+) -> Optional[CommandEnd]:
+    """Call ``hook(command, keys, server)`` as a command starts, and return what it returns:
+    None, or a callable that :func:`end_command` calls once when the command ends.
+
+    ``command`` is the name of the method called (``"get"``, ``"set_many"``, ...), ``keys``
+    the caller's keys as given (without the key prefix; empty for a command without keys),
+    ``server`` the node's ``(host, port)`` or UNIX socket path. The hook runs in the
+    caller's thread (or greenlet), in its context, so a tracer's span started there nests
+    under the caller's span. A fan-out over several nodes starts one observation per node
+    before it ends any, so observations may overlap: a hook must not assume they nest.
+
+    A hook that raises an ``Exception`` is logged and ignored: the command runs as if
+    there were no hook."""
+    try:
+        return hook(command, keys, server)
+    except Exception:
+        logger.exception("pymc: the on_command hook failed at the start of %s", command)
+        return None
+
+
+def end_command(end: Optional[CommandEnd], error: Optional[BaseException]) -> None:
+    """Tell ``end`` (what :func:`begin_command` returned) how the command ended: None on
+    success, else the exception it raised (any ``BaseException``). An ``Exception`` from
+    ``end`` is logged and ignored."""
+    if end is None:
+        return
+    try:
+        end(error)
+    except Exception:
+        logger.exception("pymc: the on_command hook failed at the end of a command")
+
+
+def _observe(client: Client, hook: CommandHook) -> None:
+    """Bind on ``client`` an observed version of each of its commands. A command that
+    another one runs (``get_cas`` runs ``meta_get``) is observed once, as the outer one."""
+    busy = [False]  # a command of this client is being observed (a Client is one thread's)
+    for name in COMMANDS:
+        setattr(client, name, _observed(client, hook, name, getattr(client, name), busy))
+
+
+def _observed(
+    client: Client,
+    hook: CommandHook,
+    name: str,
+    method: Callable[..., Any],
+    busy: List[bool],
+) -> Callable[..., Any]:
+    where = _KEYS_OF.get(name)
+
+    @functools.wraps(method)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        if busy[0]:
+            return method(*args, **kwargs)
+        keys: Tuple[Any, ...] = ()
+        if where is not None:
+            param, many = where
+            by_name = not args
+            arg = kwargs.get(param, _MISSING) if by_name else args[0]
+            if arg is not _MISSING:
+                if not many:
+                    keys = (arg,)
+                elif isinstance(arg, (list, tuple, Mapping)):
+                    keys = tuple(arg)
+                else:  # an iterator is read once, here, and passed on as a tuple (what
+                    keys = tuple(arg)  # cannot be read raises as the command would)
+                    if by_name:
+                        kwargs[param] = keys
+                    else:
+                        args = (keys, *args[1:])
+        end = begin_command(hook, name, keys, client.server)
+        try:
+            busy[0] = True
+            result = method(*args, **kwargs)
+        except BaseException as exc:
+            busy[0] = False
+            end_command(end, exc)
+            raise
+        busy[0] = False
+        end_command(end, None)
+        return result
+
+    return call
 
 
 P = ParamSpec("P")

@@ -47,9 +47,12 @@ from typing import (
 from .client import (
     Client,
     ClientOptions,
+    CommandEnd,
     Item,
     ServerSpec,
+    begin_command,
     decode_values,
+    end_command,
     meta_batches,
     normalize_server_spec,
     per_key_results,
@@ -124,6 +127,8 @@ def _is_connection_failure(exc: BaseException) -> bool:
 #: A node's part of a fan-out: its request, the reader of its reply (None: noreply) and
 #: what turns that reply into the node's result.
 Part = Tuple[bytes, Optional[Callable[[], Expect]], Callable[[Any], Any]]
+#: Starts the observation of one node's part of a fan-out (see ``HashClient._observer``).
+Observe = Callable[[str], Optional[CommandEnd]]
 
 
 def _items(reply: Any) -> Any:
@@ -394,7 +399,8 @@ class HashClient:
     plus ``pool_timeout``, ``retry`` (a :class:`RetryPolicy`) and ``on_event(event,
     node, info)``, called on ``node_failed``, ``node_ejected``, ``node_revived`` and
     ``snapshot_swapped``. Without ``use_pooling`` each node gets one connection, shared
-    safely (callers take turns).
+    safely (callers take turns). An ``on_command`` hook (a Client option) observes each
+    command on its node, and a multi-key command once per node it goes to.
     """
 
     #: The class of each node's connections (pymemcache compatibility: a subclass of
@@ -431,10 +437,12 @@ class HashClient:
         # The nodes always raise; this client decides what ignore_exc hides.
         self._node_options = dataclasses.replace(options, ignore_exc=False)
         # A probe of a dead node must end even when the client has no timeouts.
+        # (and, being no caller's command, is not shown to the on_command hook).
         self._probe_options = dataclasses.replace(
             self._node_options,
             connect_timeout=options.connect_timeout or PROBE_TIMEOUT,
             timeout=options.timeout or PROBE_TIMEOUT,
+            on_command=None,
         )
         self.hasher = hasher
         self.use_pooling = use_pooling
@@ -745,6 +753,7 @@ class HashClient:
         nodes: NodeSet,
         parts: Dict[str, Optional[Part]],
         alone: Callable[[str], Any],
+        observe: Optional[Observe] = None,
     ) -> Dict[str, Any]:
         """Send each node its request, then read each reply: ``{node: finished result}``.
 
@@ -758,6 +767,9 @@ class HashClient:
         never keeps a healthy node's connections checked out, and two fan-outs cannot
         deadlock each other. A node that fails is retried alone (as the retry policy
         allows) or, with ignore_exc, left out of the result.
+
+        ``observe`` (given when there is an ``on_command`` hook) starts the observation of
+        each node's exchange, ended when its reply is read; ``alone`` observes its own.
         """
         results: Dict[str, Any] = {}
         failed: Dict[str, Exception] = {}
@@ -768,7 +780,9 @@ class HashClient:
             leases: List[Tuple[str, Lease[Client]]] = []
             busy: List[str] = []
             try:
-                self._take_and_exchange(nodes, pending, leases, busy, parts, results, failed)
+                self._take_and_exchange(
+                    nodes, pending, leases, busy, parts, results, failed, observe
+                )
             finally:
                 try:
                     _give_back(leases, results)
@@ -812,6 +826,7 @@ class HashClient:
         parts: Dict[str, Optional[Part]],
         results: Dict[str, Any],
         failed: Dict[str, Exception],
+        observe: Optional[Observe],
     ) -> None:
         """One round of a fan-out: take a connection for each pending node that has one
         free (a node with none goes to ``busy``); when none was free, wait for the first
@@ -834,7 +849,7 @@ class HashClient:
                 leases[-1][1].take()
             except Exception as exc:  # no free connection in time: this node only
                 failed[name] = exc
-        self._exchange(leases, parts, results, failed)
+        self._exchange(leases, parts, results, failed, observe)
 
     @staticmethod
     def _exchange(
@@ -842,8 +857,12 @@ class HashClient:
         parts: Dict[str, Optional[Part]],
         results: Dict[str, Any],
         failed: Dict[str, Exception],
+        observe: Optional[Observe] = None,
     ) -> None:
         """Send every leased connection its node's request, then read each reply."""
+        if observe is not None:
+            HashClient._observed_exchange(leases, parts, results, failed, observe)
+            return
         sent: List[Tuple[str, Client]] = []
         for name, lease in leases:
             conn = lease.obj
@@ -861,6 +880,59 @@ class HashClient:
                 results[name] = finish(None if expect is None else conn.receive(expect()))
             except Exception as exc:
                 failed[name] = exc
+
+    @staticmethod
+    def _observed_exchange(
+        leases: List[Tuple[str, Lease[Client]]],
+        parts: Dict[str, Optional[Part]],
+        results: Dict[str, Any],
+        failed: Dict[str, Exception],
+        observe: Observe,
+    ) -> None:
+        """:meth:`_exchange`, each node's part observed from before its request is sent
+        until its reply is read (all started in the caller's thread, before any ends)."""
+        ends: Dict[str, Optional[CommandEnd]] = {}
+        try:
+            sent: List[Tuple[str, Client]] = []
+            for name, lease in leases:
+                conn = lease.obj
+                if conn is None:
+                    continue
+                request, expect, _ = parts[name]  # type: ignore[misc]
+                ends[name] = observe(name)
+                try:
+                    conn.send(request, expect is None)
+                    sent.append((name, conn))
+                except Exception as exc:
+                    failed[name] = exc
+                    end_command(ends.pop(name), exc)
+            for name, conn in sent:
+                _, expect, finish = parts[name]  # type: ignore[misc]
+                try:
+                    results[name] = finish(None if expect is None else conn.receive(expect()))
+                except Exception as exc:
+                    failed[name] = exc
+                    end_command(ends.pop(name), exc)
+                else:
+                    end_command(ends.pop(name), None)
+        except BaseException as exc:  # every observation still open ends with it
+            for end in ends.values():
+                end_command(end, exc)
+            raise
+
+    def _observer(
+        self, command: str, nodes: NodeSet, keys: Mapping[str, Iterable[Any]]
+    ) -> Optional[Observe]:
+        """What starts the observation of one node's part of a fan-out of ``command``
+        (``keys``: each node's keys), or None without an ``on_command`` hook."""
+        hook = self.options.on_command
+        if hook is None:
+            return None
+
+        def observe(name: str) -> Optional[CommandEnd]:
+            return begin_command(hook, command, tuple(keys.get(name, ())), nodes.servers[name])
+
+        return observe
 
     def _retrieve(self, command: str, keys: Iterable[AnyKey], with_cas: bool) -> Dict[Any, Any]:
         keys = list(keys)
@@ -897,7 +969,21 @@ class HashClient:
             else:
                 parts[name] = (request, partial(ExpectValues, wanted, None, with_cas), _items)
 
+        command = "gets_many" if with_cas else "get_many"
+        by_node = {name: wanted.values() for name, wanted in wanted_by_node.items()}
+        observe = self._observer(command, nodes, by_node)
+
         def alone(name: str) -> Any:
+            end = None if observe is None else observe(name)
+            try:
+                found = in_passes(name)
+            except BaseException as exc:
+                end_command(end, exc)
+                raise
+            end_command(end, None)
+            return found
+
+        def in_passes(name: str) -> Any:
             raws = list(wanted_by_node[name])
             with nodes.clients[name].client_pool.get_and_release() as conn:
                 found: Dict[bytes, Item] = {}
@@ -908,7 +994,7 @@ class HashClient:
                     _items(reply)
                 return found
 
-        found = self._fan_out("gets_many" if with_cas else "get_many", nodes, parts, alone)
+        found = self._fan_out(command, nodes, parts, alone, observe)
         out: Dict[Any, Any] = {}
         for name, items in found.items():
             out.update(decode_values(items, wanted_by_node[name], opts, with_cas))
@@ -957,9 +1043,11 @@ class HashClient:
                 parts[name] = (request, expect, _per_key(group, rule, where))
 
         def alone(name: str) -> Any:
-            return plain_call(name, groups[name])
+            return plain_call(name, groups[name])  # (observed by the node's client)
 
-        results = self._fan_out(command, nodes, parts, alone)
+        results = self._fan_out(
+            command, nodes, parts, alone, self._observer(command, nodes, groups)
+        )
         out: Dict[Any, Any] = {}
         error: Optional[Exception] = None
         for name, group in groups.items():
@@ -1075,9 +1163,10 @@ class HashClient:
             )
 
         def solo(name: str) -> Any:
-            return alone(name, [key for _, (key, _) in groups[name]])
+            return alone(name, [key for _, (key, _) in groups[name]])  # (observed there)
 
-        return self._fan_out(command, nodes, parts, solo)
+        by_node = {name: [key for _, (key, _) in batch] for name, batch in groups.items()}
+        return self._fan_out(command, nodes, parts, solo, self._observer(command, nodes, by_node))
 
     def meta_get_many(self, keys: Iterable[AnyKey]) -> Dict[Any, Any]:
         """The values of the keys present, from every node at once: one quiet ``mg``
