@@ -15,8 +15,10 @@ The differential tests are skipped when the compiled module is not in use (not b
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import sysconfig
 from importlib.machinery import EXTENSION_SUFFIXES
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
@@ -423,3 +425,65 @@ def test_validate_keys_matches_on_random_key_lists(
 def test_validate_keys_matches_with_an_odd_prefix(prefix: Any) -> None:
     _same_keys(["a", b"b"], prefix)
     _same_keys([], prefix)
+
+
+# --------------------------------------------------------------------------- the build
+
+
+def _build_in_copy(tmp_path: Path, env: Dict[str, str]) -> Tuple[int, str, str]:
+    """``setup.py build_ext --inplace`` in a copy of the project, then which reader the copy
+    imports: (build exit code, build output, "True"/"False")."""
+    root = Path(__file__).resolve().parent.parent
+    for name in ("setup.py", "setup.cfg", "pyproject.toml", "README.md", "LICENSE"):
+        shutil.copy(root / name, tmp_path / name)
+    shutil.copytree(
+        root / "pymc",
+        tmp_path / "pymc",
+        ignore=shutil.ignore_patterns("*.so", "*.pyd", "__pycache__"),
+    )
+    build = subprocess.run(
+        [sys.executable, "setup.py", "-q", "build_ext", "--inplace"],
+        cwd=tmp_path, env={**os.environ, **env}, capture_output=True, text=True, timeout=150,
+    )  # fmt: skip
+    # -S: no site-packages, so the editable install of the project under test is not seen.
+    probe_env = {k: v for k, v in os.environ.items() if k != "PYMC_NO_EXTENSIONS"}
+    probe = subprocess.run(
+        [sys.executable, "-S", "-c", "import pymc; print(pymc.__speedups__, pymc.__file__)"],
+        cwd=tmp_path, env={**probe_env, "PYTHONPATH": str(tmp_path)},
+        capture_output=True, text=True, timeout=50,
+    )  # fmt: skip
+    assert probe.returncode == 0, probe.stderr
+    speedups, where = probe.stdout.split()
+    assert Path(where).parent == tmp_path / "pymc"
+    return build.returncode, build.stdout + build.stderr, speedups
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(200)
+def test_build_without_a_compiler_succeeds_with_pure_python(tmp_path: Path) -> None:
+    code, output, speedups = _build_in_copy(
+        tmp_path, {"CC": "/bin/false", "LDSHARED": "/bin/false"}
+    )
+    assert code == 0, output
+    assert "pure-Python reader" in output or "failed" in output.lower(), output
+    assert speedups == "False"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(200)
+def test_no_extensions_at_build_time_builds_nothing(tmp_path: Path) -> None:
+    code, output, speedups = _build_in_copy(tmp_path, {"PYMC_NO_EXTENSIONS": "1"})
+    assert code == 0, output
+    assert list((tmp_path / "pymc").glob("_speedups*.so")) == []
+    assert speedups == "False"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(200)
+def test_build_with_a_compiler_uses_the_compiled_reader(tmp_path: Path) -> None:
+    include = Path(sysconfig.get_paths()["include"]) / "Python.h"
+    if not include.exists() or not (shutil.which("cc") or shutil.which("gcc")):
+        pytest.skip("no C compiler or no Python headers here")
+    code, output, speedups = _build_in_copy(tmp_path, {})
+    assert code == 0, output
+    assert speedups == "True", output
