@@ -441,12 +441,14 @@ def _build_in_copy(tmp_path: Path, env: Dict[str, str]) -> Tuple[int, str, str]:
         tmp_path / "pymc",
         ignore=shutil.ignore_patterns("*.so", "*.pyd", "__pycache__"),
     )
+    # The build sees PYMC_NO_EXTENSIONS only when the test sets it (make test's pure pass
+    # sets it for the tests' own process).
+    probe_env = {k: v for k, v in os.environ.items() if k != "PYMC_NO_EXTENSIONS"}
     build = subprocess.run(
         [sys.executable, "setup.py", "-q", "build_ext", "--inplace"],
-        cwd=tmp_path, env={**os.environ, **env}, capture_output=True, text=True, timeout=150,
+        cwd=tmp_path, env={**probe_env, **env}, capture_output=True, text=True, timeout=150,
     )  # fmt: skip
     # -S: no site-packages, so the editable install of the project under test is not seen.
-    probe_env = {k: v for k, v in os.environ.items() if k != "PYMC_NO_EXTENSIONS"}
     probe = subprocess.run(
         [sys.executable, "-S", "-c", "import pymc; print(pymc.__speedups__, pymc.__file__)"],
         cwd=tmp_path, env={**probe_env, "PYTHONPATH": str(tmp_path)},
