@@ -857,8 +857,9 @@ if os.environ.get("PYMC_NO_EXTENSIONS", "") in ("", "0"):
     except ImportError:  # not built (no compiler, or a pure wheel): the pure code runs
         pass
     else:
-        _scan_values = _speedups.scan_values
-        _check_keys = _speedups.check_keys
+        if _speedups.MAX_LINE_LENGTH == MAX_LINE_LENGTH:  # (else a build older than this file)
+            _scan_values = _speedups.scan_values
+            _check_keys = _speedups.check_keys
 
 #: True when the compiled reader and key check are in use (``pymc.__speedups__``).
 SPEEDUPS: Final[bool] = _scan_values is not _no_speedups
