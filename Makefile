@@ -10,16 +10,16 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
 # Reinstall whenever the declared dependencies change.
-$(VENV)/.test-deps: setup.cfg setup.py | $(BIN)/python
+$(VENV)/.test-deps: setup.cfg setup.py pymc/_speedups.c | $(BIN)/python
 	$(PIP) install -e '.[test]'
 	touch $@
 
 # mypy checks tests/ and benchmarks/ too, so it needs what they import (pytest, hypothesis, ...).
-$(VENV)/.lint-deps: setup.cfg setup.py | $(BIN)/python
+$(VENV)/.lint-deps: setup.cfg setup.py pymc/_speedups.c | $(BIN)/python
 	$(PIP) install -e '.[test,lint]'
 	touch $@
 
-$(VENV)/.bench-deps: setup.cfg setup.py | $(BIN)/python
+$(VENV)/.bench-deps: setup.cfg setup.py pymc/_speedups.c | $(BIN)/python
 	$(PIP) install -e '.[bench]'
 	touch $@
 
@@ -50,8 +50,23 @@ libmemcached-dev:
 	    exit 2; \
 	  fi; }
 
+# The suite runs twice: first with the compiled reader (pymc._speedups, when the install could
+# build it), then with the pure-Python one (PYMC_NO_EXTENSIONS=1) over the tests that drive the
+# reader: the protocol, the clients, the cluster and the interrupts (about 55 s). The second
+# pass runs PYTEST_ARGS when given, else PURE_TESTS; set PURE_PYTEST_ARGS to choose it
+# yourself (PURE_PYTEST_ARGS=tests runs the whole suite both ways). Without a built module the
+# first pass already ran pure Python, and the second is skipped.
+PURE_TESTS ?= tests/test_protocol.py tests/test_speedups.py tests/test_reply_path.py \
+	tests/test_meta_protocol.py tests/test_cluster_config.py tests/test_client.py \
+	tests/test_cluster.py tests/test_interrupts.py
+PURE_PYTEST_ARGS ?= $(or $(PYTEST_ARGS),$(PURE_TESTS))
+
 test: $(VENV)/.test-deps memcached
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	@if $(BIN)/python -c "import pymc, sys; sys.exit(not pymc.__speedups__)"; then \
+	  echo "make test: again with the pure-Python reader (PYMC_NO_EXTENSIONS=1)"; \
+	  PYMC_NO_EXTENSIONS=1 $(BIN)/python -m pytest $(PURE_PYTEST_ARGS); \
+	else echo "make test: the compiled reader is not built: the pure-Python pass above was the only one"; fi
 
 # Every Python version the README claims, each in its own venv (.venv-3.10, ...). A version
 # that pyenv (or PATH, as pythonX.Y) does not have is skipped with a message; any failure

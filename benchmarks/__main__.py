@@ -21,11 +21,18 @@ import threading
 import time
 from typing import Dict, List, Optional, Sequence, Tuple
 
+import pymc
+
 from . import cases as bench_cases
 from .report import Result, chart, table
 from .servers import Address, LocalCluster
 
 Samples = Tuple[float, List[int]]
+
+#: Which reader this process times (chosen when pymc was imported).
+READER = "reader: " + (
+    "compiled (pymc._speedups)" if pymc.__speedups__ else "pure Python (pymc.protocol.PyReader)"
+)
 
 
 def measure(op: bench_cases.Op, seconds: float) -> Samples:
@@ -121,6 +128,54 @@ def run_gevent(
     return results
 
 
+def selected(case: str, patterns: Optional[str]) -> bool:
+    return not patterns or any(p in case for p in patterns.split(","))
+
+
+def select(
+    cases: bench_cases.Cases, patterns: Optional[str], clients: Optional[str]
+) -> bench_cases.Cases:
+    keep = clients.split(",") if clients else None
+    out: bench_cases.Cases = {}
+    for case, ops in cases.items():
+        if selected(case, patterns):
+            ops = {n: op for n, op in ops.items() if keep is None or n in keep}
+            if ops:
+                out[case] = ops
+    return out
+
+
+def run_pure(
+    addresses: Sequence[Address],
+    args: argparse.Namespace,
+    pin: Optional[int],
+    rounds: int,
+    gevent: bool,
+) -> List[Result]:
+    """pymc's cases again with the pure-Python reader, in a process that ignores the compiled
+    one (the reader is chosen at import); its rows are named 'pymc pure'. ``gevent``: the
+    gevent cases only, else all the others."""
+    command = [
+        sys.executable, "-m", "benchmarks", "--json", "--no-progress", "--clients", "pymc",
+        "--servers", ",".join("%s:%d" % a for a in addresses),  # noqa: UP031
+        "--rounds", str(rounds), "--seconds", str(args.seconds),
+    ]  # fmt: skip
+    command += ["--no-pin"] if pin is None else ["--cpu", str(pin)]
+    if gevent:
+        command += ["--cases", "gevent get"]
+    else:
+        command += ["--no-gevent"] + (["--cases", args.cases] if args.cases else [])
+    proc = subprocess.run(
+        command, capture_output=True, text=True, timeout=3600, check=False,
+        env={**os.environ, "PYMC_NO_EXTENSIONS": "1"},
+        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+    )  # fmt: skip
+    if proc.returncode != 0:
+        raise SystemExit(f"the pure-Python pass failed:\n{proc.stderr}")
+    rows = json.loads(proc.stdout.strip().splitlines()[-1])
+    return [Result(**{**row, "client": "pymc pure"}) for row in rows]
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     parser.add_argument("--servers", help="host:port,... to use instead of 4 local servers")
@@ -132,10 +187,21 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument(
+        "--cases",
         "--only",
-        help="comma-separated substrings: run only the cases whose names contain one "
-        "(and the gevent case only if one of them is 'gevent')",
+        help="comma-separated substrings: only the cases whose name holds one (the gevent "
+        "case only when one of them is in 'gevent get')",
     )
+    parser.add_argument(
+        "--readers",
+        choices=("both", "in-use"),
+        default="both",
+        help="both: when pymc's compiled reader is in use, also time pymc with the pure-Python "
+        "reader (a second process with PYMC_NO_EXTENSIONS=1), shown as 'pymc pure'",
+    )
+    parser.add_argument("--clients", help=argparse.SUPPRESS)  # comma-separated, for that pass
+    parser.add_argument("--json", action="store_true", help=argparse.SUPPRESS)  # results only
+    parser.add_argument("--no-gevent", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.quick:
         args.rounds, args.seconds = 1, 0.1
@@ -157,29 +223,50 @@ def main(argv: Optional[List[str]] = None) -> int:
         cases.update(bench_cases.single_server(addresses[0]))
         cases.update(bench_cases.pooled(addresses[0]))
         cases.update(bench_cases.cluster(addresses))
+        cases = select(cases, args.cases, args.clients)
         bench_cases.check(cases)
-        gevent_counts: Tuple[int, ...] = (100, 1000)
-        if args.only:
-            wanted = [w.strip() for w in args.only.split(",") if w.strip()]
-            cases = {name: ops for name, ops in cases.items() if any(w in name for w in wanted)}
-            if "gevent" not in wanted:
-                gevent_counts = ()
-        total = args.rounds * sum(len(v) for v in cases.values()) + len(gevent_counts)
-        progress = Progress(total, not args.no_progress)
-        results = run(cases, args.rounds, args.seconds, progress)
+        gevent = selected("gevent get", args.cases) and not args.no_gevent
+        gevent_counts = (100, 1000) if gevent else ()
+        # Both readers: each round of the compiled one (this process) is followed by a round
+        # of the pure one (a PYMC_NO_EXTENSIONS=1 process), so drift hits both alike.
+        pure = args.readers == "both" and pymc.__speedups__ and not args.json
+        total = args.rounds * (sum(len(v) for v in cases.values()) + pure)
+        progress = Progress(total + len(gevent_counts) * (1 + pure), not args.no_progress)
+        best: Dict[Tuple[str, str], Result] = {}
+        for _ in range(args.rounds):
+            part = run(cases, 1, args.seconds, progress)
+            if pure and cases:
+                part += run_pure(addresses, args, pin, 1, gevent=False)
+                progress.step("pymc pure")
+            for r in part:
+                if r.ops_per_sec > getattr(best.get((r.case, r.client)), "ops_per_sec", 0.0):
+                    best[(r.case, r.client)] = r
+        results = list(best.values())
         results += run_gevent(addresses[0], gevent_counts, args.rounds, args.seconds, progress)
+        if pure and gevent_counts:
+            results += run_pure(addresses, args, pin, args.rounds, gevent=True)
+            for _ in gevent_counts:
+                progress.step("gevent, pymc pure")
         progress.finish()
+        if args.clients:
+            results = [r for r in results if r.client in args.clients.split(",")]
+        order = {case: i for i, case in enumerate(cases)}
+        results.sort(key=lambda r: (order.get(r.case, len(order)), r.client == "pymc pure"))
     finally:
         if cluster is not None:
             cluster.stop()
 
+    if args.json:
+        print(json.dumps([r.__dict__ for r in results]))
+        return 0
     machine = (
         f"{platform.machine()}, {os.cpu_count()} cores"
         f"{f' (bench pinned to CPU {pin})' if pin is not None else ''}, "
-        f"Python {platform.python_version()}, {len(addresses)} memcached nodes"
+        f"Python {platform.python_version()}, {len(addresses)} memcached nodes; "
+        f"{READER}"
     )
     text = table(results)
-    print(text)
+    print(f"{READER}\n{text}")
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "latest.json"), "w") as f:
         json.dump({"machine": machine, "results": [r.__dict__ for r in results]}, f, indent=1)

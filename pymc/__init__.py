@@ -32,9 +32,14 @@ from .exceptions import (
 )
 from .hashing import KetamaHash, RendezvousHash
 from .pool import ObjectPool, PooledClient
+from .protocol import SPEEDUPS
 from .retry import RetryingClient, RetryPolicy
 
 __version__ = "0.1.0"
+
+#: True when the compiled reader (``pymc._speedups``) is in use, False for pure Python
+#: (no compiler at install, or ``PYMC_NO_EXTENSIONS=1`` at build or run time).
+__speedups__: bool = SPEEDUPS
 
 # A library's log records (node ejections, discovery failures) go wherever the application's
 # logging sends them, and nowhere -- not stderr through logging's last resort -- without it.

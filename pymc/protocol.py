@@ -15,8 +15,12 @@ thrown away. Nothing here ever guesses.
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 from typing import (
+    TYPE_CHECKING,
+    Any,
+    Callable,
     Container,
     Dict,
     Final,
@@ -48,6 +52,8 @@ __all__ = [
     "MN",
     "NEED_DATA",
     "RULES",
+    "SPEEDUPS",
+    "CReader",
     "ClusterConfig",
     "ClusterNode",
     "ErrorReply",
@@ -59,6 +65,7 @@ __all__ = [
     "ExpectStats",
     "ExpectSync",
     "ExpectValues",
+    "PyReader",
     "Reader",
     "Reply",
     "Rule",
@@ -84,6 +91,8 @@ __all__ = [
     "parse_cluster_config",
     "validate_key",
     "validate_keys",
+    "validate_keys_c",
+    "validate_keys_py",
 ]
 
 Key = Union[str, bytes]
@@ -159,10 +168,11 @@ def validate_key(key: Key, prefix: bytes = b"", allow_unicode: bool = False) -> 
     return raw
 
 
-def validate_keys(
+def validate_keys_py(
     keys: Iterable[Key], prefix: bytes = b"", allow_unicode: bool = False
 ) -> Dict[bytes, Key]:
-    """:func:`validate_key` for many keys at once: ``{prefix + key as bytes: key}``.
+    """:func:`validate_key` for many keys at once: ``{prefix + key as bytes: key}``
+    (the pure-Python :func:`validate_keys`, the reference).
 
     The common case (ASCII str or bytes keys of legal length) is checked with one scan of
     all the keys together; anything unusual takes the one-by-one path for its error.
@@ -492,8 +502,10 @@ def parse_cluster_config(block: bytes) -> ClusterConfig:
     return ClusterConfig(int(version), tuple(nodes))
 
 
-class Reader:
-    """Buffers what the server sent and parses it into replies, one per call.
+class PyReader:
+    """The pure-Python reader, the reference (:data:`Reader` is the one in use).
+
+    Buffers what the server sent and parses it into replies, one per call.
 
     ``feed()`` only stores bytes; ``next_reply()`` returns the next complete reply, or
     :data:`NEED_DATA`. A data block of known size is gathered without re-copying the
@@ -822,6 +834,109 @@ class Reader:
 
     def _poisoned(self) -> MemcacheProtocolError:
         return MemcacheProtocolError(f"connection state is unknown after: {self._broken}")
+
+
+# --------------------------------------------------------------------------- compiled twins
+#
+# pymc/_speedups.c compiles the value loop of ``read_values`` and the fast path of
+# ``validate_keys`` (see setup.py). They keep no state: the reader's buffer, position and
+# poisoning stay here, in the same code paths as PyReader's, so the two readers differ only
+# in the loop. tests/test_speedups.py checks them against the pure code, which is the
+# reference. ``PYMC_NO_EXTENSIONS=1`` (any value but empty or "0") ignores a built module.
+
+
+def _no_speedups(*args: object) -> Any:
+    raise RuntimeError("pymc's compiled reader is not in use (see pymc.__speedups__)")
+
+
+_scan_values: Callable[..., Any] = _no_speedups
+_check_keys: Callable[..., Any] = _no_speedups
+if os.environ.get("PYMC_NO_EXTENSIONS", "") in ("", "0"):
+    try:
+        from . import _speedups
+    except ImportError:  # not built (no compiler, or a pure wheel): the pure code runs
+        pass
+    else:
+        if _speedups.MAX_LINE_LENGTH == MAX_LINE_LENGTH:  # (else a build older than this file)
+            _scan_values = _speedups.scan_values
+            _check_keys = _speedups.check_keys
+
+#: True when the compiled reader and key check are in use (``pymc.__speedups__``).
+SPEEDUPS: Final[bool] = _scan_values is not _no_speedups
+
+# What stopped _scan_values (the same numbers as in _speedups.c).
+_SCAN_END: Final = 0
+_SCAN_OTHER: Final = 1
+_SCAN_NEED: Final = 2
+_SCAN_MALFORMED: Final = 3
+_SCAN_TOO_BIG: Final = 4
+_SCAN_NO_CRLF: Final = 5
+_SCAN_UNWANTED: Final = 6
+_SCAN_NOT_BYTES: Final = 7
+
+
+class CReader(PyReader):
+    """:class:`PyReader` with the value loop of :meth:`read_values` compiled: the same
+    results, errors and state after every call. Usable only when :data:`SPEEDUPS`."""
+
+    __slots__ = ()
+
+    def read_values(
+        self, wanted: Container[bytes], found: Dict[bytes, Tuple[int, bytes, Optional[bytes]]]
+    ) -> Union[bytes, ErrorReply, _NeedData]:
+        if self._need:
+            if self._broken is not None:
+                raise self._poisoned()
+            return NEED_DATA
+        buf = self._joined() if self._parts else self._buf
+        code, a, b = _scan_values(buf, self._pos, self._max_block, wanted, found)
+        if code == _SCAN_END:
+            self._pos = a
+            return END
+        if code == _SCAN_NEED:
+            self._pos = a
+            self._need = b
+            return NEED_DATA
+        if code == _SCAN_OTHER:
+            self._pos = a
+            reply = self.next_reply()
+            if reply is END or reply is NEED_DATA or type(reply) is ErrorReply:
+                return reply
+            raise self._fail(f"unexpected reply to a retrieval: {reply!r}"[:200])
+        if code == _SCAN_NOT_BYTES:  # fed a bytearray or a memoryview
+            return PyReader.read_values(self, wanted, found)
+        if code == _SCAN_UNWANTED:
+            raise self._fail(f"the server answered {a!r}, which was not asked for")
+        if code == _SCAN_NO_CRLF:
+            raise self._fail("data block is not followed by CRLF")
+        if code == _SCAN_TOO_BIG:
+            raise self._fail(self._too_big(buf[a:b], self._max_block))  # type: ignore[arg-type]
+        raise self._fail(f"malformed VALUE line {buf[a:b][:300]!r}")
+
+
+def validate_keys_c(
+    keys: Iterable[Key], prefix: bytes = b"", allow_unicode: bool = False
+) -> Dict[bytes, Key]:
+    """:func:`validate_keys_py` with its one-scan fast path compiled: the same results and
+    errors. Usable only when :data:`SPEEDUPS`."""
+    if not isinstance(keys, (list, tuple)):
+        keys = list(keys)
+    if type(prefix) is not bytes:
+        return validate_keys_py(keys, prefix, allow_unicode)
+    out: Optional[Dict[bytes, Key]] = _check_keys(keys, prefix, MAX_KEY_LENGTH - len(prefix))
+    if out is not None:
+        return out
+    return {validate_key(key, prefix, allow_unicode): key for key in keys}
+
+
+#: :func:`validate_key` for many keys at once: ``{prefix + key as bytes: key}``; the
+#: compiled :func:`validate_keys_c` when :data:`SPEEDUPS`, else :func:`validate_keys_py`.
+validate_keys = validate_keys_c if SPEEDUPS else validate_keys_py
+
+#: The reader in use: :class:`CReader` when :data:`SPEEDUPS`, else :class:`PyReader`.
+Reader = PyReader
+if not TYPE_CHECKING and SPEEDUPS:
+    Reader = CReader
 
 
 # --------------------------------------------------------------------------- what replies mean

@@ -57,7 +57,7 @@ from pymc.protocol import (
 
 CRLF = b"\r\n"
 WORD_NAMES = ("END", "STORED", "NOT_STORED", "EXISTS", "NOT_FOUND", "DELETED", "TOUCHED", "OK")
-WORDS = {getattr(protocol, name) for name in (*WORD_NAMES, "RESET")}
+WORDS = {getattr(protocol, name) for name in (*WORD_NAMES, "RESET", "MN")}
 REPLY_TYPES = (bytes, int, Value, Stat, Version, ClusterConfig, ErrorReply)
 
 FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -1,0 +1,414 @@
+/*
+ * pymc._speedups: the compiled twins of two hot loops of pymc/protocol.py.
+ *
+ * The pure-Python code in protocol.py is the reference; these functions only speed up what
+ * it does and must agree with it in every result and every error. They keep no state and do
+ * no I/O: protocol.py owns the reader's buffer, position and poisoning, hands the buffer in
+ * and applies what comes back.
+ *
+ *   scan_values(buf, pos, cap, wanted, found) -> (code, a, b)
+ *       The value loop of Reader.read_values, from offset ``pos`` of the bytes ``buf``.
+ *       Complete values go into ``found`` as key: (flags, data, cas). The code says what
+ *       stopped the loop (see the SCAN_* constants below, mirrored in protocol.py).
+ *
+ *   check_keys(keys, prefix, limit) -> dict | None
+ *       The one-scan fast path of validate_keys over a list or tuple: {prefix + raw: key},
+ *       or None when any key needs the one-by-one path (which then says what is wrong).
+ *
+ * Memory safety: every read is bounds-checked against the buffer's length before it is
+ * made; sizes are at most 18 decimal digits, so they fit an int64 with room to add a
+ * buffer offset; no arithmetic on a size is done before its digits are checked.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <string.h>
+
+/* Must match protocol.py's MAX_LINE_LENGTH. */
+#define MAX_LINE_LENGTH 8192
+
+/* What stopped scan_values (protocol.py holds the same numbers). */
+#define SCAN_END 0       /* "END\r\n" consumed: (0, pos after it, None) */
+#define SCAN_OTHER 1     /* not a VALUE line or END: (1, pos, None); next_reply decides */
+#define SCAN_NEED 2      /* a value not complete yet: (2, pos of its line, bytes needed) */
+#define SCAN_MALFORMED 3 /* (3, pos, end): the VALUE line buf[pos:end] does not parse */
+#define SCAN_TOO_BIG 4   /* (4, pos, end): its block is larger than cap */
+#define SCAN_NO_CRLF 5   /* (5, pos, end): its block is not followed by CRLF */
+#define SCAN_UNWANTED 6  /* (6, key, None): a key not asked for, or answered twice */
+#define SCAN_NOT_BYTES 7 /* (7, pos, None): buf is not exactly bytes; use the pure loop */
+
+static PyObject *
+result(int code, PyObject *a, PyObject *b)
+{
+    /* Steals references to a and b (either may be NULL after a failed allocation). */
+    PyObject *out = NULL;
+    if (a != NULL && b != NULL) {
+        out = PyTuple_New(3);
+        if (out != NULL) {
+            PyObject *c = PyLong_FromLong(code);
+            if (c == NULL) {
+                Py_DECREF(out);
+                out = NULL;
+            }
+            else {
+                PyTuple_SET_ITEM(out, 0, c);
+                PyTuple_SET_ITEM(out, 1, a);
+                PyTuple_SET_ITEM(out, 2, b);
+                return out;
+            }
+        }
+    }
+    Py_XDECREF(a);
+    Py_XDECREF(b);
+    return NULL;
+}
+
+static PyObject *
+result_pos(int code, Py_ssize_t a, PyObject *b)
+{
+    return result(code, PyLong_FromSsize_t(a), b);
+}
+
+static PyObject *
+result_span(int code, Py_ssize_t a, Py_ssize_t b)
+{
+    return result(code, PyLong_FromSsize_t(a), PyLong_FromSsize_t(b));
+}
+
+/* bytes.isdigit(): non-empty, ASCII digits only. */
+static int
+all_digits(const char *p, Py_ssize_t n)
+{
+    if (n <= 0) {
+        return 0;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (p[i] < '0' || p[i] > '9') {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+/* The value of at most 18 checked digits: below 10**18, no overflow. */
+static int64_t
+digits_value(const char *p, Py_ssize_t n)
+{
+    int64_t v = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        v = v * 10 + (p[i] - '0');
+    }
+    return v;
+}
+
+static PyObject *
+scan_values(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)module;
+    if (nargs != 5) {
+        PyErr_SetString(PyExc_TypeError, "scan_values takes 5 arguments");
+        return NULL;
+    }
+    PyObject *bufobj = args[0];
+    PyObject *wanted = args[3];
+    PyObject *found = args[4];
+    Py_ssize_t pos = PyLong_AsSsize_t(args[1]);
+    if (pos == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    if (pos < 0) {
+        PyErr_SetString(PyExc_ValueError, "scan_values: negative position");
+        return NULL;
+    }
+    /* cap: None (no cap) or a non-negative int; one too large for int64 is no cap. */
+    int64_t cap = -1;
+    if (args[2] != Py_None) {
+        int overflow = 0;
+        long long c = PyLong_AsLongLongAndOverflow(args[2], &overflow);
+        if (c == -1 && PyErr_Occurred()) {
+            return NULL;
+        }
+        if (overflow < 0 || (overflow == 0 && c < 0)) {
+            PyErr_SetString(PyExc_ValueError, "scan_values: negative cap");
+            return NULL;
+        }
+        cap = overflow > 0 ? -1 : (int64_t)c;
+    }
+    if (!PyBytes_CheckExact(bufobj)) {
+        return result_pos(SCAN_NOT_BYTES, pos, Py_NewRef(Py_None));
+    }
+    const char *buf = PyBytes_AS_STRING(bufobj);
+    const Py_ssize_t len = PyBytes_GET_SIZE(bufobj);
+    const int exact_found = PyDict_CheckExact(found);
+
+    for (;;) {
+        if (pos > len || len - pos < 6 || memcmp(buf + pos, "VALUE ", 6) != 0) {
+            if (pos <= len && len - pos >= 5 && memcmp(buf + pos, "END\r\n", 5) == 0) {
+                return result_pos(SCAN_END, pos + 5, Py_NewRef(Py_None));
+            }
+            return result_pos(SCAN_OTHER, pos, Py_NewRef(Py_None));
+        }
+        /* The first CRLF at pos or after, but only if the line is at most
+         * MAX_LINE_LENGTH long: end - pos <= MAX_LINE_LENGTH, and end + 1 < len. */
+        Py_ssize_t end = -1;
+        {
+            Py_ssize_t last = len - 2; /* the last offset a CRLF can start at */
+            if (last > pos + MAX_LINE_LENGTH) {
+                last = pos + MAX_LINE_LENGTH;
+            }
+            const char *p = buf + pos;
+            const char *stop = buf + last;
+            while (p <= stop) {
+                const char *cr = memchr(p, '\r', (size_t)(stop - p + 1));
+                if (cr == NULL) {
+                    break;
+                }
+                if (cr[1] == '\n') { /* cr <= buf + len - 2: cr[1] is in bounds */
+                    end = cr - buf;
+                    break;
+                }
+                p = cr + 1;
+            }
+        }
+        if (end < 0) {
+            return result_pos(SCAN_OTHER, pos, Py_NewRef(Py_None));
+        }
+        /* Split buf[pos + 6:end] on single spaces into 3 or 4 fields. */
+        const char *field[5];
+        Py_ssize_t flen[5];
+        int nf = 0;
+        {
+            const char *p = buf + pos + 6;
+            const char *e = buf + end;
+            const char *start = p;
+            for (;;) {
+                const char *sp = (p < e) ? memchr(p, ' ', (size_t)(e - p)) : NULL;
+                const char *fe = sp ? sp : e;
+                if (nf < 5) {
+                    field[nf] = start;
+                    flen[nf] = fe - start;
+                }
+                nf++;
+                if (sp == NULL || nf > 4) {
+                    if (sp != NULL) {
+                        nf++; /* more than 4 fields: malformed however many */
+                    }
+                    break;
+                }
+                p = start = sp + 1;
+            }
+        }
+        if (nf != 3 && nf != 4) {
+            return result_span(SCAN_MALFORMED, pos, end);
+        }
+        if (nf == 4 && (!all_digits(field[3], flen[3]) || flen[3] > 20)) {
+            return result_span(SCAN_MALFORMED, pos, end);
+        }
+        if (!all_digits(field[1], flen[1]) || !all_digits(field[2], flen[2]) || flen[1] > 10 ||
+            flen[2] > 18) {
+            return result_span(SCAN_MALFORMED, pos, end);
+        }
+        const int64_t size = digits_value(field[2], flen[2]);
+        const Py_ssize_t start = end + 2;
+        if (cap >= 0 && size > cap) {
+            return result_span(SCAN_TOO_BIG, pos, end);
+        }
+        /* start <= len; size < 10**18: the sum cannot overflow an int64. */
+        if ((int64_t)len < (int64_t)start + size + 2) {
+            return result(SCAN_NEED, PyLong_FromSsize_t(pos),
+                          PyLong_FromLongLong((long long)((int64_t)start + size + 2 - pos)));
+        }
+        const Py_ssize_t stop = start + (Py_ssize_t)size;
+        if (buf[stop] != '\r' || buf[stop + 1] != '\n') {
+            return result_span(SCAN_NO_CRLF, pos, end);
+        }
+        PyObject *key = PyBytes_FromStringAndSize(field[0], flen[0]);
+        if (key == NULL) {
+            return NULL;
+        }
+        int ok = PySequence_Contains(wanted, key);
+        if (ok == 1) {
+            ok = exact_found ? PyDict_Contains(found, key) : PySequence_Contains(found, key);
+            if (ok >= 0) {
+                ok = !ok;
+            }
+        }
+        if (ok < 0) {
+            Py_DECREF(key);
+            return NULL;
+        }
+        if (ok == 0) {
+            return result(SCAN_UNWANTED, key, Py_NewRef(Py_None));
+        }
+        PyObject *item = PyTuple_New(3);
+        if (item == NULL) {
+            Py_DECREF(key);
+            return NULL;
+        }
+        PyObject *flags = PyLong_FromLongLong((long long)digits_value(field[1], flen[1]));
+        PyObject *data = PyBytes_FromStringAndSize(buf + start, stop - start);
+        PyObject *cas = nf == 4 ? PyBytes_FromStringAndSize(field[3], flen[3])
+                                : Py_NewRef(Py_None);
+        if (flags == NULL || data == NULL || cas == NULL) {
+            Py_XDECREF(flags);
+            Py_XDECREF(data);
+            Py_XDECREF(cas);
+            Py_DECREF(item);
+            Py_DECREF(key);
+            return NULL;
+        }
+        PyTuple_SET_ITEM(item, 0, flags);
+        PyTuple_SET_ITEM(item, 1, data);
+        PyTuple_SET_ITEM(item, 2, cas);
+        ok = exact_found ? PyDict_SetItem(found, key, item) : PyObject_SetItem(found, key, item);
+        Py_DECREF(item);
+        Py_DECREF(key);
+        if (ok < 0) {
+            return NULL;
+        }
+        pos = stop + 2;
+    }
+}
+
+/* A byte the server treats as a separator or terminator: control, space, DEL. */
+static inline int
+bad_key_byte(unsigned char c)
+{
+    return c <= 0x20 || c == 0x7f;
+}
+
+static int
+any_bad_byte(const char *p, Py_ssize_t n)
+{
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (bad_key_byte((unsigned char)p[i])) {
+            return 1;
+        }
+    }
+    return 0;
+}
+
+static PyObject *
+check_keys(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)module;
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "check_keys takes 3 arguments");
+        return NULL;
+    }
+    PyObject *keys = args[0];
+    PyObject *prefix = args[1];
+    Py_ssize_t limit = PyLong_AsSsize_t(args[2]);
+    if (limit == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    if (!PyBytes_CheckExact(prefix) || !(PyList_Check(keys) || PyTuple_Check(keys))) {
+        PyErr_SetString(PyExc_TypeError, "check_keys takes a list or tuple and a bytes prefix");
+        return NULL;
+    }
+    const char *pre = PyBytes_AS_STRING(prefix);
+    const Py_ssize_t plen = PyBytes_GET_SIZE(prefix);
+    PyObject *out = PyDict_New();
+    if (out == NULL) {
+        return NULL;
+    }
+    if (PySequence_Fast_GET_SIZE(keys) > 0 && any_bad_byte(pre, plen)) {
+        goto slow;
+    }
+    /* The size is read again on every turn and each key held while in use: a list can
+     * change under us only through a finalizer a garbage collection runs, but it may. */
+    for (Py_ssize_t i = 0; i < PySequence_Fast_GET_SIZE(keys); i++) {
+        PyObject *key = Py_NewRef(PySequence_Fast_GET_ITEM(keys, i));
+        const char *raw;
+        Py_ssize_t rlen;
+        if (PyUnicode_CheckExact(key)) {
+#if PY_VERSION_HEX < 0x030C0000
+            if (PyUnicode_READY(key) < 0) {
+                Py_DECREF(key);
+                Py_DECREF(out);
+                return NULL;
+            }
+#endif
+            if (!PyUnicode_IS_ASCII(key)) {
+                Py_DECREF(key);
+                goto slow;
+            }
+            raw = (const char *)PyUnicode_DATA(key);
+            rlen = PyUnicode_GET_LENGTH(key);
+        }
+        else if (PyBytes_CheckExact(key)) {
+            raw = PyBytes_AS_STRING(key);
+            rlen = PyBytes_GET_SIZE(key);
+        }
+        else {
+            Py_DECREF(key);
+            goto slow;
+        }
+        if (rlen <= 0 || rlen > limit || any_bad_byte(raw, rlen)) {
+            Py_DECREF(key);
+            goto slow;
+        }
+        PyObject *full;
+        if (plen == 0 && PyBytes_CheckExact(key)) {
+            full = Py_NewRef(key);
+        }
+        else {
+            full = PyBytes_FromStringAndSize(NULL, plen + rlen);
+            if (full == NULL) {
+                Py_DECREF(key);
+                Py_DECREF(out);
+                return NULL;
+            }
+            memcpy(PyBytes_AS_STRING(full), pre, (size_t)plen);
+            memcpy(PyBytes_AS_STRING(full) + plen, raw, (size_t)rlen);
+        }
+        int ok = PyDict_SetItem(out, full, key);
+        Py_DECREF(full);
+        Py_DECREF(key);
+        if (ok < 0) {
+            Py_DECREF(out);
+            return NULL;
+        }
+    }
+    return out;
+slow:
+    Py_DECREF(out);
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef methods[] = {
+    {"scan_values", (PyCFunction)(void (*)(void))scan_values, METH_FASTCALL,
+     "scan_values(buf, pos, cap, wanted, found) -> (code, a, b): the value loop of "
+     "pymc.protocol.Reader.read_values."},
+    {"check_keys", (PyCFunction)(void (*)(void))check_keys, METH_FASTCALL,
+     "check_keys(keys, prefix, limit) -> dict | None: the fast path of "
+     "pymc.protocol.validate_keys."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module_def = {
+    PyModuleDef_HEAD_INIT,
+    "pymc._speedups",
+    "Compiled twins of pymc.protocol's value loop and key check; protocol.py is the "
+    "reference.",
+    -1,
+    methods,
+    NULL,
+    NULL,
+    NULL,
+    NULL,
+};
+
+PyMODINIT_FUNC
+PyInit__speedups(void)
+{
+    PyObject *m = PyModule_Create(&module_def);
+    if (m == NULL) {
+        return NULL;
+    }
+    if (PyModule_AddIntConstant(m, "MAX_LINE_LENGTH", MAX_LINE_LENGTH) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}
