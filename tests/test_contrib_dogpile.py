@@ -27,23 +27,32 @@ Not run, with the reason:
 from __future__ import annotations
 
 import importlib.util
+import linecache
 import os
 import subprocess
 import sys
 import threading
 import time
 import warnings
+from functools import partial
+from types import FrameType
 from typing import Any, Callable, ClassVar, Dict, List, Optional
 
 import dogpile.cache
 import pytest
 from dogpile.cache import make_region
 from dogpile.cache.api import NO_VALUE
-from support.helpers import stat, wait_until
+from support.helpers import Interrupt, stat, wait_until
 from support.sdist import sdist_tree
 from support.servers import MemcachedProcess
 
 import pymc
+import pymc.client
+import pymc.cluster
+import pymc.contrib.dogpile
+import pymc.meta
+import pymc.pool
+import pymc.protocol
 import pymc.serde
 from pymc.contrib.dogpile import PymcBackend, PymcLock
 
@@ -369,7 +378,7 @@ def test_threads_share_one_bounded_pool(memcached: MemcachedProcess) -> None:
 
 # --------------------------------------------------------------------------- the lock
 
-LOCK_KINDS = [pytest.param(None, id="lease"), pytest.param(False, id="add")]
+LOCK_KINDS = [pytest.param(None, id="meta"), pytest.param(False, id="text")]
 
 
 def _backend(server: MemcachedProcess, meta_lock: Optional[bool], **more: Any) -> PymcBackend:
@@ -469,20 +478,21 @@ def test_crashed_holders_lock_expires(
 
 
 @pytest.mark.timeout(20)
-def test_expired_holder_does_not_release_the_next_holders_lease(
-    memcached: MemcachedProcess,
+@pytest.mark.parametrize("meta_lock", LOCK_KINDS)
+def test_expired_holder_does_not_release_the_next_holders_lock(
+    memcached: MemcachedProcess, meta_lock: Optional[bool]
 ) -> None:
-    """With meta commands, a holder whose lock expired and was taken by another caller
-    deletes nothing when it finally releases (dogpile's add/delete lock would)."""
-    late = _lock(_backend(memcached, None, lock_timeout=1), "k")
+    """A holder whose lock expired and was taken by another caller deletes nothing when it
+    finally releases (dogpile's add/delete lock deletes the other caller's lock)."""
+    late = _lock(_backend(memcached, meta_lock, lock_timeout=1), "k")
     assert late.acquire(wait=False)
-    now = _lock(_backend(memcached, None, lock_timeout=30), "k")
+    now = _lock(_backend(memcached, meta_lock, lock_timeout=30), "k")
     deadline = time.monotonic() + 6
     while not now.acquire(wait=False):
-        assert time.monotonic() < deadline, "the expired lease never freed the lock"
+        assert time.monotonic() < deadline, "the expired lock was never freed"
         time.sleep(0.1)
     late.release()
-    third = _lock(_backend(memcached, None), "k")
+    third = _lock(_backend(memcached, meta_lock), "k")
     assert third.locked()
     assert not third.acquire(wait=False)
     now.release()
@@ -490,8 +500,8 @@ def test_expired_holder_does_not_release_the_next_holders_lease(
     third.release()
 
 
-@pytest.mark.parametrize("first", [None, False], ids=["lease-first", "add-first"])
-def test_lease_and_add_locks_exclude_each_other(
+@pytest.mark.parametrize("first", [None, False], ids=["meta-first", "text-first"])
+def test_meta_and_text_locks_exclude_each_other(
     memcached: MemcachedProcess, first: Optional[bool]
 ) -> None:
     """Processes with either kind of lock share a cache safely."""
@@ -525,9 +535,11 @@ class _NoMeta:
         self.client = client
         self.meta_calls = 0
 
-    def meta_get(self, *args: Any, **kwargs: Any) -> Any:
+    def _refuse(self, *args: Any, **kwargs: Any) -> Any:
         self.meta_calls += 1
         raise pymc.MemcacheUnknownCommandError("ERROR")
+
+    meta_get = meta_set = meta_delete = _refuse
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.client, name)
@@ -548,7 +560,7 @@ def test_server_without_meta_commands_gets_the_add_lock(memcached: MemcachedProc
     assert backend.client.meta_calls == 1
     one.release()
     assert not two.locked()
-    # and it excludes a lease holder on a server that has meta commands
+    # and it excludes a holder on a server that has meta commands
     assert one.acquire(wait=False)
     assert not _lock(_backend(memcached, None), "k").acquire(wait=False)
     one.release()
@@ -590,3 +602,73 @@ def test_region_get_or_create_runs_creator_once_across_backends(
         t.join(20)
     assert results == ["made"] * 4
     assert len(calls) == 1
+
+
+# --------------------------------------------------------------------------- interruptions
+
+TRACED = {
+    m.__file__
+    for m in (pymc.client, pymc.cluster, pymc.pool, pymc.protocol, pymc.meta, pymc.contrib.dogpile)
+}
+
+
+def _run_interrupted(call: Callable[[], Any], at: int, where: List[str]) -> bool:
+    """Run ``call``, raising Interrupt (a BaseException, as gevent.Timeout) at the ``at``-th
+    line it executes in pymc; True if it fired."""
+    seen = [0]
+    fired = [False]
+
+    def local(frame: FrameType, event: str, arg: Any) -> Any:
+        # (CPython reports a line event on a bare "try:", where no real interruption lands)
+        if event == "line" and not fired[0]:
+            line = linecache.getline(frame.f_code.co_filename, frame.f_lineno).strip()
+            if line != "try:":
+                seen[0] += 1
+                if seen[0] == at:
+                    fired[0] = True
+                    where[:] = [f"line {frame.f_lineno} of {frame.f_code.co_filename}: {line}"]
+                    raise Interrupt(where[0])
+        return local
+
+    def global_(frame: FrameType, event: str, arg: Any) -> Any:
+        return local if frame.f_code.co_filename in TRACED and not fired[0] else None
+
+    sys.settrace(global_)
+    try:
+        call()
+    except Interrupt:
+        pass
+    finally:
+        sys.settrace(None)
+    return fired[0]
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("step", ["acquire", "release"])
+@pytest.mark.parametrize("meta_lock", LOCK_KINDS)
+def test_an_interrupt_anywhere_in_the_lock_leaves_it_free(
+    memcached: MemcachedProcess, meta_lock: Optional[bool], step: str
+) -> None:
+    """A BaseException (gevent.Timeout, KeyboardInterrupt) at any line of acquire() or
+    release() leaves no lock that nobody holds (even with lock_timeout=0, where it would stay
+    forever) and no pool slot taken."""
+    backend = _backend(memcached, meta_lock, max_pool_size=1, pool_timeout=2)
+    checker = _backend(memcached, meta_lock)
+    where: List[str] = []
+    for at in range(1, 5000):
+        mutex = _lock(backend, "k")
+        if step == "release":
+            assert mutex.acquire(wait=False)
+            fired = _run_interrupted(mutex.release, at, where)
+        else:
+            fired = _run_interrupted(partial(mutex.acquire, wait=False), at, where)
+            if not fired:
+                mutex.release()
+        other = _lock(checker, "k")
+        assert other.acquire(wait=False), f"the lock stayed taken after an interrupt at {where}"
+        other.release()
+        pools = _hash_client(backend).clients.values()
+        assert [p.client_pool.stats()["in_use"] for p in pools] == [0], where
+        if not fired:
+            return
+    raise AssertionError("the scenario never ran to its end")

@@ -22,23 +22,28 @@ Unlike dogpile's memcached backends, which give every thread its own client
 connection pooling on (``use_pooling=True`` unless the arguments say otherwise), so a
 worker with many threads keeps a bounded number of connections.
 
-The distributed lock (``distributed_lock=True``) is the key ``"_lock" + key``, as in
-dogpile's memcached backends. Where the server has meta commands it is a lease: ``mg`` with
-vivify-on-miss creates the lock item and hands the *win* flag to exactly one caller, which
-holds it until it deletes the item by its cas value; so a holder whose lock expired (after
-``lock_timeout`` seconds) never deletes the lock a later caller took. A server without meta
-commands gets dogpile's ``add``/``delete`` lock. Both kinds exclude each other, so processes
-using either can share a cache. ``meta_lock``: ``None`` (default) detects, ``True`` or
-``False`` forces one kind.
+The distributed lock (``distributed_lock=True``) is the item ``"_lock" + key``, as in
+dogpile's memcached backends; each attempt stores a new random token in it, with ``ms`` in
+add mode where the server has meta commands, else with ``add``. Release deletes the item only
+while it holds this holder's token (atomically, by cas, where the server has meta commands;
+read, then deleted, where it has not), so a holder whose lock expired (after
+``lock_timeout`` seconds) never frees the lock a later caller took;
+and an interruption (``gevent.Timeout``, ``KeyboardInterrupt``) in ``acquire()`` or
+``release()`` takes back what the server may have stored, so no lock stays that nobody holds.
+Both kinds are adds on one item, so they exclude each other (and dogpile's own memcached
+lock), and processes using either can share a cache. ``meta_lock``: ``None`` (default) uses
+meta commands until a server refuses them, ``True`` or ``False`` forces one kind.
 """
 
 from __future__ import annotations
 
+import logging
+import os
 import random
 import threading
 import time
 import warnings
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 from dogpile.cache import register_backend
 from dogpile.cache.api import (
@@ -57,6 +62,8 @@ __all__ = ["CLIENT_ARGUMENTS", "LOCK_PREFIX", "PymcBackend", "PymcLock"]
 
 #: The lock of ``key`` is the memcached item ``LOCK_PREFIX + key`` (dogpile's name for it).
 LOCK_PREFIX = "_lock"
+#: The value of a lock is this prefix and a random token, new for each attempt.
+LOCK_TOKEN_PREFIX = "pymc-lock:"
 #: Longest pause, in seconds, between two tries of a waiting :meth:`PymcLock.acquire`.
 MAX_LOCK_BACKOFF = 0.1
 #: pymc arguments passed as they are to :class:`pymc.HashClient` when present.
@@ -76,6 +83,8 @@ CLIENT_ARGUMENTS = (
 _RETRY_ARGUMENTS = ("retry_attempts", "retry_delay", "retry_for", "do_not_retry_for")
 
 _MISSING: Any = object()
+
+logger = logging.getLogger("pymc")
 
 
 def _to_list(url: Any) -> List[Any]:
@@ -208,36 +217,55 @@ class PymcBackend(CacheBackend):
         return PymcLock(self, key) if self.distributed_lock else None
 
     def uses_meta_lock(self) -> bool:
-        """Whether locks try the meta lease first (False once a server refused ``mg``)."""
+        """Whether locks use meta commands (False once a server refused them)."""
         return self.meta_lock is not False
 
     def meta_refused(self) -> None:
         """A server does not know meta commands: use add/delete locks from now on (unless
-        ``meta_lock=True`` asked for leases only, in which case the error is raised)."""
+        ``meta_lock=True`` asked for meta commands only, in which case the error is raised)."""
         if self.meta_lock is None:
             self.meta_lock = False
 
 
 class PymcLock(CacheMutex):
-    """dogpile's distributed lock on ``LOCK_PREFIX + key``: a meta lease where the server
-    has meta commands, else ``add``/``delete`` (see the module's documentation).
+    """dogpile's distributed lock on ``LOCK_PREFIX + key`` (see the module's documentation).
 
-    ``release()`` frees only what this object acquired. The item expires after the
-    backend's ``lock_timeout`` seconds (0: never), so a crashed holder's lock goes away.
+    Each attempt stores a new random token as the lock's value, with ``ms`` in add mode
+    where the server has meta commands, else with ``add``. ``release()`` deletes the lock
+    only if it still holds this attempt's token (by cas with meta commands), so a holder whose
+    lock expired never frees the next holder's. The item expires after the backend's
+    ``lock_timeout`` seconds (0: never), so a crashed holder's lock goes away.
+
+    An interruption (``gevent.Timeout``, ``KeyboardInterrupt``) in ``acquire()`` or
+    ``release()`` may come after the server stored or before it deleted the token; the lock
+    then deletes it if it is still there and its own, before it re-raises, so no lock stays
+    that nobody holds. After a network error the same clean-up is tried, but the node may
+    refuse it (``hashclient_retry_timeout``): ``lock_timeout`` is then the way out.
     """
 
     def __init__(self, backend: PymcBackend, key: KeyType) -> None:
         self.backend = backend
         self.key = LOCK_PREFIX + key
         self.timeout = backend.lock_timeout
-        self._state = threading.Lock()  # guards _held and _cas only; never held over I/O
-        self._held = False
-        self._cas: Optional[int] = None  # the lease's cas (None: an add lock)
+        # (token, cas) while this object holds the lock; cas is None for an add lock. One
+        # assignment changes it (no threading.Lock: a signal landing inside "with lock:" can
+        # leave that lock taken).
+        self._held: Optional[Tuple[str, Optional[int]]] = None
 
     def __repr__(self) -> str:
-        return f"<PymcLock {self.key!r} held={self._held}>"
+        return f"<PymcLock {self.key!r} held={self._held is not None}>"
 
     def acquire(self, wait: bool = True) -> bool:
+        before = self._held
+        try:
+            return self._acquire(wait)
+        except BaseException:
+            held = self._held
+            if held is not None and held is not before:  # got it, then was interrupted
+                self._forget(held[0])
+            raise
+
+    def _acquire(self, wait: bool) -> bool:
         tries = 0
         while not self._try_acquire():
             if not wait:
@@ -248,40 +276,70 @@ class PymcLock(CacheMutex):
         return True
 
     def _try_acquire(self) -> bool:
+        token = LOCK_TOKEN_PREFIX + os.urandom(8).hex()
+        try:
+            return self._store(token)
+        except BaseException:
+            self._forget(token)
+            raise
+
+    def _store(self, token: str) -> bool:
         client = self.backend.client
         if self.backend.uses_meta_lock():
             try:
-                lease = client.meta_get(self.key, return_cas=True, vivify_on_miss=self.timeout)
+                result = client.meta_set(self.key, token, self.timeout, mode="add", return_cas=True)
             except pymc.MemcacheUnknownCommandError:
                 if self.backend.meta_lock:
                     raise
                 self.backend.meta_refused()
             else:
-                if not lease.win:  # someone holds it (a lease, or an add lock: a plain hit)
+                if result.status != "stored":
                     return False
-                with self._state:
-                    self._held, self._cas = True, lease.cas
+                self._held = (token, result.cas)
                 return True
         # noreply=False: a noreply add "succeeds" whether or not the key was there.
-        if client.add(self.key, 1, self.timeout, noreply=False):
-            with self._state:
-                self._held, self._cas = True, None
-            return True
-        return False
+        if not client.add(self.key, token, self.timeout, noreply=False):
+            return False
+        self._held = (token, None)
+        return True
 
     def release(self) -> None:
-        with self._state:
-            held, cas = self._held, self._cas
-            self._held, self._cas = False, None
-        if not held:
-            return
+        try:
+            held = self._held
+            if held is not None:
+                self._delete_own(*held)
+        except BaseException:
+            held = self._held
+            if held is not None:
+                self._forget(held[0])
+            raise
+        self._held = None
+
+    def _delete_own(self, token: str, cas: Optional[int]) -> None:
+        """Delete the lock if it holds ``token`` (by ``cas`` when we have one)."""
         client = self.backend.client
         if cas is not None:
-            # Only our lease: if it expired and another caller took the lock, the cas differs
-            # and the server keeps the other caller's lock.
             client.meta_delete(self.key, compare_cas=cas)
-        else:
+            return
+        if self.backend.uses_meta_lock():
+            found = client.meta_get(self.key, return_cas=True, no_bump=True)
+            if found.hit and found.value == token:
+                client.meta_delete(self.key, compare_cas=found.cas)
+            return
+        # No meta commands: a check, then a delete (a lock that expires and is taken between
+        # the two is deleted, as dogpile's add/delete lock always does).
+        if client.get(self.key) == token:
             client.delete(self.key, noreply=False)
+
+    def _forget(self, token: str) -> None:
+        """After an interruption: drop ``token``'s hold, here and, best effort, on the server."""
+        held = self._held
+        if held is not None and held[0] == token:
+            self._held = None
+        try:
+            self._delete_own(token, None)
+        except Exception:  # the interruption is what the caller must see
+            logger.debug("pymc: could not clean up the lock %r", self.key, exc_info=True)
 
     def locked(self) -> bool:
         client = self.backend.client
