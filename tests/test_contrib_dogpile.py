@@ -460,21 +460,42 @@ def test_release_frees_the_lock(memcached: MemcachedProcess, meta_lock: Optional
 def test_crashed_holders_lock_expires(
     memcached: MemcachedProcess, meta_lock: Optional[bool]
 ) -> None:
-    """A holder that never releases (it crashed) blocks others for lock_timeout seconds, then
-    the lock is free; a waiting acquire() gets it then. (memcached's clock ticks once a
-    second, so a ttl of 2 lasts between 1 and 2 seconds.)"""
-    crashed = _lock(_backend(memcached, meta_lock, lock_timeout=2), "k")
+    """A holder that never releases (it crashed) blocks others for lock_timeout seconds (to
+    lock_timeout + 1: memcached's clock ticks once a second), then the lock is free; a
+    waiting acquire() gets it then."""
+    crashed = _lock(_backend(memcached, meta_lock, lock_timeout=1), "k")
     assert crashed.acquire(wait=False)
     start = time.monotonic()
-    other = _lock(_backend(memcached, meta_lock, lock_timeout=2), "k")
+    other = _lock(_backend(memcached, meta_lock, lock_timeout=1), "k")
     assert not other.acquire(wait=False)
     got: List[float] = []
     waiter = threading.Thread(target=lambda: got.append(float(other.acquire())), daemon=True)
     waiter.start()
     waiter.join(6)
     assert got == [1.0], "the waiting acquire() did not get the expired lock"
-    assert 0.8 <= time.monotonic() - start < 6
+    assert 0.95 <= time.monotonic() - start < 6
     other.release()
+
+
+@pytest.mark.timeout(20)
+@pytest.mark.parametrize("meta_lock", LOCK_KINDS)
+def test_lock_lasts_at_least_lock_timeout(
+    memcached: MemcachedProcess, meta_lock: Optional[bool]
+) -> None:
+    """memcached counts a ttl of N from its clock's last one-second tick, so N alone would
+    last between N - 1 and N seconds (a 1-second lock, sometimes a millisecond, and two
+    holders overlap). Twice: a lock_timeout=1 lock still excludes others 0.95 s later."""
+    for _ in range(2):
+        holder = _lock(_backend(memcached, meta_lock, lock_timeout=1), "k")
+        other = _lock(_backend(memcached, meta_lock), "k")
+        assert holder.acquire(wait=False)
+        held_from = time.monotonic()
+        while time.monotonic() - held_from < 0.95:
+            assert not other.acquire(wait=False), (
+                f"the lock expired {time.monotonic() - held_from:.3f} s after it was taken"
+            )
+            time.sleep(0.02)
+        holder.release()
 
 
 @pytest.mark.timeout(20)

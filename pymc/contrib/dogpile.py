@@ -64,6 +64,8 @@ __all__ = ["CLIENT_ARGUMENTS", "LOCK_PREFIX", "PymcBackend", "PymcLock"]
 LOCK_PREFIX = "_lock"
 #: The value of a lock is this prefix and a random token, new for each attempt.
 LOCK_TOKEN_PREFIX = "pymc-lock:"
+#: memcached reads a larger ttl as a unix time.
+MAX_RELATIVE_TTL = 30 * 24 * 3600
 #: Longest pause, in seconds, between two tries of a waiting :meth:`PymcLock.acquire`.
 MAX_LOCK_BACKOFF = 0.1
 #: pymc arguments passed as they are to :class:`pymc.HashClient` when present.
@@ -233,8 +235,9 @@ class PymcLock(CacheMutex):
     Each attempt stores a new random token as the lock's value, with ``ms`` in add mode
     where the server has meta commands, else with ``add``. ``release()`` deletes the lock
     only if it still holds this attempt's token (by cas with meta commands), so a holder whose
-    lock expired never frees the next holder's. The item expires after the backend's
-    ``lock_timeout`` seconds (0: never), so a crashed holder's lock goes away.
+    lock expired never frees the next holder's. The item expires between ``lock_timeout``
+    and ``lock_timeout + 1`` seconds after it was taken (0: never), so a crashed holder's
+    lock goes away.
 
     An interruption (``gevent.Timeout``, ``KeyboardInterrupt``) in ``acquire()`` or
     ``release()`` may come after the server stored or before it deleted the token; the lock
@@ -247,6 +250,9 @@ class PymcLock(CacheMutex):
         self.backend = backend
         self.key = LOCK_PREFIX + key
         self.timeout = backend.lock_timeout
+        # memcached counts a ttl from its clock's last one-second tick, so a ttl of N lasts
+        # between N - 1 and N seconds; N + 1 lasts at least N. (Past 30 days a ttl is a date.)
+        self.ttl = self.timeout + 1 if 0 < self.timeout < MAX_RELATIVE_TTL else self.timeout
         # (token, cas) while this object holds the lock; cas is None for an add lock. One
         # assignment changes it (no threading.Lock: a signal landing inside "with lock:" can
         # leave that lock taken).
@@ -287,7 +293,7 @@ class PymcLock(CacheMutex):
         client = self.backend.client
         if self.backend.uses_meta_lock():
             try:
-                result = client.meta_set(self.key, token, self.timeout, mode="add", return_cas=True)
+                result = client.meta_set(self.key, token, self.ttl, mode="add", return_cas=True)
             except pymc.MemcacheUnknownCommandError:
                 if self.backend.meta_lock:
                     raise
@@ -298,7 +304,7 @@ class PymcLock(CacheMutex):
                 self._held = (token, result.cas)
                 return True
         # noreply=False: a noreply add "succeeds" whether or not the key was there.
-        if not client.add(self.key, token, self.timeout, noreply=False):
+        if not client.add(self.key, token, self.ttl, noreply=False):
             return False
         self._held = (token, None)
         return True
