@@ -42,7 +42,8 @@ import dogpile.cache
 import pytest
 from dogpile.cache import make_region
 from dogpile.cache.api import NO_VALUE
-from support.helpers import Interrupt, stat, wait_until
+from support import gevent_runner
+from support.helpers import Interrupt, stat, tcp, wait_until
 from support.sdist import sdist_tree
 from support.servers import MemcachedProcess
 
@@ -54,7 +55,7 @@ import pymc.meta
 import pymc.pool
 import pymc.protocol
 import pymc.serde
-from pymc.contrib.dogpile import PymcBackend, PymcLock
+from pymc.contrib.dogpile import PROVISIONAL_TTL, PymcBackend, PymcLock
 
 
 def _load_dogpile_tests() -> Any:
@@ -437,6 +438,107 @@ def test_lock_is_mutually_exclusive_across_clients(
     assert len(rounds) == 160
 
 
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("meta_lock", LOCK_KINDS)
+def test_one_lock_object_shared_by_threads(
+    memcached: MemcachedProcess, meta_lock: Optional[bool]
+) -> None:
+    """dogpile's region hands every caller of a key the same mutex object (its NameRegistry),
+    so one PymcLock is acquired and released by many threads in turn: they exclude each
+    other, and a release never forgets the hold of the thread that took the lock next (which
+    would leave a lock nobody releases, and every later caller waiting forever)."""
+    mutex = _lock(_backend(memcached, meta_lock), "shared")
+    inside = threading.Lock()
+    overlaps: List[int] = []
+    rounds: List[int] = []
+    errors: List[BaseException] = []
+
+    def worker(n: int) -> None:
+        try:
+            for _ in range(15):
+                assert mutex.acquire()
+                if not inside.acquire(blocking=False):
+                    overlaps.append(n)
+                else:
+                    inside.release()
+                rounds.append(n)
+                mutex.release()
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(n,), daemon=True) for n in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(20)
+    assert not any(t.is_alive() for t in threads), (
+        f"waiters hung after {len(rounds)} rounds: the lock was left taken"
+    )
+    assert not errors, errors[0]
+    assert overlaps == []
+    assert len(rounds) == 90
+    assert not mutex.locked()
+
+
+class _SlowDeletes:
+    """A real client whose deletes take 0.2 s longer to come back (a slow reply, or the
+    releasing thread descheduled right after the server deleted the lock)."""
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+
+    def delete(self, *args: Any, **kwargs: Any) -> Any:
+        done = self.client.delete(*args, **kwargs)
+        time.sleep(0.2)
+        return done
+
+    def meta_delete(self, *args: Any, **kwargs: Any) -> Any:
+        done = self.client.meta_delete(*args, **kwargs)
+        time.sleep(0.2)
+        return done
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.client, name)
+
+
+class _SlowDeletesBackend(PymcBackend):
+    def _create_client(self) -> Any:
+        return _SlowDeletes(super()._create_client())
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("meta_lock", LOCK_KINDS)
+def test_a_slow_release_does_not_forget_the_next_holders_hold(
+    memcached: MemcachedProcess, meta_lock: Optional[bool]
+) -> None:
+    """On one shared lock object: A releases, the server deletes the lock, and while A's
+    reply is still on its way B takes the lock. A must not then clear B's hold, or B's release
+    deletes nothing and the lock stays taken (forever with lock_timeout=0)."""
+    backend = _SlowDeletesBackend(
+        {"url": memcached.server, "distributed_lock": True, "meta_lock": meta_lock}
+    )
+    mutex = _lock(backend, "k")
+    assert mutex.acquire(wait=False)
+    b_holds = threading.Event()
+
+    def b() -> None:
+        assert mutex.acquire()
+        b_holds.set()
+        time.sleep(0.4)  # holds it past the end of A's release
+        mutex.release()
+
+    thread_b = threading.Thread(target=b, daemon=True)
+    thread_b.start()
+    time.sleep(0.05)  # B is waiting for the lock
+    mutex.release()  # A
+    assert b_holds.is_set(), "B did not get the lock while A's release came back"
+    thread_b.join(5)
+    assert not thread_b.is_alive()
+    other = _lock(_backend(memcached, meta_lock), "k")
+    assert other.acquire(wait=False), "B's release left the lock taken"
+    other.release()
+
+
 @pytest.mark.parametrize("meta_lock", LOCK_KINDS)
 def test_release_frees_the_lock(memcached: MemcachedProcess, meta_lock: Optional[bool]) -> None:
     one = _lock(_backend(memcached, meta_lock), "k")
@@ -496,6 +598,43 @@ def test_lock_lasts_at_least_lock_timeout(
             )
             time.sleep(0.02)
         holder.release()
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("meta_lock", LOCK_KINDS)
+def test_a_store_whose_reply_never_came_leaves_a_lock_that_expires(
+    memcached: MemcachedProcess,
+    fault_proxy: Callable[[Any], Any],
+    meta_lock: Optional[bool],
+) -> None:
+    """The server stored the lock, but its reply never came (the client timed out) and the
+    clean-up could not reach the server either (the node rests after a failure). With
+    lock_timeout=0 (no expiry) that lock would stay forever, and every later caller would
+    wait for it; it is stored for PROVISIONAL_TTL seconds until its owner knows it holds it."""
+    proxy = fault_proxy(tcp(memcached))
+    backend = _backend(memcached, meta_lock, url=proxy.server, timeout=0.5)
+    proxy.set_mode("stall")
+    with pytest.raises(pymc.MemcacheError):
+        _lock(backend, "k").acquire(wait=False)
+    found = pymc.Client(tcp(memcached), timeout=2).meta_get("_lockk", return_ttl=True)
+    assert found.hit, "the stalled store never reached the server"
+    assert found.ttl is not None and 0 < found.ttl <= PROVISIONAL_TTL, found
+
+
+@pytest.mark.parametrize("lock_timeout", [0, 10])
+@pytest.mark.parametrize("meta_lock", LOCK_KINDS)
+def test_a_held_lock_lasts_the_full_lock_timeout(
+    memcached: MemcachedProcess, meta_lock: Optional[bool], lock_timeout: int
+) -> None:
+    mutex = _lock(_backend(memcached, meta_lock, lock_timeout=lock_timeout), "k")
+    assert mutex.acquire(wait=False)
+    found = pymc.Client(tcp(memcached), timeout=2).meta_get("_lockk", return_ttl=True)
+    if lock_timeout:
+        assert found.ttl is not None and lock_timeout <= found.ttl <= lock_timeout + 1, found
+    else:
+        assert found.ttl == -1, found  # never expires
+    mutex.release()
+    assert not mutex.locked()
 
 
 @pytest.mark.timeout(20)
@@ -693,3 +832,21 @@ def test_an_interrupt_anywhere_in_the_lock_leaves_it_free(
         if not fired:
             return
     raise AssertionError("the scenario never ran to its end")
+
+
+# --------------------------------------------------------------------------- gevent
+
+
+@pytest.mark.timeout(120)
+def test_gevent_herd_with_random_timeouts_leaves_no_lock_and_no_slot(
+    memcached: MemcachedProcess,
+) -> None:
+    """tests/contrib_dogpile_gevent_scenarios.py's "herd", in a patched process. (Before the
+    lock's fixes for shared lock objects and stores whose reply never came, 3 to 5 runs in 15
+    left a lock nobody held, and greenlets waiting for it forever.)"""
+    out = gevent_runner.run_scenario(
+        "contrib_dogpile_gevent_scenarios.py",
+        "herd",
+        {"server": memcached.server, "greenlets": 500, "join": 30},
+    )
+    assert "scenario herd passed" in out

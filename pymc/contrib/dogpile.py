@@ -58,7 +58,7 @@ from dogpile.cache.api import (
 import pymc
 import pymc.serde
 
-__all__ = ["CLIENT_ARGUMENTS", "LOCK_PREFIX", "PymcBackend", "PymcLock"]
+__all__ = ["CLIENT_ARGUMENTS", "LOCK_PREFIX", "PROVISIONAL_TTL", "PymcBackend", "PymcLock"]
 
 #: The lock of ``key`` is the memcached item ``LOCK_PREFIX + key`` (dogpile's name for it).
 LOCK_PREFIX = "_lock"
@@ -66,6 +66,11 @@ LOCK_PREFIX = "_lock"
 LOCK_TOKEN_PREFIX = "pymc-lock:"
 #: memcached reads a larger ttl as a unix time.
 MAX_RELATIVE_TTL = 30 * 24 * 3600
+#: An attempt stores the lock for this many seconds (or ``lock_timeout + 1`` if shorter),
+#: and for its full time only once the reply said it is the holder's: a lock whose store
+#: reached the server but whose reply never came (the attempt was interrupted, and its
+#: clean-up went first or failed) goes away by itself, even with ``lock_timeout=0``.
+PROVISIONAL_TTL = 3
 #: Longest pause, in seconds, between two tries of a waiting :meth:`PymcLock.acquire`.
 MAX_LOCK_BACKOFF = 0.1
 #: pymc arguments passed as they are to :class:`pymc.HashClient` when present.
@@ -243,7 +248,12 @@ class PymcLock(CacheMutex):
     ``release()`` may come after the server stored or before it deleted the token; the lock
     then deletes it if it is still there and its own, before it re-raises, so no lock stays
     that nobody holds. After a network error the same clean-up is tried, but the node may
-    refuse it (``hashclient_retry_timeout``): ``lock_timeout`` is then the way out.
+    refuse it (``hashclient_retry_timeout``); and a store that reaches the server after its
+    clean-up did is only provisional: the lock is stored for :data:`PROVISIONAL_TTL`
+    seconds, and for ``lock_timeout`` once its reply has said the caller holds it.
+
+    dogpile's region gives every caller of one key the same lock object, so the object's
+    state is whoever holds the lock now; each call keeps its own token.
     """
 
     def __init__(self, backend: PymcBackend, key: KeyType) -> None:
@@ -253,73 +263,87 @@ class PymcLock(CacheMutex):
         # memcached counts a ttl from its clock's last one-second tick, so a ttl of N lasts
         # between N - 1 and N seconds; N + 1 lasts at least N. (Past 30 days a ttl is a date.)
         self.ttl = self.timeout + 1 if 0 < self.timeout < MAX_RELATIVE_TTL else self.timeout
+        self.provisional_ttl = self.ttl if 0 < self.ttl <= PROVISIONAL_TTL else PROVISIONAL_TTL
         # (token, cas) while this object holds the lock; cas is None for an add lock. One
         # assignment changes it (no threading.Lock: a signal landing inside "with lock:" can
         # leave that lock taken).
         self._held: Optional[Tuple[str, Optional[int]]] = None
+        self._releasing: Optional[Tuple[str, Optional[int]]] = None  # during release()
 
     def __repr__(self) -> str:
         return f"<PymcLock {self.key!r} held={self._held is not None}>"
 
     def acquire(self, wait: bool = True) -> bool:
-        before = self._held
+        attempt: List[str] = []  # this call's latest token (the object may be shared)
         try:
-            return self._acquire(wait)
+            return self._acquire(wait, attempt)
         except BaseException:
-            held = self._held
-            if held is not None and held is not before:  # got it, then was interrupted
-                self._forget(held[0])
+            if attempt:  # the server may have stored it: take it back if it did
+                self._forget(attempt[0])
             raise
 
-    def _acquire(self, wait: bool) -> bool:
+    def _acquire(self, wait: bool, attempt: List[str]) -> bool:
         tries = 0
-        while not self._try_acquire():
+        while True:
+            attempt[:] = [LOCK_TOKEN_PREFIX + os.urandom(8).hex()]
+            if self._store(attempt[0]):
+                return True
             if not wait:
                 return False
             pause = min(MAX_LOCK_BACKOFF, 0.002 * 2 ** min(tries, 16))
             time.sleep(pause * (0.5 + random.random() / 2))
             tries += 1
-        return True
-
-    def _try_acquire(self) -> bool:
-        token = LOCK_TOKEN_PREFIX + os.urandom(8).hex()
-        try:
-            return self._store(token)
-        except BaseException:
-            self._forget(token)
-            raise
 
     def _store(self, token: str) -> bool:
+        """Store ``token`` as the lock if it is free, for ``provisional_ttl`` seconds, then,
+        once the reply said it is ours, for ``ttl``: True if this attempt holds the lock."""
         client = self.backend.client
+        key, ttl, first_ttl = self.key, self.ttl, self.provisional_ttl
         if self.backend.uses_meta_lock():
             try:
-                result = client.meta_set(self.key, token, self.ttl, mode="add", return_cas=True)
+                stored = client.meta_set(key, token, first_ttl, mode="add", return_cas=True)
             except pymc.MemcacheUnknownCommandError:
                 if self.backend.meta_lock:
                     raise
                 self.backend.meta_refused()
             else:
-                if result.status != "stored":
+                if stored.status != "stored":
                     return False
-                self._held = (token, result.cas)
+                self._held = (token, stored.cas)  # an interruption from here on cleans up
+                if first_ttl != ttl:
+                    cas = stored.cas
+                    stored = client.meta_set(key, token, ttl, compare_cas=cas, return_cas=True)
+                    if stored.status != "stored":  # it expired before we extended it
+                        self._drop(token)
+                        return False
+                    self._held = (token, stored.cas)
                 return True
         # noreply=False: a noreply add "succeeds" whether or not the key was there.
-        if not client.add(self.key, token, self.ttl, noreply=False):
+        if not client.add(key, token, first_ttl, noreply=False):
             return False
-        self._held = (token, None)
+        self._held = (token, None)  # an interruption from here on cleans up
+        if first_ttl != ttl:
+            value, cas = client.gets(key)
+            if value != token or not client.cas(key, token, cas, ttl, noreply=False):
+                self._drop(token)  # it expired before we extended it
+                return False
         return True
 
     def release(self) -> None:
         try:
-            held = self._held
+            # Cleared before the delete: once the server has deleted it, another caller
+            # sharing this object (dogpile shares one per key) may take the lock and set it.
+            held = self._releasing = self._held
+            self._held = None
             if held is not None:
                 self._delete_own(*held)
+            self._releasing = None
         except BaseException:
-            held = self._held
+            held = self._releasing or self._held  # the first if the line above it ran
+            self._releasing = None
             if held is not None:
                 self._forget(held[0])
             raise
-        self._held = None
 
     def _delete_own(self, token: str, cas: Optional[int]) -> None:
         """Delete the lock if it holds ``token`` (by ``cas`` when we have one)."""
@@ -328,20 +352,29 @@ class PymcLock(CacheMutex):
             client.meta_delete(self.key, compare_cas=cas)
             return
         if self.backend.uses_meta_lock():
-            found = client.meta_get(self.key, return_cas=True, no_bump=True)
-            if found.hit and found.value == token:
-                client.meta_delete(self.key, compare_cas=found.cas)
+            # Our own extension, sent before an interruption, may still change the cas
+            # between the two commands (once): then read it again.
+            for _ in range(3):
+                found = client.meta_get(self.key, return_cas=True, no_bump=True)
+                if not (found.hit and found.value == token):
+                    return
+                if client.meta_delete(self.key, compare_cas=found.cas).status != "exists":
+                    return
             return
         # No meta commands: a check, then a delete (a lock that expires and is taken between
         # the two is deleted, as dogpile's add/delete lock always does).
         if client.get(self.key) == token:
             client.delete(self.key, noreply=False)
 
-    def _forget(self, token: str) -> None:
-        """After an interruption: drop ``token``'s hold, here and, best effort, on the server."""
+    def _drop(self, token: str) -> None:
+        """Forget ``token``'s hold here (only it: the object may be shared)."""
         held = self._held
         if held is not None and held[0] == token:
             self._held = None
+
+    def _forget(self, token: str) -> None:
+        """After an interruption: drop ``token``'s hold, here and, best effort, on the server."""
+        self._drop(token)
         try:
             self._delete_own(token, None)
         except Exception:  # the interruption is what the caller must see
