@@ -1448,6 +1448,15 @@ class Client:
         """``result`` with its value deserialized, as a text get would return it."""
         if result.value is None or (self._raw_values and not result.client_flags):
             return result
+        if (
+            (result.win or result.won_elsewhere)
+            and not result.stale
+            and not result.value
+            and not result.client_flags
+        ):
+            # The empty placeholder a lease made on a miss (vivify_on_miss): no stored
+            # value, so not the serde's to read (one may refuse flags it never wrote).
+            return result
         value = self._serde.deserialize(key, result.value, result.client_flags or 0)
         return result._replace(value=value)
 
