@@ -4,13 +4,16 @@ fetch/lease_get), each shown against real memcached servers."""
 from __future__ import annotations
 
 import json
-from typing import Any, Tuple
+from typing import Any, Dict, Tuple
 
+import flask
+import flask_caching
 import pytest
 from support.helpers import tcp
 from support.servers import MemcachedProcess
 
 import pymc
+from pymc.contrib.flask import PymcCache as FlaskPymcCache
 
 
 class DocumentedJsonSerde:
@@ -55,3 +58,36 @@ def test_fetch_with_a_serde_that_knows_only_its_own_flags(memcached: MemcachedPr
         assert stale.stale and value == {"a": 1}
     finally:
         client.close()
+
+
+# ---------------------------------------------------------------------- Flask-Caching / cachelib
+
+
+@pytest.mark.parametrize("options", [{"max_pool_size": 2}, {"use_pooling": False}])
+def test_flask_cache_options_may_name_hash_client_pool_arguments(
+    memcached: MemcachedProcess, options: Dict[str, Any]
+) -> None:
+    """CACHE_OPTIONS go to PymcCache, and what it does not know to the HashClient (its
+    docstring says so), but ``max_pool_size`` and ``use_pooling`` collided with the
+    arguments PymcCache itself passes: ``TypeError: got multiple values for keyword``."""
+    app = flask.Flask("attack12")
+    app.config.update(
+        CACHE_TYPE="pymc.contrib.flask.PymcCache",
+        CACHE_MEMCACHED_SERVERS=[f"{tcp(memcached)[0]}:{tcp(memcached)[1]}"],
+        CACHE_OPTIONS=options,
+    )
+    cache = flask_caching.Cache(app)
+    with app.app_context():
+        assert cache.set("opt", 1) and cache.get("opt") == 1
+        backend: Any = cache.cache
+        assert isinstance(backend, FlaskPymcCache)
+        client = backend.client
+        assert client.use_pooling is options.get("use_pooling", True)
+        (pooled,) = client.clients.values()
+        assert pooled.client_pool.max_size == options.get("max_pool_size", 1)
+        backend.close()
+
+
+def test_flask_pool_size_given_twice_is_refused(memcached: MemcachedProcess) -> None:
+    with pytest.raises(TypeError, match="not both"):
+        FlaskPymcCache([tcp(memcached)], pool_size=2, max_pool_size=3)

@@ -71,7 +71,7 @@ class PymcCache(_Base):
         expires.
     :param key_prefix: put before every key.
     :param pool_size: at most this many connections per server (``None``: pymc's default,
-        unbounded).
+        unbounded); HashClient's name, ``max_pool_size``, is accepted too.
     :param pool_blocking: wait for a free connection when the pool is full (``False``: fail
         at once, which is the backend's failure return).
     :param ignore_delete_many_errors: when ``False``, ``delete_many`` raises ``RuntimeError``
@@ -101,15 +101,22 @@ class PymcCache(_Base):
         if isinstance(servers, str):
             servers = [servers]
         if isinstance(servers, (list, tuple)):
+            # HashClient's own names for the pool's size (CACHE_OPTIONS may use them, as the
+            # docstring invites) are pool_size's; given both ways is an error, not a guess.
+            if "max_pool_size" in client_options:
+                if pool_size is not None:
+                    raise TypeError("give pool_size or max_pool_size, not both")
+                pool_size = client_options.pop("max_pool_size")
             if not pool_blocking:
+                if "pool_timeout" in client_options:
+                    raise TypeError("give pool_blocking=False or pool_timeout, not both")
                 client_options["pool_timeout"] = 0.0
+            client_options.setdefault("use_pooling", True)
             client_options.setdefault("connect_timeout", DEFAULT_CONNECT_TIMEOUT)
             client_options.setdefault("timeout", DEFAULT_TIMEOUT)
             client_options.setdefault("serde", PickleSerde())
             client_options.setdefault("allow_unicode_keys", True)
-            self.client: Any = HashClient(
-                servers, use_pooling=True, max_pool_size=pool_size, **client_options
-            )
+            self.client: Any = HashClient(servers, max_pool_size=pool_size, **client_options)
         else:
             if client_options:
                 raise TypeError("client options go to the client you pass, not to PymcCache")
