@@ -280,7 +280,9 @@ def encode_meta_get(
     return b"mg " + _wire_key(key, base64) + before + middle + after + b"\r\n"
 
 
-@functools.lru_cache(maxsize=512)
+# typed: an untyped cache takes 30.0 for 30 and True for 1, so an argument the checks refuse
+# would pass once some caller had asked with its int twin.
+@functools.lru_cache(maxsize=512, typed=True)
 def _mg_flags(
     base64: bool,
     value: bool,
@@ -344,7 +346,7 @@ def encode_lease_get(
     return b"mg " + _wire_key(key, base64) + before + b" " + _opaque(opaque) + after + b"\r\n"
 
 
-@functools.lru_cache(maxsize=256)
+@functools.lru_cache(maxsize=256, typed=True)
 def _lease_flags(base64: bool, lease_ttl: int, recache_ttl: Optional[int]) -> Tuple[bytes, bytes]:
     return _mg_flags(
         base64,

@@ -13,6 +13,7 @@ from support.helpers import tcp
 from support.servers import MemcachedProcess
 
 import pymc
+from pymc import MemcacheIllegalInputError
 from pymc.contrib.flask import PymcCache as FlaskPymcCache
 
 
@@ -91,3 +92,24 @@ def test_flask_cache_options_may_name_hash_client_pool_arguments(
 def test_flask_pool_size_given_twice_is_refused(memcached: MemcachedProcess) -> None:
     with pytest.raises(TypeError, match="not both"):
         FlaskPymcCache([tcp(memcached)], pool_size=2, max_pool_size=3)
+
+
+def test_meta_argument_checks_do_not_depend_on_earlier_calls(memcached: MemcachedProcess) -> None:
+    """The mg flags are built once per combination (an lru_cache), but an untyped cache
+    takes 30.0 for 30 and True for 1: a float lease_ttl, refused on a fresh process, was
+    accepted once some caller had asked with the int."""
+    client = pymc.Client(tcp(memcached))
+    try:
+        client.lease_get("typed-a", 30)
+        with pytest.raises(MemcacheIllegalInputError, match="must be an int"):
+            client.lease_get("typed-b", 30.0)  # type: ignore[arg-type]
+        client.lease_get("typed-c", 30, 5)
+        with pytest.raises(MemcacheIllegalInputError, match="must be an int"):
+            client.lease_get("typed-d", 30, 5.0)  # type: ignore[arg-type]
+        client.meta_get("typed-e", vivify_on_miss=1)
+        with pytest.raises(MemcacheIllegalInputError, match="must be an int"):
+            client.meta_get("typed-f", vivify_on_miss=True)
+        for key in ("typed-b", "typed-d", "typed-f"):  # nothing was sent for them
+            assert client.meta_get(key).status == "miss"
+    finally:
+        client.close()
