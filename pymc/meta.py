@@ -341,7 +341,15 @@ def encode_lease_get(
 ) -> bytes:
     """The probe of a read-through: the bytes of :func:`encode_meta_get` with ``value``,
     ``return_cas``, ``return_client_flags``, ``opaque``, ``vivify_on_miss=lease_ttl`` and
-    ``recache_ttl``, built with less work (it runs on every ``fetch``)."""
+    ``recache_ttl``, built with less work (it runs on every ``fetch``).
+
+    ``lease_ttl`` must be at least 1: memcached keeps a ttl of 0 forever (a lease whose
+    holder dies before storing would never end) and a negative one not at all (every
+    caller would win)."""
+    if type(lease_ttl) is not int or lease_ttl < 1:
+        raise MemcacheIllegalInputError(
+            f"lease_ttl must be an int of at least 1 second, got {lease_ttl!r}"
+        )
     before, after = _lease_flags(base64, lease_ttl, recache_ttl)
     return b"mg " + _wire_key(key, base64) + before + b" " + _opaque(opaque) + after + b"\r\n"
 

@@ -113,3 +113,27 @@ def test_meta_argument_checks_do_not_depend_on_earlier_calls(memcached: Memcache
             assert client.meta_get(key).status == "miss"
     finally:
         client.close()
+
+
+@pytest.mark.parametrize("lease_ttl", [0, -1])
+def test_a_lease_that_never_expires_or_never_holds_is_refused(
+    memcached: MemcachedProcess, lease_ttl: int
+) -> None:
+    """``lease_ttl=0`` made a placeholder that never expires (memcached's ttl 0): were its
+    winner killed before storing, every later fetch of the key would time out, forever.
+    A negative one made a placeholder already expired: every caller won, no herd was held
+    back. Both are refused, and nothing is sent."""
+    client = pymc.Client(tcp(memcached))
+    hashed = pymc.HashClient([tcp(memcached)])
+    try:
+        with pytest.raises(MemcacheIllegalInputError, match="lease_ttl"):
+            client.lease_get("lease-ttl", lease_ttl)
+        with pytest.raises(MemcacheIllegalInputError, match="lease_ttl"):
+            client.fetch("lease-ttl", lambda: 1, lease_ttl=lease_ttl)
+        with pytest.raises(MemcacheIllegalInputError, match="lease_ttl"):
+            hashed.fetch("lease-ttl", lambda: 1, lease_ttl=lease_ttl)
+        assert client.meta_get("lease-ttl").status == "miss"
+        assert client.fetch("lease-ttl", lambda: 2, lease_ttl=1) == 2  # the least allowed
+    finally:
+        client.close()
+        hashed.close()
