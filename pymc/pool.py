@@ -54,7 +54,7 @@ from .client import (
 )
 from .exceptions import MemcachePoolTimeoutError
 from .protocol import validate_key
-from .retry import RetryPolicy, call_with_retry
+from .retry import RetryPolicy, call_with_retry, replayable
 
 __all__ = ["DEFAULT_POOL_TIMEOUT", "Lease", "ObjectPool", "PooledClient"]
 
@@ -622,6 +622,7 @@ class PooledClient(Commands):
         """Run the Client command ``name`` with ``args``/``kwargs`` on a pooled connection
         (the explicit tuple and dict let any keyword pass through untouched)."""
         if self.retry is not None:
+            args, kwargs = replayable(name, args, kwargs)
             return call_with_retry(self.retry, name, self._once, name, args, kwargs)
         return self._once(name, args, kwargs)
 

@@ -4,11 +4,12 @@ fetch/lease_get), each shown against real memcached servers."""
 from __future__ import annotations
 
 import json
-from typing import Any, Dict, Tuple
+from typing import Any, Callable, Dict, Tuple
 
 import flask
 import flask_caching
 import pytest
+from support.faultproxy import FaultProxy
 from support.helpers import tcp
 from support.servers import MemcachedProcess
 
@@ -137,3 +138,33 @@ def test_a_lease_that_never_expires_or_never_holds_is_refused(
     finally:
         client.close()
         hashed.close()
+
+
+# ---------------------------------------------------------------------- retries
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("wrap", ["retrying", "hooked-retrying"])
+def test_a_retried_multi_key_command_replays_its_keys(
+    memcached: MemcachedProcess, fault_proxy: Callable[..., FaultProxy], wrap: str
+) -> None:
+    """Keys given as an iterator (a generator, ``map``, ``dict.keys()`` of a view's
+    iterator) are read by the first attempt; a retry read the spent iterator and returned
+    ``{}``: every value silently a miss after a connection had broken."""
+    seed = pymc.Client(tcp(memcached))
+    seed.set_many({"gen-a": b"1", "gen-b": b"2"})
+    seed.close()
+    proxy = fault_proxy(tcp(memcached))
+    hook = (lambda command, keys, server: None) if wrap == "hooked-retrying" else None
+    inner = pymc.Client(("127.0.0.1", proxy.port), on_command=hook)
+    client = pymc.RetryingClient(inner, attempts=3)
+    try:
+        assert client.get_many(iter(["gen-a", "gen-b"])) == {"gen-a": b"1", "gen-b": b"2"}
+        proxy.close_all()  # the connection breaks under the client
+        found = client.get_many(key for key in ["gen-a", "gen-b"])
+        assert found == {"gen-a": b"1", "gen-b": b"2"}
+        proxy.close_all()
+        assert client.delete_many(iter(["gen-a"])) is True
+        assert client.get_many(iter(["gen-a", "gen-b"])) == {"gen-b": b"2"}
+    finally:
+        client.close()
