@@ -4,7 +4,9 @@ fetch/lease_get), each shown against real memcached servers."""
 from __future__ import annotations
 
 import json
-from typing import Any, Callable, Dict, Tuple
+import subprocess
+import sys
+from typing import Any, Callable, Dict, List, Tuple
 
 import flask
 import flask_caching
@@ -168,3 +170,34 @@ def test_a_retried_multi_key_command_replays_its_keys(
         assert client.get_many(iter(["gen-a", "gen-b"])) == {"gen-b": b"2"}
     finally:
         client.close()
+
+
+# ---------------------------------------------------------------------- packaging
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    "module, blocked, extra",
+    [
+        ("pymc.contrib.django", ["django"], "django"),
+        ("pymc.contrib.flask", ["flask_caching", "cachelib"], "flask"),
+        ("pymc.contrib.opentelemetry", ["opentelemetry"], "opentelemetry"),
+    ],
+)
+def test_a_backend_without_its_framework_names_the_extra(
+    module: str, blocked: List[str], extra: str
+) -> None:
+    """Without its framework a backend said only ``No module named 'cachelib'`` (for the
+    Flask backend, a package the user never asked for); it names the extra to install."""
+    code = (
+        "import sys\n"
+        f"for name in {blocked!r}: sys.modules[name] = None\n"
+        "try:\n"
+        f"    import {module}\n"
+        "except ImportError as exc:\n"
+        "    print(exc)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=50, check=True
+    )
+    assert f"pip install 'pymc-memcached[{extra}]'" in proc.stdout, proc.stdout

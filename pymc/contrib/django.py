@@ -33,8 +33,13 @@ import re
 import threading
 from typing import Any, Dict, Hashable, List, Mapping, Sequence, Tuple, Union
 
-from django.core.cache.backends.base import InvalidCacheBackendError, InvalidCacheKey
-from django.core.cache.backends.memcached import BaseMemcachedCache
+try:
+    from django.core.cache.backends.base import InvalidCacheBackendError, InvalidCacheKey
+    from django.core.cache.backends.memcached import BaseMemcachedCache
+except ImportError as exc:  # say which extra brings it
+    raise ImportError(
+        f"pymc.contrib.django needs Django: pip install 'pymc-memcached[django]' ({exc})"
+    ) from exc
 
 import pymc
 import pymc.client

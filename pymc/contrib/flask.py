@@ -41,7 +41,13 @@ from pymc.serde import PickleSerde
 try:  # Flask-Caching's base is cachelib's BaseCache plus the ``factory`` it looks for.
     from flask_caching.backends.base import BaseCache as _Base
 except ImportError:  # pragma: no cover - cachelib without Flask-Caching
-    from cachelib import BaseCache as _Base  # type: ignore[assignment]
+    try:
+        from cachelib import BaseCache as _Base  # type: ignore[assignment]
+    except ImportError as exc:  # say which extra brings them
+        raise ImportError(
+            "pymc.contrib.flask needs Flask-Caching (or cachelib): "
+            f"pip install 'pymc-memcached[flask]' ({exc})"
+        ) from exc
 
 __all__ = ["DEFAULT_CONNECT_TIMEOUT", "DEFAULT_TIMEOUT", "PymcCache"]
 
