@@ -8,6 +8,7 @@ import gc
 import json
 import subprocess
 import sys
+import threading
 import weakref
 from typing import Any, Callable, Dict, List, Tuple
 
@@ -249,3 +250,29 @@ def test_a_copy_of_a_hooked_client_runs_on_its_own_connection(
     finally:
         original.close()
         duplicate.close()
+
+
+@pytest.mark.timeout(60)
+def test_flask_inc_under_contention_loses_no_increment(memcached: MemcachedProcess) -> None:
+    """inc/dec are a compare-and-swap loop "so concurrent increments are never lost", but
+    the loop retried at once: 8 threads incrementing one key spun together and ran out of
+    attempts, so some inc() calls returned None (the failure return) and their increment
+    was never applied."""
+    cache = FlaskPymcCache([tcp(memcached)], key_prefix="contended:")
+    threads_n, rounds = 8, 150
+    failed: List[int] = []
+    assert cache.set("n", 0)
+
+    def work() -> None:
+        for _ in range(rounds):
+            if cache.inc("n") is None:
+                failed.append(1)
+
+    workers = [threading.Thread(target=work) for _ in range(threads_n)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=50)
+    assert not any(worker.is_alive() for worker in workers)
+    assert (len(failed), cache.get("n")) == (0, threads_n * rounds)
+    cache.close()

@@ -20,8 +20,9 @@ value over the server's item size) is the documented failure return: ``None`` fr
 succeed from ``set_many``/``delete_many``. Pickling errors are raised.
 
 Differences, all on the safe side: pooling is on (one pool of connections per server, safe to
-share between threads and greenlets); ``inc``/``dec`` are a bounded compare-and-swap loop, so
-concurrent increments are never lost (cachelib reads, then writes); timeouts up to 30 days are
+share between threads and greenlets); ``inc``/``dec`` are a bounded compare-and-swap loop with
+jittered backoff, so a concurrent increment is never overwritten (cachelib reads, then
+writes; one that loses all :data:`CAS_ATTEMPTS` rounds returns None); timeouts up to 30 days are
 sent as they are, not as a Unix time, so the client's clock does not matter for them; the
 backend has connect and read timeouts by default (:data:`DEFAULT_CONNECT_TIMEOUT`,
 :data:`DEFAULT_TIMEOUT`), so a dead server never hangs a request.
@@ -30,6 +31,7 @@ backend has connect and read timeouts by default (:data:`DEFAULT_CONNECT_TIMEOUT
 from __future__ import annotations
 
 import datetime as dt
+import random
 import time
 from typing import Any, Dict, List, Mapping, Optional, Union
 
@@ -57,6 +59,9 @@ THIRTY_DAYS = 60 * 60 * 24 * 30
 
 #: How many times ``inc``/``dec`` retry when another writer changed the key in between.
 CAS_ATTEMPTS = 16
+#: Seconds: the first wait before a retry's compare-and-swap (a random part of it, doubled
+#: each time up to 256 times): contenders spread out instead of colliding again in step.
+CAS_BACKOFF = 0.0005
 
 Timeout = Union[int, float, dt.timedelta, None]
 
@@ -317,7 +322,9 @@ class PymcCache(_Base):
             return None
         expire = self._expire(None)
         try:
-            for _ in range(CAS_ATTEMPTS):
+            for attempt in range(CAS_ATTEMPTS):
+                if attempt:  # another writer won the last round: back off, jittered
+                    time.sleep(random.uniform(0, CAS_BACKOFF * (1 << min(attempt, 8))))
                 current, token = self.client.gets(full)
                 value = (current or 0) + delta
                 if token is None:
