@@ -6,9 +6,11 @@ from __future__ import annotations
 import copy
 import gc
 import json
+import socket
 import subprocess
 import sys
 import threading
+import time
 import weakref
 from typing import Any, Callable, Dict, List, Tuple
 
@@ -276,3 +278,47 @@ def test_flask_inc_under_contention_loses_no_increment(memcached: MemcachedProce
     assert not any(worker.is_alive() for worker in workers)
     assert (len(failed), cache.get("n")) == (0, threads_n * rounds)
     cache.close()
+
+
+# ---------------------------------------------------------------------- timeouts by default
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("options", [{}, {"use_pooling": True, "max_pool_size": 2}])
+def test_requests_queued_for_a_dead_nodes_connection_fail_fast(
+    options: Dict[str, Any],
+) -> None:
+    """A HashClient (pymemcache's default: one connection per node) in front of a server
+    that accepts but never answers: the first request costs the timeout and marks the
+    node failed, but the requests queued for its connection meanwhile each tried it
+    again, one after another, so the k-th request took k timeouts (up to pool_timeout,
+    10 s, for a 2 s timeout). A request must cost at most about twice the timeout."""
+    timeout = 0.5
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(64)  # connections complete in the backlog; nothing is ever read
+    client = pymc.HashClient(
+        [silent.getsockname()], connect_timeout=timeout, timeout=timeout, **options
+    )
+    took: List[float] = []
+    errors: List[str] = []
+
+    def request() -> None:
+        start = time.monotonic()
+        try:
+            client.get("dead")
+        except pymc.MemcacheError as exc:
+            errors.append(type(exc).__name__)
+        took.append(time.monotonic() - start)
+
+    workers = [threading.Thread(target=request) for _ in range(6)]
+    try:
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join(timeout=30)
+        assert len(took) == len(errors) == 6
+        assert max(took) <= 2 * timeout + 0.5, sorted(round(t, 2) for t in took)
+    finally:
+        client.close()
+        silent.close()
