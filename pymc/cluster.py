@@ -634,6 +634,15 @@ class HashClient:
         if name in self._dead:
             raise _NodeResting(f"{name} was ejected")
 
+    def _still_usable_after_wait(self, name: str, lease: Lease[Client]) -> None:
+        """:meth:`_still_usable` for a fan-out that waited for ``name``'s connection: the
+        connection goes back unused when the node failed meanwhile."""
+        try:
+            self._still_usable(name)
+        except _NodeResting:
+            lease.give_back()
+            raise
+
     def _fail_fast(self, name: str) -> bool:
         """A node that failed less than retry_timeout ago is not tried again yet."""
         record = self._failures.get(name)
@@ -858,6 +867,7 @@ class HashClient:
             leases.append((name, nodes.clients[name].client_pool.lease()))
             try:
                 leases[-1][1].take()
+                self._still_usable_after_wait(name, leases[-1][1])
             except Exception as exc:  # no free connection in time: this node only
                 failed[name] = exc
         self._exchange(leases, parts, results, failed, observe)

@@ -285,14 +285,16 @@ def test_flask_inc_under_contention_loses_no_increment(memcached: MemcachedProce
 
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("options", [{}, {"use_pooling": True, "max_pool_size": 2}])
+@pytest.mark.parametrize("command", ["get", "get_many"])
 def test_requests_queued_for_a_dead_nodes_connection_fail_fast(
-    options: Dict[str, Any],
+    options: Dict[str, Any], command: str
 ) -> None:
     """A HashClient (pymemcache's default: one connection per node) in front of a server
     that accepts but never answers: the first request costs the timeout and marks the
     node failed, but the requests queued for its connection meanwhile each tried it
     again, one after another, so the k-th request took k timeouts (up to pool_timeout,
-    10 s, for a 2 s timeout). A request must cost at most about twice the timeout."""
+    10 s, for a 2 s timeout), single keys and fan-outs alike. A request must cost at most
+    about twice the timeout."""
     timeout = 0.5
     silent = socket.socket()
     silent.bind(("127.0.0.1", 0))
@@ -306,7 +308,10 @@ def test_requests_queued_for_a_dead_nodes_connection_fail_fast(
     def request() -> None:
         start = time.monotonic()
         try:
-            client.get("dead")
+            if command == "get":
+                client.get("dead")
+            else:  # a fan-out
+                client.get_many(["dead", "gone"])
         except pymc.MemcacheError as exc:
             errors.append(type(exc).__name__)
         took.append(time.monotonic() - start)
