@@ -1892,6 +1892,7 @@ def _observed_class(cls: type) -> type:
             return cls
         namespace: Dict[str, Any] = {name: _observed(name, getattr(cls, name)) for name in COMMANDS}
         namespace.update(
+            __slots__=(),  # the instance's layout stays its class's: __class__ can change
             __module__=cls.__module__,
             __qualname__=cls.__qualname__,
             __doc__=cls.__doc__,
