@@ -303,6 +303,9 @@ class PymcCache(_Base):
         return deleted
 
     def clear(self) -> bool:
+        """memcached's ``flush_all``, as cachelib's ``MemcachedCache.clear``: every server
+        this cache uses is emptied, for every application sharing it, not only the keys
+        under this ``key_prefix``."""
         try:
             return bool(self.client.flush_all(noreply=False))
         except _FAILURES:
