@@ -1850,7 +1850,9 @@ def begin_command(
     before it ends any, so observations may overlap: a hook must not assume they nest.
 
     A hook that raises an ``Exception`` is logged and ignored: the command runs as if
-    there were no hook."""
+    there were no hook. A hook must not use the client it observes: the caller holds the
+    node's connection, so on a client with one connection per node (a HashClient without
+    pooling) the hook's own command waits ``pool_timeout`` for it, then fails."""
     try:
         return hook(command, keys, server)
     except Exception:
