@@ -52,7 +52,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     try:
         return int(args.run(args))
-    except (MemcacheError, OSError) as exc:
+    except (MemcacheError, OSError, ValueError) as exc:  # ValueError: a malformed address
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

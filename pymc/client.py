@@ -647,10 +647,11 @@ class Client:
         #: Error lines that noreply commands drew from the server (logged, never raised).
         self.noreply_errors = 0
         self._opaque_counter = 0
+        self._observing = False  # a command is being observed (see _observed)
         if options.on_command is not None:
             # Only a client made with the hook runs its commands through it: one without
             # it runs the class's methods as they are, at no cost (see _observe).
-            _observe(self, options.on_command)
+            _observe(self)
 
     # pymemcache exposes its settings as attributes; so do we, read-only.
     serde = property(lambda self: self.options.serde)
@@ -1448,6 +1449,15 @@ class Client:
         """``result`` with its value deserialized, as a text get would return it."""
         if result.value is None or (self._raw_values and not result.client_flags):
             return result
+        if (
+            (result.win or result.won_elsewhere)
+            and not result.stale
+            and not result.value
+            and not result.client_flags
+        ):
+            # The empty placeholder a lease made on a miss (vivify_on_miss): no stored
+            # value, so not the serde's to read (one may refuse flags it never wrote).
+            return result
         value = self._serde.deserialize(key, result.value, result.client_flags or 0)
         return result._replace(value=value)
 
@@ -1840,7 +1850,9 @@ def begin_command(
     before it ends any, so observations may overlap: a hook must not assume they nest.
 
     A hook that raises an ``Exception`` is logged and ignored: the command runs as if
-    there were no hook."""
+    there were no hook. A hook must not use the client it observes: the caller holds the
+    node's connection, so on a client with one connection per node (a HashClient without
+    pooling) the hook's own command waits ``pool_timeout`` for it, then fails."""
     try:
         return hook(command, keys, server)
     except Exception:
@@ -1860,27 +1872,47 @@ def end_command(end: Optional[CommandEnd], error: Optional[BaseException]) -> No
         logger.exception("pymc: the on_command hook failed at the end of a command")
 
 
-def _observe(client: Client, hook: CommandHook) -> None:
-    """Bind on ``client`` an observed version of each of its commands. A command that
-    another one runs (``get_cas`` runs ``meta_get``) is observed once, as the outer one."""
-    busy = [False]  # a command of this client is being observed (a Client is one thread's)
-    for name in COMMANDS:
-        setattr(client, name, _observed(client, hook, name, getattr(client, name), busy))
+def _observe(client: Client) -> None:
+    """Make ``client`` run its commands observed by its ``options.on_command``: its class
+    becomes the observed twin of its class. A command that another one runs
+    (``get_cas`` runs ``meta_get``) is observed once, as the outer one.
+
+    A class, not methods bound on the instance: those would hold the client (a reference
+    cycle, so a dropped client kept its socket until the cycle collector ran), and a
+    ``copy.copy()`` of the client would run them on the original."""
+    client.__class__ = _observed_class(type(client))
 
 
-def _observed(
-    client: Client,
-    hook: CommandHook,
-    name: str,
-    method: Callable[..., Any],
-    busy: List[bool],
-) -> Callable[..., Any]:
+# The observed twin of each Client class (``type(client)``, a subclass a user made too).
+_observed_classes: Dict[type, type] = {}
+
+
+def _observed_class(cls: type) -> type:
+    found = _observed_classes.get(cls)
+    if found is None:
+        if cls.__dict__.get("_observed_twin"):  # already one (a twin of a twin is itself)
+            return cls
+        namespace: Dict[str, Any] = {name: _observed(name, getattr(cls, name)) for name in COMMANDS}
+        namespace.update(
+            __slots__=(),  # the instance's layout stays its class's: __class__ can change
+            __module__=cls.__module__,
+            __qualname__=cls.__qualname__,
+            __doc__=cls.__doc__,
+            _observed_twin=True,
+        )
+        # setdefault: two threads making the first hooked client of a class agree on one.
+        found = _observed_classes.setdefault(cls, type(cls.__name__, (cls,), namespace))
+    return found
+
+
+def _observed(name: str, method: Callable[..., Any]) -> Callable[..., Any]:
     where = _KEYS_OF.get(name)
 
     @functools.wraps(method)
-    def call(*args: Any, **kwargs: Any) -> Any:
-        if busy[0]:
-            return method(*args, **kwargs)
+    def call(self: Any, *args: Any, **kwargs: Any) -> Any:
+        hook = self.options.on_command
+        if self._observing or hook is None:
+            return method(self, *args, **kwargs)
         keys: Tuple[Any, ...] = ()
         if where is not None:
             param, many = where
@@ -1897,15 +1929,15 @@ def _observed(
                         kwargs[param] = keys
                     else:
                         args = (keys, *args[1:])
-        end = begin_command(hook, name, keys, client.server)
+        end = begin_command(hook, name, keys, self.server)
         try:
-            busy[0] = True
-            result = method(*args, **kwargs)
+            self._observing = True
+            result = method(self, *args, **kwargs)
         except BaseException as exc:
-            busy[0] = False
+            self._observing = False
             end_command(end, exc)
             raise
-        busy[0] = False
+        self._observing = False
         end_command(end, None)
         return result
 

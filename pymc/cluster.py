@@ -625,6 +625,24 @@ class HashClient:
         with self._lock:
             self._failures.pop(name, None)
 
+    def _still_usable(self, name: str) -> None:
+        """Run once a request has its connection to ``name``: a request that waited for
+        it while another found the node failing (or got it ejected) fails fast too,
+        instead of spending its own timeout there (queued requests took one each)."""
+        if self._failures and self._fail_fast(name):
+            raise _NodeResting(f"{name} failed less than {self.retry_timeout} s ago")
+        if name in self._dead:
+            raise _NodeResting(f"{name} was ejected")
+
+    def _still_usable_after_wait(self, name: str, lease: Lease[Client]) -> None:
+        """:meth:`_still_usable` for a fan-out that waited for ``name``'s connection: the
+        connection goes back unused when the node failed meanwhile."""
+        try:
+            self._still_usable(name)
+        except _NodeResting:
+            lease.give_back()
+            raise
+
     def _fail_fast(self, name: str) -> bool:
         """A node that failed less than retry_timeout ago is not tried again yet."""
         record = self._failures.get(name)
@@ -700,7 +718,9 @@ class HashClient:
                 raise self._no_nodes()
             if self._failures and self._fail_fast(name):
                 raise _NodeResting(f"{name} failed less than {self.retry_timeout} s ago")
-            result = nodes.clients[name].run(command, (real_key, *args), kwargs)
+            result = nodes.clients[name].run(
+                command, (real_key, *args), kwargs, partial(self._still_usable, name)
+            )
         except MemcacheIllegalInputError:
             raise  # bad input is the caller's to fix: never hidden by ignore_exc
         except Exception as exc:
@@ -847,6 +867,7 @@ class HashClient:
             leases.append((name, nodes.clients[name].client_pool.lease()))
             try:
                 leases[-1][1].take()
+                self._still_usable_after_wait(name, leases[-1][1])
             except Exception as exc:  # no free connection in time: this node only
                 failed[name] = exc
         self._exchange(leases, parts, results, failed, observe)

@@ -280,7 +280,9 @@ def encode_meta_get(
     return b"mg " + _wire_key(key, base64) + before + middle + after + b"\r\n"
 
 
-@functools.lru_cache(maxsize=512)
+# typed: an untyped cache takes 30.0 for 30 and True for 1, so an argument the checks refuse
+# would pass once some caller had asked with its int twin.
+@functools.lru_cache(maxsize=512, typed=True)
 def _mg_flags(
     base64: bool,
     value: bool,
@@ -339,12 +341,20 @@ def encode_lease_get(
 ) -> bytes:
     """The probe of a read-through: the bytes of :func:`encode_meta_get` with ``value``,
     ``return_cas``, ``return_client_flags``, ``opaque``, ``vivify_on_miss=lease_ttl`` and
-    ``recache_ttl``, built with less work (it runs on every ``fetch``)."""
+    ``recache_ttl``, built with less work (it runs on every ``fetch``).
+
+    ``lease_ttl`` must be at least 1: memcached keeps a ttl of 0 forever (a lease whose
+    holder dies before storing would never end) and a negative one not at all (every
+    caller would win)."""
+    if type(lease_ttl) is not int or lease_ttl < 1:
+        raise MemcacheIllegalInputError(
+            f"lease_ttl must be an int of at least 1 second, got {lease_ttl!r}"
+        )
     before, after = _lease_flags(base64, lease_ttl, recache_ttl)
     return b"mg " + _wire_key(key, base64) + before + b" " + _opaque(opaque) + after + b"\r\n"
 
 
-@functools.lru_cache(maxsize=256)
+@functools.lru_cache(maxsize=256, typed=True)
 def _lease_flags(base64: bool, lease_ttl: int, recache_ttl: Optional[int]) -> Tuple[bytes, bytes]:
     return _mg_flags(
         base64,

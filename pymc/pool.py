@@ -27,6 +27,7 @@ Layer: imports ``client``, ``protocol`` (key checks), ``retry`` (the policy) and
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 import os
 import threading
@@ -54,7 +55,7 @@ from .client import (
 )
 from .exceptions import MemcachePoolTimeoutError
 from .protocol import validate_key
-from .retry import RetryPolicy, call_with_retry
+from .retry import RetryPolicy, call_with_retry, replayable
 
 __all__ = ["DEFAULT_POOL_TIMEOUT", "Lease", "ObjectPool", "PooledClient"]
 
@@ -618,14 +619,32 @@ class PooledClient(Commands):
         prefix = self.options.key_prefix if key_prefix is None else key_prefix
         return validate_key(key, prefix, self.options.allow_unicode_keys)
 
-    def run(self, name: str, args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> Any:
+    def run(
+        self,
+        name: str,
+        args: Tuple[Any, ...],
+        kwargs: Dict[str, Any],
+        check: Optional[Callable[[], None]] = None,
+    ) -> Any:
         """Run the Client command ``name`` with ``args``/``kwargs`` on a pooled connection
-        (the explicit tuple and dict let any keyword pass through untouched)."""
+        (the explicit tuple and dict let any keyword pass through untouched). ``check``,
+        if given, runs once a connection is taken, before the command: what it raises is
+        raised (a hash client fails a request that waited for a node that failed
+        meanwhile)."""
+        once = self._once if check is None else functools.partial(self._once, check=check)
         if self.retry is not None:
-            return call_with_retry(self.retry, name, self._once, name, args, kwargs)
-        return self._once(name, args, kwargs)
+            args, kwargs = replayable(name, args, kwargs)
+            return call_with_retry(self.retry, name, once, name, args, kwargs)
+        return once(name, args, kwargs)
 
-    def _once(self, name: str, args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> Any:
+    def _once(
+        self,
+        name: str,
+        args: Tuple[Any, ...],
+        kwargs: Dict[str, Any],
+        *,
+        check: Optional[Callable[[], None]] = None,
+    ) -> Any:
         # The connection is taken inside the try, through a ticket the pool records it
         # against, and given back by two nested handlers: nothing can land where a slot is
         # held and no handler is there to free it (see ObjectPool._settle).
@@ -638,6 +657,8 @@ class PooledClient(Commands):
         try:
             try:
                 pool._get(s, t, pool.timeout, True)
+                if check is not None:
+                    check()
                 result = getattr(t.obj, name)(*args, **kwargs)
                 clean = True
             finally:

@@ -30,6 +30,7 @@ from typing import (
     Dict,
     FrozenSet,
     Iterable,
+    Iterator,
     Optional,
     Tuple,
     TypeVar,
@@ -177,6 +178,35 @@ def call_with_retry(
                 time.sleep(delay)
 
 
+#: The commands whose keys are an iterable: the first argument, or ``keys=``.
+_ITERABLE_KEYS: FrozenSet[str] = frozenset(
+    [
+        "get_many",
+        "get_multi",
+        "gets_many",
+        "gets_multi",
+        "delete_many",
+        "delete_multi",
+        "meta_get_many",
+        "meta_delete_many",
+    ]
+)
+
+
+def replayable(
+    command: str, args: Tuple[Any, ...], kwargs: Dict[str, Any]
+) -> Tuple[Tuple[Any, ...], Dict[str, Any]]:
+    """``args`` and ``kwargs`` that every attempt can be given: keys passed as an iterator
+    (a generator, ``map``...) are read once, here, into a tuple. Otherwise the first
+    attempt reads them and a retry gets none (and returns ``{}``)."""
+    if command in _ITERABLE_KEYS:
+        if args and isinstance(args[0], Iterator):
+            args = (tuple(args[0]), *args[1:])
+        elif not args and isinstance(kwargs.get("keys"), Iterator):
+            kwargs = {**kwargs, "keys": tuple(kwargs["keys"])}
+    return args, kwargs
+
+
 class RetryingClient(Commands):
     """Wrap a Client, PooledClient or HashClient and retry its commands.
 
@@ -211,6 +241,7 @@ class RetryingClient(Commands):
 
     def run(self, name: str, args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> Any:
         """The wrapped client's command ``name``, retried as the policy allows."""
+        args, kwargs = replayable(name, args, kwargs)
         return call_with_retry(self._policy, name, getattr(self._client, name), *args, **kwargs)
 
     def __getattr__(self, name: str) -> Any:

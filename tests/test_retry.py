@@ -560,7 +560,7 @@ def test_pooled_bad_input_and_client_errors_are_not_retried(
         attempts[name] += 1
         return once(name, args, kwargs)
 
-    client._once = counted  # type: ignore[method-assign]
+    client._once = counted  # type: ignore[method-assign,assignment]
     with pytest.raises(MemcacheIllegalInputError):
         client.get("bad key")
     with pytest.raises(MemcacheIllegalInputError):

@@ -33,8 +33,13 @@ import re
 import threading
 from typing import Any, Dict, Hashable, List, Mapping, Sequence, Tuple, Union
 
-from django.core.cache.backends.base import InvalidCacheBackendError, InvalidCacheKey
-from django.core.cache.backends.memcached import BaseMemcachedCache
+try:
+    from django.core.cache.backends.base import InvalidCacheBackendError, InvalidCacheKey
+    from django.core.cache.backends.memcached import BaseMemcachedCache
+except ImportError as exc:  # say which extra brings it
+    raise ImportError(
+        f"pymc.contrib.django needs Django: pip install 'pymc-memcached[django]' ({exc})"
+    ) from exc
 
 import pymc
 import pymc.client
@@ -63,6 +68,7 @@ ELASTIPYMEMCACHE_OPTIONS: Mapping[str, str] = {
     "use_vpc_ip_address": "use_vpc",
     "discovery_retry_delay": "accepted and ignored: discovery retries in the background",
     "ignore_cluster_errors": "accepted and ignored: a plain memcached is used as the one node",
+    "cluster_timeout": "discovery_timeout (1.x/2.x: seconds for the cluster query)",
 }
 
 # --------------------------------------------------------------------------- shared clients
@@ -184,6 +190,13 @@ def _elasticache_options(options: Dict[str, Any]) -> Dict[str, Any]:
                 "give use_vpc_ip_address (django-elastipymemcache's name) or use_vpc, not both"
             )
         options["use_vpc"] = bool(options.pop("use_vpc_ip_address"))
+    if "cluster_timeout" in options:  # 1.x/2.x
+        if "discovery_timeout" in options:
+            raise InvalidCacheBackendError(
+                "give cluster_timeout (django-elastipymemcache's name) or discovery_timeout, "
+                "not both"
+            )
+        options["discovery_timeout"] = options.pop("cluster_timeout")
     if "discovery_interval" in options:
         if "poll_interval" in options:
             raise InvalidCacheBackendError(

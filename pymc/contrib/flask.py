@@ -20,8 +20,9 @@ value over the server's item size) is the documented failure return: ``None`` fr
 succeed from ``set_many``/``delete_many``. Pickling errors are raised.
 
 Differences, all on the safe side: pooling is on (one pool of connections per server, safe to
-share between threads and greenlets); ``inc``/``dec`` are a bounded compare-and-swap loop, so
-concurrent increments are never lost (cachelib reads, then writes); timeouts up to 30 days are
+share between threads and greenlets); ``inc``/``dec`` are a bounded compare-and-swap loop with
+jittered backoff, so a concurrent increment is never overwritten (cachelib reads, then
+writes; one that loses all :data:`CAS_ATTEMPTS` rounds returns None); timeouts up to 30 days are
 sent as they are, not as a Unix time, so the client's clock does not matter for them; the
 backend has connect and read timeouts by default (:data:`DEFAULT_CONNECT_TIMEOUT`,
 :data:`DEFAULT_TIMEOUT`), so a dead server never hangs a request.
@@ -30,6 +31,7 @@ backend has connect and read timeouts by default (:data:`DEFAULT_CONNECT_TIMEOUT
 from __future__ import annotations
 
 import datetime as dt
+import random
 import time
 from typing import Any, Dict, List, Mapping, Optional, Union
 
@@ -41,7 +43,13 @@ from pymc.serde import PickleSerde
 try:  # Flask-Caching's base is cachelib's BaseCache plus the ``factory`` it looks for.
     from flask_caching.backends.base import BaseCache as _Base
 except ImportError:  # pragma: no cover - cachelib without Flask-Caching
-    from cachelib import BaseCache as _Base  # type: ignore[assignment]
+    try:
+        from cachelib import BaseCache as _Base  # type: ignore[assignment]
+    except ImportError as exc:  # say which extra brings them
+        raise ImportError(
+            "pymc.contrib.flask needs Flask-Caching (or cachelib): "
+            f"pip install 'pymc-memcached[flask]' ({exc})"
+        ) from exc
 
 __all__ = ["DEFAULT_CONNECT_TIMEOUT", "DEFAULT_TIMEOUT", "PymcCache"]
 
@@ -51,6 +59,9 @@ THIRTY_DAYS = 60 * 60 * 24 * 30
 
 #: How many times ``inc``/``dec`` retry when another writer changed the key in between.
 CAS_ATTEMPTS = 16
+#: Seconds: the first wait before a retry's compare-and-swap (a random part of it, doubled
+#: each time up to 256 times): contenders spread out instead of colliding again in step.
+CAS_BACKOFF = 0.0005
 
 Timeout = Union[int, float, dt.timedelta, None]
 
@@ -71,7 +82,7 @@ class PymcCache(_Base):
         expires.
     :param key_prefix: put before every key.
     :param pool_size: at most this many connections per server (``None``: pymc's default,
-        unbounded).
+        unbounded); HashClient's name, ``max_pool_size``, is accepted too.
     :param pool_blocking: wait for a free connection when the pool is full (``False``: fail
         at once, which is the backend's failure return).
     :param ignore_delete_many_errors: when ``False``, ``delete_many`` raises ``RuntimeError``
@@ -101,15 +112,22 @@ class PymcCache(_Base):
         if isinstance(servers, str):
             servers = [servers]
         if isinstance(servers, (list, tuple)):
+            # HashClient's own names for the pool's size (CACHE_OPTIONS may use them, as the
+            # docstring invites) are pool_size's; given both ways is an error, not a guess.
+            if "max_pool_size" in client_options:
+                if pool_size is not None:
+                    raise TypeError("give pool_size or max_pool_size, not both")
+                pool_size = client_options.pop("max_pool_size")
             if not pool_blocking:
+                if "pool_timeout" in client_options:
+                    raise TypeError("give pool_blocking=False or pool_timeout, not both")
                 client_options["pool_timeout"] = 0.0
+            client_options.setdefault("use_pooling", True)
             client_options.setdefault("connect_timeout", DEFAULT_CONNECT_TIMEOUT)
             client_options.setdefault("timeout", DEFAULT_TIMEOUT)
             client_options.setdefault("serde", PickleSerde())
             client_options.setdefault("allow_unicode_keys", True)
-            self.client: Any = HashClient(
-                servers, use_pooling=True, max_pool_size=pool_size, **client_options
-            )
+            self.client: Any = HashClient(servers, max_pool_size=pool_size, **client_options)
         else:
             if client_options:
                 raise TypeError("client options go to the client you pass, not to PymcCache")
@@ -285,6 +303,9 @@ class PymcCache(_Base):
         return deleted
 
     def clear(self) -> bool:
+        """memcached's ``flush_all``, as cachelib's ``MemcachedCache.clear``: every server
+        this cache uses is emptied, for every application sharing it, not only the keys
+        under this ``key_prefix``."""
         try:
             return bool(self.client.flush_all(noreply=False))
         except _FAILURES:
@@ -304,7 +325,9 @@ class PymcCache(_Base):
             return None
         expire = self._expire(None)
         try:
-            for _ in range(CAS_ATTEMPTS):
+            for attempt in range(CAS_ATTEMPTS):
+                if attempt:  # another writer won the last round: back off, jittered
+                    time.sleep(random.uniform(0, CAS_BACKOFF * (1 << min(attempt, 8))))
                 current, token = self.client.gets(full)
                 value = (current or 0) + delta
                 if token is None:

@@ -27,13 +27,19 @@ from __future__ import annotations
 
 from typing import Any, Dict, Optional, Tuple, Union
 
-from opentelemetry.trace import (
-    SpanKind,
-    Status,
-    StatusCode,
-    TracerProvider,
-    get_tracer,
-)
+try:
+    from opentelemetry.trace import (
+        SpanKind,
+        Status,
+        StatusCode,
+        TracerProvider,
+        get_tracer,
+    )
+except ImportError as exc:  # say which extra brings it
+    raise ImportError(
+        "pymc.contrib.opentelemetry needs opentelemetry-api: "
+        f"pip install 'pymc-memcached[opentelemetry]' ({exc})"
+    ) from exc
 
 import pymc
 from pymc.client import CommandEnd, CommandHook, ServerSpec
