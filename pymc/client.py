@@ -14,6 +14,7 @@ and judged by ``protocol``'s ``Expect*`` readers and ``RULES``.
 
 from __future__ import annotations
 
+import _socket
 import dataclasses
 import functools
 import logging
@@ -22,6 +23,7 @@ import selectors
 import socket
 import ssl
 import time
+import types
 from typing import (
     Any,
     Callable,
@@ -335,6 +337,26 @@ def _send(sock: Any, request: bytes) -> None:
         sock.sendall(memoryview(request)[sent:])
 
 
+def _send_then_yield(sock: Any, request: bytes) -> None:
+    """:func:`_send`, then one turn for the other greenlets: on a cooperative socket whose
+    reply is already buffered, ``recv`` returns at once and never yields, so a greenlet that
+    sends command after command would starve the rest. Yielding between the send and the
+    read costs one switch per command and, as the reply has usually arrived when the turn
+    comes back, saves the wait on the socket that would otherwise often follow."""
+    _send(sock, request)
+    time.sleep(0)  # gevent's (or eventlet's) sleep: see _sender_for
+
+
+def _sender_for(sock: Any) -> Callable[[Any, bytes], None]:
+    """How a connection sends: :func:`_send` on a blocking standard-library socket (threads
+    need no help: no cost), :func:`_send_then_yield` on a cooperative one (gevent's or
+    eventlet's, seen as not the stdlib's socket type) when ``time.sleep`` is patched too,
+    so ``sleep(0)`` yields to the hub rather than to the OS."""
+    if isinstance(sock, _socket.socket) or isinstance(time.sleep, types.BuiltinFunctionType):
+        return _send
+    return _send_then_yield
+
+
 def resolve_noreply(noreply: Optional[bool], default: bool) -> bool:
     """The one rule for ``noreply``: the argument when given, else ``default_noreply``."""
     return default if noreply is None else bool(noreply)
@@ -629,6 +651,9 @@ class Client:
         self.options = options
         self.sock: Optional[socket.socket] = None
         self._reader: Optional[Reader] = None
+        # How requests go out on this connection (chosen again at each connect): on a
+        # cooperative socket, one turn for the other greenlets after each send.
+        self._send: Callable[[Any, bytes], None] = _send
         #: The name TLS checks the certificate against, when it is not the host connected
         #: to (a node reached by IP whose certificate names its DNS name).
         self.tls_hostname: Optional[str] = None
@@ -689,6 +714,7 @@ class Client:
                 hostname = self.tls_hostname or (None if isinstance(server, str) else server[0])
                 sock = opts.tls_context.wrap_socket(sock, server_hostname=hostname)
             sock.settimeout(opts.timeout)
+            self._send = _sender_for(sock)
             self.sock = sock
             self._reader = Reader()
             if opts.username is not None:
@@ -837,7 +863,7 @@ class Client:
                 self._owes_sync = False
             self._pending = True
         try:
-            _send(sock, request)
+            self._send(sock, request)
         except BaseException as exc:
             self._abort(exc)
 
@@ -889,7 +915,7 @@ class Client:
         # empty: receive() refuses leftovers), as every command but get finds it.
         self._pending = True
         try:
-            _send(sock, request)
+            self._send(sock, request)
             result = self._read_to_end(sock, reader, expect, NEED_DATA)
         except BaseException as exc:
             self._abort(exc)
@@ -968,7 +994,7 @@ class Client:
             # of every store, delete, touch and incr; the rule decides, as there.
             self._pending = True
             try:
-                _send(sock, request)
+                self._send(sock, request)
                 reply = reader.next_reply()
                 while reply is NEED_DATA:
                     data = sock.recv(RECV_SIZE)
@@ -1197,7 +1223,7 @@ class Client:
                     self._owes_sync = False
                 self._pending = True
                 try:
-                    _send(sock, request)
+                    self._send(sock, request)
                     found = {}
                     status: object = NEED_DATA
                     if self._syncing:

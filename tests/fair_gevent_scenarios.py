@@ -1,0 +1,139 @@
+"""Fairness scenarios under ``gevent.monkey.patch_all()``, each run in a fresh process by
+``tests/test_gevent_fair.py``:
+
+    python tests/fair_gevent_scenarios.py NAME '{"server": ["127.0.0.1", 11211]}'
+
+exits 0 when every check held (an assertion's traceback goes to stderr otherwise).
+
+"Replies arrive buffered": on a busy machine (or with the server on the client's CPU) the
+server's reply is often in the socket before the client calls ``recv``, so a gevent socket's
+``recv`` returns at once and the greenlet does not yield. ``BufferedReplies`` makes that
+certain rather than likely: its sockets are real gevent sockets to a real server, whose
+``send`` then blocks the whole thread (the unpatched ``poll``) until the reply has arrived.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from typing import Any, Dict, List
+
+from gevent import monkey
+
+monkey.patch_all()
+
+import gevent  # noqa: E402
+import gevent.socket  # noqa: E402
+
+import pymc  # noqa: E402
+
+Args = Dict[str, Any]
+_real_select = monkey.get_original("select", "poll")
+POLLIN = 0x001
+
+
+class _ReplyFirstSocket:
+    """A gevent socket whose ``send`` returns only once the reply is readable (or after 1 s):
+    the caller then always finds the reply buffered."""
+
+    def __init__(self, sock: Any) -> None:
+        self._sock = sock
+
+    def send(self, data: bytes, *flags: int) -> int:
+        sent = int(self._sock.send(data, *flags))
+        poller = _real_select()
+        poller.register(self._sock.fileno(), POLLIN)
+        poller.poll(1000)  # blocks the thread, as a busy CPU would: no greenlet runs
+        return sent
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+
+class BufferedReplies:
+    """A socket module: gevent's, with :class:`_ReplyFirstSocket` sockets."""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(gevent.socket, name)
+
+    @staticmethod
+    def socket(*args: Any, **kwargs: Any) -> Any:
+        return _ReplyFirstSocket(gevent.socket.socket(*args, **kwargs))
+
+
+def one_get_is_not_starved(args: Args) -> None:
+    """``greenlets`` greenlets hammer one PooledClient with gets whose replies are always
+    buffered; a greenlet spawned after them that needs a single get gets it within about
+    one get of each of them -- not after all of theirs -- and no hammering greenlet waits
+    much longer than one round of the others between two of its own gets."""
+    server = (args["server"][0], int(args["server"][1]))
+    greenlets, per_greenlet = int(args["greenlets"]), int(args["gets"])
+    hammer = pymc.PooledClient(server, socket_module=BufferedReplies(), timeout=5)
+    probe = pymc.PooledClient(server, timeout=5)
+    assert hammer.set("fair:hammer", b"h" * 100)
+    assert probe.set("fair:probe", b"p")
+    # Connect every hammering connection first (and leave them idle in the pool), so the
+    # timed part measures scheduling, not 200 TCP handshakes.
+    conns = [hammer.client_pool.get() for _ in range(greenlets)]
+    for conn in conns:
+        assert conn.get("fair:hammer") == b"h" * 100
+    for conn in conns:
+        hammer.client_pool.release(conn)
+
+    done = [0]  # gets completed by the hammering greenlets, in order
+    gaps: List[int] = []  # per greenlet: the most gets others did between two of its own
+    probe_seen: Dict[str, Any] = {}
+
+    def work(last: int) -> None:  # last: gets done when this greenlet was spawned
+        widest = 0
+        for _ in range(per_greenlet):
+            assert hammer.get("fair:hammer") == b"h" * 100
+            widest = max(widest, done[0] - last)
+            done[0] += 1
+            last = done[0]
+        gaps.append(widest)
+
+    def one_get(spawned_ops: int, spawned: float) -> None:
+        # Counted from its spawn: the wait for its first turn is part of what a user sees.
+        probe_seen["start_ops"] = done[0] - spawned_ops
+        assert probe.get("fair:probe") == b"p"
+        probe_seen["ops"] = done[0] - spawned_ops
+        probe_seen["seconds"] = time.perf_counter() - spawned
+
+    start = time.perf_counter()
+    workers = [gevent.spawn(work, done[0]) for _ in range(greenlets)]
+    single = gevent.spawn(one_get, done[0], time.perf_counter())
+    gevent.joinall([*workers, single], raise_error=True, timeout=60)
+    took = time.perf_counter() - start
+    total = greenlets * per_greenlet
+    assert done[0] == total and len(gaps) == greenlets, (done, len(gaps))
+    print(
+        f"{greenlets} greenlets x {per_greenlet} buffered gets in {took:.3f} s; the single "
+        f"get waited {probe_seen['ops']} of their gets ({probe_seen['seconds'] * 1e3:.1f} ms, "
+        f"started after {probe_seen['start_ops']}); widest gap of one greenlet: {max(gaps)} "
+        "gets of the others"
+    )
+    # Fair: each other greenlet does about one get (at most a few) while the single get is
+    # in flight; unfair: it waits for all their gets.
+    assert probe_seen["ops"] <= 3 * greenlets, probe_seen
+    assert probe_seen["seconds"] < took / 3, (probe_seen, took)
+    # No greenlet is left behind: between two of its gets, the others do about one each.
+    assert max(gaps) <= 3 * greenlets, sorted(gaps)[-5:]
+    stats = hammer.client_pool.stats()
+    assert stats["in_use"] == 0 and stats["destroyed"] == 0, stats
+
+
+SCENARIOS = {"one_get_is_not_starved": one_get_is_not_starved}
+
+
+def main(argv: List[str]) -> int:
+    name = argv[1]
+    args = json.loads(argv[2]) if len(argv) > 2 else {}
+    SCENARIOS[name](args)
+    print(f"scenario {name} passed")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
