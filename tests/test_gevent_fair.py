@@ -29,6 +29,17 @@ def test_a_single_get_is_not_starved_by_greenlets_whose_replies_are_buffered(
     assert "scenario one_get_is_not_starved passed" in out
 
 
+@pytest.mark.skipif(monkey.is_module_patched("socket"), reason="starts its own gevent process")
+@pytest.mark.timeout(120)
+def test_a_greenlet_storing_with_noreply_does_not_stall_a_reader(
+    memcached: MemcachedProcess,
+) -> None:
+    args = {"server": list(tcp(memcached)), "sets": 6000, "reads": 3}
+    name = "noreply_writer_lets_readers_run"
+    out = gevent_runner.run_scenario("fair_gevent_scenarios.py", name, args)
+    assert f"scenario {name} passed" in out
+
+
 @pytest.mark.skipif(monkey.is_module_patched("time"), reason="needs the blocking time.sleep")
 def test_blocking_sockets_never_yield(
     memcached: MemcachedProcess, monkeypatch: pytest.MonkeyPatch
