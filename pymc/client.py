@@ -14,7 +14,6 @@ and judged by ``protocol``'s ``Expect*`` readers and ``RULES``.
 
 from __future__ import annotations
 
-import _socket
 import dataclasses
 import functools
 import logging
@@ -22,6 +21,7 @@ import select
 import selectors
 import socket
 import ssl
+import sys
 import time
 import types
 from typing import (
@@ -337,24 +337,46 @@ def _send(sock: Any, request: bytes) -> None:
         sock.sendall(memoryview(request)[sent:])
 
 
-def _send_then_yield(sock: Any, request: bytes) -> None:
-    """:func:`_send`, then one turn for the other greenlets: on a cooperative socket whose
-    reply is already buffered, ``recv`` returns at once and never yields, so a greenlet that
-    sends command after command would starve the rest. Yielding between the send and the
-    read costs one switch per command and, as the reply has usually arrived when the turn
-    comes back, saves the wait on the socket that would otherwise often follow."""
-    _send(sock, request)
-    time.sleep(0)  # gevent's (or eventlet's) sleep: see _sender_for
+#: Where the cooperative socket classes live (checked along the socket class's MRO, so a
+#: subclass counts too): their ``recv`` switches greenlets only when it has to wait.
+COOPERATIVE_SOCKET_MODULES = ("gevent.", "eventlet.")
+
+
+def _yielding_sender(sleep: Callable[[float], Any]) -> Callable[[Any, bytes], None]:
+    """:func:`_send`, then ``sleep(0)``: one turn for the other greenlets. A cooperative
+    socket's ``recv`` returns at once when the reply is already buffered, without yielding,
+    so a greenlet sending command after command (or ``noreply`` commands, which read
+    nothing) would starve the rest. Yielding between the send and the read costs one switch
+    per command and, as the reply has usually arrived when the turn comes back, spares the
+    wait on the socket that would often follow."""
+
+    def send_then_yield(sock: Any, request: bytes) -> None:
+        sent = sock.send(request)
+        if sent < len(request):
+            sock.sendall(memoryview(request)[sent:])
+        sleep(0)
+
+    return send_then_yield
 
 
 def _sender_for(sock: Any) -> Callable[[Any, bytes], None]:
-    """How a connection sends: :func:`_send` on a blocking standard-library socket (threads
-    need no help: no cost), :func:`_send_then_yield` on a cooperative one (gevent's or
-    eventlet's, seen as not the stdlib's socket type) when ``time.sleep`` is patched too,
-    so ``sleep(0)`` yields to the hub rather than to the OS."""
-    if isinstance(sock, _socket.socket) or isinstance(time.sleep, types.BuiltinFunctionType):
+    """How a connection sends: :func:`_send` on a blocking socket, so threads pay nothing;
+    on a gevent or eventlet socket, a sender that yields once per command, with
+    ``time.sleep`` when it is patched, else with the ``sleep`` of the library that made the
+    socket (already loaded: pymc imports neither library, it only looks at where the
+    socket's class comes from)."""
+    for cls in type(sock).__mro__:
+        module = getattr(cls, "__module__", None) or ""
+        if module.startswith(COOPERATIVE_SOCKET_MODULES):
+            break
+    else:
         return _send
-    return _send_then_yield
+    sleep: Any = time.sleep
+    if isinstance(sleep, types.BuiltinFunctionType):  # time is not patched
+        sleep = getattr(sys.modules.get(module.partition(".")[0]), "sleep", None)
+        if not callable(sleep):
+            return _send
+    return _yielding_sender(sleep)
 
 
 def resolve_noreply(noreply: Optional[bool], default: bool) -> bool:

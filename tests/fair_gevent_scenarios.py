@@ -3,7 +3,8 @@
 
     python tests/fair_gevent_scenarios.py NAME '{"server": ["127.0.0.1", 11211]}'
 
-exits 0 when every check held (an assertion's traceback goes to stderr otherwise).
+exits 0 when every check held (an assertion's traceback goes to stderr otherwise). Each
+scenario calls ``monkey.patch_all()`` first, unless it is about gevent without patching.
 
 "Replies arrive buffered": on a busy machine (or with the server on the client's CPU) the
 server's reply is often in the socket before the client calls ``recv``, so a gevent socket's
@@ -19,47 +20,36 @@ import sys
 import time
 from typing import Any, Dict, List
 
+import gevent
+import gevent.socket
 from gevent import monkey
 
-monkey.patch_all()
-
-import gevent  # noqa: E402
-import gevent.socket  # noqa: E402
-
-import pymc  # noqa: E402
+import pymc
 
 Args = Dict[str, Any]
 _real_select = monkey.get_original("select", "poll")
 POLLIN = 0x001
 
 
-class _ReplyFirstSocket:
+class _ReplyFirstSocket(gevent.socket.socket):  # type: ignore[misc]
     """A gevent socket whose ``send`` returns only once the reply is readable (or after 1 s):
     the caller then always finds the reply buffered."""
 
-    def __init__(self, sock: Any) -> None:
-        self._sock = sock
-
-    def send(self, data: bytes, *flags: int) -> int:
-        sent = int(self._sock.send(data, *flags))
+    def send(self, data: Any, flags: int = 0, timeout: Any = None) -> int:
+        sent = int(super().send(data, flags))
         poller = _real_select()
-        poller.register(self._sock.fileno(), POLLIN)
+        poller.register(self.fileno(), POLLIN)
         poller.poll(1000)  # blocks the thread, as a busy CPU would: no greenlet runs
         return sent
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._sock, name)
 
 
 class BufferedReplies:
     """A socket module: gevent's, with :class:`_ReplyFirstSocket` sockets."""
 
+    socket = _ReplyFirstSocket
+
     def __getattr__(self, name: str) -> Any:
         return getattr(gevent.socket, name)
-
-    @staticmethod
-    def socket(*args: Any, **kwargs: Any) -> Any:
-        return _ReplyFirstSocket(gevent.socket.socket(*args, **kwargs))
 
 
 def one_get_is_not_starved(args: Args) -> None:
@@ -67,6 +57,7 @@ def one_get_is_not_starved(args: Args) -> None:
     buffered; a greenlet spawned after them that needs a single get gets it within about
     one get of each of them -- not after all of theirs -- and no hammering greenlet waits
     much longer than one round of the others between two of its own gets."""
+    monkey.patch_all()
     server = (args["server"][0], int(args["server"][1]))
     greenlets, per_greenlet = int(args["greenlets"]), int(args["gets"])
     hammer = pymc.PooledClient(server, socket_module=BufferedReplies(), timeout=5)
@@ -127,12 +118,20 @@ def one_get_is_not_starved(args: Args) -> None:
 def noreply_writer_lets_readers_run(args: Args) -> None:
     """A greenlet storing ``sets`` keys with ``noreply`` never reads a reply, so its socket
     never makes it wait; a greenlet that needs a few gets meanwhile still gets them
-    promptly, not after the whole batch."""
+    promptly, not after the whole batch. With ``"patch": false``, nothing is patched and
+    both clients are given ``socket_module=gevent.socket`` (pymemcache's way)."""
+    options: Dict[str, Any] = {"timeout": 5}
+    if args.get("patch", True):
+        monkey.patch_all()
+    else:
+        options["socket_module"] = gevent.socket
     server = (args["server"][0], int(args["server"][1]))
     sets, reads = int(args["sets"]), int(args["reads"])
-    writer = pymc.Client(server, timeout=5)
-    reader = pymc.Client(server, timeout=5)
+    writer = pymc.Client(server, **options)
+    reader = pymc.Client(server, **options)
     assert writer.set("fair:w", b"w") and reader.get("fair:w") == b"w"  # both connected
+    assert isinstance(writer.sock, gevent.socket.socket), type(writer.sock)
+    assert monkey.is_module_patched("time") == bool(args.get("patch", True))
     written = [0]
     seen: List[int] = []  # sets written when each read completed
 

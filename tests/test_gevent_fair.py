@@ -31,10 +31,11 @@ def test_a_single_get_is_not_starved_by_greenlets_whose_replies_are_buffered(
 
 @pytest.mark.skipif(monkey.is_module_patched("socket"), reason="starts its own gevent process")
 @pytest.mark.timeout(120)
+@pytest.mark.parametrize("patch", [True, False], ids=["patch_all", "gevent_socket_module"])
 def test_a_greenlet_storing_with_noreply_does_not_stall_a_reader(
-    memcached: MemcachedProcess,
+    memcached: MemcachedProcess, patch: bool
 ) -> None:
-    args = {"server": list(tcp(memcached)), "sets": 6000, "reads": 3}
+    args = {"server": list(tcp(memcached)), "sets": 6000, "reads": 3, "patch": patch}
     name = "noreply_writer_lets_readers_run"
     out = gevent_runner.run_scenario("fair_gevent_scenarios.py", name, args)
     assert f"scenario {name} passed" in out
