@@ -339,7 +339,7 @@ def _send(sock: Any, request: bytes) -> None:
 
 #: Where the cooperative socket classes live (checked along the socket class's MRO, so a
 #: subclass counts too): their ``recv`` switches greenlets only when it has to wait.
-COOPERATIVE_SOCKET_MODULES = ("gevent.", "eventlet.")
+_COOPERATIVE_SOCKET_MODULES = ("gevent.", "eventlet.")
 
 
 def _yielding_sender(sleep: Callable[[float], Any]) -> Callable[[Any, bytes], None]:
@@ -367,7 +367,7 @@ def _sender_for(sock: Any) -> Callable[[Any, bytes], None]:
     socket's class comes from)."""
     for cls in type(sock).__mro__:
         module = getattr(cls, "__module__", None) or ""
-        if module.startswith(COOPERATIVE_SOCKET_MODULES):
+        if module.startswith(_COOPERATIVE_SOCKET_MODULES):
             break
     else:
         return _send
