@@ -21,7 +21,9 @@ import select
 import selectors
 import socket
 import ssl
+import sys
 import time
+import types
 from typing import (
     Any,
     Callable,
@@ -335,6 +337,48 @@ def _send(sock: Any, request: bytes) -> None:
         sock.sendall(memoryview(request)[sent:])
 
 
+#: Where the cooperative socket classes live (checked along the socket class's MRO, so a
+#: subclass counts too): their ``recv`` switches greenlets only when it has to wait.
+_COOPERATIVE_SOCKET_MODULES = ("gevent.", "eventlet.")
+
+
+def _yielding_sender(sleep: Callable[[float], Any]) -> Callable[[Any, bytes], None]:
+    """:func:`_send`, then ``sleep(0)``: one turn for the other greenlets. A cooperative
+    socket's ``recv`` returns at once when the reply is already buffered, without yielding,
+    so a greenlet sending command after command (or ``noreply`` commands, which read
+    nothing) would starve the rest. Yielding between the send and the read costs one switch
+    per command and, as the reply has usually arrived when the turn comes back, spares the
+    wait on the socket that would often follow."""
+
+    def send_then_yield(sock: Any, request: bytes) -> None:
+        sent = sock.send(request)
+        if sent < len(request):
+            sock.sendall(memoryview(request)[sent:])
+        sleep(0)
+
+    return send_then_yield
+
+
+def _sender_for(sock: Any) -> Callable[[Any, bytes], None]:
+    """How a connection sends: :func:`_send` on a blocking socket, so threads pay nothing;
+    on a gevent or eventlet socket, a sender that yields once per command, with
+    ``time.sleep`` when it is patched, else with the ``sleep`` of the library that made the
+    socket (already loaded: pymc imports neither library, it only looks at where the
+    socket's class comes from)."""
+    for cls in type(sock).__mro__:
+        module = getattr(cls, "__module__", None) or ""
+        if module.startswith(_COOPERATIVE_SOCKET_MODULES):
+            break
+    else:
+        return _send
+    sleep: Any = time.sleep
+    if isinstance(sleep, types.BuiltinFunctionType):  # time is not patched
+        sleep = getattr(sys.modules.get(module.partition(".")[0]), "sleep", None)
+        if not callable(sleep):
+            return _send
+    return _yielding_sender(sleep)
+
+
 def resolve_noreply(noreply: Optional[bool], default: bool) -> bool:
     """The one rule for ``noreply``: the argument when given, else ``default_noreply``."""
     return default if noreply is None else bool(noreply)
@@ -629,6 +673,9 @@ class Client:
         self.options = options
         self.sock: Optional[socket.socket] = None
         self._reader: Optional[Reader] = None
+        # How requests go out on this connection (chosen again at each connect): on a
+        # cooperative socket, one turn for the other greenlets after each send.
+        self._send: Callable[[Any, bytes], None] = _send
         #: The name TLS checks the certificate against, when it is not the host connected
         #: to (a node reached by IP whose certificate names its DNS name).
         self.tls_hostname: Optional[str] = None
@@ -690,6 +737,7 @@ class Client:
                 hostname = self.tls_hostname or (None if isinstance(server, str) else server[0])
                 sock = opts.tls_context.wrap_socket(sock, server_hostname=hostname)
             sock.settimeout(opts.timeout)
+            self._send = _sender_for(sock)
             self.sock = sock
             self._reader = Reader()
             if opts.username is not None:
@@ -838,7 +886,7 @@ class Client:
                 self._owes_sync = False
             self._pending = True
         try:
-            _send(sock, request)
+            self._send(sock, request)
         except BaseException as exc:
             self._abort(exc)
 
@@ -890,7 +938,7 @@ class Client:
         # empty: receive() refuses leftovers), as every command but get finds it.
         self._pending = True
         try:
-            _send(sock, request)
+            self._send(sock, request)
             result = self._read_to_end(sock, reader, expect, NEED_DATA)
         except BaseException as exc:
             self._abort(exc)
@@ -969,7 +1017,7 @@ class Client:
             # of every store, delete, touch and incr; the rule decides, as there.
             self._pending = True
             try:
-                _send(sock, request)
+                self._send(sock, request)
                 reply = reader.next_reply()
                 while reply is NEED_DATA:
                     data = sock.recv(RECV_SIZE)
@@ -1198,7 +1246,7 @@ class Client:
                     self._owes_sync = False
                 self._pending = True
                 try:
-                    _send(sock, request)
+                    self._send(sock, request)
                     found = {}
                     status: object = NEED_DATA
                     if self._syncing:
