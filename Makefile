@@ -10,16 +10,16 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
 # Reinstall whenever the declared dependencies change.
-$(VENV)/.test-deps: setup.cfg setup.py pymc/_speedups.c | $(BIN)/python
+$(VENV)/.test-deps: setup.cfg setup.py pymc/speedups.c | $(BIN)/python
 	$(PIP) install -e '.[test]'
 	touch $@
 
 # mypy checks tests/ and benchmarks/ too, so it needs what they import (pytest, hypothesis, ...).
-$(VENV)/.lint-deps: setup.cfg setup.py pymc/_speedups.c | $(BIN)/python
+$(VENV)/.lint-deps: setup.cfg setup.py pymc/speedups.c | $(BIN)/python
 	$(PIP) install -e '.[test,lint]'
 	touch $@
 
-$(VENV)/.bench-deps: setup.cfg setup.py pymc/_speedups.c | $(BIN)/python
+$(VENV)/.bench-deps: setup.cfg setup.py pymc/speedups.c | $(BIN)/python
 	$(PIP) install -e '.[bench]'
 	touch $@
 
@@ -50,7 +50,7 @@ libmemcached-dev:
 	    exit 2; \
 	  fi; }
 
-# The suite runs twice: first with the compiled reader (pymc._speedups, when the install could
+# The suite runs twice: first with the compiled reader (pymc.speedups, when the install could
 # build it), then with the pure-Python one (PYMC_NO_EXTENSIONS=1) over the tests that drive the
 # reader: the protocol, the clients, the cluster and the interrupts (about 55 s). The second
 # pass runs PYTEST_ARGS when given, else PURE_TESTS; set PURE_PYTEST_ARGS to choose it

@@ -31,7 +31,7 @@ Samples = Tuple[float, List[int]]
 
 #: Which reader this process times (chosen when pymc was imported).
 READER = "reader: " + (
-    "compiled (pymc._speedups)" if pymc.__speedups__ else "pure Python (pymc.protocol.PyReader)"
+    "compiled (pymc.speedups)" if pymc.__speedups__ else "pure Python (pymc.protocol.PyReader)"
 )
 
 

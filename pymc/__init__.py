@@ -37,7 +37,7 @@ from .retry import RetryingClient, RetryPolicy
 
 __version__ = "0.1.0"
 
-#: True when the compiled reader (``pymc._speedups``) is in use, False for pure Python
+#: True when the compiled reader (``pymc.speedups``) is in use, False for pure Python
 #: (no compiler at install, or ``PYMC_NO_EXTENSIONS=1`` at build or run time).
 __speedups__: bool = SPEEDUPS
 

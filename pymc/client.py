@@ -1507,7 +1507,7 @@ class Client:
             # value, so not the serde's to read (one may refuse flags it never wrote).
             return result
         value = self._serde.deserialize(key, result.value, result.client_flags or 0)
-        return result._replace(value=value)
+        return result.with_value(value)
 
     def meta_get(
         self,

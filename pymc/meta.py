@@ -105,6 +105,10 @@ class MetaResult(NamedTuple):
     key: Optional[bytes] = None  # k, decoded from base64 when the reply carried b
     number: Optional[int] = None  # ma's value (VA), as an int
 
+    def with_value(self, value: object) -> MetaResult:
+        """This result with another ``value`` (the deserialized one, say)."""
+        return self._replace(value=value)  # type: ignore[arg-type]
+
     @property
     def hit(self) -> bool:
         return self.status == "hit"

@@ -838,7 +838,7 @@ class PyReader:
 
 # --------------------------------------------------------------------------- compiled twins
 #
-# pymc/_speedups.c compiles the value loop of ``read_values`` and the fast path of
+# pymc/speedups.c compiles the value loop of ``read_values`` and the fast path of
 # ``validate_keys`` (see setup.py). They keep no state: the reader's buffer, position and
 # poisoning stay here, in the same code paths as PyReader's, so the two readers differ only
 # in the loop. tests/test_speedups.py checks them against the pure code, which is the
@@ -853,18 +853,18 @@ _scan_values: Callable[..., Any] = _no_speedups
 _check_keys: Callable[..., Any] = _no_speedups
 if os.environ.get("PYMC_NO_EXTENSIONS", "") in ("", "0"):
     try:
-        from . import _speedups
+        from . import speedups
     except ImportError:  # not built (no compiler, or a pure wheel): the pure code runs
         pass
     else:
-        if _speedups.MAX_LINE_LENGTH == MAX_LINE_LENGTH:  # (else a build older than this file)
-            _scan_values = _speedups.scan_values
-            _check_keys = _speedups.check_keys
+        if speedups.MAX_LINE_LENGTH == MAX_LINE_LENGTH:  # (else a build older than this file)
+            _scan_values = speedups.scan_values
+            _check_keys = speedups.check_keys
 
 #: True when the compiled reader and key check are in use (``pymc.__speedups__``).
 SPEEDUPS: Final[bool] = _scan_values is not _no_speedups
 
-# What stopped _scan_values (the same numbers as in _speedups.c).
+# What stopped _scan_values (the same numbers as in speedups.c).
 _SCAN_END: Final = 0
 _SCAN_OTHER: Final = 1
 _SCAN_NEED: Final = 2

@@ -1,6 +1,6 @@
 """The compiled reader against the pure one: pure logic, no server.
 
-``pymc/_speedups.c`` compiles the value loop of :meth:`Reader.read_values` and the fast path
+``pymc/speedups.c`` compiles the value loop of :meth:`Reader.read_values` and the fast path
 of :func:`validate_keys`; the pure-Python :class:`PyReader` and :func:`validate_keys_py` are
 the reference. Hypothesis feeds both readers the same replies (valid, truncated, garbage,
 keys not asked for, sizes of 18 digits and more, lines at the length limit) in the same
@@ -64,7 +64,7 @@ def test_speedups_flag_is_the_protocol_choice() -> None:
 def test_built_module_is_used_unless_disabled() -> None:
     """A compiled module next to the package is loaded (unless PYMC_NO_EXTENSIONS says no)."""
     package = Path(protocol.__file__).parent
-    built = [p for s in EXTENSION_SUFFIXES for p in package.glob(f"_speedups{s}")]
+    built = [p for s in EXTENSION_SUFFIXES for p in package.glob(f"speedups{s}")]
     disabled = os.environ.get("PYMC_NO_EXTENSIONS", "") not in ("", "0")
     if disabled:
         assert pymc.__speedups__ is False
@@ -81,7 +81,7 @@ def test_no_extensions_forces_pure_python_at_run_time(value: str) -> None:
     code = (
         "import sys, pymc, pymc.protocol as p; "
         "print(pymc.__speedups__, p.Reader.__name__, p.validate_keys.__name__, "
-        "'pymc._speedups' in sys.modules)"
+        "'pymc.speedups' in sys.modules)"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=50
@@ -476,7 +476,7 @@ def test_build_without_a_compiler_succeeds_with_pure_python(tmp_path: Path) -> N
 def test_no_extensions_at_build_time_builds_nothing(tmp_path: Path) -> None:
     code, output, speedups = _build_in_copy(tmp_path, {"PYMC_NO_EXTENSIONS": "1"})
     assert code == 0, output
-    assert list((tmp_path / "pymc").glob("_speedups*.so")) == []
+    assert list((tmp_path / "pymc").glob("speedups*.so")) == []
     assert speedups == "False"
 
 

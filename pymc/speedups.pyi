@@ -1,4 +1,4 @@
-# Types of the compiled module built from _speedups.c (see pymc/protocol.py, its only user).
+# Types of the compiled module built from speedups.c (see pymc/protocol.py, its only user).
 from typing import Any, Container, Dict, List, Optional, Tuple, Union
 
 MAX_LINE_LENGTH: int

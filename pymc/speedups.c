@@ -1,5 +1,5 @@
 /*
- * pymc._speedups: the compiled twins of two hot loops of pymc/protocol.py.
+ * pymc.speedups: the compiled twins of two hot loops of pymc/protocol.py.
  *
  * The pure-Python code in protocol.py is the reference; these functions only speed up what
  * it does and must agree with it in every result and every error. They keep no state and do
@@ -388,7 +388,7 @@ static PyMethodDef methods[] = {
 
 static struct PyModuleDef module_def = {
     PyModuleDef_HEAD_INIT,
-    "pymc._speedups",
+    "pymc.speedups",
     "Compiled twins of pymc.protocol's value loop and key check; protocol.py is the "
     "reference.",
     -1,
@@ -400,7 +400,7 @@ static struct PyModuleDef module_def = {
 };
 
 PyMODINIT_FUNC
-PyInit__speedups(void)
+PyInit_speedups(void)
 {
     PyObject *m = PyModule_Create(&module_def);
     if (m == NULL) {
