@@ -464,6 +464,7 @@ class HashClient:
         self._lock = _ForkSafeLock(threading.Lock)
         self._change_lock = _ForkSafeLock(threading.RLock)  # one change (read + swap) at a time
         self._failures: Dict[str, Tuple[int, float]] = {}  # node -> (count, last failure)
+        self._usable_checks: Dict[str, Callable[[], None]] = {}  # node -> _still_usable(node)
         self._dead: Dict[str, Tuple[ServerSpec, PooledClient, float]] = {}
         self._next_probe = 0.0
         self._probe_lock = _ForkSafeLock(threading.Lock)  # held while a probe thread runs
@@ -718,9 +719,10 @@ class HashClient:
                 raise self._no_nodes()
             if self._failures and self._fail_fast(name):
                 raise _NodeResting(f"{name} failed less than {self.retry_timeout} s ago")
-            result = nodes.clients[name].run(
-                command, (real_key, *args), kwargs, partial(self._still_usable, name)
-            )
+            check = self._usable_checks.get(name)
+            if check is None:  # (one per node name, made once: this is every keyed call)
+                check = self._usable_checks[name] = partial(self._still_usable, name)
+            result = nodes.clients[name].run(command, (real_key, *args), kwargs, check)
         except MemcacheIllegalInputError:
             raise  # bad input is the caller's to fix: never hidden by ignore_exc
         except Exception as exc:

@@ -631,11 +631,11 @@ class PooledClient(Commands):
         if given, runs once a connection is taken, before the command: what it raises is
         raised (a hash client fails a request that waited for a node that failed
         meanwhile)."""
+        if self.retry is None:
+            return self._once(name, args, kwargs, check=check)
         once = self._once if check is None else functools.partial(self._once, check=check)
-        if self.retry is not None:
-            args, kwargs = replayable(name, args, kwargs)
-            return call_with_retry(self.retry, name, once, name, args, kwargs)
-        return once(name, args, kwargs)
+        args, kwargs = replayable(name, args, kwargs)
+        return call_with_retry(self.retry, name, once, name, args, kwargs)
 
     def _once(
         self,
