@@ -271,6 +271,9 @@ _B64 = st.one_of(
     st.sampled_from(EDGE_KEYS_B64),
     st.binary(max_size=40).map(base64.b64encode),
     st.text("ABCxyz019+/=", max_size=12).map(str.encode),
+    st.tuples(st.text("Az9+/", min_size=1, max_size=9), st.integers(0, 3)).map(
+        lambda t: t[0].encode() + b"=" * t[1]
+    ),
 )
 _JUNK = st.binary(max_size=6).filter(lambda b: b" " not in b)
 
@@ -312,9 +315,52 @@ def _line(draw: st.DrawFn) -> bytes:
     return b" ".join(parts)
 
 
+def _around(*edges: int) -> st.SearchStrategy[bytes]:
+    """Numbers at and next to ``edges``, as digits (a leading zero now and then)."""
+    near = st.sampled_from(edges).flatmap(lambda e: st.integers(max(e - 2, 0), e + 2))
+    return st.tuples(near, st.sampled_from([b"", b"", b"", b"0"])).map(
+        lambda t: t[1] + str(t[0]).encode()
+    )
+
+
+_NEAR_LIMITS = _around(0, 2**32, 2**63, 2**64, 10**18, 10**19, 10**20)
+# One strategy per flag, mostly valid: a line made of them fails (if at all) at an edge.
+_VALID_ARG = {
+    "c": _NEAR_LIMITS,
+    "f": _NEAR_LIMITS,
+    "s": _NEAR_LIMITS,
+    "l": _NEAR_LIMITS,
+    "t": st.one_of(
+        _around(0, 10**11, 2**31),
+        _around(0, 2, 10**10).map(lambda b: b"-" + b),
+        st.sampled_from([b"-0", b"-1", b"-00000000001", b"-000000000001"]),
+    ),
+    "W": st.just(b""),
+    "X": st.just(b""),
+    "Z": st.just(b""),
+    "b": st.just(b""),
+    "h": st.sampled_from([b"0", b"1"]),
+    "O": st.binary(min_size=1, max_size=8).filter(lambda b: b" " not in b),
+    "k": st.one_of(_B64, st.binary(min_size=1, max_size=8).filter(lambda b: b" " not in b)),
+}
+
+
+@st.composite
+def _edge_line(draw: st.DrawFn) -> bytes:
+    """A line of distinct flags, each valid or next to a limit of what is valid."""
+    code = draw(st.sampled_from([b"VA", b"HD", b"EN", b"NS", b"EX", b"NF", b"OK", b"MN"]))
+    parts = [code]
+    if code == b"VA":
+        parts.append(draw(_NEAR_LIMITS))
+    if code != b"MN" or draw(st.integers(0, 3)) == 0:
+        flags = draw(st.permutations(list(_VALID_ARG)))[: draw(st.integers(0, 12))]
+        parts += [flag.encode() + draw(_VALID_ARG[flag]) for flag in flags]
+    return b" ".join(parts)
+
+
 @st.composite
 def _mutated(draw: st.DrawFn) -> bytes:
-    line = bytearray(draw(_line()))
+    line = bytearray(draw(_line() | _edge_line()))
     for _ in range(draw(st.integers(1, 4))):
         at = draw(st.integers(0, len(line)))
         op = draw(st.sampled_from(["insert", "delete", "replace"]))
@@ -333,6 +379,13 @@ def _mutated(draw: st.DrawFn) -> bytes:
 @MANY
 @given(line=_line())
 def test_compiled_meta_parser_matches_on_generated_lines(line: bytes) -> None:
+    _same(line)
+
+
+@compiled
+@MANY
+@given(line=_edge_line())
+def test_compiled_meta_parser_matches_at_the_limits(line: bytes) -> None:
     _same(line)
 
 
