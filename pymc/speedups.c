@@ -1,10 +1,12 @@
 /*
- * pymc.speedups: the compiled twins of two hot loops of pymc/protocol.py.
+ * pymc.speedups: the compiled twins of two hot loops of pymc/protocol.py and of the meta
+ * reply-line parser of pymc/meta.py.
  *
- * The pure-Python code in protocol.py is the reference; these functions only speed up what
- * it does and must agree with it in every result and every error. They keep no state and do
- * no I/O: protocol.py owns the reader's buffer, position and poisoning, hands the buffer in
- * and applies what comes back.
+ * The pure-Python code in protocol.py and meta.py is the reference; these functions only
+ * speed up what it does and must agree with it in every result and every error. They keep
+ * no state (beyond a few constant objects made at import) and do no I/O: protocol.py owns
+ * the reader's buffer, position and poisoning, hands the buffer in and applies what comes
+ * back; meta.py raises a malformed line's message through reader.fail.
  *
  *   scan_values(buf, pos, cap, wanted, found) -> (code, a, b)
  *       The value loop of Reader.read_values, from offset ``pos`` of the bytes ``buf``.
@@ -14,6 +16,9 @@
  *   check_keys(keys, prefix, limit) -> dict | None
  *       The one-scan fast path of validate_keys over a list or tuple: {prefix + raw: key},
  *       or None when any key needs the one-by-one path (which then says what is wrong).
+ *
+ *   parse_meta_head(line, make) -> make(code, size, fields) | str
+ *       meta.py's _parse_head (see its section below); a str is a malformed line's message.
  *
  * Memory safety: every read is bounds-checked against the buffer's length before it is
  * made; sizes are at most 18 decimal digits, so they fit an int64 with room to add a
