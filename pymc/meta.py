@@ -29,6 +29,7 @@ from .exceptions import MemcacheIllegalInputError
 from .protocol import (
     MAX_KEY_LENGTH,
     NEED_DATA,
+    SPEEDUPS,
     ErrorReply,
     Expect,
     Reader,
@@ -663,6 +664,26 @@ def _parse_head(reader: Reader, line: bytes) -> _Head:
         elif not key:
             raise reader.fail(f"an empty key in meta reply {line[:300]!r}")
     return _Head(code, size, fields)
+
+
+# pymc/speedups.c holds a compiled twin of _parse_head (tests/test_speedups_meta.py checks
+# it against the pure one, the reference, kept as _parse_head_py). It returns the message
+# of a malformed line, which is raised here through reader.fail as the pure code does.
+_parse_head_py = _parse_head
+if SPEEDUPS:
+    from . import speedups
+
+    if hasattr(speedups, "parse_meta_head"):  # (else a build older than this file)
+        _parse_meta_head = speedups.parse_meta_head
+
+        def _parse_head_c(reader: Reader, line: bytes) -> _Head:
+            """:func:`_parse_head`, compiled: the same results and failures."""
+            head = _parse_meta_head(line, _Head)
+            if isinstance(head, str):
+                raise reader.fail(head)
+            return head
+
+        _parse_head = _parse_head_c
 
 
 def _expected_key(key: Optional[bytes], base64: bool) -> Optional[bytes]:

@@ -1,10 +1,12 @@
 /*
- * pymc.speedups: the compiled twins of two hot loops of pymc/protocol.py.
+ * pymc.speedups: the compiled twins of two hot loops of pymc/protocol.py and of the meta
+ * reply-line parser of pymc/meta.py.
  *
- * The pure-Python code in protocol.py is the reference; these functions only speed up what
- * it does and must agree with it in every result and every error. They keep no state and do
- * no I/O: protocol.py owns the reader's buffer, position and poisoning, hands the buffer in
- * and applies what comes back.
+ * The pure-Python code in protocol.py and meta.py is the reference; these functions only
+ * speed up what it does and must agree with it in every result and every error. They keep
+ * no state (beyond a few constant objects made at import) and do no I/O: protocol.py owns
+ * the reader's buffer, position and poisoning, hands the buffer in and applies what comes
+ * back; meta.py raises a malformed line's message through reader.fail.
  *
  *   scan_values(buf, pos, cap, wanted, found) -> (code, a, b)
  *       The value loop of Reader.read_values, from offset ``pos`` of the bytes ``buf``.
@@ -14,6 +16,9 @@
  *   check_keys(keys, prefix, limit) -> dict | None
  *       The one-scan fast path of validate_keys over a list or tuple: {prefix + raw: key},
  *       or None when any key needs the one-by-one path (which then says what is wrong).
+ *
+ *   parse_meta_head(line, make) -> make(code, size, fields) | str
+ *       meta.py's _parse_head (see its section below); a str is a malformed line's message.
  *
  * Memory safety: every read is bounds-checked against the buffer's length before it is
  * made; sizes are at most 18 decimal digits, so they fit an int64 with room to add a
@@ -376,6 +381,390 @@ slow:
     Py_RETURN_NONE;
 }
 
+/* ------------------------------------------------------------------ parse_meta_head
+ *
+ *   parse_meta_head(line, make) -> make(code, size, fields) | str
+ *       The twin of pymc/meta.py's pure _parse_head: the return code of a meta reply line
+ *       (``OK`` read as ``HD``), the data size of a ``VA`` line (else None) and the dict of
+ *       the flags it knows, built by calling ``make(code, size, fields)``. A malformed line
+ *       gives the message (a str) the pure code would poison the reader with; meta.py
+ *       raises it through ``reader.fail``.
+ *
+ * Every read is within [0, len) of the line; numbers are at most 20 checked digits, read
+ * into a uint64 with an overflow check (a 20-digit size or ``l`` beyond it is made by
+ * PyLong_FromString from a bounded copy).
+ */
+
+/* The reply codes, made once (equal to, not the same objects as, what split() gives). */
+static PyObject *code_VA, *code_HD, *code_EN, *code_NS, *code_EX, *code_NF, *code_MN;
+/* The str key of each flag meta.py reads, by its byte; NULL for any other byte. */
+static PyObject *flag_key[128];
+static const char KNOWN_FLAGS[] = "cfsltWXZbOkh";
+
+/* At most 20 checked digits as a uint64: 1 when it fits, 0 when it does not. */
+static int
+digits_u64(const char *p, Py_ssize_t n, uint64_t *out)
+{
+    uint64_t v = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        uint64_t d = (uint64_t)(p[i] - '0');
+        if (v > (UINT64_MAX - d) / 10) {
+            return 0;
+        }
+        v = v * 10 + d;
+    }
+    *out = v;
+    return 1;
+}
+
+/* int() of at most 20 checked digits, however large. */
+static PyObject *
+digits_long(const char *p, Py_ssize_t n)
+{
+    uint64_t v;
+    if (digits_u64(p, n, &v)) {
+        return PyLong_FromUnsignedLongLong((unsigned long long)v);
+    }
+    char copy[24];
+    if (n > 20) { /* (the callers check; never reached) */
+        PyErr_SetString(PyExc_ValueError, "parse_meta_head: a number of more than 20 digits");
+        return NULL;
+    }
+    memcpy(copy, p, (size_t)n);
+    copy[n] = '\0';
+    return PyLong_FromString(copy, NULL, 10);
+}
+
+/* ``format`` filled with the flag byte (when not 0) and repr(line[:limit]); NULL when an
+ * allocation fails. */
+static PyObject *
+head_error(const char *format, const char *s, Py_ssize_t n, Py_ssize_t limit, int flag)
+{
+    PyObject *head = PyBytes_FromStringAndSize(s, n < limit ? n : limit);
+    if (head == NULL) {
+        return NULL;
+    }
+    PyObject *msg = flag ? PyUnicode_FromFormat(format, flag, head)
+                         : PyUnicode_FromFormat(format, head);
+    Py_DECREF(head);
+    return msg;
+}
+
+static int
+b64_value(unsigned char c)
+{
+    if (c >= 'A' && c <= 'Z') {
+        return c - 'A';
+    }
+    if (c >= 'a' && c <= 'z') {
+        return c - 'a' + 26;
+    }
+    if (c >= '0' && c <= '9') {
+        return c - '0' + 52;
+    }
+    if (c == '+') {
+        return 62;
+    }
+    if (c == '/') {
+        return 63;
+    }
+    return -1;
+}
+
+/* The key ``k`` of a ``b`` reply decoded, or NULL with no exception set when it is not
+ * base64 as meta.py reads it: a length that is a multiple of 4, one or more alphabet bytes
+ * then at most two '='. Bits past the last whole byte are ignored, as binascii does. */
+static PyObject *
+b64_key(const char *p, Py_ssize_t n, int *bad)
+{
+    *bad = 1;
+    if (n == 0 || n % 4 != 0) {
+        return NULL;
+    }
+    Py_ssize_t data = n;
+    while (data > 0 && p[data - 1] == '=' && n - data < 2) {
+        data--;
+    }
+    if (data == 0) {
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < data; i++) {
+        if (b64_value((unsigned char)p[i]) < 0) {
+            return NULL;
+        }
+    }
+    *bad = 0;
+    /* data >= n - 2 and n % 4 == 0: the last group has 2, 3 or 4 data bytes. */
+    Py_ssize_t outlen = data / 4 * 3 + (data % 4 ? data % 4 - 1 : 0);
+    PyObject *out = PyBytes_FromStringAndSize(NULL, outlen);
+    if (out == NULL) {
+        return NULL;
+    }
+    unsigned char *o = (unsigned char *)PyBytes_AS_STRING(out);
+    Py_ssize_t w = 0;
+    uint32_t acc = 0;
+    int bits = 0;
+    for (Py_ssize_t i = 0; i < data; i++) {
+        acc = (acc << 6) | (uint32_t)b64_value((unsigned char)p[i]);
+        bits += 6;
+        if (bits >= 8) {
+            bits -= 8;
+            if (w < outlen) {
+                o[w++] = (unsigned char)((acc >> bits) & 0xff);
+            }
+        }
+    }
+    return out;
+}
+
+static PyObject *
+parse_meta_head(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)module;
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "parse_meta_head takes 2 arguments");
+        return NULL;
+    }
+    PyObject *lineobj = args[0];
+    PyObject *make = args[1];
+    if (!PyBytes_Check(lineobj)) {
+        PyErr_SetString(PyExc_TypeError, "parse_meta_head takes a bytes line");
+        return NULL;
+    }
+    const char *s = PyBytes_AS_STRING(lineobj);
+    const Py_ssize_t n = PyBytes_GET_SIZE(lineobj);
+
+    /* The first token: s[0:i]. */
+    Py_ssize_t i = 0;
+    while (i < n && s[i] != ' ') {
+        i++;
+    }
+    PyObject *code;
+    PyObject *size = NULL;
+    if (i == 2 && s[0] == 'V' && s[1] == 'A') {
+        /* VA <size>: the second token must be 1 to 20 digits. */
+        if (i >= n) {
+            return head_error("malformed VA line %R", s, n, 300, 0);
+        }
+        const Py_ssize_t j = i + 1;
+        Py_ssize_t k = j;
+        while (k < n && s[k] != ' ') {
+            k++;
+        }
+        if (!all_digits(s + j, k - j) || k - j > 20) {
+            return head_error("malformed VA line %R", s, n, 300, 0);
+        }
+        size = digits_long(s + j, k - j);
+        if (size == NULL) {
+            return NULL;
+        }
+        code = code_VA;
+        i = k;
+    }
+    else if (i == 2 && s[0] == 'H' && s[1] == 'D') {
+        code = code_HD;
+    }
+    else if (i == 2 && s[0] == 'E' && s[1] == 'N') {
+        code = code_EN;
+    }
+    else if (i == 2 && s[0] == 'N' && s[1] == 'S') {
+        code = code_NS;
+    }
+    else if (i == 2 && s[0] == 'E' && s[1] == 'X') {
+        code = code_EX;
+    }
+    else if (i == 2 && s[0] == 'N' && s[1] == 'F') {
+        code = code_NF;
+    }
+    else if (i == 2 && s[0] == 'M' && s[1] == 'N') {
+        code = code_MN;
+    }
+    else if (i == 2 && s[0] == 'O' && s[1] == 'K') { /* memcached 1.6.6 */
+        code = code_HD;
+    }
+    else {
+        return head_error("unexpected meta reply %R", s, n, 100, 0);
+    }
+    if (size == NULL) {
+        size = Py_NewRef(Py_None);
+    }
+    PyObject *fields = PyDict_New();
+    if (fields == NULL) {
+        Py_DECREF(size);
+        return NULL;
+    }
+    PyObject *msg = NULL; /* the failure, when the line is malformed */
+    unsigned int seen = 0;  /* a bit per KNOWN_FLAGS index */
+    const int tokens = i < n; /* any token after the code (and size) */
+    const char *key = NULL;   /* the k flag's argument, and its length */
+    Py_ssize_t key_len = 0;
+    /* Each token after s[i] == ' ': s[p:q]. */
+    while (i < n) {
+        const Py_ssize_t p = i + 1;
+        Py_ssize_t q = p;
+        while (q < n && s[q] != ' ') {
+            q++;
+        }
+        i = q;
+        if (q == p) {
+            msg = head_error("malformed meta reply %R", s, n, 300, 0);
+            goto out;
+        }
+        const unsigned char f = (unsigned char)s[p];
+        if (f >= 128 || flag_key[f] == NULL) {
+            continue; /* a flag a newer server added */
+        }
+        const unsigned int bit = 1u << (strchr(KNOWN_FLAGS, f) - KNOWN_FLAGS);
+        if (seen & bit) {
+            msg = head_error("flag '%c' twice in meta reply %R", s, n, 300, f);
+            goto out;
+        }
+        seen |= bit;
+        const char *a = s + p + 1;
+        const Py_ssize_t alen = q - p - 1;
+        PyObject *value;
+        switch (f) {
+        case 'c':
+        case 'f':
+        case 's':
+        case 'l': {
+            uint64_t v;
+            if (!all_digits(a, alen) || alen > 20) {
+                goto bad_flag;
+            }
+            int fits = digits_u64(a, alen, &v);
+            if ((f == 'c' || f == 's') && !fits) {
+                goto bad_flag;
+            }
+            if (f == 'f' && (!fits || v >= ((uint64_t)1 << 32))) {
+                goto bad_flag;
+            }
+            value = fits ? PyLong_FromUnsignedLongLong((unsigned long long)v)
+                         : digits_long(a, alen);
+            break;
+        }
+        case 'O':
+        case 'k':
+            if (f == 'k') {
+                key = a;
+                key_len = alen;
+            }
+            value = PyBytes_FromStringAndSize(a, alen);
+            break;
+        case 'W':
+        case 'X':
+        case 'Z':
+        case 'b':
+            if (alen != 0) {
+                goto bad_flag;
+            }
+            value = Py_NewRef(Py_True);
+            break;
+        case 't': {
+            /* -?[0-9]{1,11}, and not below -1 */
+            const int negative = alen > 0 && a[0] == '-';
+            const char *d = a + negative;
+            const Py_ssize_t dlen = alen - negative;
+            if (!all_digits(d, dlen) || dlen > 11) {
+                goto bad_flag;
+            }
+            int64_t v = (int64_t)digits_value(d, dlen);
+            if (negative) {
+                v = -v;
+            }
+            if (v < -1) {
+                goto bad_flag;
+            }
+            value = PyLong_FromLongLong((long long)v);
+            break;
+        }
+        default: /* h */
+            if (alen != 1 || (a[0] != '0' && a[0] != '1')) {
+                goto bad_flag;
+            }
+            value = Py_NewRef(a[0] == '1' ? Py_True : Py_False);
+            break;
+        }
+        if (value == NULL) {
+            goto error;
+        }
+        int ok = PyDict_SetItem(fields, flag_key[f], value);
+        Py_DECREF(value);
+        if (ok < 0) {
+            goto error;
+        }
+        continue;
+    bad_flag:
+        msg = head_error("bad '%c' flag in meta reply %R", s, n, 300, f);
+        goto out;
+    }
+    if (code == code_MN && tokens) {
+        msg = head_error("malformed MN line %R", s, n, 100, 0);
+        goto out;
+    }
+    if (key != NULL) {
+        if (seen & (1u << (strchr(KNOWN_FLAGS, 'b') - KNOWN_FLAGS))) {
+            int bad;
+            PyObject *decoded = b64_key(key, key_len, &bad);
+            if (decoded == NULL) {
+                if (!bad) {
+                    goto error;
+                }
+                msg = head_error("a base64 key that is not base64 in %R", s, n, 300, 0);
+                goto out;
+            }
+            int ok = PyDict_SetItem(fields, flag_key['k'], decoded);
+            Py_DECREF(decoded);
+            if (ok < 0) {
+                goto error;
+            }
+        }
+        else if (key_len == 0) {
+            msg = head_error("an empty key in meta reply %R", s, n, 300, 0);
+            goto out;
+        }
+    }
+    {
+        PyObject *call[3] = {code, size, fields};
+        PyObject *head = PyObject_Vectorcall(make, call, 3, NULL);
+        Py_DECREF(size);
+        Py_DECREF(fields);
+        return head;
+    }
+out: /* malformed: msg is the message, or NULL after a failed allocation */
+    Py_DECREF(size);
+    Py_DECREF(fields);
+    return msg;
+error:
+    Py_DECREF(size);
+    Py_DECREF(fields);
+    return NULL;
+}
+
+static int
+init_meta(void)
+{
+    static const char *const codes[] = {"VA", "HD", "EN", "NS", "EX", "NF", "MN"};
+    PyObject **slots[] = {&code_VA, &code_HD, &code_EN, &code_NS, &code_EX, &code_NF, &code_MN};
+    for (size_t i = 0; i < sizeof(codes) / sizeof(codes[0]); i++) {
+        if (*slots[i] == NULL) {
+            *slots[i] = PyBytes_FromStringAndSize(codes[i], 2);
+            if (*slots[i] == NULL) {
+                return -1;
+            }
+        }
+    }
+    for (const char *f = KNOWN_FLAGS; *f; f++) {
+        if (flag_key[(unsigned char)*f] == NULL) {
+            flag_key[(unsigned char)*f] = PyUnicode_InternFromString((char[]){*f, '\0'});
+            if (flag_key[(unsigned char)*f] == NULL) {
+                return -1;
+            }
+        }
+    }
+    return 0;
+}
+
 static PyMethodDef methods[] = {
     {"scan_values", (PyCFunction)(void (*)(void))scan_values, METH_FASTCALL,
      "scan_values(buf, pos, cap, wanted, found) -> (code, a, b): the value loop of "
@@ -383,6 +772,9 @@ static PyMethodDef methods[] = {
     {"check_keys", (PyCFunction)(void (*)(void))check_keys, METH_FASTCALL,
      "check_keys(keys, prefix, limit) -> dict | None: the fast path of "
      "pymc.protocol.validate_keys."},
+    {"parse_meta_head", (PyCFunction)(void (*)(void))parse_meta_head, METH_FASTCALL,
+     "parse_meta_head(line, make) -> make(code, size, fields) | str: pymc.meta's "
+     "_parse_head; a str is the message of a malformed line."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -402,6 +794,9 @@ static struct PyModuleDef module_def = {
 PyMODINIT_FUNC
 PyInit_speedups(void)
 {
+    if (init_meta() < 0) {
+        return NULL;
+    }
     PyObject *m = PyModule_Create(&module_def);
     if (m == NULL) {
         return NULL;

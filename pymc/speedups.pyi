@@ -1,5 +1,8 @@
-# Types of the compiled module built from speedups.c (see pymc/protocol.py, its only user).
-from typing import Any, Container, Dict, List, Optional, Tuple, Union
+# Types of the compiled module built from speedups.c (see pymc/protocol.py and
+# pymc/meta.py, its only users).
+from typing import Any, Callable, Container, Dict, List, Optional, Tuple, TypeVar, Union
+
+_T = TypeVar("_T")
 
 MAX_LINE_LENGTH: int
 
@@ -14,3 +17,6 @@ def scan_values(
 def check_keys(
     keys: Union[List[Any], Tuple[Any, ...]], prefix: bytes, limit: int, /
 ) -> Optional[Dict[bytes, Any]]: ...
+def parse_meta_head(
+    line: bytes, make: Callable[[bytes, Optional[int], Dict[str, object]], _T], /
+) -> Union[_T, str]: ...
