@@ -23,7 +23,7 @@ import binascii
 import functools
 import hashlib
 import re
-from typing import Dict, Final, List, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Final, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 from .exceptions import MemcacheIllegalInputError
 from .protocol import (
@@ -679,9 +679,9 @@ if SPEEDUPS:
         def _parse_head_c(reader: Reader, line: bytes) -> _Head:
             """:func:`_parse_head`, compiled: the same results and failures."""
             head = _parse_meta_head(line, _Head)
-            if isinstance(head, str):
+            if type(head) is str:
                 raise reader.fail(head)
-            return head
+            return head  # type: ignore[return-value]  # (a _Head: made by the make given)
 
         _parse_head = _parse_head_c
 
@@ -699,6 +699,9 @@ def _check_command(command: bytes) -> bytes:
     if command not in _COMMANDS:
         raise ValueError(f"command must be one of {_COMMANDS}, not {command!r}")
     return command
+
+
+_new_tuple: Final[Any] = tuple.__new__
 
 
 def _result(
@@ -728,22 +731,28 @@ def _result(
             raise reader.fail(f"ma answered a value that is not a number: {data[:40]!r}")
         number = int(data)
     get = fields.get
-    return MetaResult(  # positional: this runs for every reply
-        status,
-        data,
-        get("c"),  # type: ignore[arg-type]
-        get("t"),  # type: ignore[arg-type]
-        get("f"),  # type: ignore[arg-type]
-        get("s"),  # type: ignore[arg-type]
-        get("h"),  # type: ignore[arg-type]
-        get("l"),  # type: ignore[arg-type]
-        "W" in fields,
-        "X" in fields,
-        "Z" in fields,
-        got_opaque,  # type: ignore[arg-type]
-        got_key,  # type: ignore[arg-type]
-        number,
+    result: MetaResult = (
+        _new_tuple(  # tuple.__new__ straight, not namedtuple's __new__: every reply
+            MetaResult,
+            (
+                status,
+                data,
+                get("c"),
+                get("t"),
+                get("f"),
+                get("s"),
+                get("h"),
+                get("l"),
+                "W" in fields,
+                "X" in fields,
+                "Z" in fields,
+                got_opaque,
+                got_key,
+                number,
+            ),
+        )
     )
+    return result
 
 
 class ExpectMeta(Expect):
@@ -769,8 +778,8 @@ class ExpectMeta(Expect):
         command: bytes = b"mg",
     ) -> None:
         self.opaque = opaque
-        self.expected_key = _expected_key(key, base64)
-        self.command = _check_command(command)
+        self.expected_key = None if key is None else _expected_key(key, base64)
+        self.command = command if command in _COMMANDS else _check_command(command)
         self.head: Optional[_Head] = None
 
     def step(self, reader: Reader) -> object:
