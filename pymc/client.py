@@ -63,12 +63,12 @@ from .meta import (
     ExpectMetaEach,
     ExpectMetaQuiet,
     MetaResult,
-    encode_lease_get,
     encode_meta_arithmetic,
     encode_meta_delete,
     encode_meta_get,
     encode_meta_noop,
     encode_meta_set,
+    lease_get_template,
     meta_key,
 )
 from .protocol import (
@@ -147,6 +147,8 @@ QUIET_BATCH_BYTES = 65536
 #: The longest ``get``/``gets`` line a multi-get sends by default: ElastiCache Serverless
 #: refuses longer ones. Longer key lists go in several requests (``max_get_line``).
 MAX_GET_LINE = 16384
+#: How many keys' lease_get requests a Client remembers (then it starts afresh).
+LEASE_TEMPLATES = 1024
 #: Room a retrieval line keeps for its command, expiry and CRLF around the keys.
 _GET_LINE_OVERHEAD = 32
 _MISSING: Any = object()
@@ -723,6 +725,7 @@ class Client:
         #: Error lines that noreply commands drew from the server (logged, never raised).
         self.noreply_errors = 0
         self._opaque_counter = 0
+        self._lease_templates: Dict[Tuple[Any, int, Optional[int]], Tuple[bytes, bytes]] = {}
         self._observing = False  # a command is being observed (see _observed)
         if options.on_command is not None:
             # Only a client made with the hook runs its commands through it: one without
@@ -1583,10 +1586,27 @@ class Client:
         ``vivify_on_miss=lease_ttl`` and ``recache_ttl``. On a miss the caller that gets
         ``win`` holds the lease (and the ``cas`` to store with); the others get
         ``won_elsewhere``."""
-        wire, b64 = meta_key(key, self._prefix, True)
+        # The request around its opaque is built and checked once per key (a read-through
+        # probes its hot keys again and again); only exact str/bytes keys and int ttls are
+        # remembered, so that 30.0 or True never passes for what was checked as 30 or 1.
+        memo: Any = None
+        template = None
+        if (
+            (type(key) is str or type(key) is bytes)
+            and type(lease_ttl) is int
+            and (recache_ttl is None or type(recache_ttl) is int)
+        ):
+            memo = (key, lease_ttl, recache_ttl)
+            template = self._lease_templates.get(memo)
+        if template is None:
+            wire, b64 = meta_key(key, self._prefix, True)
+            template = lease_get_template(wire, lease_ttl, recache_ttl, base64=b64)
+            if memo is not None:
+                if len(self._lease_templates) >= LEASE_TEMPLATES:
+                    self._lease_templates.clear()
+                self._lease_templates[memo] = template
         opaque = self._opaque()
-        request = encode_lease_get(wire, opaque, lease_ttl, recache_ttl, base64=b64)
-        return self._decoded(key, self._meta(request, opaque, "mg"))
+        return self._decoded(key, self._meta(template[0] + opaque + template[1], opaque, "mg"))
 
     def meta_set(
         self,

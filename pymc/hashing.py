@@ -123,11 +123,20 @@ def _is_default_murmur(func: Callable[..., Any]) -> bool:
 
 
 def _key_text(key: object) -> str:
-    """The text pymemcache puts after ``f"{node}-"`` for ``key``."""
+    """The text hashed after ``f"{node}-"`` for ``key``: pymemcache's, except for bytes.
+
+    A bytes key is placed as its str spelling (``b"k"`` as ``"k"``), so that both
+    spellings of one key live on one node: pymemcache formats bytes as ``"b'k'"``, which
+    sends ``set("k")`` and ``get(b"k")`` to different nodes (a miss, or a stale value
+    after a write through the other spelling). Bytes that are no UTF-8 text, which no str
+    key can spell, keep pymemcache's placement."""
     if type(key) is str:
         return key
     if type(key) is bytes:
-        return repr(key)  # what f"{key}" gives for bytes, minus the -b BytesWarning
+        try:
+            return key.decode("utf-8")
+        except UnicodeDecodeError:
+            return repr(key)  # what f"{key}" gives for bytes, minus the -b BytesWarning
     return f"{key}"
 
 
@@ -474,8 +483,9 @@ class RendezvousHash:
         func, seed = self._hash_function, self._seed
         best_score = -1
         winner: Optional[str] = None
+        text = _key_text(key)
         for node in state.nodes:
-            score = func(f"{node}-{key}", seed)
+            score = func(f"{node}-{text}", seed)
             if score > best_score:
                 best_score, winner = score, node
             elif score == best_score:

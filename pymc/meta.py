@@ -50,6 +50,7 @@ __all__ = [
     "encode_meta_get",
     "encode_meta_noop",
     "encode_meta_set",
+    "lease_get_template",
     "meta_key",
 ]
 
@@ -351,12 +352,22 @@ def encode_lease_get(
     ``lease_ttl`` must be at least 1: memcached keeps a ttl of 0 forever (a lease whose
     holder dies before storing would never end) and a negative one not at all (every
     caller would win)."""
+    head, tail = lease_get_template(key, lease_ttl, recache_ttl, base64=base64)
+    return head + _opaque(opaque)[1:] + tail
+
+
+def lease_get_template(
+    key: bytes, lease_ttl: int, recache_ttl: Optional[int] = None, *, base64: bool = False
+) -> Tuple[bytes, bytes]:
+    """``(head, tail)``: the request of :func:`encode_lease_get` is ``head + opaque + tail``
+    for any valid opaque (1 to 31 bytes, no space or control character), so that a client
+    probing the same key again and again builds and checks the rest once."""
     if type(lease_ttl) is not int or lease_ttl < 1:
         raise MemcacheIllegalInputError(
             f"lease_ttl must be an int of at least 1 second, got {lease_ttl!r}"
         )
     before, after = _lease_flags(base64, lease_ttl, recache_ttl)
-    return b"mg " + _wire_key(key, base64) + before + b" " + _opaque(opaque) + after + b"\r\n"
+    return b"mg " + _wire_key(key, base64) + before + b" O", after + b"\r\n"
 
 
 @functools.lru_cache(maxsize=256, typed=True)

@@ -176,7 +176,12 @@ def test_rendezvous_placement_matches_pymemcache(
         assert client.set(key, values[key]) is True
 
     reference = pymemcache.client.hash.HashClient(servers, allow_unicode_keys=True)
-    expected = {k: server_name(reference._get_client(k).server) for k in keys}
+    # A deliberate difference: pymemcache places b"k" by its repr "b'k'", pymc with "k"
+    # (both spellings of a key on one node), so pymemcache is asked for the str spelling.
+    expected = {
+        k: server_name(reference._get_client(k.decode() if type(k) is bytes else k).server)
+        for k in keys
+    }
     assert len(set(expected.values())) == 4  # the keys spread over every node
     assert locate(memcached_nodes, keys, allow_unicode_keys=True) == expected
     assert {k: client.snapshot.node_for(k) for k in keys} == expected
@@ -1087,3 +1092,33 @@ def test_concurrent_add_server_calls_lose_no_node() -> None:
     expected = {("127.0.0.1", 1)} | {("127.0.0.1", p) for mine in ports for p in mine}
     assert set(client.nodes) == expected
     assert client.snapshot.version == 160
+
+
+@pytest.mark.parametrize("kind", ["client", "pooled", "hash"])
+def test_a_key_spelled_as_str_or_bytes_is_one_key_on_every_client(
+    memcached_nodes: List[MemcachedProcess], kind: str
+) -> None:
+    # pymemcache's rendezvous placement formats b"k" as "b'k'": the two spellings of a key
+    # lived on different nodes, so a write through one left the other's old value (stale
+    # reads, failed invalidation). Every client here sees one key.
+    if kind == "hash":
+        client: Any = HashClient([tcp(n) for n in memcached_nodes], timeout=5)
+    elif kind == "pooled":
+        client = PooledClient(tcp(memcached_nodes[0]), timeout=5)
+    else:
+        client = Client(tcp(memcached_nodes[0]), timeout=5)
+    prefix = tag()
+    try:
+        for i in range(40):  # enough keys that some would have landed on two nodes
+            text = f"{prefix}:{i}"
+            assert client.set(text, b"old")
+            assert client.get(text.encode()) == b"old"
+            assert client.set(text.encode(), b"new")
+            assert client.get(text) == b"new"  # never the stale b"old"
+            assert client.delete(text.encode())
+            assert client.get(text) is None
+            assert client.meta_set(text, b"m").status == "stored"
+            assert client.meta_get(text.encode()).value == b"m"
+            assert client.fetch(text.encode(), lambda: b"x", 60) == b"m"
+    finally:
+        client.close()

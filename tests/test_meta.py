@@ -190,6 +190,34 @@ def test_a_value_that_cannot_be_stored_gives_the_lease_back(
         client.close()
 
 
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_remembered_lease_probe_refuses_what_a_fresh_one_refuses(
+    nodes: List[MemcachedProcess], kind: str
+) -> None:
+    key = tag()
+    client = make(kind, nodes, key_prefix=b"pfx:")
+    try:
+        assert client.fetch(key, lambda: b"v", 60, lease_ttl=30) == b"v"
+        for _ in range(3):  # probed again and again: the request is remembered
+            assert client.lease_get(key, 30).value == b"v"
+            assert client.lease_get(key.encode(), 30).value == b"v"  # one key, two spellings
+        for bad in (30.0, True, 0, -1, "30"):
+            with pytest.raises(pymc.MemcacheIllegalInputError):
+                client.lease_get(key, bad)
+        with pytest.raises(pymc.MemcacheIllegalInputError):
+            client.lease_get(key, 30, 10.0)
+        with pytest.raises(pymc.MemcacheIllegalInputError):
+            client.lease_get(["not", "a", "key"], 30)
+        # the prefix is part of what was remembered: the raw key is not the prefixed one
+        assert make("client", nodes).get("pfx:" + key if kind != "hash" else key) in (b"v", None)
+        # and many keys: what is remembered stays bounded, every probe still right
+        for i in range(1500):
+            assert client.lease_get(f"{key}-{i}", 30).status in ("miss", "hit")
+        assert client.lease_get(key, 30).value == b"v"
+    finally:
+        client.close()
+
+
 def test_fetch_waits_at_most_its_wait(nodes: List[MemcachedProcess]) -> None:
     key = tag()
     holder = make("client", nodes)

@@ -26,6 +26,7 @@ from pymc.meta import (
     encode_meta_get,
     encode_meta_noop,
     encode_meta_set,
+    lease_get_template,
     meta_key,
 )
 from pymc.protocol import END, NEED_DATA, ErrorReply, Expect, Reader
@@ -331,6 +332,22 @@ def test_the_lease_probe_is_the_meta_get_it_stands_for(
             vivify_on_miss=lease_ttl,
             recache_ttl=recache_ttl,
         )
+    )
+
+
+@given(
+    key_b64=st.sampled_from([(b"k", False), (b"a" * 250, False), (b"YWJj", True)]),
+    opaque=st.sampled_from([b"1", b"ff", b"x" * 31]),
+    lease_ttl=st.integers(1, (1 << 31) - 1),
+    recache_ttl=st.none() | st.integers(-(1 << 31), (1 << 31) - 1),
+)
+def test_the_lease_template_around_any_opaque_is_the_lease_probe(
+    key_b64: Tuple[bytes, bool], opaque: bytes, lease_ttl: int, recache_ttl: Optional[int]
+) -> None:
+    key, base64 = key_b64
+    head, tail = lease_get_template(key, lease_ttl, recache_ttl, base64=base64)
+    assert head + opaque + tail == encode_lease_get(
+        key, opaque, lease_ttl, recache_ttl, base64=base64
     )
 
 
