@@ -375,7 +375,15 @@ def _set_timeout(sock: Any, timeout: Optional[float]) -> None:
     """Bound every later send and recv of a connected ``sock`` by ``timeout`` seconds
     (None: wait forever): in the kernel on a plain stdlib socket, else ``settimeout``
     (TLS, gevent and other sockets keep their own timeout machinery)."""
-    if timeout is None or not _KERNEL_TIMEOUTS or type(sock) is not socket.socket:
+    cls = type(sock)
+    # The stdlib's own class (under gevent's patch_all, socket.socket is gevent's: its
+    # sockets are non-blocking underneath and wait in the hub, where only settimeout counts).
+    if (
+        timeout is None
+        or not _KERNEL_TIMEOUTS
+        or cls.__module__ != "socket"
+        or cls.__qualname__ != "socket"
+    ):
         sock.settimeout(timeout)
         return
     seconds = int(timeout)

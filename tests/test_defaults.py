@@ -145,3 +145,19 @@ def test_a_plain_socket_waits_in_the_kernel_not_in_a_poll_before_each_call(
             assert sock.gettimeout() == 1.5
     finally:
         client.close()
+
+
+def test_a_gevent_socket_keeps_its_own_timeout(silent_server: Tuple[str, int]) -> None:
+    # gevent's sockets are non-blocking underneath and wait in the hub: a kernel timeout
+    # would never fire there (under patch_all, socket.socket is gevent's class too; the
+    # gevent integration suite covers that).
+    import gevent.socket
+
+    client = pymc.Client(silent_server, timeout=0.3, socket_module=gevent.socket)
+    try:
+        started = time.monotonic()
+        with pytest.raises(pymc.MemcacheTimeoutError):
+            client.get("k")
+        assert time.monotonic() - started < 1.3
+    finally:
+        client.close()
