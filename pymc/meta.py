@@ -33,6 +33,7 @@ from .protocol import (
     ErrorReply,
     Expect,
     Reader,
+    key_bytes,
     validate_key,
 )
 
@@ -157,20 +158,7 @@ def meta_key(
         return validate_key(key, prefix), False
     except MemcacheIllegalInputError:
         pass
-    if isinstance(key, str):
-        try:
-            raw = key.encode("ascii")
-        except UnicodeEncodeError:
-            if not allow_unicode:
-                raise MemcacheIllegalInputError(
-                    f"non-ASCII key {key!r}: pass allow_unicode_keys=True to store it as UTF-8"
-                ) from None
-            try:
-                raw = key.encode("utf-8")
-            except UnicodeEncodeError as exc:
-                raise MemcacheIllegalInputError(f"key {key!r} is not valid Unicode") from exc
-    else:
-        raw = key
+    raw = key_bytes(key, allow_unicode)
     if not raw:
         raise MemcacheIllegalInputError("a key must not be empty")
     full = prefix + raw

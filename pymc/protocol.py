@@ -88,6 +88,7 @@ __all__ = [
     "encode_touch",
     "encode_verbosity",
     "encode_version",
+    "key_bytes",
     "parse_cluster_config",
     "validate_key",
     "validate_keys",
@@ -117,6 +118,27 @@ _DIGITS = re.compile(rb"[0-9]{1,20}").fullmatch
 # --------------------------------------------------------------------------- keys
 
 
+def key_bytes(key: Key, allow_unicode: bool = False) -> bytes:
+    """``key`` as bytes: a ``str`` as ASCII, or as UTF-8 with ``allow_unicode``; else
+    :class:`MemcacheIllegalInputError`. (Only the encoding: :func:`validate_key` checks the
+    rest.)"""
+    if isinstance(key, str):
+        try:
+            return key.encode("ascii")
+        except UnicodeEncodeError:
+            if not allow_unicode:
+                raise MemcacheIllegalInputError(
+                    f"non-ASCII key {key!r}: pass allow_unicode_keys=True to store it as UTF-8"
+                ) from None
+            try:
+                return key.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                raise MemcacheIllegalInputError(f"key {key!r} is not valid Unicode") from exc
+    if isinstance(key, bytes):
+        return key
+    raise MemcacheIllegalInputError(f"a key must be str or bytes, not {type(key).__name__}")
+
+
 def validate_key(key: Key, prefix: bytes = b"", allow_unicode: bool = False) -> bytes:
     """Return ``prefix + key`` as bytes, or raise :class:`MemcacheIllegalInputError`.
 
@@ -136,22 +158,7 @@ def validate_key(key: Key, prefix: bytes = b"", allow_unicode: bool = False) -> 
         raw = prefix + key.encode("ascii") if prefix else key.encode("ascii")
         if 0 < len(raw) <= MAX_KEY_LENGTH:
             return raw
-    if isinstance(key, str):
-        try:
-            raw = key.encode("ascii")
-        except UnicodeEncodeError:
-            if not allow_unicode:
-                raise MemcacheIllegalInputError(
-                    f"non-ASCII key {key!r}: pass allow_unicode_keys=True to store it as UTF-8"
-                ) from None
-            try:
-                raw = key.encode("utf-8")
-            except UnicodeEncodeError as exc:
-                raise MemcacheIllegalInputError(f"key {key!r} is not valid Unicode") from exc
-    elif isinstance(key, bytes):
-        raw = key
-    else:
-        raise MemcacheIllegalInputError(f"a key must be str or bytes, not {type(key).__name__}")
+    raw = key_bytes(key, allow_unicode)
     if prefix:
         raw = prefix + raw
     if not raw:
