@@ -5,7 +5,9 @@ pymc without losing its cache:
 
 * :class:`RendezvousHash` places keys exactly like pymemcache 4.0's ``RendezvousHash`` (the
   default of its ``HashClient``): every node scores ``murmur3_32(f"{node}-{key}")`` and the
-  highest score wins, a tie going to the larger node name.
+  highest score wins, a tie going to the larger node name. One deliberate difference: a
+  bytes key holding UTF-8 text is placed as that text, with its str spelling (pymemcache
+  formats it as ``"b'k'"``, which splits one key over two nodes).
 * :class:`KetamaHash` places keys exactly like libmemcached's weighted ketama continuum, i.e.
   pylibmc with ``behaviors={"ketama_weighted": True}``.
 
