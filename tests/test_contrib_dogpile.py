@@ -55,7 +55,13 @@ import pymc.meta
 import pymc.pool
 import pymc.protocol
 import pymc.serde
-from pymc.contrib.dogpile import PROVISIONAL_TTL, PymcBackend, PymcLock
+from pymc.contrib.dogpile import (
+    LOCK_PREFIX,
+    LOCK_TOKEN_PREFIX,
+    PROVISIONAL_TTL,
+    PymcBackend,
+    PymcLock,
+)
 
 
 def _load_dogpile_tests() -> Any:
@@ -820,6 +826,23 @@ def _run_interrupted(call: Callable[[], Any], at: int, where: List[str]) -> bool
     return fired[0]
 
 
+def _assert_a_late_store_expires(checker: PymcBackend, where: List[str]) -> None:
+    """The lock is taken after an interrupted acquire: only the documented race may do that.
+    The store was sent, its connection closed unread, and the clean-up (on another
+    connection, so maybe another server thread) ran before the server read the store. Such
+    a lock must hold a lock token and expire within PROVISIONAL_TTL, never stay for
+    lock_timeout (0 here: forever). Deleted here so the next step starts free."""
+    client = _hash_client(checker)
+    key = LOCK_PREFIX + "k"
+    found = client.meta_get(key, return_ttl=True, no_bump=True)
+    assert found.hit, f"the lock was taken, then gone, after an interrupt at {where}"
+    assert str(found.value).startswith(LOCK_TOKEN_PREFIX), (where, found)
+    assert found.ttl is not None and 0 <= found.ttl <= PROVISIONAL_TTL, (
+        f"the lock stayed taken for good after an interrupt at {where}: {found}"
+    )
+    client.delete(key, noreply=False)
+
+
 @pytest.mark.timeout(180)
 @pytest.mark.parametrize("step", ["acquire", "release"])
 @pytest.mark.parametrize("meta_lock", LOCK_KINDS)
@@ -842,8 +865,10 @@ def test_an_interrupt_anywhere_in_the_lock_leaves_it_free(
             if not fired:
                 mutex.release()
         other = _lock(checker, "k")
-        assert other.acquire(wait=False), f"the lock stayed taken after an interrupt at {where}"
-        other.release()
+        if other.acquire(wait=False):
+            other.release()
+        else:
+            _assert_a_late_store_expires(checker, where)
         pools = _hash_client(backend).clients.values()
         assert [p.client_pool.stats()["in_use"] for p in pools] == [0], where
         if not fired:

@@ -58,7 +58,14 @@ from dogpile.cache.api import (
 import pymc
 import pymc.serde
 
-__all__ = ["CLIENT_ARGUMENTS", "LOCK_PREFIX", "PROVISIONAL_TTL", "PymcBackend", "PymcLock"]
+__all__ = [
+    "CLIENT_ARGUMENTS",
+    "LOCK_PREFIX",
+    "LOCK_TOKEN_PREFIX",
+    "PROVISIONAL_TTL",
+    "PymcBackend",
+    "PymcLock",
+]
 
 #: The lock of ``key`` is the memcached item ``LOCK_PREFIX + key`` (dogpile's name for it).
 LOCK_PREFIX = "_lock"
