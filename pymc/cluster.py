@@ -39,6 +39,7 @@ from typing import (
     Mapping,
     Optional,
     ParamSpec,
+    Set,
     Tuple,
     TypeVar,
     Union,
@@ -795,6 +796,7 @@ class HashClient:
         """
         results: Dict[str, Any] = {}
         failed: Dict[str, Exception] = {}
+        noted: Set[str] = set()  # nodes whose failure is counted already
         pending = sorted(name for name, part in parts.items() if part is not None)
         while pending:
             # Every lease is in ``leases`` before its connection is taken, so the finally
@@ -805,6 +807,9 @@ class HashClient:
                 self._take_and_exchange(
                     nodes, pending, leases, busy, parts, results, failed, observe
                 )
+                # Before the connections go back: a request waiting for one must find
+                # its node failed, not spend a timeout of its own there.
+                self._note_failures(command, failed, noted)
             finally:
                 try:
                     _give_back(leases, results)
@@ -827,7 +832,7 @@ class HashClient:
                     continue
                 except Exception as again:
                     error = again
-            if _is_connection_failure(error):
+            if _is_connection_failure(error) and name not in noted:
                 self._failed(name, error)
             if first is None:
                 first = error
@@ -838,6 +843,20 @@ class HashClient:
                 if name in self._failures:
                     self._succeeded(name)
         return results
+
+    def _note_failures(
+        self, command: str, failed: Mapping[str, Exception], noted: Set[str]
+    ) -> None:
+        """Count each connection failure in ``failed`` that will not be retried (and is not
+        counted yet) against its node."""
+        policy = self.retry
+        for name, error in failed.items():
+            if name in noted or not _is_connection_failure(error):
+                continue
+            if policy is not None and not policy.exhausted and policy.is_retryable(command, error):
+                continue  # retried alone after this round: counted if that fails too
+            noted.add(name)
+            self._failed(name, error)
 
     def _take_and_exchange(
         self,

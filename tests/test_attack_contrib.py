@@ -330,6 +330,76 @@ def test_requests_queued_for_a_dead_nodes_connection_fail_fast(
 
 
 @pytest.mark.timeout(60)
+def test_a_fan_out_marks_its_node_failed_before_the_next_request_gets_the_connection() -> None:
+    """A fan-out that timed out on a silent node gave its connection back first and marked
+    the node failed afterwards: a request waiting for that connection took it in between,
+    found the node usable and spent a whole timeout of its own there (the race a loaded
+    machine hits; here the first request is held, by a trace, just after its give-back)."""
+    timeout = 0.5
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(64)
+    client = pymc.HashClient(
+        [silent.getsockname()],
+        connect_timeout=timeout,
+        timeout=timeout,
+        use_pooling=True,
+        max_pool_size=1,
+    )
+    (pool,) = [node.client_pool for node in client.clients.values()]
+    gave_back = threading.Event()
+    first_done: List[float] = []
+    second: List[Any] = []
+
+    def hold_after_give_back(frame: Any, event: str, arg: Any) -> Any:
+        if event == "call" and frame.f_code.co_name == "_give_back":
+            return lambda f, e, a: _held(e)
+        return None
+
+    def _held(event: str) -> None:
+        if event == "return" and not gave_back.is_set():
+            gave_back.set()
+            deadline = time.monotonic() + 5
+            while pool.stats()["in_use"] == 0 and time.monotonic() < deadline:
+                time.sleep(0.005)  # until the waiting request has the connection
+            time.sleep(0.2)  # and has looked at the node (microseconds) before it asks
+
+    def first() -> None:
+        sys.settrace(hold_after_give_back)
+        try:
+            with pytest.raises(pymc.MemcacheError):
+                client.get_many(["dead", "gone"])
+        finally:
+            sys.settrace(None)
+            first_done.append(time.monotonic())
+
+    def waiting() -> None:
+        try:
+            client.get_many(["dead", "gone"])
+        except pymc.MemcacheError as exc:
+            second.append(exc)
+        second.append(time.monotonic())
+
+    a = threading.Thread(target=first)
+    a.start()
+    deadline = time.monotonic() + 5
+    while pool.stats()["in_use"] == 0 and time.monotonic() < deadline:
+        time.sleep(0.005)  # the first request holds the connection
+    b = threading.Thread(target=waiting)
+    try:
+        b.start()
+        a.join(10)
+        b.join(10)
+        assert gave_back.is_set() and first_done and len(second) == 2, (first_done, second)
+        assert isinstance(second[0], pymc.MemcacheError)
+        # It failed at once (the node had failed), not a timeout later.
+        assert second[1] - first_done[0] < timeout / 2, second[1] - first_done[0]
+    finally:
+        client.close()
+        silent.close()
+
+
+@pytest.mark.timeout(60)
 @pytest.mark.parametrize(
     "args", [["stats", "127.0.0.1:notaport"], ["discover", "[::1"], ["stats", "host:99999"]]
 )
