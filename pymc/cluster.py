@@ -465,7 +465,8 @@ class HashClient:
         self._lock = _ForkSafeLock(threading.Lock)
         self._change_lock = _ForkSafeLock(threading.RLock)  # one change (read + swap) at a time
         self._failures: Dict[str, Tuple[int, float]] = {}  # node -> (count, last failure)
-        self._usable_checks: Dict[str, Callable[[], None]] = {}  # node -> _still_usable(node)
+        # node -> (_still_usable(node), _count_failure(node)), for PooledClient.run
+        self._usable_checks: Dict[str, Tuple[Callable[[], None], Callable[[Exception], None]]] = {}
         self._dead: Dict[str, Tuple[ServerSpec, PooledClient, float]] = {}
         self._next_probe = 0.0
         self._probe_lock = _ForkSafeLock(threading.Lock)  # held while a probe thread runs
@@ -623,6 +624,11 @@ class HashClient:
                 )
         return pool
 
+    def _count_failure(self, name: str, exc: Exception) -> None:
+        """:meth:`_failed` if ``exc`` is a connection failure."""
+        if _is_connection_failure(exc):
+            self._failed(name, exc)
+
     def _succeeded(self, name: str) -> None:
         with self._lock:
             self._failures.pop(name, None)
@@ -715,20 +721,26 @@ class HashClient:
         if self._dead:
             self._maybe_probe()
         name = nodes._cache.get(routing_key) or nodes.node_for(routing_key)
+        pool: Optional[PooledClient] = None
         try:
             if name is None:
                 raise self._no_nodes()
             if self._failures and self._fail_fast(name):
                 raise _NodeResting(f"{name} failed less than {self.retry_timeout} s ago")
-            check = self._usable_checks.get(name)
-            if check is None:  # (one per node name, made once: this is every keyed call)
-                check = self._usable_checks[name] = partial(self._still_usable, name)
-            result = nodes.clients[name].run(command, (real_key, *args), kwargs, check)
+            checks = self._usable_checks.get(name)
+            if checks is None:  # (one pair per node name, made once: this is every keyed call)
+                checks = self._usable_checks[name] = (
+                    partial(self._still_usable, name),
+                    partial(self._count_failure, name),
+                )
+            pool = nodes.clients[name]
+            result = pool.run(command, (real_key, *args), kwargs, *checks)
         except MemcacheIllegalInputError:
             raise  # bad input is the caller's to fix: never hidden by ignore_exc
         except Exception as exc:
-            if name is not None and _is_connection_failure(exc):
-                self._failed(name, exc)
+            # (Without a retry policy the pool counted it, before the connection went back.)
+            if name is not None and (pool is None or pool.retry is not None):
+                self._count_failure(name, exc)
             if self.ignore_exc:
                 return on_failure(args, kwargs) if callable(on_failure) else on_failure
             raise

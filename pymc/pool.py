@@ -625,14 +625,18 @@ class PooledClient(Commands):
         args: Tuple[Any, ...],
         kwargs: Dict[str, Any],
         check: Optional[Callable[[], None]] = None,
+        failed: Optional[Callable[[Exception], None]] = None,
     ) -> Any:
         """Run the Client command ``name`` with ``args``/``kwargs`` on a pooled connection
         (the explicit tuple and dict let any keyword pass through untouched). ``check``,
         if given, runs once a connection is taken, before the command: what it raises is
         raised (a hash client fails a request that waited for a node that failed
-        meanwhile)."""
+        meanwhile). ``failed``, if given and there is no retry policy, is called with the
+        exception of a call that failed, before its connection goes back to the pool (a
+        hash client counts the node's failure first, so that a request waiting for the
+        connection finds the node failed); then the exception is raised."""
         if self.retry is None:
-            return self._once(name, args, kwargs, check=check)
+            return self._once(name, args, kwargs, check=check, failed=failed)
         once = self._once if check is None else functools.partial(self._once, check=check)
         args, kwargs = replayable(name, args, kwargs)
         return call_with_retry(self.retry, name, once, name, args, kwargs)
@@ -644,6 +648,7 @@ class PooledClient(Commands):
         kwargs: Dict[str, Any],
         *,
         check: Optional[Callable[[], None]] = None,
+        failed: Optional[Callable[[Exception], None]] = None,
     ) -> Any:
         # The connection is taken inside the try, through a ticket the pool records it
         # against, and given back by two nested handlers: nothing can land where a slot is
@@ -661,6 +666,10 @@ class PooledClient(Commands):
                     check()
                 result = getattr(t.obj, name)(*args, **kwargs)
                 clean = True
+            except Exception as exc:
+                if failed is not None:
+                    failed(exc)  # before the connection goes back
+                raise
             finally:
                 pool._settle(s, t, None, not clean)
         except BaseException:
