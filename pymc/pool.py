@@ -272,7 +272,8 @@ class ObjectPool(Generic[T]):
         now = time.monotonic()
         deadline = now + (timeout if timeout is not None else 1e9)
         while True:
-            waiter = _locked(s.lock, self._take_locked, s, t, now, deadline, wait)
+            # (_locked written out: this is every checkout. One line, as in _locked.)
+            with s.lock: waiter = self._take_locked(s, t, now, deadline, wait)  # noqa: E701  # fmt: skip
             if waiter is None:  # t holds a slot
                 if t.obj is _EMPTY:
                     t.obj = self._creator()  # one line: what is made is held by t at once
@@ -297,7 +298,8 @@ class ObjectPool(Generic[T]):
     def _take_locked(self, s: _State, t: _Ticket, now: float, deadline: float, wait: bool) -> Any:
         """Give ``t`` an idle object or a reserved slot (None); else a lock to wait on (held:
         its release is the wake-up call), or _FULL (no waiting, or time is up)."""
-        s.waiters.pop(id(t), None)
+        if s.waiters:
+            s.waiters.pop(id(t), None)
         idle = s.idle
         if idle and (self.idle_timeout or self.max_lifetime is not None):
             self._reap_locked(s, now)
@@ -341,8 +343,14 @@ class ObjectPool(Generic[T]):
         """Give back what ticket ``t`` (or the checkout of ``obj``) holds, if anything.
         Idempotent; an exception that interrupts it (say, a timeout while it waits for the
         lock) is raised once the slot is free."""
-        pending: Optional[BaseException] = None
-        for _ in range(_SETTLE_TRIES):
+        try:  # the first try written out: it nearly always succeeds
+            with s.lock: self._settle_locked(s, t, obj, destroy)  # noqa: E701  # fmt: skip
+            if s.doomed:
+                self._drain(s)
+            return
+        except BaseException as exc:
+            pending: BaseException = exc
+        for _ in range(_SETTLE_TRIES - 1):
             try:
                 _locked(s.lock, self._settle_locked, s, t, obj, destroy)
                 if s.doomed:
@@ -350,17 +358,17 @@ class ObjectPool(Generic[T]):
                 break
             except BaseException as exc:
                 pending = exc
-        if pending is not None:
-            raise pending
+        raise pending
 
     def _settle_locked(self, s: _State, t: Optional[_Ticket], obj: Any, destroy: bool) -> None:
         if t is None:
             t = s.out.get(id(obj))
             if t is None or t.obj is not obj:
                 return  # not ours (a parent's before a fork, or given back already)
-        s.waiters.pop(id(t), None)
-        if s.waiters:  # first: waking one too many is harmless, a lost wake-up is not
-            self._notify_locked(s)
+        if s.waiters:
+            s.waiters.pop(id(t), None)
+            if s.waiters:  # first: waking one too many is harmless, a lost wake-up is not
+                self._notify_locked(s)
         if s.out.get(id(t)) is t:  # a reserved slot
             if t.obj is _EMPTY:
                 del s.out[id(t)]
