@@ -103,19 +103,21 @@ def _locked(lock: Any, fn: Callable[..., Any], *args: Any) -> Any:
     with lock: return fn(*args)  # noqa: E701  # fmt: skip
 
 
+_EMPTY: Any = object()
+
+
 class _Ticket:
     """One checkout: what it holds (``obj``; ``_EMPTY`` while a slot is only reserved), and
-    when that object was made, went idle, and in which epoch (see ``clear``) it went out."""
+    when that object was made, went idle, and in which epoch (see ``clear``) it went out.
 
-    __slots__ = ("born", "epoch", "obj", "released")
+    The class holds the starting values (no ``__init__``, no ``__slots__``): a ticket is made
+    for every checkout, and this way making one runs no Python code."""
 
-    def __init__(self) -> None:
-        self.obj: Any = _EMPTY
-        self.born = self.released = 0.0
-        self.epoch = 0
+    obj: Any = _EMPTY
+    born = released = 0.0
+    epoch = 0
 
 
-_EMPTY: Any = object()
 _FULL: Any = object()  # _take_locked: no slot now, and the caller does not wait
 #: Attempts at giving a checkout back when exceptions keep interrupting it.
 _SETTLE_TRIES = 100
@@ -205,6 +207,9 @@ class ObjectPool(Generic[T]):
         self.max_lifetime = max_lifetime
         self.timeout = timeout
         self._validate = validate
+        # An idle object is validated only once it was idle this long (PooledClient's own
+        # validator passes younger ones without a look: the call is saved).
+        self._validate_after = 0.0
         self._lock_generator = lock_generator
         self._s = self._new_state()
 
@@ -280,7 +285,8 @@ class ObjectPool(Generic[T]):
                     _locked(s.lock, self._adopt_locked, s, t)
                     return True
                 # Checked outside the lock: it may cost a system call.
-                if validate is None or validate(t.obj, now - t.released):
+                idle = now - t.released
+                if validate is None or idle < self._validate_after or validate(t.obj, idle):
                     return True
                 self._settle(s, t, None, True)
                 t.obj = _EMPTY
@@ -369,28 +375,27 @@ class ObjectPool(Generic[T]):
             s.waiters.pop(id(t), None)
             if s.waiters:  # first: waking one too many is harmless, a lost wake-up is not
                 self._notify_locked(s)
-        if s.out.get(id(t)) is t:  # a reserved slot
+        out = s.out
+        key = id(t.obj)
+        if out.get(key) is t:  # an object handed out (first: the common case)
+            now = time.monotonic()
+            if (
+                destroy
+                or s.retired
+                or t.epoch != s.epoch
+                or (self.max_lifetime is not None and now - t.born >= self.max_lifetime)
+            ):
+                s.doomed.append(out.pop(key).obj)
+                s.destroyed += 1
+            else:
+                s.idle.append((t.obj, now, out.pop(key).born))
+        elif out.get(id(t)) is t:  # a reserved slot (never both: see _adopt_locked)
             if t.obj is _EMPTY:
-                del s.out[id(t)]
+                del out[id(t)]
             else:  # made, never handed out
-                s.doomed.append(s.out.pop(id(t)).obj)
+                s.doomed.append(out.pop(id(t)).obj)
                 s.created += 1
                 s.destroyed += 1
-            return
-        key = id(t.obj)
-        if s.out.get(key) is not t:
-            return
-        now = time.monotonic()
-        if (
-            destroy
-            or s.retired
-            or t.epoch != s.epoch
-            or (self.max_lifetime is not None and now - t.born >= self.max_lifetime)
-        ):
-            s.doomed.append(s.out.pop(key).obj)
-            s.destroyed += 1
-        else:
-            s.idle.append((t.obj, now, s.out.pop(key).born))
 
     @staticmethod
     def _notify_locked(s: _State) -> None:
@@ -613,6 +618,7 @@ class PooledClient(Commands):
             timeout=pool_timeout,
             validate=_client_is_reusable,
         )
+        self.client_pool._validate_after = CHECK_IDLE_AFTER
 
     def _create_client(self) -> Client:
         client = self.client_class.from_options(self.server, self.options)
