@@ -357,6 +357,13 @@ _ANY_KEY = frozenset(
 )
 
 
+# Commands whose Client method checks its key before anything else (before any I/O, and
+# before serializing a value), with the same rule as this client: HashClient leaves the check
+# to the node's client, and makes it itself only when something fails first (no node, a
+# resting node, a connection that failed), so a bad key always raises as a bad key, once.
+_NODE_CHECKS_KEY = frozenset(["get", "set", "add", "replace", "append", "prepend", "delete"])
+
+
 def _keyed(
     method: Callable[Concatenate[Client, P], R],
 ) -> Callable[Concatenate[HashClient, P], R]:
@@ -434,6 +441,7 @@ class HashClient:
         self.ignore_exc = options.ignore_exc
         self._prefix = options.key_prefix
         self._unicode = options.allow_unicode_keys
+        self._hooked = options.on_command is not None
         # The nodes always raise; this client decides what ignore_exc hides.
         self._node_options = dataclasses.replace(options, ignore_exc=False)
         # A probe of a dead node must end even when the client has no timeouts.
@@ -706,15 +714,16 @@ class HashClient:
         real_key: Any = key
         if type(key) is tuple:
             routing_key, real_key = key
-        # A bad key raises here, before routing, whatever ignore_exc says.
-        if command in _ANY_KEY:
-            meta_key(real_key, self._prefix, True)  # any str/bytes key (base64 on the wire)
-        else:
-            validate_key(real_key, self._prefix, self._unicode)
+        # A bad key raises before routing, whatever ignore_exc says: checked here, or, for
+        # the commands whose client checks it first, by the node's client (and here if
+        # anything fails before: see below). An on_command hook never sees a bad key.
+        if command not in _NODE_CHECKS_KEY or self._hooked:
+            self._check_key(command, real_key)
         if self._dead:
             self._maybe_probe()
-        name = nodes._cache.get(routing_key) or nodes.node_for(routing_key)
+        name: Optional[str] = None
         try:
+            name = nodes._cache.get(routing_key) or nodes.node_for(routing_key)
             if name is None:
                 raise self._no_nodes()
             if self._failures and self._fail_fast(name):
@@ -726,6 +735,7 @@ class HashClient:
         except MemcacheIllegalInputError:
             raise  # bad input is the caller's to fix: never hidden by ignore_exc
         except Exception as exc:
+            self._check_key(command, real_key)  # a bad key is the error, whatever failed
             if name is not None and _is_connection_failure(exc):
                 self._failed(name, exc)
             if self.ignore_exc:
@@ -734,6 +744,13 @@ class HashClient:
         if self._failures and name in self._failures:
             self._succeeded(name)
         return result
+
+    def _check_key(self, command: str, key: Any) -> None:
+        """Raise MemcacheIllegalInputError if ``key`` is no key ``command`` takes."""
+        if command in _ANY_KEY:
+            meta_key(key, self._prefix, True)  # any str/bytes key (base64 on the wire)
+        else:
+            validate_key(key, self._prefix, self._unicode)
 
     # ------------------------------------------------------------------ fan-out
 
