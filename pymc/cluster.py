@@ -975,7 +975,8 @@ class HashClient:
         return observe
 
     def _retrieve(self, command: str, keys: Iterable[AnyKey], with_cas: bool) -> Dict[Any, Any]:
-        keys = list(keys)
+        if type(keys) is not list:
+            keys = list(keys)
         if not keys:
             return {}
         nodes = self._nodes
@@ -983,26 +984,30 @@ class HashClient:
         # Every key is checked before anything is routed or sent; spellings of one key
         # (str and bytes) are one key, answered under its last spelling, as by Client.
         # ``(server_key, key)`` tuples are routed by their server key: two tuples naming
-        # one key on two nodes are two keys; on one node, one (the last).
-        if any(type(k) is tuple for k in keys):
-            raw_of: Dict[AnyKey, bytes] = {key: self._raw(key) for key in keys}
-            unique: Iterable[AnyKey] = raw_of
-        else:
-            checked = validate_keys(keys, opts.key_prefix, opts.allow_unicode_keys)  # type: ignore[arg-type]
-            raw_of = {key: raw for raw, key in checked.items()}
-            unique = checked.values()
+        # one key on two nodes are two keys; on one node, one (the last). (A tuple is no
+        # key validate_keys takes: it raises, and only then are the keys looked at.)
+        checked: Optional[Dict[bytes, AnyKey]] = None
         try:
-            groups = self._groups(nodes, unique)
+            checked = validate_keys(keys, opts.key_prefix, opts.allow_unicode_keys)  # type: ignore[arg-type,assignment]
+        except MemcacheIllegalInputError:
+            if not any(type(k) is tuple for k in keys):
+                raise
+        try:
+            if checked is not None:
+                wanted_by_node = self._placed(nodes, checked)
+            else:
+                raw_of: Dict[AnyKey, bytes] = {key: self._raw(key) for key in keys}
+                wanted_by_node = {
+                    name: {raw_of[key]: key for key in group}
+                    for name, group in self._groups(nodes, raw_of).items()
+                }
         except AllNodesDownError:
             if self.ignore_exc:
                 return {}
             raise
         cmd = command.encode()
         parts: Dict[str, Optional[Part]] = {}
-        wanted_by_node: Dict[str, Dict[bytes, AnyKey]] = {}
-        for name, group in groups.items():
-            wanted = {raw_of[key]: key for key in group}
-            wanted_by_node[name] = wanted
+        for name, wanted in wanted_by_node.items():
             request = encode_retrieval(cmd, list(wanted))
             if len(request) > opts.max_get_line:
                 parts[name] = None  # goes alone, in passes
@@ -1010,8 +1015,10 @@ class HashClient:
                 parts[name] = (request, partial(ExpectValues, wanted, None, with_cas), _items)
 
         command = "gets_many" if with_cas else "get_many"
-        by_node = {name: wanted.values() for name, wanted in wanted_by_node.items()}
-        observe = self._observer(command, nodes, by_node)
+        observe = None
+        if opts.on_command is not None:
+            by_node = {name: wanted.values() for name, wanted in wanted_by_node.items()}
+            observe = self._observer(command, nodes, by_node)
 
         def alone(name: str) -> Any:
             end = None if observe is None else observe(name)
@@ -1035,10 +1042,47 @@ class HashClient:
                 return found
 
         found = self._fan_out(command, nodes, parts, alone, observe)
+        if checked is not None:  # each raw key on one node: decoded together, in one call
+            if len(found) == 1:
+                (items,) = found.values()
+            else:
+                items = {}
+                for part in found.values():
+                    items.update(part)
+            return decode_values(items, checked, opts, with_cas)
         out: Dict[Any, Any] = {}
         for name, items in found.items():
             out.update(decode_values(items, wanted_by_node[name], opts, with_cas))
         return out
+
+    def _placed(
+        self, nodes: NodeSet, checked: Dict[bytes, AnyKey]
+    ) -> Dict[str, Dict[bytes, AnyKey]]:
+        """:meth:`_groups` for checked keys (``{raw: key}``, no tuple among them): each
+        node's ``{raw: key}``, built in one pass over the placements already cached."""
+        if self._dead:
+            self._maybe_probe()
+        if not nodes.names:
+            raise self._no_nodes()
+        cache = nodes._cache
+        placed: Dict[str, Dict[bytes, AnyKey]] = {}
+        unseen: Dict[AnyKey, bytes] = {}
+        for raw, key in checked.items():
+            name = cache.get(key)
+            if name is None:
+                unseen[key] = raw
+            else:
+                wanted = placed.get(name)
+                if wanted is None:
+                    placed[name] = {raw: key}
+                else:
+                    wanted[raw] = key
+        if unseen:  # placed by the locator (in one batch where it can), and cached
+            for name, group in self._groups(nodes, list(unseen)).items():
+                wanted = placed.setdefault(name, {})
+                for key in group:
+                    wanted[unseen[key]] = key
+        return placed
 
     def get_many(self, keys: Iterable[AnyKey]) -> Dict[Any, Any]:
         """Values of the keys present over all nodes, fetched from the nodes in parallel."""
