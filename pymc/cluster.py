@@ -870,52 +870,60 @@ class HashClient:
         """One round of a fan-out: take a connection for each pending node that has one
         free (a node with none goes to ``busy``); when none was free, wait for the first
         busy node's alone; then exchange requests and replies on what was taken. Each
-        lease is in ``leases`` before its connection is taken: the caller gives them back."""
+        lease is in ``leases`` before its connection is taken: the caller gives them back.
+        A connection given back unused (its node failed while this fan-out waited for it)
+        is never exchanged on: only the connections in ``taken`` are."""
+        taken: List[Tuple[str, Client]] = []
+        clients = nodes.clients
         for name in pending:
             if self._failures and self._fail_fast(name):
                 failed[name] = _NodeResting(f"{name} failed recently")
                 continue
-            leases.append((name, nodes.clients[name].client_pool.lease()))
+            lease = clients[name].client_pool.lease()
+            leases.append((name, lease))
             try:
-                if leases[-1][1].take(wait=False) is None:
-                    busy.append(name)
+                conn = lease.take(wait=False)
             except Exception as exc:
                 failed[name] = exc
-        if busy and not any(lease.obj is not None for _, lease in leases):
+                continue
+            if conn is None:
+                busy.append(name)
+            else:
+                taken.append((name, conn))
+        if busy and not taken:
             name = busy.pop(0)  # wait for this node alone, holding no connection
-            leases.append((name, nodes.clients[name].client_pool.lease()))
+            lease = clients[name].client_pool.lease()
+            leases.append((name, lease))
             try:
-                leases[-1][1].take()
-                self._still_usable_after_wait(name, leases[-1][1])
+                conn = lease.take()
+                self._still_usable_after_wait(name, lease)
             except Exception as exc:  # no free connection in time: this node only
                 failed[name] = exc
-        self._exchange(leases, parts, results, failed, observe)
+            else:
+                taken.append((name, conn))  # type: ignore[arg-type]
+        self._exchange(taken, parts, results, failed, observe)
 
     @staticmethod
     def _exchange(
-        leases: List[Tuple[str, Lease[Client]]],
+        taken: List[Tuple[str, Client]],
         parts: Dict[str, Optional[Part]],
         results: Dict[str, Any],
         failed: Dict[str, Exception],
         observe: Optional[Observe] = None,
     ) -> None:
-        """Send every leased connection its node's request, then read each reply."""
+        """Send every taken connection its node's request, then read each reply."""
         if observe is not None:
-            HashClient._observed_exchange(leases, parts, results, failed, observe)
+            HashClient._observed_exchange(taken, parts, results, failed, observe)
             return
-        sent: List[Tuple[str, Client]] = []
-        for name, lease in leases:
-            conn = lease.obj
-            if conn is None:
-                continue
-            request, expect, _ = parts[name]  # type: ignore[misc]
+        sent: List[Tuple[str, Client, Part]] = []
+        for name, conn in taken:
+            part: Part = parts[name]  # type: ignore[assignment]
             try:
-                conn.send(request, expect is None)
-                sent.append((name, conn))
+                conn.send(part[0], part[1] is None)
+                sent.append((name, conn, part))
             except Exception as exc:
                 failed[name] = exc
-        for name, conn in sent:
-            _, expect, finish = parts[name]  # type: ignore[misc]
+        for name, conn, (_, expect, finish) in sent:
             try:
                 results[name] = finish(None if expect is None else conn.receive(expect()))
             except Exception as exc:
@@ -923,7 +931,7 @@ class HashClient:
 
     @staticmethod
     def _observed_exchange(
-        leases: List[Tuple[str, Lease[Client]]],
+        taken: List[Tuple[str, Client]],
         parts: Dict[str, Optional[Part]],
         results: Dict[str, Any],
         failed: Dict[str, Exception],
@@ -934,10 +942,7 @@ class HashClient:
         ends: Dict[str, Optional[CommandEnd]] = {}
         try:
             sent: List[Tuple[str, Client]] = []
-            for name, lease in leases:
-                conn = lease.obj
-                if conn is None:
-                    continue
+            for name, conn in taken:
                 request, expect, _ = parts[name]  # type: ignore[misc]
                 ends[name] = observe(name)
                 try:

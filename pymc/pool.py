@@ -549,8 +549,9 @@ class Lease(Generic[T]):
         pool = self._pool
         if timeout is ...:
             timeout = pool.timeout
-        if pool._get(self._state, self._ticket, timeout if wait else 0, wait):
-            return self.obj
+        ticket = self._ticket
+        if pool._get(self._state, ticket, timeout if wait else 0, wait):
+            return ticket.obj  # type: ignore[no-any-return]
         return None
 
     def give_back(self, destroy: bool = False) -> None:

@@ -1041,6 +1041,34 @@ def test_bad_keys_raise_even_with_ignore_exc_and_a_dead_node(
     assert stat(server, "cmd_set") == 0  # nothing half-sent by the refused calls
 
 
+@pytest.mark.timeout(20)
+def test_a_fan_out_never_uses_a_connection_it_gave_back_when_its_node_failed_meanwhile(
+    new_memcached: ServerFactory,
+) -> None:
+    """A get_many that waited for a node's connection while the node failed gives the
+    connection back unused, and leaves the node's keys out (ignore_exc): it must not then
+    send on that connection, which is idle in the pool again (another thread may have it)."""
+    server = new_memcached()
+    hc = HashClient([tcp(server)], ignore_exc=True, retry_attempts=100, retry_timeout=30)
+    assert hc.set("k", b"v")
+    (name,) = hc.clients
+    pool = hc.clients[name].client_pool
+    held = pool.get()  # the node's only connection (no use_pooling: one per node)
+    gets = stat(server, "cmd_get")
+    got: Dict[str, Any] = {}
+    fan_out = threading.Thread(target=lambda: got.update(result=hc.get_many(["k"])))
+    fan_out.start()
+    try:
+        wait_until(lambda: pool.stats()["waiting"] == 1, what="the fan-out waiting")
+        hc._failed(name, pymc.MemcacheUnexpectedCloseError("failed meanwhile"))
+    finally:
+        pool.release(held)
+        fan_out.join(10)
+    assert got == {"result": {}}
+    assert stat(server, "cmd_get") == gets  # nothing was sent on the given-back connection
+    assert pool.stats()["in_use"] == 0
+
+
 # What each single-key command takes after its key, for the bad-key tests below.
 _AFTER_KEY = {
     "get": (),
