@@ -374,9 +374,9 @@ def _keyed(
 
     def call(self: HashClient, /, *args: P.args, **kwargs: P.kwargs) -> R:
         if args:  # the key by position: the common case
-            return self._run(command, args[0], args[1:], kwargs, on_failure)  # type: ignore[arg-type,no-any-return]
+            return self._run(command, args[0], args, kwargs, on_failure)  # type: ignore[arg-type,no-any-return]
         key, rest, kw = _split_key(args, kwargs)
-        return self._run(command, key, rest, kw, on_failure)  # type: ignore[no-any-return]
+        return self._run(command, key, (key, *rest), kw, on_failure)  # type: ignore[no-any-return]
 
     call.__name__ = call.__qualname__ = command
     call.__doc__ = method.__doc__
@@ -709,6 +709,8 @@ class HashClient:
         kwargs: Dict[str, Any],
         on_failure: Any,
     ) -> Any:
+        """Run ``command`` on ``key``'s node: ``args`` are the command's arguments, ``key``
+        first (passed on as they are, but for a tuple key, whose server key is dropped)."""
         nodes = self._nodes
         routing_key: Any = key
         real_key: Any = key
@@ -731,7 +733,9 @@ class HashClient:
             check = self._usable_checks.get(name)
             if check is None:  # (one per node name, made once: this is every keyed call)
                 check = self._usable_checks[name] = partial(self._still_usable, name)
-            result = nodes.clients[name].run(command, (real_key, *args), kwargs, check)
+            if real_key is not key:  # a (server_key, key) tuple: the node gets the key
+                args = (real_key, *args[1:])
+            result = nodes.clients[name].run(command, args, kwargs, check)
         except MemcacheIllegalInputError:
             raise  # bad input is the caller's to fix: never hidden by ignore_exc
         except Exception as exc:
@@ -739,7 +743,7 @@ class HashClient:
             if name is not None and _is_connection_failure(exc):
                 self._failed(name, exc)
             if self.ignore_exc:
-                return on_failure(args, kwargs) if callable(on_failure) else on_failure
+                return on_failure(args[1:], kwargs) if callable(on_failure) else on_failure
             raise
         if self._failures and name in self._failures:
             self._succeeded(name)
@@ -812,7 +816,11 @@ class HashClient:
         """
         results: Dict[str, Any] = {}
         failed: Dict[str, Exception] = {}
-        pending = sorted(name for name, part in parts.items() if part is not None)
+        pending: List[str] = []
+        solo: List[str] = []
+        for name, part in parts.items():
+            (pending if part is not None else solo).append(name)
+        pending.sort()
         while pending:
             # Every lease is in ``leases`` before its connection is taken, so the finally
             # below gives back every connection, wherever an exception lands.
@@ -829,7 +837,6 @@ class HashClient:
                     _give_back(leases, results)  # the first give-back was interrupted
                     raise
             pending = busy
-        solo = [name for name, part in parts.items() if part is None]
         for name in solo:
             try:
                 results[name] = alone(name)
@@ -879,7 +886,7 @@ class HashClient:
             if self._failures and self._fail_fast(name):
                 failed[name] = _NodeResting(f"{name} failed recently")
                 continue
-            lease = clients[name].client_pool.lease()
+            lease = Lease(clients[name].client_pool)
             leases.append((name, lease))
             try:
                 conn = lease.take(wait=False)
@@ -1494,13 +1501,13 @@ class HashClient:
         return validate_key(key, prefix, self._unicode)
 
     def __getitem__(self, key: AnyKey) -> Any:
-        value = self._run("get", key, (_MISSING,), {}, _MISSING)
+        value = self._run("get", key, (key, _MISSING), {}, _MISSING)
         if value is _MISSING:
             raise KeyError(key)
         return value
 
     def __setitem__(self, key: AnyKey, value: Any) -> None:
-        self._run("set", key, (value,), {}, False)
+        self._run("set", key, (key, value), {}, False)
 
     def __delitem__(self, key: AnyKey) -> None:
-        self._run("delete", key, (), {}, False)
+        self._run("delete", key, (key,), {}, False)
