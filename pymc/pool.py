@@ -207,9 +207,6 @@ class ObjectPool(Generic[T]):
         self.max_lifetime = max_lifetime
         self.timeout = timeout
         self._validate = validate
-        # An idle object is validated only once it was idle this long (PooledClient's own
-        # validator passes younger ones without a look: the call is saved).
-        self._validate_after = 0.0
         self._lock_generator = lock_generator
         self._s = self._new_state()
 
@@ -285,8 +282,14 @@ class ObjectPool(Generic[T]):
                     _locked(s.lock, self._adopt_locked, s, t)
                     return True
                 # Checked outside the lock: it may cost a system call.
+                # (PooledClient's validator passes a connection idle less than
+                # CHECK_IDLE_AFTER without a look: that call is saved, as read now.)
                 idle = now - t.released
-                if validate is None or idle < self._validate_after or validate(t.obj, idle):
+                if (
+                    validate is None
+                    or (validate is _client_is_reusable and idle < CHECK_IDLE_AFTER)
+                    or validate(t.obj, idle)
+                ):
                     return True
                 self._settle(s, t, None, True)
                 t.obj = _EMPTY
@@ -619,7 +622,6 @@ class PooledClient(Commands):
             timeout=pool_timeout,
             validate=_client_is_reusable,
         )
-        self.client_pool._validate_after = CHECK_IDLE_AFTER
 
     def _create_client(self) -> Client:
         client = self.client_class.from_options(self.server, self.options)
