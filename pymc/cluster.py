@@ -358,6 +358,13 @@ _ANY_KEY = frozenset(
 )
 
 
+# Commands whose Client method checks its key before anything else (before any I/O, and
+# before serializing a value), with the same rule as this client: HashClient leaves the check
+# to the node's client, and makes it itself only when something fails first (no node, a
+# resting node, a connection that failed), so a bad key always raises as a bad key, once.
+_NODE_CHECKS_KEY = frozenset(["get", "set", "add", "replace", "append", "prepend", "delete"])
+
+
 def _keyed(
     method: Callable[Concatenate[Client, P], R],
 ) -> Callable[Concatenate[HashClient, P], R]:
@@ -368,9 +375,9 @@ def _keyed(
 
     def call(self: HashClient, /, *args: P.args, **kwargs: P.kwargs) -> R:
         if args:  # the key by position: the common case
-            return self._run(command, args[0], args[1:], kwargs, on_failure)  # type: ignore[arg-type,no-any-return]
+            return self._run(command, args[0], args, kwargs, on_failure)  # type: ignore[arg-type,no-any-return]
         key, rest, kw = _split_key(args, kwargs)
-        return self._run(command, key, rest, kw, on_failure)  # type: ignore[no-any-return]
+        return self._run(command, key, (key, *rest), kw, on_failure)  # type: ignore[no-any-return]
 
     call.__name__ = call.__qualname__ = command
     call.__doc__ = method.__doc__
@@ -435,6 +442,7 @@ class HashClient:
         self.ignore_exc = options.ignore_exc
         self._prefix = options.key_prefix
         self._unicode = options.allow_unicode_keys
+        self._hooked = options.on_command is not None
         # The nodes always raise; this client decides what ignore_exc hides.
         self._node_options = dataclasses.replace(options, ignore_exc=False)
         # A probe of a dead node must end even when the client has no timeouts.
@@ -708,21 +716,24 @@ class HashClient:
         kwargs: Dict[str, Any],
         on_failure: Any,
     ) -> Any:
+        """Run ``command`` on ``key``'s node: ``args`` are the command's arguments, ``key``
+        first (passed on as they are, but for a tuple key, whose server key is dropped)."""
         nodes = self._nodes
         routing_key: Any = key
         real_key: Any = key
         if type(key) is tuple:
             routing_key, real_key = key
-        # A bad key raises here, before routing, whatever ignore_exc says.
-        if command in _ANY_KEY:
-            meta_key(real_key, self._prefix, True)  # any str/bytes key (base64 on the wire)
-        else:
-            validate_key(real_key, self._prefix, self._unicode)
+        # A bad key raises before routing, whatever ignore_exc says: checked here, or, for
+        # the commands whose client checks it first, by the node's client (and here if
+        # anything fails before: see below). An on_command hook never sees a bad key.
+        if command not in _NODE_CHECKS_KEY or self._hooked:
+            self._check_key(command, real_key)
         if self._dead:
             self._maybe_probe()
-        name = nodes._cache.get(routing_key) or nodes.node_for(routing_key)
+        name: Optional[str] = None
         pool: Optional[PooledClient] = None
         try:
+            name = nodes._cache.get(routing_key) or nodes.node_for(routing_key)
             if name is None:
                 raise self._no_nodes()
             if self._failures and self._fail_fast(name):
@@ -733,20 +744,30 @@ class HashClient:
                     partial(self._still_usable, name),
                     partial(self._count_failure, name),
                 )
+            if real_key is not key:  # a (server_key, key) tuple: the node gets the key
+                args = (real_key, *args[1:])
             pool = nodes.clients[name]
-            result = pool.run(command, (real_key, *args), kwargs, *checks)
+            result = pool.run(command, args, kwargs, *checks)
         except MemcacheIllegalInputError:
             raise  # bad input is the caller's to fix: never hidden by ignore_exc
         except Exception as exc:
+            self._check_key(command, real_key)  # a bad key is the error, whatever failed
             # (Without a retry policy the pool counted it, before the connection went back.)
             if name is not None and (pool is None or pool.retry is not None):
                 self._count_failure(name, exc)
             if self.ignore_exc:
-                return on_failure(args, kwargs) if callable(on_failure) else on_failure
+                return on_failure(args[1:], kwargs) if callable(on_failure) else on_failure
             raise
         if self._failures and name in self._failures:
             self._succeeded(name)
         return result
+
+    def _check_key(self, command: str, key: Any) -> None:
+        """Raise MemcacheIllegalInputError if ``key`` is no key ``command`` takes."""
+        if command in _ANY_KEY:
+            meta_key(key, self._prefix, True)  # any str/bytes key (base64 on the wire)
+        else:
+            validate_key(key, self._prefix, self._unicode)
 
     # ------------------------------------------------------------------ fan-out
 
@@ -809,7 +830,11 @@ class HashClient:
         results: Dict[str, Any] = {}
         failed: Dict[str, Exception] = {}
         noted: Set[str] = set()  # nodes whose failure is counted already
-        pending = sorted(name for name, part in parts.items() if part is not None)
+        pending: List[str] = []
+        solo: List[str] = []
+        for name, part in parts.items():
+            (pending if part is not None else solo).append(name)
+        pending.sort()
         while pending:
             # Every lease is in ``leases`` before its connection is taken, so the finally
             # below gives back every connection, wherever an exception lands.
@@ -829,7 +854,6 @@ class HashClient:
                     _give_back(leases, results)  # the first give-back was interrupted
                     raise
             pending = busy
-        solo = [name for name, part in parts.items() if part is None]
         for name in solo:
             try:
                 results[name] = alone(name)
@@ -884,52 +908,60 @@ class HashClient:
         """One round of a fan-out: take a connection for each pending node that has one
         free (a node with none goes to ``busy``); when none was free, wait for the first
         busy node's alone; then exchange requests and replies on what was taken. Each
-        lease is in ``leases`` before its connection is taken: the caller gives them back."""
+        lease is in ``leases`` before its connection is taken: the caller gives them back.
+        A connection given back unused (its node failed while this fan-out waited for it)
+        is never exchanged on: only the connections in ``taken`` are."""
+        taken: List[Tuple[str, Client]] = []
+        clients = nodes.clients
         for name in pending:
             if self._failures and self._fail_fast(name):
                 failed[name] = _NodeResting(f"{name} failed recently")
                 continue
-            leases.append((name, nodes.clients[name].client_pool.lease()))
+            lease = Lease(clients[name].client_pool)
+            leases.append((name, lease))
             try:
-                if leases[-1][1].take(wait=False) is None:
-                    busy.append(name)
+                conn = lease.take(wait=False)
             except Exception as exc:
                 failed[name] = exc
-        if busy and not any(lease.obj is not None for _, lease in leases):
+                continue
+            if conn is None:
+                busy.append(name)
+            else:
+                taken.append((name, conn))
+        if busy and not taken:
             name = busy.pop(0)  # wait for this node alone, holding no connection
-            leases.append((name, nodes.clients[name].client_pool.lease()))
+            lease = clients[name].client_pool.lease()
+            leases.append((name, lease))
             try:
-                leases[-1][1].take()
-                self._still_usable_after_wait(name, leases[-1][1])
+                conn = lease.take()
+                self._still_usable_after_wait(name, lease)
             except Exception as exc:  # no free connection in time: this node only
                 failed[name] = exc
-        self._exchange(leases, parts, results, failed, observe)
+            else:
+                taken.append((name, conn))  # type: ignore[arg-type]
+        self._exchange(taken, parts, results, failed, observe)
 
     @staticmethod
     def _exchange(
-        leases: List[Tuple[str, Lease[Client]]],
+        taken: List[Tuple[str, Client]],
         parts: Dict[str, Optional[Part]],
         results: Dict[str, Any],
         failed: Dict[str, Exception],
         observe: Optional[Observe] = None,
     ) -> None:
-        """Send every leased connection its node's request, then read each reply."""
+        """Send every taken connection its node's request, then read each reply."""
         if observe is not None:
-            HashClient._observed_exchange(leases, parts, results, failed, observe)
+            HashClient._observed_exchange(taken, parts, results, failed, observe)
             return
-        sent: List[Tuple[str, Client]] = []
-        for name, lease in leases:
-            conn = lease.obj
-            if conn is None:
-                continue
-            request, expect, _ = parts[name]  # type: ignore[misc]
+        sent: List[Tuple[str, Client, Part]] = []
+        for name, conn in taken:
+            part: Part = parts[name]  # type: ignore[assignment]
             try:
-                conn.send(request, expect is None)
-                sent.append((name, conn))
+                conn.send(part[0], part[1] is None)
+                sent.append((name, conn, part))
             except Exception as exc:
                 failed[name] = exc
-        for name, conn in sent:
-            _, expect, finish = parts[name]  # type: ignore[misc]
+        for name, conn, (_, expect, finish) in sent:
             try:
                 results[name] = finish(None if expect is None else conn.receive(expect()))
             except Exception as exc:
@@ -937,7 +969,7 @@ class HashClient:
 
     @staticmethod
     def _observed_exchange(
-        leases: List[Tuple[str, Lease[Client]]],
+        taken: List[Tuple[str, Client]],
         parts: Dict[str, Optional[Part]],
         results: Dict[str, Any],
         failed: Dict[str, Exception],
@@ -948,10 +980,7 @@ class HashClient:
         ends: Dict[str, Optional[CommandEnd]] = {}
         try:
             sent: List[Tuple[str, Client]] = []
-            for name, lease in leases:
-                conn = lease.obj
-                if conn is None:
-                    continue
+            for name, conn in taken:
                 request, expect, _ = parts[name]  # type: ignore[misc]
                 ends[name] = observe(name)
                 try:
@@ -989,7 +1018,8 @@ class HashClient:
         return observe
 
     def _retrieve(self, command: str, keys: Iterable[AnyKey], with_cas: bool) -> Dict[Any, Any]:
-        keys = list(keys)
+        if type(keys) is not list:
+            keys = list(keys)
         if not keys:
             return {}
         nodes = self._nodes
@@ -997,26 +1027,30 @@ class HashClient:
         # Every key is checked before anything is routed or sent; spellings of one key
         # (str and bytes) are one key, answered under its last spelling, as by Client.
         # ``(server_key, key)`` tuples are routed by their server key: two tuples naming
-        # one key on two nodes are two keys; on one node, one (the last).
-        if any(type(k) is tuple for k in keys):
-            raw_of: Dict[AnyKey, bytes] = {key: self._raw(key) for key in keys}
-            unique: Iterable[AnyKey] = raw_of
-        else:
-            checked = validate_keys(keys, opts.key_prefix, opts.allow_unicode_keys)  # type: ignore[arg-type]
-            raw_of = {key: raw for raw, key in checked.items()}
-            unique = checked.values()
+        # one key on two nodes are two keys; on one node, one (the last). (A tuple is no
+        # key validate_keys takes: it raises, and only then are the keys looked at.)
+        checked: Optional[Dict[bytes, AnyKey]] = None
         try:
-            groups = self._groups(nodes, unique)
+            checked = validate_keys(keys, opts.key_prefix, opts.allow_unicode_keys)  # type: ignore[arg-type,assignment]
+        except MemcacheIllegalInputError:
+            if not any(type(k) is tuple for k in keys):
+                raise
+        try:
+            if checked is not None:
+                wanted_by_node = self._placed(nodes, checked)
+            else:
+                raw_of: Dict[AnyKey, bytes] = {key: self._raw(key) for key in keys}
+                wanted_by_node = {
+                    name: {raw_of[key]: key for key in group}
+                    for name, group in self._groups(nodes, raw_of).items()
+                }
         except AllNodesDownError:
             if self.ignore_exc:
                 return {}
             raise
         cmd = command.encode()
         parts: Dict[str, Optional[Part]] = {}
-        wanted_by_node: Dict[str, Dict[bytes, AnyKey]] = {}
-        for name, group in groups.items():
-            wanted = {raw_of[key]: key for key in group}
-            wanted_by_node[name] = wanted
+        for name, wanted in wanted_by_node.items():
             request = encode_retrieval(cmd, list(wanted))
             if len(request) > opts.max_get_line:
                 parts[name] = None  # goes alone, in passes
@@ -1024,8 +1058,10 @@ class HashClient:
                 parts[name] = (request, partial(ExpectValues, wanted, None, with_cas), _items)
 
         command = "gets_many" if with_cas else "get_many"
-        by_node = {name: wanted.values() for name, wanted in wanted_by_node.items()}
-        observe = self._observer(command, nodes, by_node)
+        observe = None
+        if opts.on_command is not None:
+            by_node = {name: wanted.values() for name, wanted in wanted_by_node.items()}
+            observe = self._observer(command, nodes, by_node)
 
         def alone(name: str) -> Any:
             end = None if observe is None else observe(name)
@@ -1049,10 +1085,47 @@ class HashClient:
                 return found
 
         found = self._fan_out(command, nodes, parts, alone, observe)
+        if checked is not None:  # each raw key on one node: decoded together, in one call
+            if len(found) == 1:
+                (items,) = found.values()
+            else:
+                items = {}
+                for part in found.values():
+                    items.update(part)
+            return decode_values(items, checked, opts, with_cas)
         out: Dict[Any, Any] = {}
         for name, items in found.items():
             out.update(decode_values(items, wanted_by_node[name], opts, with_cas))
         return out
+
+    def _placed(
+        self, nodes: NodeSet, checked: Dict[bytes, AnyKey]
+    ) -> Dict[str, Dict[bytes, AnyKey]]:
+        """:meth:`_groups` for checked keys (``{raw: key}``, no tuple among them): each
+        node's ``{raw: key}``, built in one pass over the placements already cached."""
+        if self._dead:
+            self._maybe_probe()
+        if not nodes.names:
+            raise self._no_nodes()
+        cache = nodes._cache
+        placed: Dict[str, Dict[bytes, AnyKey]] = {}
+        unseen: Dict[AnyKey, bytes] = {}
+        for raw, key in checked.items():
+            name = cache.get(key)
+            if name is None:
+                unseen[key] = raw
+            else:
+                wanted = placed.get(name)
+                if wanted is None:
+                    placed[name] = {raw: key}
+                else:
+                    wanted[raw] = key
+        if unseen:  # placed by the locator (in one batch where it can), and cached
+            for name, group in self._groups(nodes, list(unseen)).items():
+                wanted = placed.setdefault(name, {})
+                for key in group:
+                    wanted[unseen[key]] = key
+        return placed
 
     def get_many(self, keys: Iterable[AnyKey]) -> Dict[Any, Any]:
         """Values of the keys present over all nodes, fetched from the nodes in parallel."""
@@ -1459,13 +1532,13 @@ class HashClient:
         return validate_key(key, prefix, self._unicode)
 
     def __getitem__(self, key: AnyKey) -> Any:
-        value = self._run("get", key, (_MISSING,), {}, _MISSING)
+        value = self._run("get", key, (key, _MISSING), {}, _MISSING)
         if value is _MISSING:
             raise KeyError(key)
         return value
 
     def __setitem__(self, key: AnyKey, value: Any) -> None:
-        self._run("set", key, (value,), {}, False)
+        self._run("set", key, (key, value), {}, False)
 
     def __delitem__(self, key: AnyKey) -> None:
-        self._run("delete", key, (), {}, False)
+        self._run("delete", key, (key,), {}, False)

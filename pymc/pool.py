@@ -103,19 +103,21 @@ def _locked(lock: Any, fn: Callable[..., Any], *args: Any) -> Any:
     with lock: return fn(*args)  # noqa: E701  # fmt: skip
 
 
+_EMPTY: Any = object()
+
+
 class _Ticket:
     """One checkout: what it holds (``obj``; ``_EMPTY`` while a slot is only reserved), and
-    when that object was made, went idle, and in which epoch (see ``clear``) it went out."""
+    when that object was made, went idle, and in which epoch (see ``clear``) it went out.
 
-    __slots__ = ("born", "epoch", "obj", "released")
+    The class holds the starting values (no ``__init__``, no ``__slots__``): a ticket is made
+    for every checkout, and this way making one runs no Python code."""
 
-    def __init__(self) -> None:
-        self.obj: Any = _EMPTY
-        self.born = self.released = 0.0
-        self.epoch = 0
+    obj: Any = _EMPTY
+    born = released = 0.0
+    epoch = 0
 
 
-_EMPTY: Any = object()
 _FULL: Any = object()  # _take_locked: no slot now, and the caller does not wait
 #: Attempts at giving a checkout back when exceptions keep interrupting it.
 _SETTLE_TRIES = 100
@@ -272,14 +274,22 @@ class ObjectPool(Generic[T]):
         now = time.monotonic()
         deadline = now + (timeout if timeout is not None else 1e9)
         while True:
-            waiter = _locked(s.lock, self._take_locked, s, t, now, deadline, wait)
+            # (_locked written out: this is every checkout. One line, as in _locked.)
+            with s.lock: waiter = self._take_locked(s, t, now, deadline, wait)  # noqa: E701  # fmt: skip
             if waiter is None:  # t holds a slot
                 if t.obj is _EMPTY:
                     t.obj = self._creator()  # one line: what is made is held by t at once
                     _locked(s.lock, self._adopt_locked, s, t)
                     return True
                 # Checked outside the lock: it may cost a system call.
-                if validate is None or validate(t.obj, now - t.released):
+                # (PooledClient's validator passes a connection idle less than
+                # CHECK_IDLE_AFTER without a look: that call is saved, as read now.)
+                idle = now - t.released
+                if (
+                    validate is None
+                    or (validate is _client_is_reusable and idle < CHECK_IDLE_AFTER)
+                    or validate(t.obj, idle)
+                ):
                     return True
                 self._settle(s, t, None, True)
                 t.obj = _EMPTY
@@ -297,7 +307,8 @@ class ObjectPool(Generic[T]):
     def _take_locked(self, s: _State, t: _Ticket, now: float, deadline: float, wait: bool) -> Any:
         """Give ``t`` an idle object or a reserved slot (None); else a lock to wait on (held:
         its release is the wake-up call), or _FULL (no waiting, or time is up)."""
-        s.waiters.pop(id(t), None)
+        if s.waiters:
+            s.waiters.pop(id(t), None)
         idle = s.idle
         if idle and (self.idle_timeout or self.max_lifetime is not None):
             self._reap_locked(s, now)
@@ -341,8 +352,14 @@ class ObjectPool(Generic[T]):
         """Give back what ticket ``t`` (or the checkout of ``obj``) holds, if anything.
         Idempotent; an exception that interrupts it (say, a timeout while it waits for the
         lock) is raised once the slot is free."""
-        pending: Optional[BaseException] = None
-        for _ in range(_SETTLE_TRIES):
+        try:  # the first try written out: it nearly always succeeds
+            with s.lock: self._settle_locked(s, t, obj, destroy)  # noqa: E701  # fmt: skip
+            if s.doomed:
+                self._drain(s)
+            return
+        except BaseException as exc:
+            pending: BaseException = exc
+        for _ in range(_SETTLE_TRIES - 1):
             try:
                 _locked(s.lock, self._settle_locked, s, t, obj, destroy)
                 if s.doomed:
@@ -350,39 +367,38 @@ class ObjectPool(Generic[T]):
                 break
             except BaseException as exc:
                 pending = exc
-        if pending is not None:
-            raise pending
+        raise pending
 
     def _settle_locked(self, s: _State, t: Optional[_Ticket], obj: Any, destroy: bool) -> None:
         if t is None:
             t = s.out.get(id(obj))
             if t is None or t.obj is not obj:
                 return  # not ours (a parent's before a fork, or given back already)
-        s.waiters.pop(id(t), None)
-        if s.waiters:  # first: waking one too many is harmless, a lost wake-up is not
-            self._notify_locked(s)
-        if s.out.get(id(t)) is t:  # a reserved slot
+        if s.waiters:
+            s.waiters.pop(id(t), None)
+            if s.waiters:  # first: waking one too many is harmless, a lost wake-up is not
+                self._notify_locked(s)
+        out = s.out
+        key = id(t.obj)
+        if out.get(key) is t:  # an object handed out (first: the common case)
+            now = time.monotonic()
+            if (
+                destroy
+                or s.retired
+                or t.epoch != s.epoch
+                or (self.max_lifetime is not None and now - t.born >= self.max_lifetime)
+            ):
+                s.doomed.append(out.pop(key).obj)
+                s.destroyed += 1
+            else:
+                s.idle.append((t.obj, now, out.pop(key).born))
+        elif out.get(id(t)) is t:  # a reserved slot (never both: see _adopt_locked)
             if t.obj is _EMPTY:
-                del s.out[id(t)]
+                del out[id(t)]
             else:  # made, never handed out
-                s.doomed.append(s.out.pop(id(t)).obj)
+                s.doomed.append(out.pop(id(t)).obj)
                 s.created += 1
                 s.destroyed += 1
-            return
-        key = id(t.obj)
-        if s.out.get(key) is not t:
-            return
-        now = time.monotonic()
-        if (
-            destroy
-            or s.retired
-            or t.epoch != s.epoch
-            or (self.max_lifetime is not None and now - t.born >= self.max_lifetime)
-        ):
-            s.doomed.append(s.out.pop(key).obj)
-            s.destroyed += 1
-        else:
-            s.idle.append((t.obj, now, s.out.pop(key).born))
 
     @staticmethod
     def _notify_locked(s: _State) -> None:
@@ -536,8 +552,9 @@ class Lease(Generic[T]):
         pool = self._pool
         if timeout is ...:
             timeout = pool.timeout
-        if pool._get(self._state, self._ticket, timeout if wait else 0, wait):
-            return self.obj
+        ticket = self._ticket
+        if pool._get(self._state, ticket, timeout if wait else 0, wait):
+            return ticket.obj  # type: ignore[no-any-return]
         return None
 
     def give_back(self, destroy: bool = False) -> None:

@@ -1044,6 +1044,74 @@ def test_bad_keys_raise_even_with_ignore_exc_and_a_dead_node(
     assert stat(server, "cmd_set") == 0  # nothing half-sent by the refused calls
 
 
+@pytest.mark.timeout(20)
+def test_a_fan_out_never_uses_a_connection_it_gave_back_when_its_node_failed_meanwhile(
+    new_memcached: ServerFactory,
+) -> None:
+    """A get_many that waited for a node's connection while the node failed gives the
+    connection back unused, and leaves the node's keys out (ignore_exc): it must not then
+    send on that connection, which is idle in the pool again (another thread may have it)."""
+    server = new_memcached()
+    hc = HashClient([tcp(server)], ignore_exc=True, retry_attempts=100, retry_timeout=30)
+    assert hc.set("k", b"v")
+    (name,) = hc.clients
+    pool = hc.clients[name].client_pool
+    held = pool.get()  # the node's only connection (no use_pooling: one per node)
+    gets = stat(server, "cmd_get")
+    got: Dict[str, Any] = {}
+    fan_out = threading.Thread(target=lambda: got.update(result=hc.get_many(["k"])))
+    fan_out.start()
+    try:
+        wait_until(lambda: pool.stats()["waiting"] == 1, what="the fan-out waiting")
+        hc._failed(name, pymc.MemcacheUnexpectedCloseError("failed meanwhile"))
+    finally:
+        pool.release(held)
+        fan_out.join(10)
+    assert got == {"result": {}}
+    assert stat(server, "cmd_get") == gets  # nothing was sent on the given-back connection
+    assert pool.stats()["in_use"] == 0
+
+
+# What each single-key command takes after its key, for the bad-key tests below.
+_AFTER_KEY = {
+    "get": (),
+    "set": (b"v",),
+    "add": (b"v",),
+    "replace": (b"v",),
+    "append": (b"v",),
+    "prepend": (b"v",),
+    "delete": (),
+}
+
+
+@pytest.mark.parametrize("command", sorted(_AFTER_KEY))
+@pytest.mark.parametrize("bad", [["x"], "a b", 1, "", "k" * 300])
+def test_a_bad_key_left_to_the_node_raises_as_a_bad_key_on_every_path(
+    new_memcached: ServerFactory, command: str, bad: Any
+) -> None:
+    """The commands whose key the node's client checks (HashClient does not check it
+    first): a bad key raises MemcacheIllegalInputError on a live node, a dead one, a resting
+    one and with no node at all, whatever ignore_exc says; nothing reaches a server, no
+    connection stays checked out, and an on_command hook sees nothing."""
+    server = new_memcached()
+    seen: List[Any] = []
+    live = HashClient([tcp(server)], ignore_exc=True)
+    hooked = HashClient([tcp(server)], on_command=lambda *a: seen.append(a))
+    dead = HashClient([("127.0.0.1", 1)], ignore_exc=True, connect_timeout=0.2)
+    resting = HashClient([("127.0.0.1", 1)], connect_timeout=0.2, retry_attempts=100)
+    with pytest.raises(pymc.MemcacheError):
+        resting.get("k")  # fails: the node now rests for retry_timeout
+    empty = HashClient([], ignore_exc=True)
+    for client in (live, hooked, dead, resting, empty):
+        with pytest.raises(pymc.MemcacheIllegalInputError):
+            getattr(client, command)(bad, *_AFTER_KEY[command])
+        for pool in client.clients.values():
+            assert pool.client_pool.stats()["in_use"] == 0
+    assert seen == []
+    assert stat(server, "cmd_set") == stat(server, "cmd_get") == 0
+    assert stat(server, "delete_misses") == stat(server, "delete_hits") == 0
+
+
 def test_noreply_fan_out_marks_connections_for_the_checkout_check(
     memcached_nodes: List[MemcachedProcess],
 ) -> None:

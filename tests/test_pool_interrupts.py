@@ -23,6 +23,7 @@ from support.servers import MemcachedProcess
 import pymc.pool
 from pymc import (
     Client,
+    HashClient,
     MemcacheIllegalInputError,
     MemcachePoolTimeoutError,
     ObjectPool,
@@ -287,6 +288,45 @@ def test_injection_at_every_line_of_pooled_client_calls(memcached: MemcachedProc
             client.get("bad key")
 
     covered = [every_line(fn, check) for fn in (warm, cold, failing)]
+    assert all(n > 10 for n in covered), covered
+
+
+def test_injection_at_every_line_of_hash_client_checkouts(
+    memcached_nodes: List[MemcachedProcess],
+) -> None:
+    """HashClient's checkouts: a keyed call through PooledClient, and a fan-out's leases
+    (taken without waiting, given back after the exchange). Wherever in the pool an
+    exception lands, no slot is lost and no connection is left outside its pool."""
+    CountedClient.made = []
+    servers = [tcp(n) for n in memcached_nodes]
+    client = HashClient(servers, use_pooling=True, max_pool_size=2, pool_timeout=2, timeout=5)
+    client.client_class = CountedClient
+    for pool in client.clients.values():
+        pool.client_class = CountedClient
+    values = {f"k{i}": b"v%d" % i for i in range(12)}
+    assert client.set_many(values) == []
+    assert len({client.snapshot.node_for(k) for k in values}) > 1  # a real fan-out
+
+    def check(where: str) -> None:
+        for name, pool in client.clients.items():
+            s = pool.client_pool.stats()
+            assert s["in_use"] == 0 and s["waiting"] == 0, (where, name, s)
+        assert client.get_many(list(values)) == values, where  # no stale reply anywhere
+        idle = [c for p in client.clients.values() for c in p.client_pool.idle_objects()]
+        leaked = [c for c in CountedClient.made if c.sock is not None and c not in idle]
+        assert not leaked, f"{where}: open connections outside the pools: {leaked}"
+
+    def get() -> None:
+        assert client.get("k3") == b"v3"
+
+    def get_many() -> None:
+        assert client.get_many(list(values)) == values
+
+    def cold_get_many() -> None:  # every connection made anew
+        client.close()
+        assert client.get_many(list(values)) == values
+
+    covered = [every_line(fn, check) for fn in (get, get_many, cold_get_many)]
     assert all(n > 10 for n in covered), covered
 
 
