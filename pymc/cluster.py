@@ -752,6 +752,8 @@ class HashClient:
             raise  # bad input is the caller's to fix: never hidden by ignore_exc
         except Exception as exc:
             self._check_key(command, real_key)  # a bad key is the error, whatever failed
+            if name is None and not isinstance(exc, MemcacheError):
+                raise  # the key could not be routed (an unhashable server key): no node failed
             # (Without a retry policy the pool counted it, before the connection went back.)
             if name is not None and (pool is None or pool.retry is not None):
                 self._count_failure(name, exc)
