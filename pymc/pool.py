@@ -93,8 +93,9 @@ if hasattr(os, "register_at_fork"):
 #   before anything is taken), never only in a return value, so whoever handles an
 #   exception can look up and give back what the ticket holds; giving back (``_settle``) is
 #   idempotent and, if interrupted, finishes first and raises after;
-# * the lock is taken by ``_locked``: one line, so nothing can land between acquiring it
-#   and entering the guarded call, or between leaving that call and letting go;
+# * the lock is taken by ``_locked``, or by a ``with`` whose body is the guarded call: one
+#   line, so nothing can land between acquiring it and entering the guarded call, or
+#   between leaving that call and letting go;
 # * callers nest two handlers, so an exception landing in the first handler (while it
 #   handles another) is caught by the second, which gives back what is still held.
 
@@ -103,22 +104,23 @@ def _locked(lock: Any, fn: Callable[..., Any], *args: Any) -> Any:
     with lock: return fn(*args)  # noqa: E701  # fmt: skip
 
 
-class _Ticket:
-    """One checkout: what it holds (``obj``; ``_EMPTY`` while a slot is only reserved), and
-    when that object was made, went idle, and in which epoch (see ``clear``) it went out."""
-
-    __slots__ = ("born", "epoch", "obj", "released")
-
-    def __init__(self) -> None:
-        self.obj: Any = _EMPTY
-        self.born = self.released = 0.0
-        self.epoch = 0
-
-
 _EMPTY: Any = object()
 _FULL: Any = object()  # _take_locked: no slot now, and the caller does not wait
-#: Attempts at giving a checkout back when exceptions keep interrupting it.
-_SETTLE_TRIES = 100
+#: Attempts at giving a checkout back when exceptions keep interrupting it (a range made
+#: once: the loop runs on every checkin).
+_SETTLE_TRIES = range(100)
+
+
+class _Ticket:
+    """One checkout: what it holds (``obj``; ``_EMPTY`` while a slot is only reserved), and
+    when that object was made, went idle, and in which epoch (see ``clear``) it went out.
+
+    The starting values are the class's: one is made per checkout, and a class without
+    ``__init__`` is made without running any Python code."""
+
+    obj: Any = _EMPTY
+    born = released = 0.0
+    epoch = 0
 
 
 def _waiter_factory(lock_generator: Callable[[], Any]) -> Callable[[], Any]:
@@ -272,7 +274,8 @@ class ObjectPool(Generic[T]):
         now = time.monotonic()
         deadline = now + (timeout if timeout is not None else 1e9)
         while True:
-            waiter = _locked(s.lock, self._take_locked, s, t, now, deadline, wait)
+            # One line, as in _locked (without its call through *args: the hot path).
+            with s.lock: waiter = self._take_locked(s, t, now, deadline, wait)  # noqa: E701  # fmt: skip
             if waiter is None:  # t holds a slot
                 if t.obj is _EMPTY:
                     t.obj = self._creator()  # one line: what is made is held by t at once
@@ -297,7 +300,8 @@ class ObjectPool(Generic[T]):
     def _take_locked(self, s: _State, t: _Ticket, now: float, deadline: float, wait: bool) -> Any:
         """Give ``t`` an idle object or a reserved slot (None); else a lock to wait on (held:
         its release is the wake-up call), or _FULL (no waiting, or time is up)."""
-        s.waiters.pop(id(t), None)
+        if s.waiters:
+            s.waiters.pop(id(t), None)
         idle = s.idle
         if idle and (self.idle_timeout or self.max_lifetime is not None):
             self._reap_locked(s, now)
@@ -342,9 +346,9 @@ class ObjectPool(Generic[T]):
         Idempotent; an exception that interrupts it (say, a timeout while it waits for the
         lock) is raised once the slot is free."""
         pending: Optional[BaseException] = None
-        for _ in range(_SETTLE_TRIES):
+        for _ in _SETTLE_TRIES:
             try:
-                _locked(s.lock, self._settle_locked, s, t, obj, destroy)
+                with s.lock: self._settle_locked(s, t, obj, destroy)  # noqa: E701  # fmt: skip
                 if s.doomed:
                     self._drain(s)
                 break
@@ -358,9 +362,10 @@ class ObjectPool(Generic[T]):
             t = s.out.get(id(obj))
             if t is None or t.obj is not obj:
                 return  # not ours (a parent's before a fork, or given back already)
-        s.waiters.pop(id(t), None)
         if s.waiters:  # first: waking one too many is harmless, a lost wake-up is not
-            self._notify_locked(s)
+            s.waiters.pop(id(t), None)
+            if s.waiters:
+                self._notify_locked(s)
         if s.out.get(id(t)) is t:  # a reserved slot
             if t.obj is _EMPTY:
                 del s.out[id(t)]
