@@ -418,6 +418,38 @@ def _sender_for(sock: Any) -> Callable[[Any, bytes], None]:
     return _yielding_sender(sleep)
 
 
+#: Patched ``select.poll`` -> the original it replaced (see :func:`_unpatched_poll`).
+_ORIGINAL_POLLS: Dict[Any, Any] = {}
+
+
+def _unpatched_poll() -> Any:
+    """``select.poll`` as the operating system gives it, or None where there is none.
+
+    :meth:`Client.is_clean` polls with a zero timeout: it never waits, so it needs no
+    cooperation from an event loop. gevent's patched ``poll`` makes even that a trip
+    through the hub (a timer and a switch: about 20 us, and every other ready greenlet runs
+    before the check returns), paid on each checkout of a connection that sat idle. Under
+    gevent's monkey-patching the original is found through ``gevent.monkey.get_original``
+    (pymc imports no gevent: it is already loaded when ``select`` is patched), looked up
+    on each call as the patching may come after ``import pymc``."""
+    poll = getattr(select, "poll", None)
+    if poll is None or isinstance(poll, types.BuiltinFunctionType):
+        return poll
+    original = _ORIGINAL_POLLS.get(poll)
+    if original is None:
+        original = poll
+        get_original = getattr(sys.modules.get("gevent.monkey"), "get_original", None)
+        if callable(get_original):
+            try:
+                found = get_original("select", "poll")
+            except Exception:  # an unexpected gevent: keep what select has
+                found = None
+            if isinstance(found, types.BuiltinFunctionType):
+                original = found
+        _ORIGINAL_POLLS[poll] = original
+    return original
+
+
 def resolve_noreply(noreply: Optional[bool], default: bool) -> bool:
     """The one rule for ``noreply``: the argument when given, else ``default_noreply``."""
     return default if noreply is None else bool(noreply)
@@ -855,10 +887,10 @@ class Client:
         try:
             if isinstance(sock, ssl.SSLSocket) and sock.pending():
                 return False  # decrypted bytes already inside the TLS layer: unread
-            # Looked up on each call: under gevent's patch_all this is gevent's poll (the
-            # check then also works when pymc was imported first); where there is no poll
-            # at all (Windows), selectors picks what the platform has.
-            poll = getattr(select, "poll", None)
+            # The operating system's poll, even under gevent's patch_all (see
+            # _unpatched_poll); where there is no poll at all (Windows), selectors picks
+            # what the platform has.
+            poll = _unpatched_poll()
             if poll is not None:
                 poller = poll()
                 poller.register(sock, select.POLLIN | select.POLLPRI)

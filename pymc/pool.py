@@ -93,8 +93,9 @@ if hasattr(os, "register_at_fork"):
 #   before anything is taken), never only in a return value, so whoever handles an
 #   exception can look up and give back what the ticket holds; giving back (``_settle``) is
 #   idempotent and, if interrupted, finishes first and raises after;
-# * the lock is taken by ``_locked``: one line, so nothing can land between acquiring it
-#   and entering the guarded call, or between leaving that call and letting go;
+# * the lock is taken by ``_locked``, or by a ``with`` whose body is the guarded call: one
+#   line, so nothing can land between acquiring it and entering the guarded call, or
+#   between leaving that call and letting go;
 # * callers nest two handlers, so an exception landing in the first handler (while it
 #   handles another) is caught by the second, which gives back what is still held.
 

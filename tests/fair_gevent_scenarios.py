@@ -158,9 +158,57 @@ def noreply_writer_lets_readers_run(args: Args) -> None:
     assert seen[0] < sets // 2 and seen[-1] < sets, seen
 
 
+def idle_check_does_not_yield(args: Args) -> None:
+    """The pool's check of a connection that sat idle (``Client.is_clean``, a zero-timeout
+    poll) never waits, so it must not go through the hub: with gevent's patched ``poll`` it
+    did, a trip costing every other greenlet's turn in between (and each round of a pool
+    whose connections all idled began with a thousand of them). It still sees unread bytes
+    and the server's close."""
+    import greenlet  # type: ignore[import-untyped]
+
+    monkey.patch_all()
+    server = (args["server"][0], int(args["server"][1]))
+    client = pymc.Client(server, timeout=5)
+    pool = pymc.PooledClient(server, timeout=5)
+    assert client.set("fair:idle", b"v") and pool.get("fair:idle") == b"v"
+    time.sleep(0.1)  # past the pool's idle check threshold
+
+    switches: List[Any] = []
+    ran: List[str] = []
+    gevent.spawn(ran.append, "other")  # ready to run at the first trip through the hub
+    previous = greenlet.settrace(lambda event, args: switches.append(event))
+    try:
+        clean = client.is_clean()
+        conn = pool.client_pool.get()  # idle past the threshold: checked before reuse
+        pool.client_pool.release(conn)
+    finally:
+        greenlet.settrace(previous)
+    assert clean is True
+    assert switches == [] and ran == [], (switches, ran)
+    stats = pool.client_pool.stats()
+    assert stats["created"] == 1 and stats["destroyed"] == 0, stats  # reused, not replaced
+
+    # Dirty connections are still seen: unread bytes, then the server's close (EOF).
+    client.sock.sendall(b"version\r\n")  # type: ignore[union-attr]
+    deadline = time.monotonic() + 5
+    while client.is_clean() and time.monotonic() < deadline:
+        gevent.sleep(0.01)
+    assert client.is_clean() is False
+    client.close()
+    assert client.get("fair:idle") == b"v"
+    client.sock.sendall(b"quit\r\n")  # type: ignore[union-attr]
+    deadline = time.monotonic() + 5
+    while client.is_clean() and time.monotonic() < deadline:
+        gevent.sleep(0.01)
+    assert client.is_clean() is False
+    client.close()
+    pool.close()
+
+
 SCENARIOS = {
     "one_get_is_not_starved": one_get_is_not_starved,
     "noreply_writer_lets_readers_run": noreply_writer_lets_readers_run,
+    "idle_check_does_not_yield": idle_check_does_not_yield,
 }
 
 

@@ -41,6 +41,15 @@ def test_a_greenlet_storing_with_noreply_does_not_stall_a_reader(
     assert f"scenario {name} passed" in out
 
 
+@pytest.mark.skipif(monkey.is_module_patched("socket"), reason="starts its own gevent process")
+@pytest.mark.timeout(60)
+def test_the_pools_idle_check_does_not_go_through_the_hub(memcached: MemcachedProcess) -> None:
+    args = {"server": list(tcp(memcached))}
+    name = "idle_check_does_not_yield"
+    out = gevent_runner.run_scenario("fair_gevent_scenarios.py", name, args)
+    assert f"scenario {name} passed" in out
+
+
 @pytest.mark.skipif(monkey.is_module_patched("time"), reason="needs the blocking time.sleep")
 def test_blocking_sockets_never_yield(
     memcached: MemcachedProcess, monkeypatch: pytest.MonkeyPatch
