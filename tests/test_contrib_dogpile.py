@@ -128,29 +128,12 @@ class _OnOurServers:
     def _fresh(self, memcached: MemcachedProcess) -> None:
         """Each test starts on a running, empty server."""
 
-    #: Whether dogpile's two sleep-bound threaded tests (13 s a class) run in this class.
-    #: They exercise dogpile's region and lock logic over the backend; they run in the plain
-    #: class and the distributed-lock one, and the variants that change only TLS, retry,
-    #: the serializer or a timeout (which their quick tests cover) leave them out to keep
-    #: ``make test`` within its time. PYMC_ALL_FRAMEWORK_TESTS=1 runs them everywhere.
-    threaded = False
-
-    @pytest.fixture(autouse=True)
-    def _threaded_only_where_chosen(self, request: pytest.FixtureRequest) -> None:
-        name = request.node.originalname
-        if (
-            name in ("test_threaded_get_multi", "test_threaded_dogpile")
-            and not self.threaded
-            and not os.environ.get("PYMC_ALL_FRAMEWORK_TESTS")
-        ):
-            pytest.skip("sleep-bound threaded test: runs in TestPymc and TestPymcDistributed")
-
 
 # One class per PyMemcache* class of dogpile's test_memcached_backend.py.
 
 
 class TestPymc(_OnOurServers, upstream._NonDistributedMemcachedTestSuite):
-    threaded = True
+    pass
 
 
 class TestPymcDistributedWithTimeout(
@@ -164,7 +147,7 @@ class TestPymcTLS(_OnOurServers, upstream._NonDistributedTLSMemcachedTestSuite):
 
 
 class TestPymcDistributed(_OnOurServers, upstream._DistributedMemcachedTestSuite):
-    threaded = True
+    pass
 
 
 class TestPymcDistributedMutex(_OnOurServers, upstream._DistributedMemcachedMutexTestSuite):
