@@ -9,7 +9,7 @@ from typing import Callable, Tuple
 import pytest
 from support.faultproxy import FaultProxy
 from support.helpers import tcp
-from support.servers import MemcachedProcess, request
+from support.servers import MemcachedProcess, MemcachedStartError, request
 
 ProxyFactory = Callable[[Tuple[str, int]], FaultProxy]
 
@@ -248,3 +248,22 @@ def test_proxy_to_dead_upstream_closes_client(
 def test_unknown_mode_is_rejected(proxy: FaultProxy) -> None:
     with pytest.raises(ValueError):
         proxy.set_mode("drop_replies")
+
+
+@pytest.mark.timeout(30)
+def test_a_server_never_takes_another_processes_server_for_its_own() -> None:
+    """Starting a server on a port where another process's memcached answers: the new one
+    cannot bind, but its readiness probe connected to the other one and called it started,
+    so two pytest-xdist workers could share a server, each flushing and killing the other's
+    (a get that timed out in the Django suite under xdist had no other explanation)."""
+    first = MemcachedProcess().start()
+    second = MemcachedProcess()
+    second.port = first.port  # as a restart on its old port, taken meanwhile
+    try:
+        with pytest.raises(MemcachedStartError):
+            second.start()
+        assert not second.is_running()
+        assert first.is_running()
+    finally:
+        second.close()
+        first.close()

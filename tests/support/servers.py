@@ -141,9 +141,20 @@ class MemcachedProcess:
                 return log.read_text(errors="replace") or f"exit status {self.proc.returncode}"
             try:
                 self._raw_socket(0.2).close()
-                return None
             except OSError:
                 time.sleep(0.02)
+                continue
+            pid = 0 if self.unix_path else self._answering_pid()
+            if self.unix_path or pid == self.proc.pid:
+                return None
+            if pid == 0:  # it could not say yet
+                time.sleep(0.02)
+                continue
+            # Another process's server answers on the port (an xdist worker's, say, that
+            # took it between free_port() and our bind): ours is failing to bind. Tests
+            # must never share a server they think is their own.
+            self.kill()
+            return f"Address already in use: another server answers on port {self.port}"
         self.kill()
         return f"not accepting after {START_TIMEOUT}s\n" + log.read_text(errors="replace")
 
@@ -223,6 +234,13 @@ class MemcachedProcess:
             sock.close()
             raise
         return sock
+
+    def _answering_pid(self) -> int:
+        """The pid that the server answering on our address reports (0 if it cannot tell)."""
+        try:
+            return int(self.stats().get("pid", "0"))
+        except (OSError, ValueError, ConnectionError, MemcachedStartError):
+            return 0
 
     def stats(self, *args: str) -> dict[str, str]:
         with self.connect() as sock:
