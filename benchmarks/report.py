@@ -22,9 +22,10 @@ def table(results: List[Result]) -> str:
     by_case: Dict[str, Dict[str, Result]] = {}
     for r in results:
         by_case.setdefault(r.case, {})[r.client] = r
+    width = max([26, *(len(r.case) for r in results)])
     lines = [
-        f"{'case':<26} {'client':<12} {'ops/s':>10} {'p50 us':>9} {'p99 us':>9}  pymc is",
-        "-" * 86,
+        f"{'case':<{width}} {'client':<12} {'ops/s':>10} {'p50 us':>9} {'p99 us':>9}  pymc is",
+        "-" * (width + 60),
     ]
     for case, rows in by_case.items():
         mine = rows.get("pymc")
@@ -33,7 +34,7 @@ def table(results: List[Result]) -> str:
             if mine is not None and client != "pymc":
                 ratio = f"{mine.ops_per_sec / r.ops_per_sec:.2f}x {client}"
             lines.append(
-                f"{case:<26} {client:<12} {r.ops_per_sec:>10,.0f} {r.p50_us:>9.1f} "
+                f"{case:<{width}} {client:<12} {r.ops_per_sec:>10,.0f} {r.p50_us:>9.1f} "
                 f"{r.p99_us:>9.1f}  {ratio}"
             )
     return "\n".join(lines)
