@@ -41,6 +41,7 @@ from typing import (
     ParamSpec,
     Set,
     Tuple,
+    TypeGuard,
     TypeVar,
     Union,
 )
@@ -123,6 +124,14 @@ def _is_connection_failure(exc: BaseException) -> bool:
     return isinstance(
         exc, (MemcacheNetworkError, MemcacheProtocolError, MemcacheServerRefusedError)
     ) and not isinstance(exc, _NodeResting)
+
+
+def _retried_alone(
+    policy: Optional[RetryPolicy], command: str, error: Exception
+) -> TypeGuard[RetryPolicy]:
+    """Whether a fan-out retries a node that failed with ``error`` alone (the one rule for
+    its retry and for counting the failure before the connections go back)."""
+    return policy is not None and not policy.exhausted and policy.is_retryable(command, error)
 
 
 #: A node's part of a fan-out: its request, the reader of its reply (None: noreply) and
@@ -864,7 +873,7 @@ class HashClient:
         first: Optional[Exception] = None
         policy = self.retry
         for name, error in failed.items():
-            if policy is not None and not policy.exhausted and policy.is_retryable(command, error):
+            if _retried_alone(policy, command, error):
                 try:  # the node alone, with the attempts the policy has left
                     results[name] = call_with_retry(policy.increment(), command, alone, name)
                     continue
@@ -891,7 +900,7 @@ class HashClient:
         for name, error in failed.items():
             if name in noted or not _is_connection_failure(error):
                 continue
-            if policy is not None and not policy.exhausted and policy.is_retryable(command, error):
+            if _retried_alone(policy, command, error):
                 continue  # retried alone after this round: counted if that fails too
             noted.add(name)
             self._failed(name, error)
