@@ -47,6 +47,7 @@ from typing import (
 
 from .exceptions import (
     MemcacheAuthenticationError,
+    MemcacheAuthNotRequiredError,
     MemcacheConnectError,
     MemcacheConnectTimeoutError,
     MemcacheError,
@@ -88,7 +89,9 @@ from .protocol import (
     Reader,
     Reply,
     Rule,
+    asks_for_auth,
     encode_auth,
+    encode_auth_probe,
     encode_cache_memlimit,
     encode_config_get,
     encode_delete,
@@ -859,7 +862,21 @@ class Client:
         raise error or OSError(f"no address found for {host}")
 
     def _authenticate(self, username: str, password: str) -> None:
-        reply = self.request(encode_auth(username, password), ExpectReplies(RULES["auth"]))[0]
+        """ASCII auth, only on a server that asks for it: the credentials are a ``set``
+        that a server without ``-Y`` would store (see ``encode_auth_probe``)."""
+        credentials = encode_auth(username, password)  # refused before anything is sent
+        probe = self.request(encode_auth_probe(), ExpectReplies(RULES["version"]))[0]
+        if not asks_for_auth(probe):
+            self.close()
+            name = server_name(self.server)
+            if type(probe) is ErrorReply:
+                raise probe.exception("version, sent before the credentials, which were not sent")
+            raise MemcacheAuthNotRequiredError(
+                f"{name} does not require authentication (it answered a command sent "
+                "without credentials), so the username and password were not sent: "
+                "start memcached with -Y, or connect without credentials"
+            )
+        reply = self.request(credentials, ExpectReplies(RULES["auth"]))[0]
         if reply is STORED:
             return
         self.close()

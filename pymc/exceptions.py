@@ -14,6 +14,7 @@ from typing import Tuple, Type
 __all__ = [
     "AllNodesDownError",
     "ClusterNotReadyError",
+    "MemcacheAuthNotRequiredError",
     "MemcacheAuthenticationError",
     "MemcacheClientError",
     "MemcacheConnectError",
@@ -50,7 +51,15 @@ class MemcacheIllegalInputError(MemcacheClientError):
 
 
 class MemcacheAuthenticationError(MemcacheClientError):
-    """The server refused the username and password (ASCII auth, ``memcached -Y``)."""
+    """ASCII authentication (``memcached -Y``) failed: the server refused the username
+    and password, or (:class:`MemcacheAuthNotRequiredError`) never asked for them."""
+
+
+class MemcacheAuthNotRequiredError(MemcacheAuthenticationError):
+    """A username and password were given, but the server does not require them: it
+    answered a command sent without them. The credentials were not sent (a server without
+    ``-Y`` would have stored them as an item named ``auth``) and the connection was
+    closed. Start the server with ``-Y``, or drop the credentials."""
 
 
 class MemcacheServerError(MemcacheError):

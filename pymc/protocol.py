@@ -72,7 +72,9 @@ __all__ = [
     "Stat",
     "Value",
     "Version",
+    "asks_for_auth",
     "encode_auth",
+    "encode_auth_probe",
     "encode_cache_memlimit",
     "encode_config_get",
     "encode_delete",
@@ -357,6 +359,24 @@ def encode_auth(username: Union[str, bytes], password: Union[str, bytes]) -> byt
     if not isinstance(secret, bytes) or not secret or b"\r\n" in secret:
         raise MemcacheIllegalInputError("a password must be non-empty and hold no CRLF")
     return encode_storage(b"set", b"auth", user + b" " + secret)
+
+
+def encode_auth_probe() -> bytes:
+    """The request sent before the credentials, read with ``RULES["version"]`` and judged
+    by :func:`asks_for_auth`. memcached ``-Y`` answers every command of a connection not
+    yet authenticated with ``CLIENT_ERROR unauthenticated`` (and drops whatever was
+    pipelined behind it, so the credentials go out only after the answer). A server
+    without ``-Y`` answers normally: sent to it, the credentials would be stored as an
+    item named ``auth``."""
+    return b"version\r\n"
+
+
+def asks_for_auth(reply: object) -> bool:
+    """Whether the answer to :func:`encode_auth_probe` asks for the credentials: a
+    ``CLIENT_ERROR`` to a command without arguments can only refuse the client itself.
+    Anything else (a ``VERSION``, ``ERROR``, ``SERVER_ERROR`` from a proxy) does not, and
+    the credentials must not be sent."""
+    return type(reply) is ErrorReply and reply.kind == b"CLIENT_ERROR"
 
 
 # --------------------------------------------------------------------------- replies
