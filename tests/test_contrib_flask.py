@@ -27,8 +27,9 @@ from contrib_flask_suites import cachelib_suite, flask_caching_app_suite, flask_
 from support.faultproxy import FaultProxy
 from support.servers import MemcachedProcess
 
-from pymc import HashClient
+from pymc import Client, HashClient, PooledClient
 from pymc.contrib.flask import DEFAULT_CONNECT_TIMEOUT, DEFAULT_TIMEOUT, PymcCache
+from pymc.serde import pickle_serde
 
 CACHELIB = cachelib_suite()
 FLASK_CACHING = flask_caching_suite()
@@ -483,3 +484,44 @@ def test_non_blocking_pool_fails_at_once_when_full(
     assert slow == ["v"]
     proxy.set_mode("pass")
     assert cache.get("k") == "v"
+
+
+def _flask_cache_over(kind: str, servers: List[str]) -> PymcCache:
+    """A PymcCache built from server addresses (its own HashClient) or handed a ready
+    client, as the docstring invites."""
+    options: Dict[str, Any] = {
+        "serde": pickle_serde,
+        "allow_unicode_keys": True,
+        "timeout": 2.0,
+        "connect_timeout": 2.0,
+    }
+    if kind == "servers":
+        return PymcCache(servers)
+    if kind == "PooledClient":
+        return PymcCache(PooledClient(servers[0], **options))
+    return PymcCache(Client(servers[0], **options))
+
+
+@pytest.mark.parametrize("kind", ["servers", "PooledClient", "Client"])
+def test_set_many_with_one_oversized_value_returns_the_keys_stored(
+    memcached: MemcachedProcess, kind: str
+) -> None:
+    # The session server runs with -I 1m: a 2 MB value is over its item size.
+    cache = _flask_cache_over(kind, [memcached.server])
+    mapping = {"small-1": "a", "huge": b"x" * (2 * 1024 * 1024), "small-2": {"b": 2}}
+    assert cache.set_many(mapping) == ["small-1", "small-2"]
+    assert cache.get_dict(*mapping) == {"small-1": "a", "huge": None, "small-2": {"b": 2}}
+    cache.close()
+
+
+def test_set_many_with_one_oversized_value_over_many_nodes(
+    memcached_nodes: List[MemcachedProcess],
+) -> None:
+    cache = PymcCache([node.server for node in memcached_nodes], key_prefix="big:")
+    cache.clear()
+    mapping: Dict[str, Any] = {f"small-{i}": i for i in range(20)}
+    mapping["huge"] = b"x" * (2 * 1024 * 1024)  # memcached's default item size max is 1 MB
+    stored = cache.set_many(mapping)
+    assert stored == [k for k in mapping if k != "huge"]
+    assert cache.get_dict(*mapping) == {k: (None if k == "huge" else v) for k, v in mapping.items()}
+    cache.close()

@@ -17,7 +17,9 @@ values are pickled unless they are exactly ``str``, ``bytes`` or ``int``; a key 
 hold is a miss for the readers. A backend failure (a dead server, a timeout, a full pool, a
 value over the server's item size) is the documented failure return: ``None`` from ``get`` and
 ``inc``/``dec``, ``False`` from ``set``/``add``/``delete``/``has``/``clear``, the keys that did
-succeed from ``set_many``/``delete_many``. Pickling errors are raised.
+succeed from ``set_many``/``delete_many`` (when the server refuses some values of a
+``set_many``, say one over its item size, the others are stored and returned). Pickling
+errors are raised.
 
 Differences, all on the safe side: pooling is on (one pool of connections per server, safe to
 share between threads and greenlets); ``inc``/``dec`` are a bounded compare-and-swap loop with
@@ -35,7 +37,15 @@ import random
 import time
 from typing import Any, Dict, List, Mapping, Optional, Union
 
-from pymc import HashClient, MemcacheError
+from pymc import (
+    HashClient,
+    MemcacheAuthenticationError,
+    MemcacheClientError,
+    MemcacheError,
+    MemcacheNetworkError,
+    MemcacheServerError,
+    MemcacheServerRefusedError,
+)
 from pymc.client import DEFAULT_CONNECT_TIMEOUT, DEFAULT_TIMEOUT  # pymc's own: 2 s each
 from pymc.protocol import validate_key
 from pymc.serde import PickleSerde
@@ -68,6 +78,15 @@ Timeout = Union[int, float, dt.timedelta, None]
 # What a failed command may raise: pymc's errors (network errors are also OSErrors) and the
 # socket module's own, which a custom socket_module may let through.
 _FAILURES = (MemcacheError, OSError)
+
+
+def _refused_some_keys(exc: BaseException) -> bool:
+    """Whether a failed ``set_many`` was refused by the server for some keys, each refusal
+    in step (``SERVER_ERROR object too large for cache``, a ``CLIENT_ERROR``): the other
+    keys were stored. Not a failure of the connection or of the whole client."""
+    return isinstance(exc, (MemcacheServerError, MemcacheClientError)) and not isinstance(
+        exc, (MemcacheNetworkError, MemcacheServerRefusedError, MemcacheAuthenticationError)
+    )
 
 
 class PymcCache(_Base):
@@ -268,9 +287,20 @@ class PymcCache(_Base):
             return []
         try:
             failed = set(self.client.set_many(values, expire, noreply=False))
-        except _FAILURES:
-            return []
+        except _FAILURES as exc:
+            if not _refused_some_keys(exc):
+                return []  # the connection failed: what was stored is unknown
+            # The server refused some keys (a value over its item size) after storing the
+            # others, and the error does not say which: store key by key to find out.
+            # Only on this failure path, and each write is the one just made again.
+            return [key_of[full] for full in values if self._set_stored(full, values[full], expire)]
         return [key_of[full] for full in values if full not in failed]
+
+    def _set_stored(self, full: str, value: Any, expire: int) -> bool:
+        try:
+            return bool(self.client.set(full, value, expire, noreply=False))
+        except _FAILURES:
+            return False
 
     def delete(self, key: str) -> bool:
         full = self._key(key)
