@@ -1997,7 +1997,8 @@ def begin_command(
     None, or a callable that :func:`end_command` calls once when the command ends.
 
     ``command`` is the name of the method called (``"get"``, ``"set_many"``, ...), ``keys``
-    the caller's keys as given (without the key prefix; empty for a command without keys),
+    the caller's keys as given (without the key prefix; for ``stats``, its arguments, such
+    as ``("slabs",)``; empty for the other commands without keys),
     ``server`` the node's ``(host, port)`` or UNIX socket path. The hook runs in the
     caller's thread (or greenlet), in its context, so a tracer's span started there nests
     under the caller's span. A fan-out over several nodes starts one observation per node
@@ -2059,15 +2060,21 @@ def _observed_class(cls: type) -> type:
     return found
 
 
+#: Commands without keys whose arguments the hook is given as ``keys``, so that a tracer
+#: can tell ``stats("slabs")`` from ``stats()``.
+_ARGS_AS_KEYS = frozenset({"stats"})
+
+
 def _observed(name: str, method: Callable[..., Any]) -> Callable[..., Any]:
     where = _KEYS_OF.get(name)
+    args_as_keys = name in _ARGS_AS_KEYS
 
     @functools.wraps(method)
     def call(self: Any, *args: Any, **kwargs: Any) -> Any:
         hook = self.options.on_command
         if self._observing or hook is None:
             return method(self, *args, **kwargs)
-        keys: Tuple[Any, ...] = ()
+        keys: Tuple[Any, ...] = args if args_as_keys else ()
         if where is not None:
             param, many = where
             by_name = not args

@@ -249,3 +249,141 @@ def test_the_instrumentor_is_the_hook_too(
     client.get("k")
     assert [s.name for s in exporter.get_finished_spans()] == ["get"]
     client.close()
+
+
+# ------------------------------------------------------------------ stats and semconv opt-in
+
+LEGACY_SCHEMA = "https://opentelemetry.io/schemas/1.11.0"
+DATABASE_SCHEMA = "https://opentelemetry.io/schemas/1.25.0"
+
+
+def make_client(kind: str, server: Tuple[str, int], hook: Any) -> Any:
+    if kind == "client":
+        return Client(server, on_command=hook)
+    if kind == "pooled":
+        return PooledClient(server, on_command=hook)
+    return HashClient([server], on_command=hook)
+
+
+@pytest.mark.parametrize("kind", ["client", "pooled", "hash"])
+def test_stats_with_an_argument_names_it_in_the_statement(
+    memcached: MemcachedProcess,
+    provider: Tuple[TracerProvider, InMemorySpanExporter],
+    kind: str,
+) -> None:
+    tracer_provider, exporter = provider
+    server = tcp(memcached)
+    hook = PymcInstrumentor(tracer_provider=tracer_provider).hook()
+    client = make_client(kind, server, hook)
+    client.stats("slabs")
+    client.stats(b"settings")
+    client.stats()
+    # pymemcache's instrumentation: the command, then its first argument.
+    assert summary(exporter.get_finished_spans()) == [
+        ("stats", attrs("stats", "slabs", server)),
+        ("stats", attrs("stats", "settings", server)),
+        ("stats", attrs("stats", "", server)),
+    ]
+    client.close()
+
+
+def test_statement_of_stats_is_pymemcaches() -> None:
+    assert statement("stats", ("slabs",)) == "stats slabs"
+    assert statement("stats", (b"items",)) == "stats items"
+    # pymemcache's instrumentation shows the first argument only.
+    assert statement("stats", ("cachedump", "1", "10")) == "stats cachedump"
+
+
+def new_attrs(command: str, keys: str, server: Tuple[str, int]) -> Dict[str, Any]:
+    """What the official database instrumentations set with
+    OTEL_SEMCONV_STABILITY_OPT_IN=database: the stable attributes only."""
+    return {
+        "db.system.name": "memcached",
+        "db.query.text": f"{command} {keys}" if keys else command,
+        "server.address": server[0],
+        "server.port": server[1],
+        "network.transport": "tcp",
+    }
+
+
+@pytest.mark.parametrize(
+    "opt_in, expected, schema",
+    [
+        (None, attrs, LEGACY_SCHEMA),
+        ("", attrs, LEGACY_SCHEMA),
+        ("http", attrs, LEGACY_SCHEMA),
+        ("database", new_attrs, DATABASE_SCHEMA),
+        ("http, database", new_attrs, DATABASE_SCHEMA),
+        ("database/dup", lambda *a: {**attrs(*a), **new_attrs(*a)}, DATABASE_SCHEMA),
+        ("database,database/dup", lambda *a: {**attrs(*a), **new_attrs(*a)}, DATABASE_SCHEMA),
+    ],
+)
+@pytest.mark.parametrize("kind", ["client", "pooled", "hash"])
+def test_semconv_stability_opt_in_chooses_the_attributes_and_schema(
+    memcached: MemcachedProcess,
+    provider: Tuple[TracerProvider, InMemorySpanExporter],
+    monkeypatch: pytest.MonkeyPatch,
+    opt_in: Any,
+    expected: Callable[[str, str, Tuple[str, int]], Dict[str, Any]],
+    schema: str,
+    kind: str,
+) -> None:
+    if opt_in is None:
+        monkeypatch.delenv("OTEL_SEMCONV_STABILITY_OPT_IN", raising=False)
+    else:
+        monkeypatch.setenv("OTEL_SEMCONV_STABILITY_OPT_IN", opt_in)
+    tracer_provider, exporter = provider
+    server = tcp(memcached)
+    hook = PymcInstrumentor(tracer_provider=tracer_provider).hook()
+    client = make_client(kind, server, hook)
+    client.set("k1", b"v")
+    client.get_many(["k1", "k2"])
+    client.stats("slabs")
+    spans = exporter.get_finished_spans()
+    assert summary(spans) == [
+        ("set", expected("set", "k1", server)),
+        ("get_many", expected("get_many", "k1 k2", server)),
+        ("stats", expected("stats", "slabs", server)),
+    ]
+    for span in spans:
+        assert span.instrumentation_scope is not None
+        assert span.instrumentation_scope.schema_url == schema
+    client.close()
+
+
+@pytest.mark.parametrize(
+    "opt_in, expected",
+    [
+        ("database", {"db.system.name", "db.query.text", "server.address", "network.transport"}),
+        ("database/dup", None),
+    ],
+)
+def test_semconv_opt_in_on_a_unix_socket(
+    memcached_unix: MemcachedProcess,
+    provider: Tuple[TracerProvider, InMemorySpanExporter],
+    monkeypatch: pytest.MonkeyPatch,
+    opt_in: str,
+    expected: Any,
+) -> None:
+    monkeypatch.setenv("OTEL_SEMCONV_STABILITY_OPT_IN", opt_in)
+    tracer_provider, exporter = provider
+    path = memcached_unix.server
+    client = Client(path, on_command=PymcInstrumentor(tracer_provider=tracer_provider).hook())
+    try:
+        client.get(b"bk")
+        [span] = exporter.get_finished_spans()
+        new = {
+            "db.system.name": "memcached",
+            "db.query.text": "get bk",
+            "server.address": path,
+            "network.transport": "pipe",
+        }
+        old = {
+            "db.system": "memcached",
+            "db.statement": "get bk",
+            "net.peer.name": path,
+            "net.transport": "other",
+        }
+        assert dict(span.attributes or {}) == (new if expected else {**old, **new})
+    finally:
+        client.close()
