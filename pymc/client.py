@@ -58,6 +58,7 @@ from .exceptions import (
     MemcacheTimeoutError,
     MemcacheUnexpectedCloseError,
     MemcacheUnknownCommandError,
+    network_error,
 )
 from .meta import (
     ExpectMeta,
@@ -829,8 +830,8 @@ class Client:
                 raise MemcacheConnectTimeoutError(
                     exc.errno, f"timed out connecting to {server_name(server)}"
                 ) from exc
-            raise MemcacheConnectError(
-                exc.errno, f"cannot connect to {server_name(server)}: {exc}"
+            raise network_error(
+                MemcacheConnectError, exc, f"cannot connect to {server_name(server)}: {exc}"
             ) from exc
 
     @staticmethod
@@ -1078,7 +1079,7 @@ class Client:
         name = server_name(self.server)
         if isinstance(exc, socket.timeout) or exc.errno in _KERNEL_TIMEOUT_ERRNOS:
             return MemcacheTimeoutError(exc.errno, f"timed out talking to {name}")
-        return MemcacheNetworkError(exc.errno, f"connection to {name} failed: {exc}")
+        return network_error(MemcacheNetworkError, exc, f"connection to {name} failed: {exc}")
 
     def _closed_mid_reply(self) -> MemcacheUnexpectedCloseError:
         return MemcacheUnexpectedCloseError(

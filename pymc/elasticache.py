@@ -53,6 +53,7 @@ from .exceptions import (
     MemcacheTimeoutError,
     MemcacheUnexpectedCloseError,
     MemcacheUnknownCommandError,
+    network_error,
 )
 from .protocol import (
     MAX_CONFIG_BYTES,
@@ -167,7 +168,9 @@ def fetch_config(
     except socket.timeout as exc:
         raise MemcacheTimeoutError(exc.errno, f"discovery at {name} timed out") from exc
     except OSError as exc:
-        raise MemcacheNetworkError(exc.errno, f"discovery at {name} failed: {exc}") from exc
+        raise network_error(
+            MemcacheNetworkError, exc, f"discovery at {name} failed: {exc}"
+        ) from exc
     finally:
         if sock is not None:
             sock.close()

@@ -3,13 +3,15 @@
 The names of pymemcache 4.0 are kept so that ``except`` clauses keep working after a
 switch. Failures of the network are also :class:`OSError` (and timeouts also
 :class:`TimeoutError` / ``socket.timeout``), so code written against raw sockets keeps
-catching them too.
+catching them too. What pymemcache lets through from the socket (``ConnectionRefusedError``,
+``FileNotFoundError``, ``ConnectionResetError``, ``ssl.SSLError``, ...) is caught by an
+``except`` for that class as well: see :func:`network_error`.
 """
 
 from __future__ import annotations
 
 import socket
-from typing import Tuple, Type
+from typing import Any, Dict, Tuple, Type, TypeVar
 
 __all__ = [
     "AllNodesDownError",
@@ -31,6 +33,7 @@ __all__ = [
     "MemcacheUnexpectedCloseError",
     "MemcacheUnknownCommandError",
     "MemcacheUnknownError",
+    "network_error",
 ]
 
 
@@ -124,3 +127,59 @@ class ClusterNotReadyError(AllNodesDownError):
 class MemcacheLeaseTimeoutError(MemcacheError):
     """``fetch()`` waited its whole ``wait`` (by default ``lease_ttl``) for the caller that
     holds the lease on a missing key to store its value, and none came."""
+
+
+N = TypeVar("N", bound=MemcacheNetworkError)
+
+# (pymc class, socket error class) -> the class that is both (or the pymc class alone, when
+# the two cannot be combined). Bounded by the number of such pairs ever raised.
+_combined: Dict[Tuple[type, type], type] = {}
+
+
+def network_error(cls: Type[N], exc: OSError, message: str) -> N:
+    """The ``cls`` error (a :class:`MemcacheNetworkError` class) to raise for the socket
+    error ``exc``: ``cls(exc.errno, message)``, and also an instance of ``type(exc)``
+    when that is a subclass of :class:`OSError` (``ConnectionRefusedError``,
+    ``FileNotFoundError``, ``ConnectionResetError``, ``BrokenPipeError``,
+    ``ssl.SSLError``...). So an ``except ConnectionRefusedError:`` written for pymemcache,
+    which lets those through, still catches it. ``exc``'s own attributes (``ssl``'s
+    ``reason``, ``library``, ``verify_code``...) are copied. The class is made once per
+    pair, named ``MemcacheConnectError[ConnectionRefusedError]``, and pickles."""
+    kind = type(exc)
+    made = cls
+    if kind is not OSError and not issubclass(cls, kind):
+        made = _combined.get((cls, kind)) or _combine(cls, kind)
+    if made is not cls:
+        try:
+            error: N = made(exc.errno, message)
+        except Exception:  # a foreign subclass whose constructor wants other arguments
+            return cls(exc.errno, message)
+        for name, value in vars(exc).items():
+            if name not in vars(error):
+                setattr(error, name, value)
+        return error
+    return cls(exc.errno, message)
+
+
+def _combine(cls: type, kind: type) -> type:
+    name = f"{cls.__name__}[{kind.__name__}]"
+    try:
+        made = type(
+            name,
+            (cls, kind),
+            {"__module__": cls.__module__, "__qualname__": name, "__reduce__": _reduce},
+        )
+    except TypeError:  # layouts or metaclasses that do not mix: the pymc class alone
+        made = cls
+    return _combined.setdefault((cls, kind), made)
+
+
+def _reduce(self: BaseException) -> Tuple[Any, ...]:
+    # Pickled as its two classes (the combined class has no importable name).
+    pymc_class, kind = type(self).__bases__
+    return (_rebuild, (pymc_class, kind, self.args), dict(vars(self)))
+
+
+def _rebuild(pymc_class: type, kind: type, args: Tuple[Any, ...]) -> BaseException:
+    made = _combined.get((pymc_class, kind)) or _combine(pymc_class, kind)
+    return made(*args)  # type: ignore[no-any-return]
