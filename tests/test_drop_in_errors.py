@@ -10,7 +10,7 @@ import errno
 import pickle
 import socket
 import ssl
-from typing import Any, Callable, Iterator, List, Tuple, Type
+from typing import Any, Callable, Dict, Iterator, List, Tuple, Type
 
 import pytest
 from support.faultproxy import FaultProxy
@@ -236,3 +236,22 @@ def test_plain_oserror_and_foreign_classes_stay_pymcs_alone() -> None:
 
     made = network_error(MemcacheConnectError, Fussy("a", "b", "c"), "m")
     assert type(made) is MemcacheConnectError  # cannot be built as both: pymc's alone
+
+
+@pytest.mark.parametrize("command", ["get_many", "set_many", "delete_many", "meta_get_many"])
+def test_a_fan_out_re_raises_the_nodes_error_as_it_is(
+    memcached: MemcachedProcess, command: str
+) -> None:
+    client = HashClient([tcp(memcached), closed_port()], retry_timeout=0, timeout=2.0)
+    keys = [f"fan:{i}" for i in range(16)]  # on both nodes
+    values = {k: b"v" for k in keys}
+    calls: Dict[str, Callable[[], Any]] = {
+        "get_many": lambda: client.get_many(keys),
+        "set_many": lambda: client.set_many(values),
+        "delete_many": lambda: client.delete_many(keys),
+        "meta_get_many": lambda: client.meta_get_many(keys),
+    }
+    with pytest.raises(ConnectionRefusedError) as info:
+        calls[command]()
+    check(info.value, ConnectionRefusedError, MemcacheConnectError)
+    client.close()
