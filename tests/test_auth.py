@@ -146,3 +146,26 @@ def test_the_probe_is_one_round_trip_and_only_with_credentials(
         fault_proxy(tcp(memcached_auth)), memcached_auth, username=user, password=password
     )
     assert replies == [b"CLIENT_ERROR unauthenticated\r\n", b"STORED\r\n", b"END\r\n"]
+
+
+def test_a_fan_out_never_writes_credentials_either(
+    memcached_nodes: List[MemcachedProcess],
+) -> None:
+    for node in memcached_nodes:
+        node.flush_all()
+    client = HashClient(
+        [tcp(n) for n in memcached_nodes], username="user1", password="s3cret", timeout=2.0
+    )
+    keys = [f"fan:{i}" for i in range(16)]
+    for _ in range(3):  # the nodes are never counted failed: the same error each time
+        with pytest.raises(MemcacheAuthNotRequiredError):
+            client.get_many(keys)
+        with pytest.raises(MemcacheAuthNotRequiredError):
+            client.set_many({k: b"v" for k in keys})
+        with pytest.raises(MemcacheAuthNotRequiredError):
+            client.meta_get_many(keys)
+    assert len(client.nodes) == len(memcached_nodes)
+    for node in memcached_nodes:
+        assert raw_get(node, b"auth") == b"END\r\n"
+        assert node.stats()["curr_items"] == "0"
+    client.close()
