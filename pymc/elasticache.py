@@ -24,9 +24,11 @@ hash. Instead:
   (each node of a cluster answers ``config get cluster``).
 
 Each discovery has one overall deadline and a size cap, and opens a fresh connection (so
-DNS is resolved again). ``close()`` stops the poller at once, and after it returns nothing
-changes. A forked child (``gunicorn --preload``, multiprocessing) starts its own poller on
-first use.
+DNS is resolved again). The deadline covers the whole discovery: the endpoint, then the
+known nodes it falls back on (so 30 dead nodes cost one deadline, not 31), and a
+``refresh()``'s wait for a discovery another thread has in flight. ``close()`` stops the
+poller at once, and after it returns nothing changes. A forked child (``gunicorn
+--preload``, multiprocessing) starts its own poller on first use.
 
 Layer: imports ``client``, ``cluster``, ``protocol`` and ``exceptions`` only.
 """
@@ -217,9 +219,10 @@ class ElastiCacheClient(HashClient):
     each node's IP address, ``False`` to its hostname; with ``tls_context`` the certificate
     is checked against the node's hostname either way. ``on_change(old, new)`` is called
     (from the poller) with the node lists after each change. ``discovery_timeout`` bounds
-    each discovery as a whole. ``ready_timeout``: wait up to that many seconds in the
-    constructor for the first node list, and raise :class:`ClusterNotReadyError` (after
-    closing) if none came. Every other keyword is a :class:`HashClient` option.
+    each discovery as a whole, the fallback to the known nodes included. ``ready_timeout``:
+    wait up to that many seconds in the constructor for the first node list, and raise
+    :class:`ClusterNotReadyError` (after closing) if none came. Every other keyword is a
+    :class:`HashClient` option.
     """
 
     def __init__(
@@ -324,40 +327,55 @@ class ElastiCacheClient(HashClient):
         finally:
             self._sockets.pop(key, None)
 
-    def _discover(self, timeout: float) -> Optional[ClusterConfig]:
-        """The endpoint's answer; when the endpoint fails, the first known node's."""
+    def _discover(self, deadline: float) -> Optional[ClusterConfig]:
+        """The endpoint's answer; when the endpoint fails, the first known node's that
+        answers. All before ``deadline``: with nodes to fall back on, the endpoint gets
+        half of the time, and each node asked after it (in random order, so that a dead
+        node is not always first) an equal share of what is left then."""
+        known = [] if self.config_version is None else list(self.snapshot.servers.items())
+        random.shuffle(known)
+        remaining = deadline - time.monotonic()
         try:
-            return self._fetch(self.endpoint, timeout)
+            return self._fetch(self.endpoint, remaining / 2 if known else remaining)
         except (MemcacheError, OSError) as exc:
-            if self._stop.is_set() or self.config_version is None:
+            if self._stop.is_set() or not known:
                 raise
-            for name, spec in list(self.snapshot.servers.items()):
-                if self._stop.is_set():
-                    break
-                try:
-                    config = self._fetch(spec, timeout, self._tls_hostnames.get(name))
-                except (MemcacheError, OSError):
-                    continue
-                if config is not None:
-                    logger.debug("pymc: ElastiCache node list read from node %s", name)
-                    return config
-            raise exc
+            error = exc
+        for asked, (name, spec) in enumerate(known):
+            remaining = deadline - time.monotonic()
+            if self._stop.is_set() or remaining <= 0:
+                break
+            try:
+                config = self._fetch(
+                    spec, remaining / (len(known) - asked), self._tls_hostnames.get(name)
+                )
+            except (MemcacheError, OSError):
+                continue
+            if config is not None:
+                logger.debug("pymc: ElastiCache node list read from node %s", name)
+                return config
+        raise error
 
     def refresh(self) -> bool:
         """Poll now; return whether the node set changed. A failure keeps the last good
-        node set (or leaves the client not ready) and is logged once, until it recovers."""
+        node set (or leaves the client not ready) and is logged once, until it recovers.
+        Returns within ``discovery_timeout``, a wait for a discovery already in flight
+        included (when that wait uses it all, this call returns False)."""
         return self._refresh(self._discovery_timeout)
 
     def _refresh(self, timeout: float) -> bool:
         self._check_fork()
         if self.plain or self._closed:
             return False
-        with self._refresh_lock:
+        deadline = time.monotonic() + timeout
+        if not self._refresh_lock.acquire(timeout=max(timeout, 0.001)):
+            return False  # another discovery took the whole deadline
+        try:
             if self._stop.is_set():  # closed while this call waited for the lock
                 return False
             logger.debug("pymc: ElastiCache poll of %s", server_name(self.endpoint))
             try:
-                config = self._discover(timeout)
+                config = self._discover(deadline)
             except (MemcacheError, OSError) as exc:
                 if not self._stop.is_set():
                     self._discovery_failed(repr(exc))
@@ -368,6 +386,8 @@ class ElastiCacheClient(HashClient):
                     return False
                 return self._become_plain()
             change = self._apply(config)
+        finally:
+            self._refresh_lock.release()
         # The hook runs with no lock held: it may call refresh() or close().
         if change is not None and self.on_change is not None:
             try:
