@@ -27,8 +27,10 @@ Each discovery has one overall deadline and a size cap, and opens a fresh connec
 DNS is resolved again). The deadline covers the whole discovery: the endpoint, then the
 known nodes it falls back on (so 30 dead nodes cost one deadline, not 31), and a
 ``refresh()``'s wait for a discovery another thread has in flight. ``close()`` stops the
-poller at once, and after it returns nothing changes. A forked child (``gunicorn
---preload``, multiprocessing) starts its own poller on first use.
+poller at once, and after it returns nothing changes. The poller holds the client weakly
+(strongly only during a poll), so a client dropped without ``close()`` -- as code written
+for pymemcache's thread-less client does -- is collected, and its poller then ends. A
+forked child (``gunicorn --preload``, multiprocessing) starts its own poller on first use.
 
 Layer: imports ``client``, ``cluster``, ``protocol`` and ``exceptions`` only.
 """
@@ -42,6 +44,8 @@ import socket
 import ssl
 import threading
 import time
+import traceback
+import weakref
 from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 from .client import ServerSpec, normalize_server_spec, server_name
@@ -88,6 +92,7 @@ STARTUP_SPACING = 0.5
 JITTER = 0.1
 
 ChangeHook = Callable[[List[ServerSpec], List[ServerSpec]], Any]
+Change = Tuple[List[ServerSpec], List[ServerSpec]]  # (old, new) node lists
 
 # Bumped in every child after os.fork(): a client made in an earlier generation has no
 # poller thread in this process. _FORK_GUARD lets one thread of the child do the restart.
@@ -361,40 +366,40 @@ class ElastiCacheClient(HashClient):
         node set (or leaves the client not ready) and is logged once, until it recovers.
         Returns within ``discovery_timeout``, a wait for a discovery already in flight
         included (when that wait uses it all, this call returns False)."""
-        return self._refresh(self._discovery_timeout)
+        changed, change = self._refresh(self._discovery_timeout)
+        # The hook runs with no lock held: it may call refresh() or close().
+        if change is not None and self.on_change is not None:
+            _run_hook(self.on_change, change)
+        return changed
 
-    def _refresh(self, timeout: float) -> bool:
+    def _refresh(self, timeout: float) -> Tuple[bool, Optional[Change]]:
+        """One discovery, applied: whether the node set changed, and the ``(old, new)``
+        lists for ``on_change`` (which the caller runs, with no lock held)."""
         self._check_fork()
         if self.plain or self._closed:
-            return False
+            return False, None
         deadline = time.monotonic() + timeout
         if not self._refresh_lock.acquire(timeout=max(timeout, 0.001)):
-            return False  # another discovery took the whole deadline
+            return False, None  # another discovery took the whole deadline
         try:
             if self._stop.is_set():  # closed while this call waited for the lock
-                return False
+                return False, None
             logger.debug("pymc: ElastiCache poll of %s", server_name(self.endpoint))
             try:
                 config = self._discover(deadline)
             except (MemcacheError, OSError) as exc:
                 if not self._stop.is_set():
                     self._discovery_failed(repr(exc))
-                return False
+                return False, None
             if config is None:
                 if self.config_version is not None:  # it had a config: this is news, not truth
                     self._discovery_failed("the endpoint now says it has no cluster configuration")
-                    return False
-                return self._become_plain()
+                    return False, None
+                return self._become_plain(), None
             change = self._apply(config)
         finally:
             self._refresh_lock.release()
-        # The hook runs with no lock held: it may call refresh() or close().
-        if change is not None and self.on_change is not None:
-            try:
-                self.on_change(*change)
-            except Exception:
-                logger.exception("pymc: on_change hook failed")
-        return change is not None
+        return change is not None, change
 
     def _discovery_failed(self, why: str) -> None:
         if not self._failing:
@@ -436,7 +441,7 @@ class ElastiCacheClient(HashClient):
                 self._tls_hostnames[server_name((host, node.port))] = node.hostname
         return servers
 
-    def _apply(self, config: ClusterConfig) -> Optional[Tuple[List[ServerSpec], List[ServerSpec]]]:
+    def _apply(self, config: ClusterConfig) -> Optional[Change]:
         """Use ``config`` if it is newer than what we have. Returns ``(old, new)`` node
         lists when the node set changed after the first, for ``on_change``; else None."""
         self._discovery_recovered()
@@ -467,27 +472,18 @@ class ElastiCacheClient(HashClient):
     # ------------------------------------------------------------------ the poller
 
     def _start_poller(self) -> None:
+        # The thread gets a weak reference and objects that do not reference the client,
+        # so a client dropped without close() is still collected; its finalizer then sets
+        # the stop event, which wakes the poller from its sleep.
+        stop, ready = self._stop, self._ready
+        weakref.finalize(self, stop.set)
         self._poller = threading.Thread(
-            target=self._poll, name=f"pymc-elasticache-{server_name(self.endpoint)}", daemon=True
+            target=_poll,
+            args=(weakref.ref(self), stop, ready),
+            name=f"pymc-elasticache-{server_name(self.endpoint)}",
+            daemon=True,
         )
         self._poller.start()
-
-    def _poll(self) -> None:
-        quick = 0 if self._ready.is_set() else STARTUP_TRIES - 1
-        while True:
-            if quick > 0 and not self._ready.is_set():
-                quick -= 1
-                delay = STARTUP_SPACING
-            else:
-                delay = poll_delay(self.poll_interval)
-            if self._stop.wait(delay):
-                return
-            try:
-                self.refresh()
-            except Exception:  # never let the poller die
-                logger.exception("pymc: ElastiCache poll failed")
-            if self.plain:
-                return
 
     def _check_fork(self) -> None:
         """In a forked child, on first use: fresh locks and a poller of its own."""
@@ -562,6 +558,51 @@ def _shut(sock: Union[socket.socket, Any]) -> None:
         sock.shutdown(socket.SHUT_RDWR)
     except OSError:
         pass
+
+
+def _poll(
+    client_ref: Callable[[], Optional[ElastiCacheClient]],
+    stop: threading.Event,
+    ready: threading.Event,
+) -> None:
+    """The poller's loop. It holds its client strongly only during a poll, never across
+    the sleep, and ends when ``stop`` is set (by ``close()``, or by the finalizer of a
+    client that was dropped) or the client is gone."""
+    client = client_ref()
+    quick = 0 if ready.is_set() else STARTUP_TRIES - 1
+    while client is not None:
+        if quick > 0 and not ready.is_set():
+            quick -= 1
+            delay = STARTUP_SPACING
+        else:
+            delay = poll_delay(client.poll_interval)
+        client = None
+        if stop.wait(delay):
+            return
+        client = client_ref()
+        if client is None:
+            return
+        try:
+            change = client._refresh(client._discovery_timeout)[1]
+        except Exception as exc:  # never let the poller die
+            logger.exception("pymc: ElastiCache poll failed")
+            # A log handler may keep the traceback: its frames must not keep the client.
+            traceback.clear_frames(exc.__traceback__)
+            change = None
+        if change is not None and client.on_change is not None:
+            # Called from this frame, whose client variable is cleared before the sleep:
+            # a traceback a log handler keeps then holds no client.
+            _run_hook(client.on_change, change)
+        if client.plain:
+            return
+
+
+def _run_hook(hook: ChangeHook, change: Change) -> None:
+    """Call ``on_change``; a failure is logged."""
+    try:
+        hook(*change)
+    except Exception:
+        logger.exception("pymc: on_change hook failed")
 
 
 class AWSElastiCacheHashClient(ElastiCacheClient):
