@@ -217,6 +217,85 @@ def discover(
     return config
 
 
+class _Discovery:
+    """One discovery, described by plain data so that it runs without its client (a
+    poller in the middle of one holds no client): the endpoint, then, when it fails, the
+    known nodes, all before ``deadline``. With nodes to fall back on, the endpoint gets half
+    of the time, and each node asked after it (in random order, so that a dead node is not
+    always first) an equal share of what is left then. The sockets in flight are kept in
+    ``sockets`` (by thread), so that ``close()`` can cut them off."""
+
+    __slots__ = ("deadline", "endpoint", "known", "lock", "sockets", "stop", "tls_context")
+
+    def __init__(
+        self,
+        endpoint: ServerSpec,
+        known: List[Tuple[str, ServerSpec, Optional[str]]],
+        tls_context: Optional[ssl.SSLContext],
+        stop: threading.Event,
+        sockets: Dict[int, socket.socket],
+        lock: Any,
+        deadline: float,
+    ) -> None:
+        self.endpoint = endpoint
+        self.known = known  # (name, address, TLS hostname)
+        self.tls_context = tls_context
+        self.stop = stop
+        self.sockets = sockets
+        self.lock = lock  # the client's refresh lock, held by whoever runs this
+        self.deadline = deadline
+
+    def outcome(self) -> Union[ClusterConfig, Exception, None]:
+        """The config, None (no configuration here) or the error that ended the discovery.
+        An unexpected exception releases the lock and propagates."""
+        try:
+            return self.run()
+        except (MemcacheError, OSError) as exc:
+            return exc
+        except BaseException:
+            self.lock.release()
+            raise
+
+    def run(self) -> Optional[ClusterConfig]:
+        known = list(self.known)
+        random.shuffle(known)
+        remaining = self.deadline - time.monotonic()
+        try:
+            return self._fetch(self.endpoint, remaining / 2 if known else remaining)
+        except (MemcacheError, OSError) as exc:
+            if self.stop.is_set() or not known:
+                raise
+            error = exc
+        for asked, (name, spec, hostname) in enumerate(known):
+            remaining = self.deadline - time.monotonic()
+            if self.stop.is_set() or remaining <= 0:
+                break
+            try:
+                config = self._fetch(spec, remaining / (len(known) - asked), hostname)
+            except (MemcacheError, OSError):
+                continue
+            if config is not None:
+                logger.debug("pymc: ElastiCache node list read from node %s", name)
+                return config
+        raise error
+
+    def _fetch(
+        self, address: ServerSpec, timeout: float, hostname: Optional[str] = None
+    ) -> Optional[ClusterConfig]:
+        key = threading.get_ident()
+        sockets, stop = self.sockets, self.stop
+
+        def track(sock: socket.socket) -> None:
+            sockets[key] = sock
+            if stop.is_set():  # closed meanwhile: give up now
+                _shut(sock)
+
+        try:
+            return fetch_config(address, timeout, self.tls_context, hostname, on_socket=track)
+        finally:
+            sockets.pop(key, None)
+
+
 class ElastiCacheClient(HashClient):
     """A :class:`HashClient` whose nodes come from an ElastiCache configuration endpoint.
 
@@ -311,56 +390,6 @@ class ElastiCacheClient(HashClient):
 
     # ------------------------------------------------------------------ discovery
 
-    def _fetch(
-        self, address: ServerSpec, timeout: float, hostname: Optional[str] = None
-    ) -> Optional[ClusterConfig]:
-        key = threading.get_ident()
-
-        def track(sock: socket.socket) -> None:
-            self._sockets[key] = sock
-            if self._stop.is_set():  # closed meanwhile: give up now
-                _shut(sock)
-
-        try:
-            return fetch_config(
-                address,
-                timeout,
-                self._tls_context,
-                hostname,
-                on_socket=track,
-            )
-        finally:
-            self._sockets.pop(key, None)
-
-    def _discover(self, deadline: float) -> Optional[ClusterConfig]:
-        """The endpoint's answer; when the endpoint fails, the first known node's that
-        answers. All before ``deadline``: with nodes to fall back on, the endpoint gets
-        half of the time, and each node asked after it (in random order, so that a dead
-        node is not always first) an equal share of what is left then."""
-        known = [] if self.config_version is None else list(self.snapshot.servers.items())
-        random.shuffle(known)
-        remaining = deadline - time.monotonic()
-        try:
-            return self._fetch(self.endpoint, remaining / 2 if known else remaining)
-        except (MemcacheError, OSError) as exc:
-            if self._stop.is_set() or not known:
-                raise
-            error = exc
-        for asked, (name, spec) in enumerate(known):
-            remaining = deadline - time.monotonic()
-            if self._stop.is_set() or remaining <= 0:
-                break
-            try:
-                config = self._fetch(
-                    spec, remaining / (len(known) - asked), self._tls_hostnames.get(name)
-                )
-            except (MemcacheError, OSError):
-                continue
-            if config is not None:
-                logger.debug("pymc: ElastiCache node list read from node %s", name)
-                return config
-        raise error
-
     def refresh(self) -> bool:
         """Poll now; return whether the node set changed. A failure keeps the last good
         node set (or leaves the client not ready) and is logged once, until it recovers.
@@ -375,31 +404,58 @@ class ElastiCacheClient(HashClient):
     def _refresh(self, timeout: float) -> Tuple[bool, Optional[Change]]:
         """One discovery, applied: whether the node set changed, and the ``(old, new)``
         lists for ``on_change`` (which the caller runs, with no lock held)."""
+        job = self._begin(timeout)
+        if job is None:
+            return False, None
+        return self._end(job, job.outcome())
+
+    def _begin(self, timeout: float) -> Optional[_Discovery]:
+        """Take the refresh lock (within ``timeout``) and describe the discovery to run,
+        with nothing in it that references this client; None when there is none to run.
+        The lock stays held: :meth:`_end` releases it."""
         self._check_fork()
         if self.plain or self._closed:
-            return False, None
+            return None
         deadline = time.monotonic() + timeout
-        if not self._refresh_lock.acquire(timeout=max(timeout, 0.001)):
-            return False, None  # another discovery took the whole deadline
+        lock = self._refresh_lock
+        if not lock.acquire(timeout=max(timeout, 0.001)):
+            return None  # another discovery took the whole deadline
         try:
             if self._stop.is_set():  # closed while this call waited for the lock
-                return False, None
+                lock.release()
+                return None
             logger.debug("pymc: ElastiCache poll of %s", server_name(self.endpoint))
-            try:
-                config = self._discover(deadline)
-            except (MemcacheError, OSError) as exc:
+            known = []
+            if self.config_version is not None:  # nodes to ask when the endpoint fails
+                known = [
+                    (name, spec, self._tls_hostnames.get(name))
+                    for name, spec in self.snapshot.servers.items()
+                ]
+            return _Discovery(
+                self.endpoint, known, self._tls_context, self._stop, self._sockets, lock, deadline
+            )
+        except BaseException:
+            lock.release()
+            raise
+
+    def _end(
+        self, job: _Discovery, outcome: Union[ClusterConfig, Exception, None]
+    ) -> Tuple[bool, Optional[Change]]:
+        """Apply a discovery's outcome and release the refresh lock."""
+        try:
+            if isinstance(outcome, Exception):
                 if not self._stop.is_set():
-                    self._discovery_failed(repr(exc))
+                    self._discovery_failed(repr(outcome))
                 return False, None
-            if config is None:
+            if outcome is None:
                 if self.config_version is not None:  # it had a config: this is news, not truth
                     self._discovery_failed("the endpoint now says it has no cluster configuration")
                     return False, None
                 return self._become_plain(), None
-            change = self._apply(config)
+            change = self._apply(outcome)
+            return change is not None, change
         finally:
-            self._refresh_lock.release()
-        return change is not None, change
+            job.lock.release()
 
     def _discovery_failed(self, why: str) -> None:
         if not self._failing:
@@ -476,7 +532,7 @@ class ElastiCacheClient(HashClient):
         # so a client dropped without close() is still collected; its finalizer then sets
         # the stop event, which wakes the poller from its sleep.
         stop, ready = self._stop, self._ready
-        weakref.finalize(self, stop.set)
+        weakref.finalize(self, _stop_discoveries, stop, self._sockets)
         self._poller = threading.Thread(
             target=_poll,
             args=(weakref.ref(self), stop, ready),
@@ -565,9 +621,10 @@ def _poll(
     stop: threading.Event,
     ready: threading.Event,
 ) -> None:
-    """The poller's loop. It holds its client strongly only during a poll, never across
-    the sleep, and ends when ``stop`` is set (by ``close()``, or by the finalizer of a
-    client that was dropped) or the client is gone."""
+    """The poller's loop. It holds its client strongly only to start a discovery and to
+    apply its outcome, never across the discovery's I/O nor the sleep, and ends when
+    ``stop`` is set (by ``close()``, or by the finalizer of a client that was dropped) or
+    the client is gone."""
     client = client_ref()
     quick = 0 if ready.is_set() else STARTUP_TRIES - 1
     while client is not None:
@@ -582,19 +639,37 @@ def _poll(
         client = client_ref()
         if client is None:
             return
+        change = None
         try:
-            change = client._refresh(client._discovery_timeout)[1]
+            job = client._begin(client._discovery_timeout)
+            if job is not None:
+                client = None
+                outcome = job.outcome()
+                client = client_ref()
+                if client is None:  # dropped meanwhile
+                    job.lock.release()
+                    return
+                change = client._end(job, outcome)[1]
         except Exception as exc:  # never let the poller die
             logger.exception("pymc: ElastiCache poll failed")
             # A log handler may keep the traceback: its frames must not keep the client.
             traceback.clear_frames(exc.__traceback__)
-            change = None
+            client = client_ref()
+            if client is None:
+                return
         if change is not None and client.on_change is not None:
             # Called from this frame, whose client variable is cleared before the sleep:
             # a traceback a log handler keeps then holds no client.
             _run_hook(client.on_change, change)
         if client.plain:
             return
+
+
+def _stop_discoveries(stop: threading.Event, sockets: Dict[int, socket.socket]) -> None:
+    """Stop a poller and cut off its discovery in flight (for a client that is gone)."""
+    stop.set()
+    for sock in list(sockets.values()):
+        _shut(sock)
 
 
 def _run_hook(hook: ChangeHook, change: Change) -> None:

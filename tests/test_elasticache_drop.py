@@ -100,17 +100,21 @@ def test_close_still_stops_the_poller_at_once(endpoint: ConfigEndpoint) -> None:
     assert not poller.is_alive() and not pollers(endpoint.server)
 
 
-def test_a_client_dropped_during_a_hung_discovery_is_collected_after_it(
+def test_a_client_dropped_during_a_hung_discovery_is_collected_at_once(
     server: MemcachedProcess, endpoint: ConfigEndpoint
 ) -> None:
-    """The poller holds the client only while it polls: a client dropped while the poller
-    is stuck in a discovery goes as soon as that discovery's deadline passes."""
-    refs = make_and_drop(endpoint, 2, poll_interval=0.05)
+    """The poller holds no client during a discovery's I/O: clients dropped while their
+    poller is stuck in a discovery (of a 5 s deadline) are collected at once, and that
+    discovery is cut off."""
+    refs = make_and_drop(endpoint, 2, poll_interval=0.05, discovery_timeout=5.0)
     endpoint.set_mode("stall")
     before = endpoint.requests
-    wait_until(lambda: endpoint.requests > before, 3, "a discovery in flight")
+    wait_until(lambda: endpoint.requests >= before + 2, 3, "two discoveries in flight")
+    started = time.monotonic()
     wait_until(lambda: collected(refs, endpoint), 5, "the dropped clients to be collected")
-    assert endpoint.connections == 0
+    wait_until(lambda: endpoint.connections == 0, 5, "the discoveries to be cut off")
+    took = time.monotonic() - started
+    assert took < 2.0, f"collected and cut off after {took:.2f} s (the deadline is 5 s)"
 
 
 def test_a_poller_exception_neither_kills_the_poller_nor_pins_the_client(
@@ -257,3 +261,33 @@ def test_the_poller_logs_at_debug_only_while_healthy(
     finally:
         client.close()
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
+def test_a_child_forked_during_a_poll_can_still_drop_the_client(
+    endpoint: ConfigEndpoint, server: MemcachedProcess
+) -> None:
+    """Fork while the parent's poller is inside a (hung) discovery, holding the client."""
+    client = ElastiCacheClient(endpoint.server, poll_interval=0.05, **FAST)
+    try:
+        endpoint.set_mode("stall")
+        before = endpoint.requests
+        wait_until(lambda: endpoint.requests > before, 3, "a discovery in flight")
+
+        def child() -> Dict[str, Any]:
+            nonlocal client
+            endpoint_server = endpoint.server
+            assert client.get("k") is None  # first use: the child's own poller
+            ref = weakref.ref(client)
+            del client
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline:
+                gc.collect()
+                if ref() is None and not pollers(endpoint_server):
+                    break
+                time.sleep(0.02)
+            return {"collected": ref() is None, "pollers": len(pollers(endpoint_server))}
+
+        assert run_in_child(child) == {"collected": True, "pollers": 0}
+    finally:
+        client.close()
