@@ -24,9 +24,13 @@ hash. Instead:
   (each node of a cluster answers ``config get cluster``).
 
 Each discovery has one overall deadline and a size cap, and opens a fresh connection (so
-DNS is resolved again). ``close()`` stops the poller at once, and after it returns nothing
-changes. A forked child (``gunicorn --preload``, multiprocessing) starts its own poller on
-first use.
+DNS is resolved again). The deadline covers the whole discovery: the endpoint, then the
+known nodes it falls back on (so 30 dead nodes cost one deadline, not 31), and a
+``refresh()``'s wait for a discovery another thread has in flight. ``close()`` stops the
+poller at once, and after it returns nothing changes. The poller holds the client weakly
+(strongly only during a poll), so a client dropped without ``close()`` -- as code written
+for pymemcache's thread-less client does -- is collected, and its poller then ends. A
+forked child (``gunicorn --preload``, multiprocessing) starts its own poller on first use.
 
 Layer: imports ``client``, ``cluster``, ``protocol`` and ``exceptions`` only.
 """
@@ -40,6 +44,8 @@ import socket
 import ssl
 import threading
 import time
+import traceback
+import weakref
 from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 from .client import ServerSpec, normalize_server_spec, server_name
@@ -87,6 +93,7 @@ STARTUP_SPACING = 0.5
 JITTER = 0.1
 
 ChangeHook = Callable[[List[ServerSpec], List[ServerSpec]], Any]
+Change = Tuple[List[ServerSpec], List[ServerSpec]]  # (old, new) node lists
 
 # Bumped in every child after os.fork(): a client made in an earlier generation has no
 # poller thread in this process. _FORK_GUARD lets one thread of the child do the restart.
@@ -213,6 +220,85 @@ def discover(
     return config
 
 
+class _Discovery:
+    """One discovery, described by plain data so that it runs without its client (a
+    poller in the middle of one holds no client): the endpoint, then, when it fails, the
+    known nodes, all before ``deadline``. With nodes to fall back on, the endpoint gets half
+    of the time, and each node asked after it (in random order, so that a dead node is not
+    always first) an equal share of what is left then. The sockets in flight are kept in
+    ``sockets`` (by thread), so that ``close()`` can cut them off."""
+
+    __slots__ = ("deadline", "endpoint", "known", "lock", "sockets", "stop", "tls_context")
+
+    def __init__(
+        self,
+        endpoint: ServerSpec,
+        known: List[Tuple[str, ServerSpec, Optional[str]]],
+        tls_context: Optional[ssl.SSLContext],
+        stop: threading.Event,
+        sockets: Dict[int, socket.socket],
+        lock: Any,
+        deadline: float,
+    ) -> None:
+        self.endpoint = endpoint
+        self.known = known  # (name, address, TLS hostname)
+        self.tls_context = tls_context
+        self.stop = stop
+        self.sockets = sockets
+        self.lock = lock  # the client's refresh lock, held by whoever runs this
+        self.deadline = deadline
+
+    def outcome(self) -> Union[ClusterConfig, Exception, None]:
+        """The config, None (no configuration here) or the error that ended the discovery.
+        An unexpected exception releases the lock and propagates."""
+        try:
+            return self.run()
+        except (MemcacheError, OSError) as exc:
+            return exc
+        except BaseException:
+            self.lock.release()
+            raise
+
+    def run(self) -> Optional[ClusterConfig]:
+        known = list(self.known)
+        random.shuffle(known)
+        remaining = self.deadline - time.monotonic()
+        try:
+            return self._fetch(self.endpoint, remaining / 2 if known else remaining)
+        except (MemcacheError, OSError) as exc:
+            if self.stop.is_set() or not known:
+                raise
+            error = exc
+        for asked, (name, spec, hostname) in enumerate(known):
+            remaining = self.deadline - time.monotonic()
+            if self.stop.is_set() or remaining <= 0:
+                break
+            try:
+                config = self._fetch(spec, remaining / (len(known) - asked), hostname)
+            except (MemcacheError, OSError):
+                continue
+            if config is not None:
+                logger.debug("pymc: ElastiCache node list read from node %s", name)
+                return config
+        raise error
+
+    def _fetch(
+        self, address: ServerSpec, timeout: float, hostname: Optional[str] = None
+    ) -> Optional[ClusterConfig]:
+        key = threading.get_ident()
+        sockets, stop = self.sockets, self.stop
+
+        def track(sock: socket.socket) -> None:
+            sockets[key] = sock
+            if stop.is_set():  # closed meanwhile: give up now
+                _shut(sock)
+
+        try:
+            return fetch_config(address, timeout, self.tls_context, hostname, on_socket=track)
+        finally:
+            sockets.pop(key, None)
+
+
 class ElastiCacheClient(HashClient):
     """A :class:`HashClient` whose nodes come from an ElastiCache configuration endpoint.
 
@@ -220,9 +306,10 @@ class ElastiCacheClient(HashClient):
     each node's IP address, ``False`` to its hostname; with ``tls_context`` the certificate
     is checked against the node's hostname either way. ``on_change(old, new)`` is called
     (from the poller) with the node lists after each change. ``discovery_timeout`` bounds
-    each discovery as a whole. ``ready_timeout``: wait up to that many seconds in the
-    constructor for the first node list, and raise :class:`ClusterNotReadyError` (after
-    closing) if none came. Every other keyword is a :class:`HashClient` option.
+    each discovery as a whole, the fallback to the known nodes included. ``ready_timeout``:
+    wait up to that many seconds in the constructor for the first node list, and raise
+    :class:`ClusterNotReadyError` (after closing) if none came. Every other keyword is a
+    :class:`HashClient` option.
     """
 
     def __init__(
@@ -306,78 +393,72 @@ class ElastiCacheClient(HashClient):
 
     # ------------------------------------------------------------------ discovery
 
-    def _fetch(
-        self, address: ServerSpec, timeout: float, hostname: Optional[str] = None
-    ) -> Optional[ClusterConfig]:
-        key = threading.get_ident()
-
-        def track(sock: socket.socket) -> None:
-            self._sockets[key] = sock
-            if self._stop.is_set():  # closed meanwhile: give up now
-                _shut(sock)
-
-        try:
-            return fetch_config(
-                address,
-                timeout,
-                self._tls_context,
-                hostname,
-                on_socket=track,
-            )
-        finally:
-            self._sockets.pop(key, None)
-
-    def _discover(self, timeout: float) -> Optional[ClusterConfig]:
-        """The endpoint's answer; when the endpoint fails, the first known node's."""
-        try:
-            return self._fetch(self.endpoint, timeout)
-        except (MemcacheError, OSError) as exc:
-            if self._stop.is_set() or self.config_version is None:
-                raise
-            for name, spec in list(self.snapshot.servers.items()):
-                if self._stop.is_set():
-                    break
-                try:
-                    config = self._fetch(spec, timeout, self._tls_hostnames.get(name))
-                except (MemcacheError, OSError):
-                    continue
-                if config is not None:
-                    logger.debug("pymc: ElastiCache node list read from node %s", name)
-                    return config
-            raise exc
-
     def refresh(self) -> bool:
         """Poll now; return whether the node set changed. A failure keeps the last good
-        node set (or leaves the client not ready) and is logged once, until it recovers."""
-        return self._refresh(self._discovery_timeout)
-
-    def _refresh(self, timeout: float) -> bool:
-        self._check_fork()
-        if self.plain or self._closed:
-            return False
-        with self._refresh_lock:
-            if self._stop.is_set():  # closed while this call waited for the lock
-                return False
-            logger.debug("pymc: ElastiCache poll of %s", server_name(self.endpoint))
-            try:
-                config = self._discover(timeout)
-            except (MemcacheError, OSError) as exc:
-                if not self._stop.is_set():
-                    self._discovery_failed(repr(exc))
-                return False
-            if config is None:
-                if self.config_version is not None:  # it had a config: this is news, not truth
-                    self._discovery_failed("the endpoint now says it has no cluster configuration")
-                    return False
-                return self._become_plain()
-            change = self._apply(config)
+        node set (or leaves the client not ready) and is logged once, until it recovers.
+        Returns within ``discovery_timeout``, a wait for a discovery already in flight
+        included (when that wait uses it all, this call returns False)."""
+        changed, change = self._refresh(self._discovery_timeout)
         # The hook runs with no lock held: it may call refresh() or close().
         if change is not None and self.on_change is not None:
-            try:
-                self.on_change(*change)
-            except Exception:
-                logger.exception("pymc: on_change hook failed")
-        return change is not None
+            _run_hook(self.on_change, change)
+        return changed
+
+    def _refresh(self, timeout: float) -> Tuple[bool, Optional[Change]]:
+        """One discovery, applied: whether the node set changed, and the ``(old, new)``
+        lists for ``on_change`` (which the caller runs, with no lock held)."""
+        job = self._begin(timeout)
+        if job is None:
+            return False, None
+        return self._end(job, job.outcome())
+
+    def _begin(self, timeout: float) -> Optional[_Discovery]:
+        """Take the refresh lock (within ``timeout``) and describe the discovery to run,
+        with nothing in it that references this client; None when there is none to run.
+        The lock stays held: :meth:`_end` releases it."""
+        self._check_fork()
+        if self.plain or self._closed:
+            return None
+        deadline = time.monotonic() + timeout
+        lock = self._refresh_lock
+        if not lock.acquire(timeout=max(timeout, 0.001)):
+            return None  # another discovery took the whole deadline
+        try:
+            if self._stop.is_set():  # closed while this call waited for the lock
+                lock.release()
+                return None
+            logger.debug("pymc: ElastiCache poll of %s", server_name(self.endpoint))
+            known = []
+            if self.config_version is not None:  # nodes to ask when the endpoint fails
+                known = [
+                    (name, spec, self._tls_hostnames.get(name))
+                    for name, spec in self.snapshot.servers.items()
+                ]
+            return _Discovery(
+                self.endpoint, known, self._tls_context, self._stop, self._sockets, lock, deadline
+            )
+        except BaseException:
+            lock.release()
+            raise
+
+    def _end(
+        self, job: _Discovery, outcome: Union[ClusterConfig, Exception, None]
+    ) -> Tuple[bool, Optional[Change]]:
+        """Apply a discovery's outcome and release the refresh lock."""
+        try:
+            if isinstance(outcome, Exception):
+                if not self._stop.is_set():
+                    self._discovery_failed(repr(outcome))
+                return False, None
+            if outcome is None:
+                if self.config_version is not None:  # it had a config: this is news, not truth
+                    self._discovery_failed("the endpoint now says it has no cluster configuration")
+                    return False, None
+                return self._become_plain(), None
+            change = self._apply(outcome)
+            return change is not None, change
+        finally:
+            job.lock.release()
 
     def _discovery_failed(self, why: str) -> None:
         if not self._failing:
@@ -419,7 +500,7 @@ class ElastiCacheClient(HashClient):
                 self._tls_hostnames[server_name((host, node.port))] = node.hostname
         return servers
 
-    def _apply(self, config: ClusterConfig) -> Optional[Tuple[List[ServerSpec], List[ServerSpec]]]:
+    def _apply(self, config: ClusterConfig) -> Optional[Change]:
         """Use ``config`` if it is newer than what we have. Returns ``(old, new)`` node
         lists when the node set changed after the first, for ``on_change``; else None."""
         self._discovery_recovered()
@@ -450,27 +531,18 @@ class ElastiCacheClient(HashClient):
     # ------------------------------------------------------------------ the poller
 
     def _start_poller(self) -> None:
+        # The thread gets a weak reference and objects that do not reference the client,
+        # so a client dropped without close() is still collected; its finalizer then sets
+        # the stop event, which wakes the poller from its sleep.
+        stop, ready = self._stop, self._ready
+        weakref.finalize(self, _stop_discoveries, stop, self._sockets)
         self._poller = threading.Thread(
-            target=self._poll, name=f"pymc-elasticache-{server_name(self.endpoint)}", daemon=True
+            target=_poll,
+            args=(weakref.ref(self), stop, ready),
+            name=f"pymc-elasticache-{server_name(self.endpoint)}",
+            daemon=True,
         )
         self._poller.start()
-
-    def _poll(self) -> None:
-        quick = 0 if self._ready.is_set() else STARTUP_TRIES - 1
-        while True:
-            if quick > 0 and not self._ready.is_set():
-                quick -= 1
-                delay = STARTUP_SPACING
-            else:
-                delay = poll_delay(self.poll_interval)
-            if self._stop.wait(delay):
-                return
-            try:
-                self.refresh()
-            except Exception:  # never let the poller die
-                logger.exception("pymc: ElastiCache poll failed")
-            if self.plain:
-                return
 
     def _check_fork(self) -> None:
         """In a forked child, on first use: fresh locks and a poller of its own."""
@@ -545,6 +617,70 @@ def _shut(sock: Union[socket.socket, Any]) -> None:
         sock.shutdown(socket.SHUT_RDWR)
     except OSError:
         pass
+
+
+def _poll(
+    client_ref: Callable[[], Optional[ElastiCacheClient]],
+    stop: threading.Event,
+    ready: threading.Event,
+) -> None:
+    """The poller's loop. It holds its client strongly only to start a discovery and to
+    apply its outcome, never across the discovery's I/O nor the sleep, and ends when
+    ``stop`` is set (by ``close()``, or by the finalizer of a client that was dropped) or
+    the client is gone."""
+    client = client_ref()
+    quick = 0 if ready.is_set() else STARTUP_TRIES - 1
+    while client is not None:
+        if quick > 0 and not ready.is_set():
+            quick -= 1
+            delay = STARTUP_SPACING
+        else:
+            delay = poll_delay(client.poll_interval)
+        client = None
+        if stop.wait(delay):
+            return
+        client = client_ref()
+        if client is None:
+            return
+        change = None
+        try:
+            job = client._begin(client._discovery_timeout)
+            if job is not None:
+                client = None
+                outcome = job.outcome()
+                client = client_ref()
+                if client is None:  # dropped meanwhile
+                    job.lock.release()
+                    return
+                change = client._end(job, outcome)[1]
+        except Exception as exc:  # never let the poller die
+            logger.exception("pymc: ElastiCache poll failed")
+            # A log handler may keep the traceback: its frames must not keep the client.
+            traceback.clear_frames(exc.__traceback__)
+            client = client_ref()
+            if client is None:
+                return
+        if change is not None and client.on_change is not None:
+            # Called from this frame, whose client variable is cleared before the sleep:
+            # a traceback a log handler keeps then holds no client.
+            _run_hook(client.on_change, change)
+        if client.plain:
+            return
+
+
+def _stop_discoveries(stop: threading.Event, sockets: Dict[int, socket.socket]) -> None:
+    """Stop a poller and cut off its discovery in flight (for a client that is gone)."""
+    stop.set()
+    for sock in list(sockets.values()):
+        _shut(sock)
+
+
+def _run_hook(hook: ChangeHook, change: Change) -> None:
+    """Call ``on_change``; a failure is logged."""
+    try:
+        hook(*change)
+    except Exception:
+        logger.exception("pymc: on_change hook failed")
 
 
 class AWSElastiCacheHashClient(ElastiCacheClient):

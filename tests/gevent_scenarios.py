@@ -462,6 +462,51 @@ def elasticache_poller(args: Args) -> None:
     assert not client.polling
 
 
+def elasticache_dropped(args: Args) -> None:
+    """Under patch_all, five clients dropped without close() are collected: their poller
+    greenlets end (a sleeping one is woken) and their connections close."""
+    patch()
+    import gc
+    import weakref
+
+    import gevent
+
+    from pymc.elasticache import ElastiCacheClient
+
+    baseline = command(stats="curr_connections")
+    clients = [
+        ElastiCacheClient(
+            args["endpoint"], poll_interval=interval, connect_timeout=0.5, timeout=0.5
+        )
+        for interval in (0.05, 60.0, 0.05, 60.0, 0.05)
+    ]
+    for i, client in enumerate(clients):
+        assert client.polling
+        assert client.set(f"gevent-drop-{i}", b"v")
+    pollers = [client._poller for client in clients]
+    assert command(stats="curr_connections") == baseline + 5
+    refs = [weakref.ref(client) for client in clients]
+    del client
+    clients.clear()
+    start = time.monotonic()
+    while elapsed_since(start) < 5:
+        gc.collect()
+        if all(r() is None for r in refs) and not any(
+            p is not None and p.is_alive() for p in pollers
+        ):
+            break
+        gevent.sleep(0.02)
+    assert all(r() is None for r in refs), "a dropped client was not collected"
+    alive = [p for p in pollers if p is not None and p.is_alive()]
+    assert not alive, f"{len(alive)} poller(s) still running"
+    connections = command(stats="curr_connections")
+    while connections != baseline and elapsed_since(start) < 5:
+        gevent.sleep(0.05)
+        connections = command(stats="curr_connections")
+    assert connections == baseline, (connections, baseline)
+    print(f"5 dropped clients collected in {elapsed_since(start):.2f} s")
+
+
 SCENARIOS: Dict[str, Callable[[Args], None]] = {
     "import_order": import_order,
     "explicit_gevent": explicit_gevent,
@@ -469,6 +514,7 @@ SCENARIOS: Dict[str, Callable[[Args], None]] = {
     "timeout_mid_command": timeout_mid_command,
     "exhausted_pool": exhausted_pool,
     "elasticache_poller": elasticache_poller,
+    "elasticache_dropped": elasticache_dropped,
 }
 
 

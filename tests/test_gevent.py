@@ -245,3 +245,15 @@ def test_elasticache_poller_is_a_greenlet_and_never_stalls_the_hub(
 
         args = {"endpoint": endpoint.server, "nodes": [list(first), list(second)]}
         run_scenario("elasticache_poller", args, handle)
+
+
+def test_dropped_elasticache_clients_are_collected_under_gevent(
+    new_memcached: Callable[..., MemcachedProcess],
+) -> None:
+    server = new_memcached()  # private: its connection count is the scenario's
+    with ConfigEndpoint([tcp(server)]) as endpoint:
+
+        def handle(request: Dict[str, Any]) -> Any:
+            return int(server.stats()[request["stats"]])
+
+        run_scenario("elasticache_dropped", {"endpoint": endpoint.server}, handle)
