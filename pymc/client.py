@@ -1554,8 +1554,11 @@ class Client:
     def _meta(
         self, request: bytes, opaque: bytes, command: str, vivify: bool = False
     ) -> MetaResult:
-        expect = ExpectMeta(opaque=opaque, command=command.encode(), vivify=vivify)
-        return self._meta_result(self.request(request, expect), command)
+        expect = ExpectMeta(opaque, None, False, command=command.encode(), vivify=vivify)
+        result = self.request(request, expect)
+        if type(result) is ErrorReply:
+            self._meta_result(result, command)  # (raises)
+        return result  # type: ignore[no-any-return]
 
     def _meta_result(self, result: Any, command: str) -> MetaResult:
         """``result`` (a reply to a meta request), or its error raised."""
@@ -1651,7 +1654,9 @@ class Client:
                     self._lease_templates.clear()
                 self._lease_templates[memo] = template
         opaque = self._opaque()
-        result = self._meta(template[0] + opaque + template[1], opaque, "mg")
+        result = self.request(template[0] + opaque + template[1], ExpectMeta(opaque))
+        if type(result) is ErrorReply:
+            self._meta_result(result, "mg")  # (raises)
         if result.status == "miss" and not result.won_elsewhere:
             result = self._take_lease(key, lease_ttl, template)
         return self._decoded(key, result)
