@@ -419,3 +419,70 @@ def test_meta_keys_reserved_for_leases_are_not_user_keys(nodes: List[MemcachedPr
         assert job.result() == b"v"
     finally:
         client.close()
+
+
+# --------------------------------------------------------------------------- a soak
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("kind", KINDS)
+def test_no_read_ever_sees_anything_but_what_the_application_stores(
+    nodes: List[MemcachedProcess], kind: str
+) -> None:
+    """Threads fetch (with and without recache_ttl), invalidate, delete, set and read a few
+    keys at once for about a second (a Client each; the others shared): every value any read returns is one of the dicts
+    the application stores (no placeholder, no b'')."""
+    keys_ = [tag() for _ in range(3)]
+    clients_ = [make(kind, nodes, serde=pickle_serde) for _ in range(8 if kind == "client" else 2)]
+    bad: List[Any] = []
+    stop = time.monotonic() + 1.2
+    counter = itertools.count()
+
+    def compute() -> Dict[str, int]:
+        time.sleep(0.01)
+        return {"n": next(counter)}
+
+    def check(value: Any) -> None:
+        if value is not None and not isinstance(value, dict):
+            bad.append(value)
+
+    def worker(i: int) -> None:
+        client = clients_[i % len(clients_)]
+        for step in itertools.count(i):
+            if time.monotonic() > stop:
+                return
+            key = keys_[step % len(keys_)]
+            op = step % 9
+            try:
+                if op in (0, 1):
+                    check(client.fetch(key, compute, 2, wait=3))
+                elif op == 2:
+                    check(client.fetch(key, compute, 2, recache_ttl=2, wait=3))
+                elif op == 3:
+                    client.invalidate(key, 5)
+                elif op == 4:
+                    client.delete(key)
+                elif op == 5:
+                    client.set(key, {"n": -1}, 2)
+                elif op == 6:
+                    check(client.get(key))
+                    check(client.get_many([key]).get(key))
+                elif op == 7:
+                    check(client.gets(key)[0])
+                    check(client.get_cas(key)[0])
+                else:
+                    check(client.meta_get_many([key]).get(key))
+                    result = client.meta_get(key)
+                    check(result.value if result.hit else None)
+            except MemcacheError as exc:  # (a lease timeout would be a failure too)
+                bad.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    for c in clients_:
+        c.close()
+    assert not any(t.is_alive() for t in threads)
+    assert not bad, bad[:5]
