@@ -430,8 +430,8 @@ def test_no_read_ever_sees_anything_but_what_the_application_stores(
     nodes: List[MemcachedProcess], kind: str
 ) -> None:
     """Threads fetch (with and without recache_ttl), invalidate, delete, set and read a few
-    keys at once for about a second (a Client each; the others shared): every value any read returns is one of the dicts
-    the application stores (no placeholder, no b'')."""
+    keys at once for about a second (a Client each; the others shared): every value any
+    read returns is one of the dicts the application stores (no placeholder, no b'')."""
     keys_ = [tag() for _ in range(3)]
     clients_ = [make(kind, nodes, serde=pickle_serde) for _ in range(8 if kind == "client" else 2)]
     bad: List[Any] = []
