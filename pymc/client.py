@@ -676,7 +676,7 @@ def _recompute(client: Any, key: Any, compute: Callable[[], Any], ttl: int, leas
         # next caller tries again instead of waiting out the lease.
         try:
             client.lease_release(key, lease)
-        except MemcacheError:
+        except Exception:  # (what failed first is the error to raise)
             pass
         raise
     return value
