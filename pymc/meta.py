@@ -90,7 +90,8 @@ _TTL = re.compile(rb"-?[0-9]{1,11}").fullmatch
 
 class MetaResult(NamedTuple):
     """One meta reply (immutable). ``status`` is one of :data:`META_STATUSES`: ``hit``
-    (``VA``/``HD`` to ``mg`` or ``ma``), ``miss`` (``EN``), ``stored`` (``HD`` to ``ms``),
+    (``VA``/``HD`` to ``mg`` or ``ma``), ``miss`` (``EN``, or memcached's vivify placeholder:
+    see :class:`ExpectMeta`), ``stored`` (``HD`` to ``ms``),
     ``deleted`` (``HD`` to ``md``), ``not_stored`` (``NS``), ``exists`` (``EX``),
     ``not_found`` (``NF``), ``noop`` (``MN``). The other fields are the reply's flags (None
     when absent). A named tuple, because it is made on every meta reply and a tuple is the
