@@ -71,6 +71,7 @@ from .meta import (
     encode_meta_noop,
     encode_meta_set,
     lease_get_template,
+    lease_key,
     meta_key,
 )
 from .protocol import (
@@ -633,16 +634,18 @@ def read_through(
     recache_ttl: Optional[int] = None,
     wait: Optional[float] = None,
 ) -> Any:
-    """``fetch()`` for any client with ``meta_get``/``meta_set``/``meta_delete`` (each
+    """``fetch()`` for any client with ``lease_get``/``lease_set``/``lease_release`` (each
     call of which takes its own connection, so nothing is held while a caller waits).
 
-    A hit returns the value. On a miss exactly one caller (cluster-wide) wins a lease and
-    runs ``compute()``; it stores the result for ``ttl`` seconds and returns it, while the
-    others wait (capped backoff through ``time.sleep``, cooperative under gevent) for at
-    most ``lease_ttl`` (or ``wait``) seconds, then read it. A stale value (after
-    ``invalidate()``, or within ``recache_ttl`` seconds of expiry) is returned at once to
-    every caller but one, which recomputes it. If ``compute()`` raises, the lease is given
-    back, so the next caller recomputes at once.
+    A hit returns the value: a fresh one, or a stale one (after ``invalidate()``) or one
+    near expiry (within ``recache_ttl`` seconds) while another caller refreshes it. Exactly
+    one caller refreshes (memcached's win flag on the existing item), or, on a miss, fills
+    the key (the lease of :func:`pymc.meta.lease_key`, an item of its own that no read
+    sees): it runs ``compute()``, stores the result for ``ttl`` seconds and returns it;
+    the others wait (capped backoff through ``time.sleep``, cooperative under gevent) for
+    at most ``lease_ttl`` (or ``wait``) seconds, then read it. If ``compute()`` raises, or
+    its value cannot be stored, the current value stays as it was and the win or the lease
+    is given back, so the next caller tries again.
     """
     patience = lease_ttl if wait is None else wait
     deadline = None
@@ -651,10 +654,10 @@ def read_through(
         result = client.lease_get(key, lease_ttl, recache_ttl)
         if result.win:
             return _recompute(client, key, compute, ttl, result)
-        if result.status == "miss":  # no lease was offered: the cache is unavailable
+        if result.status == "hit":
+            return result.value  # fresh; or stale, or near expiry, while another refreshes
+        if not result.won_elsewhere:  # no lease was offered: the cache is unavailable
             return compute()  # (a HashClient with ignore_exc and a failing node)
-        if result.status == "hit" and (result.stale or not result.won_elsewhere):
-            return result.value  # a value; a stale one while someone else refreshes it
         # Someone else holds the lease of a missing value: wait for what it stores.
         now = time.monotonic()
         if deadline is None:  # (measured from the first wait: the hit path skips the clock)
@@ -670,14 +673,14 @@ def read_through(
 def _recompute(client: Any, key: Any, compute: Callable[[], Any], ttl: int, lease: Any) -> Any:
     try:
         value = compute()
-        client.meta_set(key, value, ttl, compare_cas=lease.cas)
+        client.lease_set(key, value, ttl, lease)
     except BaseException:
         # compute() raised, or its value could not be stored (too large, a network
-        # error): give the lease back. A placeholder goes, a stale value is stale again;
-        # either way the next caller wins at once instead of waiting out the lease.
+        # error): give the win or the lease back, leaving the value as it was, so the
+        # next caller tries again instead of waiting out the lease.
         try:
-            client.meta_delete(key, compare_cas=lease.cas, invalidate=lease.stale)
-        except MemcacheError:
+            client.lease_release(key, lease)
+        except Exception:  # (what failed first is the error to raise)
             pass
         raise
     return value
@@ -1566,8 +1569,17 @@ class Client:
         self._opaque_counter = (self._opaque_counter + 1) & 0xFFFFFFF
         return b"%x" % self._opaque_counter
 
-    def _meta(self, request: bytes, opaque: bytes, command: str) -> MetaResult:
-        result = self.request(request, ExpectMeta(opaque=opaque, command=command.encode()))
+    def _meta(
+        self, request: bytes, opaque: bytes, command: str, vivify: bool = False
+    ) -> MetaResult:
+        expect = ExpectMeta(opaque, None, False, command=command.encode(), vivify=vivify)
+        result = self.request(request, expect)
+        if type(result) is ErrorReply:
+            self._meta_result(result, command)  # (raises)
+        return result  # type: ignore[no-any-return]
+
+    def _meta_result(self, result: Any, command: str) -> MetaResult:
+        """``result`` (a reply to a meta request), or its error raised."""
         if type(result) is ErrorReply:
             if result.kind == b"ERROR" and not result.message:
                 raise MemcacheUnknownCommandError(
@@ -1586,16 +1598,7 @@ class Client:
     def _decoded(self, key: Key, result: MetaResult) -> MetaResult:
         """``result`` with its value deserialized, as a text get would return it."""
         if result.value is None or (self._raw_values and not result.client_flags):
-            return result
-        if (
-            (result.win or result.won_elsewhere)
-            and not result.stale
-            and not result.value
-            and not result.client_flags
-        ):
-            # The empty placeholder a lease made on a miss (vivify_on_miss): no stored
-            # value, so not the serde's to read (one may refuse flags it never wrote).
-            return result
+            return result  # (a vivify placeholder is a miss: meta.ExpectMeta)
         value = self._serde.deserialize(key, result.value, result.client_flags or 0)
         return result.with_value(value)
 
@@ -1616,7 +1619,9 @@ class Client:
     ) -> MetaResult:
         """``mg``: the value (deserialized) and what was asked for, as a :class:`MetaResult`
         (``status`` ``"hit"`` or ``"miss"``; ``win``/``stale``/``won_elsewhere`` with
-        ``vivify_on_miss`` or ``recache_ttl``)."""
+        ``vivify_on_miss`` or ``recache_ttl``). memcached's vivify placeholder (an empty
+        item made by ``vivify_on_miss``, until a value replaces it) is a ``"miss"``: ``win``
+        for its maker, ``won_elsewhere`` for the others."""
         wire, b64 = meta_key(key, self._prefix, True)  # any key: binary ones go base64
         opaque = self._opaque()
         request = encode_meta_get(
@@ -1635,15 +1640,18 @@ class Client:
             no_bump=no_bump,
             flags=flags,
         )
-        return self._decoded(key, self._meta(request, opaque, "mg"))
+        vivify = vivify_on_miss is not None
+        return self._decoded(key, self._meta(request, opaque, "mg", vivify))
 
     def lease_get(
         self, key: Key, lease_ttl: int = 30, recache_ttl: Optional[int] = None
     ) -> MetaResult:
-        """The probe :meth:`fetch` makes: :meth:`meta_get` with ``return_cas=True``,
-        ``vivify_on_miss=lease_ttl`` and ``recache_ttl``. On a miss the caller that gets
-        ``win`` holds the lease (and the ``cas`` to store with); the others get
-        ``won_elsewhere``."""
+        """The probe :meth:`fetch` makes: the value (``mg`` with ``return_cas`` and
+        ``recache_ttl``), and on a miss a try for the key's lease (:func:`~pymc.meta.lease_key`,
+        held ``lease_ttl`` seconds). A ``"hit"`` is the value; with ``win`` this caller is the
+        one to refresh it (stale, or near expiry). A ``"miss"`` with ``win`` holds the lease
+        (its ``cas``); with ``won_elsewhere`` another caller holds it. Give a win or a lease
+        back through :meth:`lease_set` or :meth:`lease_release`."""
         # The request around its opaque is built and checked once per key (a read-through
         # probes its hot keys again and again); only exact str/bytes keys and int ttls are
         # remembered, so that 30.0 or True never passes for what was checked as 30 or 1.
@@ -1664,7 +1672,160 @@ class Client:
                     self._lease_templates.clear()
                 self._lease_templates[memo] = template
         opaque = self._opaque()
-        return self._decoded(key, self._meta(template[0] + opaque + template[1], opaque, "mg"))
+        result = self.request(template[0] + opaque + template[1], ExpectMeta(opaque))
+        if type(result) is ErrorReply:
+            self._meta_result(result, "mg")  # (raises)
+        if result.status == "miss" and not result.won_elsewhere:
+            result = self._take_lease(key, lease_ttl, template)
+        return self._decoded(key, result)
+
+    def _take_lease(self, key: Key, lease_ttl: int, template: Tuple[bytes, bytes]) -> MetaResult:
+        """On a miss: add the key's lease and probe the key again, in one round trip (a
+        holder stores the value before it frees its lease, so a lease won after that finds
+        the value)."""
+        wire = lease_key(key, self._prefix)
+        first, then = self._opaque(), self._opaque()
+        add = encode_meta_set(
+            wire, b"", base64=True, ttl=lease_ttl, mode="add", return_cas=True, opaque=first
+        )
+        replies = self.request(
+            add + template[0] + then + template[1],
+            ExpectMetaEach([ExpectMeta(first, command=b"ms"), ExpectMeta(then)]),
+        )
+        lease = self._meta_result(replies[0], "ms")
+        found = self._meta_result(replies[1], "mg")
+        if lease.status == "stored":
+            if found.status == "miss":
+                return MetaResult("miss", cas=lease.cas, win=True)
+            self._free_lease(key, lease.cas)  # filled meanwhile: the value, and no lease
+            return found
+        if found.status == "miss":
+            return MetaResult("miss", won_elsewhere=True)
+        return found
+
+    def _free_lease(self, key: Key, cas: Optional[int]) -> bool:
+        opaque = self._opaque()
+        wire = lease_key(key, self._prefix)
+        request = encode_meta_delete(wire, base64=True, compare_cas=cas, opaque=opaque)
+        return self._meta(request, opaque, "md").status == "deleted"
+
+    def lease_set(self, key: Key, value: Any, ttl: int, lease: MetaResult) -> bool:
+        """Store ``value`` as what this caller's win or lease (``lease``, from
+        :meth:`lease_get`) computed, and give the lease back; False if it was not stored
+        (another value came meanwhile, or the lease was lost).
+
+        A lease on a missing key stores in add mode, then frees the lease; had the lease
+        gone meanwhile (``invalidate()``, or it expired and another caller took it), the
+        value just stored is taken back. A refresh stores only over the value it won
+        (``cas``); if the server refuses the new value (too large: memcached then drops the
+        key), the old value is put back as it was (stale if it was) and the error raised."""
+        data, client_flags = self._serialize(key, value, None)
+        wire, b64 = meta_key(key, self._prefix, True)
+        first, then = self._opaque(), self._opaque()
+        if lease.status != "hit":  # a lease on a missing key
+            store = encode_meta_set(
+                wire,
+                data,
+                base64=b64,
+                client_flags=client_flags,
+                ttl=ttl,
+                mode="add",
+                return_cas=True,
+                opaque=first,
+            )
+            free = encode_meta_delete(
+                lease_key(key, self._prefix), base64=True, compare_cas=lease.cas, opaque=then
+            )
+            replies = self.request(
+                store + free,
+                ExpectMetaEach([ExpectMeta(first, command=b"ms"), ExpectMeta(then, command=b"md")]),
+            )
+            stored = self._meta_result(replies[0], "ms")
+            freed = self._meta_result(replies[1], "md")
+            if stored.status == "stored" and freed.status != "deleted":
+                # The lease went while this caller computed: what it computed may predate
+                # the write that invalidated it.
+                opaque = self._opaque()
+                undo = encode_meta_delete(wire, base64=b64, compare_cas=stored.cas, opaque=opaque)
+                self._meta(undo, opaque, "md")
+                return False
+            return stored.status == "stored"
+        ask = encode_meta_get(wire, base64=b64, value=False, return_ttl=True, opaque=first)
+        store = encode_meta_set(
+            wire,
+            data,
+            base64=b64,
+            client_flags=client_flags,
+            ttl=ttl,
+            compare_cas=lease.cas,
+            opaque=then,
+        )
+        replies = self.request(
+            ask + store, ExpectMetaEach([ExpectMeta(first), ExpectMeta(then, command=b"ms")])
+        )
+        before = self._meta_result(replies[0], "mg")
+        if type(replies[1]) is ErrorReply and replies[1].in_step and before.hit:
+            try:
+                self._put_back(key, wire, b64, lease, before.ttl)
+            except MemcacheError:
+                pass  # (the error that dropped it is the one to raise)
+        return self._meta_result(replies[1], "ms").status == "stored"
+
+    def _put_back(
+        self,
+        key: Key,
+        wire: bytes,
+        b64: bool,
+        lease: MetaResult,
+        ttl: Optional[int],
+        compare_cas: Optional[int] = None,
+    ) -> bool:
+        """Store again the value a refresh won, for the time it had left (``ttl``, from
+        ``mg ... t``), stale if it was: over itself (``compare_cas``: a fresh item, whose
+        win the next caller gets again), or in add mode (memcached dropped it when it
+        refused the new value). False if it was not stored."""
+        data, client_flags = self._serialize(key, lease.value, None)
+        opaque = self._opaque()
+        request = encode_meta_set(
+            wire,
+            data,
+            base64=b64,
+            client_flags=client_flags,
+            ttl=0 if ttl is None or ttl < 0 else max(ttl, 1),
+            mode="add" if compare_cas is None else None,
+            compare_cas=compare_cas,
+            return_cas=True,
+            opaque=opaque,
+        )
+        again = self._meta(request, opaque, "ms")
+        if lease.stale and again.status == "stored":
+            opaque = self._opaque()
+            stale = encode_meta_delete(
+                wire, base64=b64, compare_cas=again.cas, invalidate=True, opaque=opaque
+            )
+            self._meta(stale, opaque, "md")
+        return again.status == "stored"
+
+    def lease_release(self, key: Key, lease: MetaResult) -> bool:
+        """Give back a win or a lease (from :meth:`lease_get`) without storing anything: the
+        lease of a missing key is freed; a won refresh leaves the value as it was, and the
+        next caller wins it again (a stale value is marked stale again; a value near expiry
+        is stored again as it was, for the time it had left). False if there was nothing
+        left to give back (the value changed meanwhile)."""
+        if lease.status != "hit":
+            return self._free_lease(key, lease.cas)
+        wire, b64 = meta_key(key, self._prefix, True)
+        opaque = self._opaque()
+        if lease.stale:
+            request = encode_meta_delete(
+                wire, base64=b64, compare_cas=lease.cas, invalidate=True, opaque=opaque
+            )
+            return self._meta(request, opaque, "md").status == "deleted"
+        request = encode_meta_get(wire, base64=b64, value=False, return_ttl=True, opaque=opaque)
+        before = self._meta(request, opaque, "mg")
+        if not before.hit:
+            return False
+        return self._put_back(key, wire, b64, lease, before.ttl, lease.cas)
 
     def meta_set(
         self,
@@ -1776,8 +1937,20 @@ class Client:
 
     def invalidate(self, key: Key, ttl: int = 30) -> bool:
         """Mark ``key`` stale instead of deleting it: the next :meth:`fetch` gets the stale
-        value at once while one caller recomputes it. True if the key existed."""
-        return self.meta_delete(key, invalidate=True, ttl=ttl).status == "deleted"
+        value at once while one caller recomputes it. A :meth:`fetch` filling the missing
+        key loses its lease, so that what it computed before the write is not stored. True
+        if the key existed."""
+        wire, b64 = meta_key(key, self._prefix, True)  # any key: binary ones go base64
+        first, then = self._opaque(), self._opaque()
+        request = encode_meta_delete(
+            wire, base64=b64, invalidate=True, ttl=ttl, opaque=first
+        ) + encode_meta_delete(lease_key(key, self._prefix), base64=True, opaque=then)
+        replies = self.request(
+            request,
+            ExpectMetaEach([ExpectMeta(first, command=b"md"), ExpectMeta(then, command=b"md")]),
+        )
+        self._meta_result(replies[1], "md")
+        return self._meta_result(replies[0], "md").status == "deleted"
 
     def fetch(
         self,
@@ -1936,6 +2109,8 @@ COMMANDS: Tuple[str, ...] = tuple(
         "cluster_config",
         "meta_get",
         "lease_get",
+        "lease_set",
+        "lease_release",
         "meta_set",
         "meta_delete",
         "meta_arithmetic",
@@ -1974,7 +2149,7 @@ _ONE_KEY: Tuple[str, ...] = (
     "gats",
 )
 _ONE_KEY += ("delete", "incr", "decr", "touch", "meta_get", "lease_get", "meta_set", "meta_delete")
-_ONE_KEY += ("meta_arithmetic", "get_cas", "set_cas", "invalidate")
+_ONE_KEY += ("meta_arithmetic", "get_cas", "set_cas", "invalidate", "lease_set", "lease_release")
 _MANY_KEYS: Tuple[str, ...] = (
     "get_many",
     "get_multi",
@@ -2166,6 +2341,8 @@ class Commands:
     cluster_config = _delegate(Client.cluster_config)
     meta_get = _delegate(Client.meta_get)
     lease_get = _delegate(Client.lease_get)
+    lease_set = _delegate(Client.lease_set)
+    lease_release = _delegate(Client.lease_release)
     meta_set = _delegate(Client.meta_set)
     meta_delete = _delegate(Client.meta_delete)
     meta_arithmetic = _delegate(Client.meta_arithmetic)

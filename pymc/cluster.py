@@ -343,6 +343,8 @@ _ON_FAILURE: Dict[str, Any] = {
     "decr": None,
     "meta_get": MetaResult("miss"),
     "lease_get": MetaResult("miss"),
+    "lease_set": False,
+    "lease_release": False,
     "meta_set": MetaResult("not_stored"),
     "meta_delete": MetaResult("not_found"),
     "meta_arithmetic": MetaResult("not_found"),
@@ -357,6 +359,8 @@ _ANY_KEY = frozenset(
     [
         "meta_get",
         "lease_get",
+        "lease_set",
+        "lease_release",
         "meta_set",
         "meta_delete",
         "meta_arithmetic",
@@ -1507,6 +1511,8 @@ class HashClient:
     decr = _keyed(Client.decr)
     meta_get = _keyed(Client.meta_get)
     lease_get = _keyed(Client.lease_get)
+    lease_set = _keyed(Client.lease_set)
+    lease_release = _keyed(Client.lease_release)
     meta_set = _keyed(Client.meta_set)
     meta_delete = _keyed(Client.meta_delete)
     meta_arithmetic = _keyed(Client.meta_arithmetic)

@@ -41,6 +41,7 @@ __all__ = [
     "LONG_KEY_TAG",
     "MAX_OPAQUE_LENGTH",
     "META_STATUSES",
+    "RESERVED_KEY_START",
     "ExpectMeta",
     "ExpectMetaEach",
     "ExpectMetaQuiet",
@@ -52,11 +53,14 @@ __all__ = [
     "encode_meta_noop",
     "encode_meta_set",
     "lease_get_template",
+    "lease_key",
     "meta_key",
 ]
 
 #: Marks a key sent as its digest (a key too long for memcached even in base64).
 LONG_KEY_TAG: Final = b"pymc:blake2b:"
+#: The start of the item names pymc keeps for itself (no caller's key is sent as one).
+RESERVED_KEY_START: Final = b"\x00pymc:"
 #: memcached refuses an ``O`` token of 32 bytes or more (the flag letter counts).
 MAX_OPAQUE_LENGTH: Final = 31
 #: Every ``MetaResult.status``.
@@ -86,7 +90,8 @@ _TTL = re.compile(rb"-?[0-9]{1,11}").fullmatch
 
 class MetaResult(NamedTuple):
     """One meta reply (immutable). ``status`` is one of :data:`META_STATUSES`: ``hit``
-    (``VA``/``HD`` to ``mg`` or ``ma``), ``miss`` (``EN``), ``stored`` (``HD`` to ``ms``),
+    (``VA``/``HD`` to ``mg`` or ``ma``), ``miss`` (``EN``, or memcached's vivify placeholder:
+    see :class:`ExpectMeta`), ``stored`` (``HD`` to ``ms``),
     ``deleted`` (``HD`` to ``md``), ``not_stored`` (``NS``), ``exists`` (``EX``),
     ``not_found`` (``NF``), ``noop`` (``MN``). The other fields are the reply's flags (None
     when absent). A named tuple, because it is made on every meta reply and a tuple is the
@@ -142,20 +147,23 @@ def meta_key(
 ) -> Tuple[bytes, bool]:
     """``(wire key, base64?)`` for ``prefix + key``.
 
-    A key the text protocol takes (see :func:`~pymc.protocol.validate_key`) goes as it is.
-    Any other one (bytes holding a space or control character, a key longer than 250 bytes,
-    a non-ASCII ``str`` as UTF-8, which needs ``allow_unicode`` as in the text protocol)
-    goes base64-encoded, to be sent with the ``b`` flag. memcached takes a key token of at
-    most 250 bytes, base64 included (186 bytes before encoding): a longer key is sent as
-    :data:`LONG_KEY_TAG` plus its 32-byte BLAKE2b digest, base64-encoded. Empty or
-    non-str/bytes keys raise :class:`MemcacheIllegalInputError`.
+    A key the text commands send as it is (see :func:`~pymc.protocol.validate_key`, with
+    ``allow_unicode``: a non-ASCII ``str`` as UTF-8) goes as it is here too, so that the
+    text and the meta commands address one item for every key both take. Any other key
+    (bytes holding a space or control character, a key longer than 250 bytes) goes
+    base64-encoded, to be sent with the ``b`` flag. memcached takes a key token of at most
+    250 bytes, base64 included (186 bytes before encoding): a longer one is sent as
+    :data:`LONG_KEY_TAG` plus its 32-byte BLAKE2b digest, base64-encoded, and so is a key
+    that starts with :data:`RESERVED_KEY_START` (pymc's own items, such as
+    :func:`lease_key`, live there). Empty or non-str/bytes keys raise
+    :class:`MemcacheIllegalInputError`.
     """
     if not isinstance(key, (str, bytes)):
         raise MemcacheIllegalInputError(f"a key must be str or bytes, not {type(key).__name__}")
     if not isinstance(prefix, bytes):
         raise MemcacheIllegalInputError(f"a key prefix must be bytes, not {type(prefix).__name__}")
     try:
-        return validate_key(key, prefix), False
+        return validate_key(key, prefix, allow_unicode), False
     except MemcacheIllegalInputError:
         pass
     raw = key_bytes(key, allow_unicode)
@@ -163,11 +171,25 @@ def meta_key(
         raise MemcacheIllegalInputError("a key must not be empty")
     full = prefix + raw
     wire = _b64.b64encode(full)
-    if len(wire) > MAX_KEY_LENGTH:
+    if len(wire) > MAX_KEY_LENGTH or full.startswith(RESERVED_KEY_START):
         # Too long even in base64 (over 186 bytes): the key's BLAKE2b digest stands for it,
         # so no key is refused. Only pymc finds such an item again (by the same digest).
         wire = _b64.b64encode(LONG_KEY_TAG + hashlib.blake2b(full, digest_size=32).digest())
     return wire, True
+
+
+def lease_key(key: Union[str, bytes], prefix: bytes = b"", allow_unicode: bool = True) -> bytes:
+    """The base64 wire key (sent with ``b``) of the lease :meth:`pymc.Client.fetch` takes
+    on a missing ``prefix + key``: :data:`RESERVED_KEY_START`, ``lease:``, then the
+    32-byte BLAKE2b digest of the key's item name (so every spelling of one key has one
+    lease). No key a caller gives can name it: :func:`meta_key` sends any key starting
+    with :data:`RESERVED_KEY_START` as a digest, and the text commands take no key with a
+    control character."""
+    wire, b64 = meta_key(key, prefix, allow_unicode)
+    name = _b64.b64decode(wire) if b64 else wire
+    return _b64.b64encode(
+        RESERVED_KEY_START + b"lease:" + hashlib.blake2b(name, digest_size=32).digest()
+    )
 
 
 # --------------------------------------------------------------------------- encoders
@@ -334,12 +356,13 @@ def encode_lease_get(
     base64: bool = False,
 ) -> bytes:
     """The probe of a read-through: the bytes of :func:`encode_meta_get` with ``value``,
-    ``return_cas``, ``return_client_flags``, ``opaque``, ``vivify_on_miss=lease_ttl`` and
-    ``recache_ttl``, built with less work (it runs on every ``fetch``).
+    ``return_cas``, ``return_client_flags``, ``opaque`` and ``recache_ttl``, built with
+    less work (it runs on every ``fetch``). It makes nothing on a miss (no vivify: the
+    lease on a missing key is an item of its own, :func:`lease_key`).
 
-    ``lease_ttl`` must be at least 1: memcached keeps a ttl of 0 forever (a lease whose
-    holder dies before storing would never end) and a negative one not at all (every
-    caller would win)."""
+    ``lease_ttl`` (checked here, used by the lease a miss leads to) must be at least 1:
+    memcached keeps a ttl of 0 forever (a lease whose holder dies before storing would
+    never end) and a negative one not at all (every caller would win)."""
     head, tail = lease_get_template(key, lease_ttl, recache_ttl, base64=base64)
     return head + _opaque(opaque)[1:] + tail
 
@@ -350,16 +373,16 @@ def lease_get_template(
     """``(head, tail)``: the request of :func:`encode_lease_get` is ``head + opaque + tail``
     for any valid opaque (1 to 31 bytes, no space or control character), so that a client
     probing the same key again and again builds and checks the rest once."""
-    if type(lease_ttl) is not int or lease_ttl < 1:
+    if type(lease_ttl) is not int or not 1 <= lease_ttl < _TTL_HIGH:
         raise MemcacheIllegalInputError(
             f"lease_ttl must be an int of at least 1 second, got {lease_ttl!r}"
         )
-    before, after = _lease_flags(base64, lease_ttl, recache_ttl)
+    before, after = _lease_flags(base64, recache_ttl)
     return b"mg " + _wire_key(key, base64) + before + b" O", after + b"\r\n"
 
 
 @functools.lru_cache(maxsize=256, typed=True)
-def _lease_flags(base64: bool, lease_ttl: int, recache_ttl: Optional[int]) -> Tuple[bytes, bytes]:
+def _lease_flags(base64: bool, recache_ttl: Optional[int]) -> Tuple[bytes, bytes]:
     return _mg_flags(
         base64,
         True,
@@ -371,7 +394,7 @@ def _lease_flags(base64: bool, lease_ttl: int, recache_ttl: Optional[int]) -> Tu
         False,
         False,
         False,
-        lease_ttl,
+        None,
         recache_ttl,
         None,
         False,
@@ -703,6 +726,21 @@ def _check_command(command: bytes) -> bytes:
 _new_tuple: Final[Any] = tuple.__new__
 
 
+def _placeholder(fields: Dict[str, object], vivify: bool) -> bool:
+    """Whether an empty ``mg`` hit with these reply flags is memcached's vivify-on-miss
+    placeholder (``mg ... N<ttl>`` on a miss makes an empty item with client flags 0, hands
+    its maker ``W`` and everyone else ``Z`` until a value replaces it): a miss, never a
+    value. So: empty, flags 0 (or not asked), not stale (``X``: a value, even an empty
+    one, after ``md ... I``), and ``Z``, or ``W`` in reply to a request that carried
+    ``N``. (Without ``N`` a ``W`` on a fresh item is ``R``'s recache win: a value.) An
+    empty value stored with flags 0 while another caller holds its recache win is read as
+    a miss too: the reply cannot tell the two apart.
+    """
+    return (
+        not fields.get("f") and "X" not in fields and ("Z" in fields or (vivify and "W" in fields))
+    )
+
+
 def _result(
     reader: Reader,
     head: _Head,
@@ -710,8 +748,10 @@ def _result(
     data: Optional[bytes],
     opaque: Optional[bytes],
     key: Optional[bytes],
+    vivify: bool = False,
 ) -> MetaResult:
-    """The MetaResult of a complete reply; poisons on a code or echo the request cannot get."""
+    """The MetaResult of a complete reply; poisons on a code or echo the request cannot get.
+    ``vivify``: the request was an ``mg`` with ``N`` (see :func:`_placeholder`)."""
     status = _STATUS.get((command, head.code))
     if status is None:
         raise reader.fail(f"{head.code!r} is no answer to {command.decode()}")
@@ -729,6 +769,9 @@ def _result(
         if not _digits(data) or int(data) >= _UINT64:
             raise reader.fail(f"ma answered a value that is not a number: {data[:40]!r}")
         number = int(data)
+    if data == b"" and command == b"mg" and _placeholder(fields, vivify):
+        status = "miss"
+        data = None
     get = fields.get
     result: MetaResult = (
         _new_tuple(  # tuple.__new__ straight, not namedtuple's __new__: every reply
@@ -763,10 +806,14 @@ class ExpectMeta(Expect):
     request that asked for its key back (``k``), base64 text when ``base64``; the reply's
     key (decoded when it carries ``b``) must be that key. ``command``: ``b"mg"``,
     ``b"ms"``, ``b"md"``, ``b"ma"`` or ``b"mn"``: which return codes are answers, and what
-    ``HD`` means. Anything else poisons the reader.
+    ``HD`` means. ``vivify``: the request is an ``mg`` with ``N``, so an empty ``W`` reply
+    is the placeholder it made. Anything else poisons the reader.
+
+    memcached's vivify-on-miss placeholder is a ``"miss"`` (no value), with ``win`` for its
+    maker and ``won_elsewhere`` for the others, never a hit of an empty value.
     """
 
-    __slots__ = ("command", "expected_key", "head", "opaque")
+    __slots__ = ("command", "expected_key", "head", "opaque", "vivify")
 
     def __init__(
         self,
@@ -775,7 +822,9 @@ class ExpectMeta(Expect):
         base64: bool = False,
         *,
         command: bytes = b"mg",
+        vivify: bool = False,
     ) -> None:
+        self.vivify = vivify
         self.opaque = opaque
         self.expected_key = None if key is None else _expected_key(key, base64)
         self.command = command if command in _COMMANDS else _check_command(command)
@@ -801,7 +850,9 @@ class ExpectMeta(Expect):
                 return NEED_DATA
             assert isinstance(block, bytes)
             data = block
-        return _result(reader, head, self.command, data, self.opaque, self.expected_key)
+        return _result(
+            reader, head, self.command, data, self.opaque, self.expected_key, self.vivify
+        )
 
 
 class ExpectMetaQuiet(Expect):

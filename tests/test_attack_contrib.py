@@ -57,11 +57,12 @@ def test_fetch_with_a_serde_that_knows_only_its_own_flags(memcached: MemcachedPr
     try:
         assert client.fetch("doc-serde", lambda: {"a": 1}, lease_ttl=5) == {"a": 1}
         assert client.fetch("doc-serde", lambda: {"a": 2}, lease_ttl=5) == {"a": 1}
-        # A waiter, while another caller holds the lease, sees the placeholder too.
+        # A waiter, while another caller holds the lease, sees a miss (the lease is no
+        # item a read sees: issue 18).
         held = client.lease_get("doc-serde-2", 5)
         assert held.win
         waiter = client.lease_get("doc-serde-2", 5)
-        assert waiter.won_elsewhere and waiter.status == "hit"
+        assert waiter.won_elsewhere and waiter.status == "miss" and waiter.value is None
         # The value after a stale hit still goes through the serde.
         assert client.invalidate("doc-serde")
         stale = client.lease_get("doc-serde", 5)

@@ -152,7 +152,7 @@ def test_client_observes_each_command_once(memcached: MemcachedProcess) -> None:
     assert c.delete_many(["b", "c"]) is True
     assert c.meta_get_many(["a"]) == {"a": b"1"}
     assert isinstance(c.stats(), dict)
-    assert c.fetch("f", lambda: b"F") == b"F"  # fetch is lease_get then meta_set
+    assert c.fetch("f", lambda: b"F") == b"F"  # fetch is lease_get then lease_set
     assert [(name, keys, where, err) for name, keys, where, err in rec.calls()] == [
         ("set", ("a",), server, None),
         ("get", ("a",), server, None),
@@ -166,7 +166,7 @@ def test_client_observes_each_command_once(memcached: MemcachedProcess) -> None:
         ("meta_get_many", ("a",), server, None),
         ("stats", (), server, None),
         ("lease_get", ("f",), server, None),
-        ("meta_set", ("f",), server, None),
+        ("lease_set", ("f",), server, None),
     ]
     assert all(s[5] == threading.get_ident() for s in rec.starts())
     c.close()

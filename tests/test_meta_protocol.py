@@ -17,6 +17,7 @@ from pymc import meta
 from pymc.exceptions import MemcacheIllegalInputError, MemcacheProtocolError
 from pymc.meta import (
     LONG_KEY_TAG,
+    RESERVED_KEY_START,
     ExpectMeta,
     ExpectMetaQuiet,
     MetaResult,
@@ -27,6 +28,7 @@ from pymc.meta import (
     encode_meta_noop,
     encode_meta_set,
     lease_get_template,
+    lease_key,
     meta_key,
 )
 from pymc.protocol import END, NEED_DATA, ErrorReply, Expect, Reader
@@ -184,11 +186,27 @@ class TestMetaKey:
     def test_unicode(self) -> None:
         with pytest.raises(MemcacheIllegalInputError):
             meta_key("caf\u00e9")
-        assert meta_key("caf\u00e9", allow_unicode=True) == (B64("caf\u00e9".encode()), True)
+        # as the text commands send it (issue 18: one key, one item), at every length
+        assert meta_key("caf\u00e9", allow_unicode=True) == ("caf\u00e9".encode(), False)
         assert meta_key("caf\u00e9", b"p:", allow_unicode=True) == (
-            B64(b"p:" + "caf\u00e9".encode()),
+            b"p:" + "caf\u00e9".encode(),
+            False,
+        )
+        long = "\u00e9" * 125  # 250 bytes: base64 would be too long (a digest, before)
+        assert meta_key(long, allow_unicode=True) == (long.encode(), False)
+        assert meta_key(long + "x", allow_unicode=True)[1] is True
+        assert meta_key("caf\u00e9 au lait", allow_unicode=True) == (
+            B64("caf\u00e9 au lait".encode()),
             True,
         )
+
+    def test_the_reserved_names_are_no_callers_key(self) -> None:
+        reserved = RESERVED_KEY_START + b"lease:x"
+        wire, b64 = meta_key(reserved)
+        assert b64 and base64.b64decode(wire).startswith(LONG_KEY_TAG)
+        assert base64.b64decode(lease_key("k")).startswith(RESERVED_KEY_START)
+        assert lease_key("k") == lease_key(b"k") != lease_key("k", b"p:")
+        assert lease_key("k" * 400) != lease_key("k" * 401)
         with pytest.raises(MemcacheIllegalInputError):
             meta_key("\ud800", allow_unicode=True)
 
@@ -329,10 +347,9 @@ def test_the_lease_probe_is_the_meta_get_it_stands_for(
             return_cas=True,
             return_client_flags=True,
             opaque=opaque,
-            vivify_on_miss=lease_ttl,
             recache_ttl=recache_ttl,
         )
-    )
+    )  # no vivify: a miss leads to a lease of its own (meta.lease_key)
 
 
 @given(
@@ -604,6 +621,29 @@ R = MetaResult
 )
 def test_expect_meta_replies(command: bytes, data: bytes, expected: object) -> None:
     assert all_ways(lambda: ExpectMeta(command=command), data) == expected
+
+
+@pytest.mark.parametrize(
+    ("reply", "vivify", "status"),
+    [
+        (b"VA 0 c1 f0 Z\r\n\r\n", False, "miss"),  # another caller's vivify placeholder
+        (b"VA 0 c1 Z\r\n\r\n", False, "miss"),  # (flags not asked)
+        (b"VA 0 c1 f0 W\r\n\r\n", True, "miss"),  # the placeholder its maker made
+        (b"VA 0 c1 f0 W\r\n\r\n", False, "hit"),  # R's recache win on an empty value
+        (b"VA 0 c1 f0 X Z\r\n\r\n", False, "hit"),  # stale: a value, even empty
+        (b"VA 0 c1 f0 X W\r\n\r\n", True, "hit"),
+        (b"VA 0 c1 f16 Z\r\n\r\n", False, "hit"),  # an empty str
+        (b"VA 1 c1 f0 Z\r\nx\r\n", False, "hit"),
+        (b"HD c1 Z\r\n", False, "hit"),  # (no value asked)
+    ],
+)
+def test_the_vivify_placeholder_is_a_miss(reply: bytes, vivify: bool, status: str) -> None:
+    result = all_ways(lambda: ExpectMeta(vivify=vivify), reply)
+    assert isinstance(result, MetaResult) and result.status == status
+    if status == "miss":
+        assert result.value is None and (result.win or result.won_elsewhere)
+    quiet = all_ways(lambda: ExpectMetaQuiet([(b"1",)]), reply.replace(b"c1", b"c1 O1") + b"MN\r\n")
+    assert isinstance(quiet, dict) and quiet[b"1"].status == ("hit" if vivify else status)
 
 
 def test_status_properties() -> None:
@@ -925,6 +965,14 @@ def replies(draw: st.DrawFn) -> Tuple[bytes, bytes, MetaResult]:
         wire = b" ".join([b"VA", b"%d" % len(value), *tokens]) + b"\r\n" + value + b"\r\n"
     else:
         wire = b" ".join([code, *tokens]) + b"\r\n"
+    placeholder = not fields.get("client_flags") and not fields.get("stale")
+    if (
+        command == b"mg"
+        and fields.get("value") == b""
+        and placeholder
+        and "won_elsewhere" in fields
+    ):
+        status, fields["value"] = "miss", None  # memcached's vivify placeholder: no value
     return command, wire, MetaResult(status, **fields)
 
 

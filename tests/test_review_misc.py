@@ -256,6 +256,10 @@ def _every_command_by_keyword(client: Any) -> List[str]:
     assert call("meta_set", key="m", value=b"1", ttl=0).status == "stored"
     assert call("meta_get", key="m", return_cas=True).value == b"1"
     assert call("lease_get", key="m", lease_ttl=30, recache_ttl=None).value == b"1"
+    lease = call("lease_get", key="m-new", lease_ttl=30, recache_ttl=None)
+    assert lease.win and call("lease_set", key="m-new", value=b"n", ttl=0, lease=lease) is True
+    lease = call("lease_get", key="m-gone", lease_ttl=30, recache_ttl=None)
+    assert lease.win and call("lease_release", key="m-gone", lease=lease) is True
     assert call("meta_arithmetic", key="m", delta=2).number == 3
     assert call("meta_delete", key="m", invalidate=True).status == "deleted"
     assert call("meta_noop").status == "noop"
