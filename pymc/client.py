@@ -820,8 +820,12 @@ class Client:
                 self._authenticate(opts.username, opts.password or "")
             return sock
         except BaseException as exc:
+            # No connection, so nothing pending or owed: an interruption inside the auth
+            # requests may have left their flags set, and the next connect's auth would
+            # then start over on a connection already authenticated.
             self.sock = None
             self._reader = None
+            self._owes_sync = self._syncing = self._pending = False
             if sock is not None:
                 sock.close()
             if isinstance(exc, MemcacheError) or not isinstance(exc, OSError):
