@@ -549,3 +549,22 @@ def test_set_many_with_a_dead_node_returns_the_keys_stored_on_the_live_one(
             assert "huge" not in on_live
             assert stored == on_live, f"attempt {attempt}"
     cache.close()
+
+
+@pytest.mark.timeout(30)
+def test_delete_many_with_a_dead_node_returns_the_keys_deleted_on_the_live_one(
+    memcached: MemcachedProcess,
+) -> None:
+    cache = PymcCache([memcached.server, f"127.0.0.1:{closed_port()}"], key_prefix="dd:")
+    keys = [f"k{i}" for i in range(40)]
+    with Client(memcached.address) as raw:
+        for attempt in range(2):  # the first failure of the node, then while it rests
+            for key in keys:
+                raw.set(f"dd:{key}", b"v")  # on the live node, whatever the ring says
+            started = time.monotonic()
+            deleted = cache.delete_many(*keys)
+            assert time.monotonic() - started < 5
+            gone = [k for k in keys if raw.get(f"dd:{k}") is None]
+            assert 0 < len(gone) < len(keys), "the keys land on both nodes"
+            assert deleted == gone, f"attempt {attempt}"
+    cache.close()

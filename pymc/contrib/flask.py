@@ -19,7 +19,7 @@ value over the server's item size) is the documented failure return: ``None`` fr
 ``inc``/``dec``, ``False`` from ``set``/``add``/``delete``/``has``/``clear``, the keys that did
 succeed from ``set_many``/``delete_many`` (when the server refuses some values of a
 ``set_many``, say one over its item size, or one server of several is down, the others are
-stored and returned). Pickling errors are raised.
+stored and returned; so for ``delete_many``). Pickling errors are raised.
 
 Differences, all on the safe side: pooling is on (one pool of connections per server, safe to
 share between threads and greenlets); ``inc``/``dec`` are a bounded compare-and-swap loop with
@@ -329,12 +329,24 @@ class PymcCache(_Base):
                 left = self.client.get_many(list(fulls))
             except _FAILURES:
                 left = None
+                if isinstance(self.client, HashClient):
+                    # One node failed while the others deleted their keys, and the error
+                    # does not say which: key by key (a node that just failed is not
+                    # tried again for retry_timeout, so its keys fail at once).
+                    deleted = [key for full, key in fulls.items() if self._gone(full)]
             if left is not None:
                 deleted = [key for full, key in fulls.items() if full not in left]
         if not self.ignore_delete_many_errors and len(deleted) != len(fulls):
             failed = [key for key in fulls.values() if key not in deleted]
             raise RuntimeError(f"Failed to delete keys: {failed}")
         return deleted
+
+    def _gone(self, full: str) -> bool:
+        try:
+            self.client.delete(full, noreply=False)  # False: it was not there
+        except _FAILURES:
+            return False
+        return True
 
     def clear(self) -> bool:
         """memcached's ``flush_all``, as cachelib's ``MemcachedCache.clear``: every server
