@@ -106,6 +106,7 @@ from .protocol import (
     encode_sync,
     encode_touch,
     encode_verbosity,
+    expect_auth_probe,
     validate_key,
     validate_keys,
 )
@@ -823,8 +824,12 @@ class Client:
                 self._authenticate(opts.username, opts.password or "")
             return sock
         except BaseException as exc:
+            # No connection, so nothing pending or owed: an interruption inside the auth
+            # requests may have left their flags set, and the next connect's auth would
+            # then start over on a connection already authenticated.
             self.sock = None
             self._reader = None
+            self._owes_sync = self._syncing = self._pending = False
             if sock is not None:
                 sock.close()
             if isinstance(exc, MemcacheError) or not isinstance(exc, OSError):
@@ -869,12 +874,12 @@ class Client:
         """ASCII auth, only on a server that asks for it: the credentials are a ``set``
         that a server without ``-Y`` would store (see ``encode_auth_probe``)."""
         credentials = encode_auth(username, password)  # refused before anything is sent
-        probe = self.request(encode_auth_probe(), ExpectReplies(RULES["version"]))[0]
+        probe = self.request(encode_auth_probe(), expect_auth_probe())
         if not asks_for_auth(probe):
             self.close()
             name = server_name(self.server)
             if type(probe) is ErrorReply:
-                raise probe.exception("version, sent before the credentials, which were not sent")
+                raise probe.exception("get auth, sent before the credentials, which were not sent")
             raise MemcacheAuthNotRequiredError(
                 f"{name} does not require authentication (it answered a command sent "
                 "without credentials), so the username and password were not sent: "

@@ -73,6 +73,7 @@ from .exceptions import (
     MemcacheNetworkError,
     MemcacheProtocolError,
     MemcacheServerRefusedError,
+    network_error,
 )
 from .hashing import RendezvousHash, build_locator
 from .meta import ExpectMetaQuiet, MetaResult, encode_meta_noop, encode_meta_set, meta_key
@@ -486,6 +487,8 @@ class HashClient:
         self._lock = _ForkSafeLock(threading.Lock)
         self._change_lock = _ForkSafeLock(threading.RLock)  # one change (read + swap) at a time
         self._failures: Dict[str, Tuple[int, float]] = {}  # node -> (count, last failure)
+        # node -> its last failure: the class a resting error also is (see _resting)
+        self._last_failure: Dict[str, BaseException] = {}
         # node -> (_still_usable(node), _count_failure(node)), for PooledClient.run
         self._usable_checks: Dict[str, Tuple[Callable[[], None], Callable[[Exception], None]]] = {}
         self._dead: Dict[str, Tuple[ServerSpec, PooledClient, float]] = {}
@@ -615,6 +618,7 @@ class HashClient:
                 return
             count = self._failures.get(name, (0, 0.0))[0] + 1
             self._failures[name] = (count, now)
+            self._last_failure[name] = exc
         ejected = self._eject(name) if count >= self.retry_attempts else None
         self._emit("node_failed", name, error=repr(exc), failures=count)
         if ejected is not None:
@@ -653,15 +657,27 @@ class HashClient:
     def _succeeded(self, name: str) -> None:
         with self._lock:
             self._failures.pop(name, None)
+            self._last_failure.pop(name, None)
 
     def _still_usable(self, name: str) -> None:
         """Run once a request has its connection to ``name``: a request that waited for
         it while another found the node failing (or got it ejected) fails fast too,
         instead of spending its own timeout there (queued requests took one each)."""
         if self._failures and self._fail_fast(name):
-            raise _NodeResting(f"{name} failed less than {self.retry_timeout} s ago")
+            raise self._resting(name, f"failed less than {self.retry_timeout} s ago")
         if name in self._dead:
-            raise _NodeResting(f"{name} was ejected")
+            raise self._resting(name, "was ejected")
+
+    def _resting(self, name: str, why: str) -> _NodeResting:
+        """The error of a request not sent to resting node ``name``: also an instance of
+        the class of the failure that made it rest (``ConnectionRefusedError``,
+        ``TimeoutError``...), so that an ``except`` that caught that failure catches this
+        one too (pymemcache's HashClient returns the default there instead)."""
+        message = f"{name} {why}"
+        cause = self._last_failure.get(name)
+        if isinstance(cause, OSError):
+            return network_error(_NodeResting, cause, message)
+        return _NodeResting(message)
 
     def _still_usable_after_wait(self, name: str, lease: Lease[Client]) -> None:
         """:meth:`_still_usable` for a fan-out that waited for ``name``'s connection: the
@@ -750,7 +766,7 @@ class HashClient:
             if name is None:
                 raise self._no_nodes()
             if self._failures and self._fail_fast(name):
-                raise _NodeResting(f"{name} failed less than {self.retry_timeout} s ago")
+                raise self._resting(name, f"failed less than {self.retry_timeout} s ago")
             checks = self._usable_checks.get(name)
             if checks is None:  # (one pair per node name, made once: this is every keyed call)
                 checks = self._usable_checks[name] = (
@@ -930,7 +946,7 @@ class HashClient:
         clients = nodes.clients
         for name in pending:
             if self._failures and self._fail_fast(name):
-                failed[name] = _NodeResting(f"{name} failed recently")
+                failed[name] = self._resting(name, "failed recently")
                 continue
             lease = Lease(clients[name].client_pool)
             leases.append((name, lease))

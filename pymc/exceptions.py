@@ -144,8 +144,12 @@ def network_error(cls: Type[N], exc: OSError, message: str) -> N:
     ``ssl.SSLError``...). So an ``except ConnectionRefusedError:`` written for pymemcache,
     which lets those through, still catches it. ``exc``'s own attributes (``ssl``'s
     ``reason``, ``library``, ``verify_code``...) are copied. The class is made once per
-    pair, named ``MemcacheConnectError[ConnectionRefusedError]``, and pickles."""
-    kind = type(exc)
+    pair, named ``MemcacheConnectError[ConnectionRefusedError]``, and pickles.
+
+    ``exc`` may be one of pymc's own network errors (a cluster node resting after it): the
+    result is then an instance of the class that error stands for too (the socket error's,
+    or ``TimeoutError`` for a timeout)."""
+    kind = _socket_class(exc)
     made = cls
     if kind is not OSError and not issubclass(cls, kind):
         made = _combined.get((cls, kind)) or _combine(cls, kind)
@@ -161,6 +165,21 @@ def network_error(cls: Type[N], exc: OSError, message: str) -> N:
     return cls(exc.errno, message)
 
 
+def _socket_class(exc: OSError) -> type:
+    """The class an ``except`` written for pymemcache names for ``exc``."""
+    kind = type(exc)
+    if not issubclass(kind, MemcacheError):
+        return kind
+    carried = _carried.get(kind)
+    if carried is not None:
+        return carried
+    return TimeoutError if isinstance(exc, TimeoutError) else OSError
+
+
+# combined class -> the socket error class it stands for
+_carried: Dict[type, type] = {}
+
+
 def _combine(cls: type, kind: type) -> type:
     name = f"{cls.__name__}[{kind.__name__}]"
     try:
@@ -171,7 +190,10 @@ def _combine(cls: type, kind: type) -> type:
         )
     except TypeError:  # layouts or metaclasses that do not mix: the pymc class alone
         made = cls
-    return _combined.setdefault((cls, kind), made)
+    made = _combined.setdefault((cls, kind), made)
+    if made is not cls:
+        _carried[made] = kind
+    return made
 
 
 def _reduce(self: BaseException) -> Tuple[Any, ...]:

@@ -90,6 +90,7 @@ __all__ = [
     "encode_touch",
     "encode_verbosity",
     "encode_version",
+    "expect_auth_probe",
     "key_bytes",
     "parse_cluster_config",
     "validate_key",
@@ -348,6 +349,10 @@ def encode_legacy_config_get() -> bytes:
     return b"get " + LEGACY_CONFIG_KEY + b"\r\n"
 
 
+#: The key of ASCII auth's ``set`` (ignored by a server with ``-Y``; see encode_auth_probe).
+AUTH_KEY = b"auth"
+
+
 def encode_auth(username: Union[str, bytes], password: Union[str, bytes]) -> bytes:
     """memcached's ASCII authentication (``memcached -Y``): a ``set`` whose data is
     ``"<username> <password>"``. The key is ignored by the server."""
@@ -358,24 +363,32 @@ def encode_auth(username: Union[str, bytes], password: Union[str, bytes]) -> byt
         raise MemcacheIllegalInputError("a password must be valid Unicode") from None
     if not isinstance(secret, bytes) or not secret or b"\r\n" in secret:
         raise MemcacheIllegalInputError("a password must be non-empty and hold no CRLF")
-    return encode_storage(b"set", b"auth", user + b" " + secret)
+    return encode_storage(b"set", AUTH_KEY, user + b" " + secret)
 
 
 def encode_auth_probe() -> bytes:
-    """The request sent before the credentials, read with ``RULES["version"]`` and judged
-    by :func:`asks_for_auth`. memcached ``-Y`` answers every command of a connection not
-    yet authenticated with ``CLIENT_ERROR unauthenticated`` (and drops whatever was
-    pipelined behind it, so the credentials go out only after the answer). A server
-    without ``-Y`` answers normally: sent to it, the credentials would be stored as an
-    item named ``auth``."""
-    return b"version\r\n"
+    """The request sent before the credentials, read with :func:`expect_auth_probe` and
+    judged by :func:`asks_for_auth`: ``get auth``. memcached ``-Y`` answers every command
+    of a connection not yet authenticated with ``CLIENT_ERROR unauthenticated`` (and drops
+    whatever was pipelined behind it, so the credentials go out only after the answer). A
+    server without ``-Y`` answers normally: sent to it, the credentials would be stored as
+    an item named ``auth``. The probe names that key, so a proxy (twemproxy, mcrouter)
+    routes it to the backend the credentials would go to, not to whichever backend it
+    picks for a keyless command such as ``version``."""
+    return b"get " + AUTH_KEY + b"\r\n"
+
+
+def expect_auth_probe() -> Expect:
+    """The reader of the reply to :func:`encode_auth_probe`: the items found (a dict), or
+    an :class:`ErrorReply`."""
+    return ExpectValues((AUTH_KEY,))
 
 
 def asks_for_auth(reply: object) -> bool:
     """Whether the answer to :func:`encode_auth_probe` asks for the credentials: a
-    ``CLIENT_ERROR`` to a command without arguments can only refuse the client itself.
-    Anything else (a ``VERSION``, ``ERROR``, ``SERVER_ERROR`` from a proxy) does not, and
-    the credentials must not be sent."""
+    ``CLIENT_ERROR`` to a ``get`` of a valid key can only refuse the client itself.
+    Anything else (the items found, ``ERROR``, a ``SERVER_ERROR`` from a proxy) does not,
+    and the credentials must not be sent."""
     return type(reply) is ErrorReply and reply.kind == b"CLIENT_ERROR"
 
 

@@ -2,7 +2,7 @@
 
 memcached's ASCII auth is a ``set`` whose data is ``"<user> <password>"``. A server started
 without ``-Y`` would store that as an item (under the key ``auth``) and answer ``STORED``,
-so pymc first sends ``version``: a server that requires auth answers it with
+so pymc first sends ``get auth``: a server that requires auth answers it with
 ``CLIENT_ERROR unauthenticated``, and only then are the credentials sent. A server that
 answers normally never sees them: the connect fails with
 :class:`MemcacheAuthNotRequiredError`.

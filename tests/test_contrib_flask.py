@@ -525,3 +525,46 @@ def test_set_many_with_one_oversized_value_over_many_nodes(
     assert stored == [k for k in mapping if k != "huge"]
     assert cache.get_dict(*mapping) == {k: (None if k == "huge" else v) for k, v in mapping.items()}
     cache.close()
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("oversized", [False, True], ids=["dead-node", "dead-node+oversized"])
+def test_set_many_with_a_dead_node_returns_the_keys_stored_on_the_live_one(
+    memcached: MemcachedProcess, oversized: bool
+) -> None:
+    # One node is dead: the keys it holds are not stored, but those of the live node are,
+    # and set_many returns them (cachelib: "a list containing all keys successfully set").
+    cache = PymcCache([memcached.server, f"127.0.0.1:{closed_port()}"], key_prefix="dn:")
+    mapping: Dict[str, Any] = {f"k{i}": i for i in range(40)}
+    if oversized:
+        mapping["huge"] = b"x" * (2 * 1024 * 1024)  # over the session server's -I 1m
+    with Client(memcached.address) as raw:
+        for attempt in range(2):  # the first failure of the node, then while it rests
+            memcached.flush_all()
+            started = time.monotonic()
+            stored = cache.set_many(mapping)
+            assert time.monotonic() - started < 5
+            on_live = [k for k in mapping if raw.get(f"dn:{k}") is not None]
+            assert 0 < len(on_live) < len(mapping) - 1, "the keys land on both nodes"
+            assert "huge" not in on_live
+            assert stored == on_live, f"attempt {attempt}"
+    cache.close()
+
+
+@pytest.mark.timeout(30)
+def test_delete_many_with_a_dead_node_returns_the_keys_deleted_on_the_live_one(
+    memcached: MemcachedProcess,
+) -> None:
+    cache = PymcCache([memcached.server, f"127.0.0.1:{closed_port()}"], key_prefix="dd:")
+    keys = [f"k{i}" for i in range(40)]
+    with Client(memcached.address) as raw:
+        for attempt in range(2):  # the first failure of the node, then while it rests
+            for key in keys:
+                raw.set(f"dd:{key}", b"v")  # on the live node, whatever the ring says
+            started = time.monotonic()
+            deleted = cache.delete_many(*keys)
+            assert time.monotonic() - started < 5
+            gone = [k for k in keys if raw.get(f"dd:{k}") is None]
+            assert 0 < len(gone) < len(keys), "the keys land on both nodes"
+            assert deleted == gone, f"attempt {attempt}"
+    cache.close()

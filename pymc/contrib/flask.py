@@ -18,8 +18,8 @@ hold is a miss for the readers. A backend failure (a dead server, a timeout, a f
 value over the server's item size) is the documented failure return: ``None`` from ``get`` and
 ``inc``/``dec``, ``False`` from ``set``/``add``/``delete``/``has``/``clear``, the keys that did
 succeed from ``set_many``/``delete_many`` (when the server refuses some values of a
-``set_many``, say one over its item size, the others are stored and returned). Pickling
-errors are raised.
+``set_many``, say one over its item size, or one server of several is down, the others are
+stored and returned; so for ``delete_many``). Pickling errors are raised.
 
 Differences, all on the safe side: pooling is on (one pool of connections per server, safe to
 share between threads and greenlets); ``inc``/``dec`` are a bounded compare-and-swap loop with
@@ -288,10 +288,14 @@ class PymcCache(_Base):
         try:
             failed = set(self.client.set_many(values, expire, noreply=False))
         except _FAILURES as exc:
-            if not _refused_some_keys(exc):
-                return []  # the connection failed: what was stored is unknown
+            if not (_refused_some_keys(exc) or isinstance(self.client, HashClient)):
+                # The one server's connection failed: what was stored is unknown, and
+                # every key sent again would cost the same failure.
+                return []
             # The server refused some keys (a value over its item size) after storing the
-            # others, and the error does not say which: store key by key to find out.
+            # others, or one node of a cluster failed while the others stored theirs (a
+            # node that just failed is not tried again for retry_timeout, so its keys fail
+            # at once): the error does not say which keys. Store key by key to find out.
             # Only on this failure path, and each write is the one just made again.
             return [key_of[full] for full in values if self._set_stored(full, values[full], expire)]
         return [key_of[full] for full in values if full not in failed]
@@ -325,12 +329,24 @@ class PymcCache(_Base):
                 left = self.client.get_many(list(fulls))
             except _FAILURES:
                 left = None
+                if isinstance(self.client, HashClient):
+                    # One node failed while the others deleted their keys, and the error
+                    # does not say which: key by key (a node that just failed is not
+                    # tried again for retry_timeout, so its keys fail at once).
+                    deleted = [key for full, key in fulls.items() if self._gone(full)]
             if left is not None:
                 deleted = [key for full, key in fulls.items() if full not in left]
         if not self.ignore_delete_many_errors and len(deleted) != len(fulls):
             failed = [key for key in fulls.values() if key not in deleted]
             raise RuntimeError(f"Failed to delete keys: {failed}")
         return deleted
+
+    def _gone(self, full: str) -> bool:
+        try:
+            self.client.delete(full, noreply=False)  # False: it was not there
+        except _FAILURES:
+            return False
+        return True
 
     def clear(self) -> bool:
         """memcached's ``flush_all``, as cachelib's ``MemcachedCache.clear``: every server
