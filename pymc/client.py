@@ -107,6 +107,7 @@ from .protocol import (
 from .serde import DefaultSerde, LegacyWrappingSerde, Serde, coerce_to_bytes
 
 __all__ = [
+    "DEADLINE_SLACK",
     "DEFAULT_CONNECT_TIMEOUT",
     "DEFAULT_TIMEOUT",
     "Client",
@@ -116,6 +117,7 @@ __all__ = [
     "Commands",
     "KeepaliveOpts",
     "begin_command",
+    "command_deadline",
     "decode_values",
     "end_command",
     "meta_batches",
@@ -126,6 +128,7 @@ __all__ = [
     "read_through",
     "request_chunks",
     "resolve_noreply",
+    "time_left",
     "warn_if_config_endpoint",
 ]
 
@@ -335,10 +338,11 @@ class ClientOptions:
 
 def _send(sock: Any, request: bytes) -> None:
     """``sendall``, but one plain ``send()`` when that takes it all, as it nearly always
-    does for a request: under gevent that skips a layer of Python per command."""
+    does for a request: under gevent that skips a layer of Python per command. The rest of
+    a request one send did not take goes out within one deadline (see :func:`_send_rest`)."""
     sent = sock.send(request)
     if sent < len(request):
-        sock.sendall(memoryview(request)[sent:])
+        _send_rest(sock, memoryview(request)[sent:])
 
 
 #: Where the cooperative socket classes live (checked along the socket class's MRO, so a
@@ -357,7 +361,7 @@ def _yielding_sender(sleep: Callable[[float], Any]) -> Callable[[Any, bytes], No
     def send_then_yield(sock: Any, request: bytes) -> None:
         sent = sock.send(request)
         if sent < len(request):
-            sock.sendall(memoryview(request)[sent:])
+            _send_rest(sock, memoryview(request)[sent:])
         sleep(0)
 
     return send_then_yield
@@ -371,31 +375,114 @@ _KERNEL_TIMEOUTS: Final = sys.platform.startswith("linux") and hasattr(socket, "
 _KERNEL_TIMEOUT_ERRNOS: Final = frozenset((errno.EAGAIN, errno.EWOULDBLOCK))
 
 
-def _set_timeout(sock: Any, timeout: Optional[float]) -> None:
-    """Bound every later send and recv of a connected ``sock`` by ``timeout`` seconds
-    (None: wait forever): in the kernel on a plain stdlib socket, else ``settimeout``
-    (TLS, gevent and other sockets keep their own timeout machinery)."""
+def _kernel_timed(sock: Any) -> bool:
+    """Whether ``sock``'s timeouts are the kernel's (SO_RCVTIMEO/SO_SNDTIMEO on a blocking
+    socket: the stdlib's own socket class on Linux) rather than ``settimeout``'s (TLS,
+    gevent and other sockets keep their own timeout machinery; under gevent's patch_all
+    socket.socket is gevent's: non-blocking underneath, waiting in the hub)."""
     cls = type(sock)
-    # The stdlib's own class (under gevent's patch_all, socket.socket is gevent's: its
-    # sockets are non-blocking underneath and wait in the hub, where only settimeout counts).
-    if (
-        timeout is None
-        or not _KERNEL_TIMEOUTS
-        or cls.__module__ != "socket"
-        or cls.__qualname__ != "socket"
-    ):
-        sock.settimeout(timeout)
-        return
+    return _KERNEL_TIMEOUTS and cls.__module__ == "socket" and cls.__qualname__ == "socket"
+
+
+def _timeval(timeout: Optional[float]) -> bytes:
+    """A ``struct timeval`` for SO_RCVTIMEO/SO_SNDTIMEO (None: zero, which waits forever)."""
+    if timeout is None:
+        return struct.pack("@ll", 0, 0)
     seconds = int(timeout)
     micros = round((timeout - seconds) * 1_000_000)
     if micros >= 1_000_000:
         seconds, micros = seconds + 1, 0
     if seconds == 0 and micros == 0:  # (a zero timeval would mean no timeout at all)
         micros = 1
-    timeval = struct.pack("@ll", seconds, micros)
+    return struct.pack("@ll", seconds, micros)
+
+
+def _set_timeout(sock: Any, timeout: Optional[float]) -> None:
+    """Bound every later send and recv of a connected ``sock`` by ``timeout`` seconds
+    (None: wait forever): in the kernel on a plain stdlib socket, else ``settimeout``."""
+    if timeout is None or not _kernel_timed(sock):
+        sock.settimeout(timeout)
+        return
+    timeval = _timeval(timeout)
     sock.settimeout(None)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval)
+
+
+def _set_wait(sock: Any, seconds: Optional[float], option: int) -> None:
+    """Bound the next waits of ``sock`` by ``seconds`` (None: forever): its recv
+    (``option`` SO_RCVTIMEO) or its send (SO_SNDTIMEO) in the kernel on a plain socket,
+    both through ``settimeout`` on any other. For a command's deadline: only on the slow
+    path, after one recv or send did not finish the work."""
+    if _kernel_timed(sock):
+        sock.setsockopt(socket.SOL_SOCKET, option, _timeval(seconds))
+    else:
+        sock.settimeout(seconds)
+
+
+#: A socket whose wait was cut to a deadline's remaining time is cut again only once the
+#: deadline came this much closer, so a reply arriving in many chunks costs few system
+#: calls; a command can overrun its deadline by at most this.
+DEADLINE_SLACK: Final = 0.002
+
+
+def command_deadline(timeout: Optional[float]) -> Optional[float]:
+    """The ``time.monotonic()`` value by which a command that starts now, with
+    ``timeout``, must be done; None when ``timeout`` is None (no deadline).
+
+    ``timeout`` bounds a whole command, not each wait on the socket: a :class:`Client`
+    takes the deadline only once one recv did not finish a reply (or one send a request),
+    so the common case pays nothing. A fan-out over many connections (``HashClient``)
+    takes one for each round and passes it to :meth:`Client.receive`, or waits on its
+    sockets itself for at most :func:`time_left` seconds."""
+    return None if timeout is None else time.monotonic() + timeout
+
+
+def time_left(deadline: Optional[float], server: Any = None) -> Optional[float]:
+    """Seconds left before ``deadline`` (from :func:`command_deadline`; None: no
+    deadline, None is returned). When none is left, raise :class:`MemcacheTimeoutError`
+    (naming ``server``, if given)."""
+    if deadline is None:
+        return None
+    left = deadline - time.monotonic()
+    if left <= 0:
+        where = f" talking to {server_name(server)}" if server is not None else ""
+        raise MemcacheTimeoutError(
+            errno.ETIMEDOUT, f"timed out{where}: the command did not finish within its timeout"
+        )
+    return left
+
+
+def _send_timeout(sock: Any) -> Optional[float]:
+    if _kernel_timed(sock):
+        size = struct.calcsize("@ll")
+        seconds, micros = struct.unpack(
+            "@ll", sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, size)
+        )
+        return (seconds + micros / 1_000_000) or None
+    return sock.gettimeout()  # type: ignore[no-any-return]
+
+
+def _send_rest(sock: Any, rest: memoryview) -> None:
+    """Send ``rest`` (what one send() did not take) within one deadline: the socket's
+    timeout from now, however slowly the peer reads (a kernel timeout, as a sendall over
+    it, would bound each send() alone). The slow path of a large request."""
+    timeout = _send_timeout(sock)
+    if timeout is None:
+        sock.sendall(rest)
+        return
+    deadline = time.monotonic() + timeout
+    wait = timeout
+    while rest:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise socket.timeout("timed out sending a request")
+        if wait - left > DEADLINE_SLACK:
+            _set_wait(sock, left, socket.SO_SNDTIMEO)
+            wait = left
+        rest = rest[sock.send(rest) :]
+    if wait != timeout:  # (after a failure the connection is closed instead)
+        _set_wait(sock, timeout, socket.SO_SNDTIMEO)
 
 
 def _sender_for(sock: Any) -> Callable[[Any, bytes], None]:
@@ -962,34 +1049,92 @@ class Client:
         except BaseException as exc:
             self._abort(exc)
 
-    def receive(self, expect: Expect) -> Any:
+    def receive(self, expect: Expect, deadline: Optional[float] = None) -> Any:
         """Read the reply to the request just sent, as ``expect`` (a reader from
         :mod:`pymc.protocol`) describes it, and return what it returns. Bytes left over
-        after the reply are a protocol error. On any failure the connection is closed."""
+        after the reply are a protocol error. On any failure the connection is closed.
+
+        The whole reply must come within ``timeout``: if one recv does not finish it, the
+        rest must come by one deadline. ``deadline`` (a ``time.monotonic()`` value, see
+        :func:`command_deadline`) sets that deadline from the start, for every recv: a
+        fan-out gives all its connections the same one. Past it,
+        :class:`MemcacheTimeoutError`."""
         sock = self.sock
         reader = self._reader
         if sock is None or reader is None:
             raise MemcacheProtocolError("receive() without a request sent on this connection")
         try:
             if self._syncing:
-                self._sync(sock, reader)
-            result = self._read_to_end(sock, reader, expect, expect.step(reader))
+                deadline = self._sync(sock, reader, deadline)
+            result = self._read_to_end(sock, reader, expect, expect.step(reader), deadline)
         except BaseException as exc:
             self._abort(exc)
         self._pending = False
         return result
 
-    def _read_to_end(self, sock: Any, reader: Reader, expect: Expect, result: Any) -> Any:
+    def _read_to_end(
+        self,
+        sock: Any,
+        reader: Reader,
+        expect: Expect,
+        result: Any,
+        deadline: Optional[float] = None,
+    ) -> Any:
         """Receive until ``expect`` has its reply (``result`` is its last step); bytes
         after the reply are a protocol error. Inside the callers' safety net."""
-        while result is NEED_DATA:
+        if result is NEED_DATA:
+            if deadline is None:
+                data = sock.recv(RECV_SIZE)
+                if not data:
+                    raise self._closed_mid_reply()
+                reader.feed(data)
+                result = expect.step(reader)
+            if result is NEED_DATA:  # one recv did not finish it: the rest by a deadline
+                parse = functools.partial(expect.step, reader)
+                result = self._read_rest(sock, reader, parse, deadline)
+        if reader.buffered:
+            raise MemcacheProtocolError(self._leftover(reader))
+        return result
+
+    def _read_rest(
+        self,
+        sock: Any,
+        reader: Reader,
+        parse: Callable[[], Any],
+        deadline: Optional[float] = None,
+    ) -> Any:
+        """Receive, feeding ``reader``, until ``parse()`` returns a result, by ``deadline``
+        (None: ``timeout`` from now): the slow path of every read, taken once one recv did
+        not finish a reply. Inside the callers' safety net (a failure leaves the socket's
+        wait cut short, but the connection is closed)."""
+        timeout = self.options.timeout
+        if deadline is None:
+            if timeout is None:  # no deadline: wait as long as it takes
+                while True:
+                    data = sock.recv(RECV_SIZE)
+                    if not data:
+                        raise self._closed_mid_reply()
+                    reader.feed(data)
+                    result = parse()
+                    if result is not NEED_DATA:
+                        return result
+            deadline = time.monotonic() + timeout
+        wait = timeout  # what the socket's recv waits at most now
+        while True:
+            left = time_left(deadline, self.server)
+            assert left is not None
+            if wait is None or wait - left > DEADLINE_SLACK:
+                _set_wait(sock, left, socket.SO_RCVTIMEO)
+                wait = left
             data = sock.recv(RECV_SIZE)
             if not data:
                 raise self._closed_mid_reply()
             reader.feed(data)
-            result = expect.step(reader)
-        if reader.buffered:
-            raise MemcacheProtocolError(self._leftover(reader))
+            result = parse()
+            if result is not NEED_DATA:
+                break
+        if wait != timeout:
+            _set_wait(sock, timeout, socket.SO_RCVTIMEO)
         return result
 
     def request(self, request: bytes, expect: Expect) -> Any:
@@ -1022,16 +1167,16 @@ class Client:
         """Whether a ``noreply`` command was sent whose error line (if any) is unread."""
         return self._owes_sync
 
-    def _sync(self, sock: Any, reader: Reader) -> None:
-        """Read up to the sync marker (inside receive's safety net)."""
+    def _sync(self, sock: Any, reader: Reader, deadline: Optional[float] = None) -> Optional[float]:
+        """Read up to the sync marker (inside receive's safety net), by ``deadline`` (None:
+        ``timeout`` from now). Returns the deadline, which the reply after the marker
+        shares."""
         sync = ExpectSync()
         marker = sync.step(reader) if reader.buffered else NEED_DATA  # (nothing read yet)
-        while marker is NEED_DATA:
-            data = sock.recv(RECV_SIZE)
-            if not data:
-                raise self._closed_mid_reply()
-            reader.feed(data)
-            marker = sync.step(reader)
+        if marker is NEED_DATA:
+            if deadline is None:
+                deadline = command_deadline(self.options.timeout)
+            marker = self._read_rest(sock, reader, functools.partial(sync.step, reader), deadline)
         self._syncing = False
         for error in sync.errors:
             self.noreply_errors += 1
@@ -1043,6 +1188,7 @@ class Client:
             )
         if type(marker) is ErrorReply:  # ERROR <message>: the server refused us
             raise marker.exception("a noreply command")
+        return deadline
 
     def _leftover(self, reader: Reader) -> str:
         return (
@@ -1091,12 +1237,14 @@ class Client:
             try:
                 self._send(sock, request)
                 reply = reader.next_reply()
-                while reply is NEED_DATA:
+                if reply is NEED_DATA:
                     data = sock.recv(RECV_SIZE)
                     if not data:
                         raise self._closed_mid_reply()
                     reader.feed(data)
                     reply = reader.next_reply()
+                    if reply is NEED_DATA:  # one recv did not finish it: see _read_rest
+                        reply = self._read_rest(sock, reader, reader.next_reply)
                 if not rule.accepts(reply):
                     raise MemcacheProtocolError(
                         f"unexpected reply to {rule.command}: {reply!r}"[:300]
@@ -1322,14 +1470,20 @@ class Client:
                     found = {}
                     status: object = NEED_DATA
                     if self._syncing:
-                        self._sync(sock, reader)
+                        deadline = self._sync(sock, reader)
                         if reader.buffered:  # the reply came with the marker's
                             status = reader.read_values((raw,), found)
-                    while status is NEED_DATA:
+                        if status is NEED_DATA:
+                            parse = functools.partial(reader.read_values, (raw,), found)
+                            status = self._read_rest(sock, reader, parse, deadline)
+                    if status is NEED_DATA:
                         data = sock.recv(RECV_SIZE)
                         if not data:
                             raise self._closed_mid_reply()
                         status = reader.feed_values(data, (raw,), found)
+                        if status is NEED_DATA:  # one recv did not finish it: see _read_rest
+                            parse = functools.partial(reader.read_values, (raw,), found)
+                            status = self._read_rest(sock, reader, parse)
                     if reader.buffered:
                         raise MemcacheProtocolError(self._leftover(reader))
                 except BaseException as exc:
