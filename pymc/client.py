@@ -537,6 +537,31 @@ def _unpatched_poll() -> Any:
     return original
 
 
+def _never() -> bool:
+    return False
+
+
+def _stray_check(sock: Any) -> Callable[[], Any]:
+    """A call, made once per connection, that says without waiting whether ``sock`` has
+    bytes nobody asked for or was closed by the server (truthy), through the operating
+    system's ``poll`` (see :func:`_unpatched_poll`) registered once: one system call per
+    use. Where there is no ``poll`` (Windows), a selector each time."""
+    poll = _unpatched_poll()
+    if poll is None:
+
+        def select_check() -> bool:
+            with selectors.DefaultSelector() as selector:
+                selector.register(sock, selectors.EVENT_READ)
+                return bool(selector.select(0))
+
+        return select_check
+    poller = poll()
+    poller.register(sock, select.POLLIN | select.POLLPRI)
+    if isinstance(sock, ssl.SSLSocket):  # decrypted bytes inside the TLS layer count too
+        return lambda: sock.pending() or poller.poll(0)
+    return functools.partial(poller.poll, 0)
+
+
 def resolve_noreply(noreply: Optional[bool], default: bool) -> bool:
     """The one rule for ``noreply``: the argument when given, else ``default_noreply``."""
     return default if noreply is None else bool(noreply)
@@ -849,6 +874,8 @@ class Client:
         self._owes_sync = False
         self._syncing = False  # a sync marker was sent; receive() reads up to it first
         self._pending = False  # a request was sent whose reply is not read to its end yet
+        # Whether the connection has bytes nobody asked for (see send()).
+        self._stray: Callable[[], Any] = _never
         #: Error lines that noreply commands drew from the server (logged, never raised).
         self.noreply_errors = 0
         self._opaque_counter = 0
@@ -899,6 +926,7 @@ class Client:
             self._send = _sender_for(sock)
             self.sock = sock
             self._reader = Reader()
+            self._stray = _stray_check(sock)
             if opts.username is not None:
                 self._authenticate(opts.username, opts.password or "")
             return sock
@@ -995,6 +1023,7 @@ class Client:
         sock = self.sock
         self.sock = None
         self._reader = None
+        self._stray = _never
         self._owes_sync = self._syncing = self._pending = False
         if sock is not None:
             try:
@@ -1028,9 +1057,17 @@ class Client:
         closed.
         """
         sock = self.sock
-        if sock is None or self._pending or self._reader.broken:  # type: ignore[union-attr]
+        if (
+            sock is None
+            or self._pending
+            or self._reader.broken  # type: ignore[union-attr]
+            or (not self._owes_sync and self._stray())
+        ):
             # A reply that was never read to its end (the caller was interrupted between
-            # send and receive), or a reader that gave up: start over on a new connection.
+            # send and receive), a reader that gave up, or bytes that came after the last
+            # reply was complete (a proxy's late duplicate) or the server's close: start
+            # over on a new connection, before anything is sent on this one. (After a
+            # noreply command, bytes are the error lines the sync marker reads.)
             if sock is not None:
                 self.close()
             sock = self._connect()
@@ -1148,11 +1185,13 @@ class Client:
             or self._owes_sync
             or self._syncing
             or reader.broken
+            or self._stray()
         ):
             self.send(request)
             return self.receive(expect)
         # The two written out for a connection in step with nothing owed (the reader is
-        # empty: receive() refuses leftovers), as every command but get finds it.
+        # empty: receive() refuses leftovers, and no byte came after the last reply), as
+        # every command but get finds it.
         self._pending = True
         try:
             self._send(sock, request)
@@ -1228,11 +1267,13 @@ class Client:
             return None
         sock = self.sock
         reader = self._reader
-        if sock is None or reader is None or self._pending or self._owes_sync:
+        if sock is None or reader is None or self._pending or self._owes_sync or self._stray():
             reply = self.request(request, ExpectReplies(rule))[0]
         else:
             # send() and receive() with ExpectReplies(rule), written out for the hot path
-            # of every store, delete, touch and incr; the rule decides, as there.
+            # of every store, delete, touch and incr; the rule decides, as there. (A reply
+            # such as STORED names no command: bytes that came after the last reply, a
+            # proxy's late duplicate, would answer this one; _stray() saw none.)
             self._pending = True
             try:
                 self._send(sock, request)

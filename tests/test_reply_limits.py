@@ -138,3 +138,71 @@ def test_huge_declared_length_fails_at_once_and_closes(
 
 
 # --------------------------------------------------------------------------- duplicates
+
+
+def _late_duplicate(of: bytes) -> Callable[[bytes], Any]:
+    """A proxy that sends a reply chunk equal to ``of`` twice, the copy 10 ms later."""
+
+    def rewrite(data: bytes) -> Any:
+        return [data, data] if data == of else data
+
+    return rewrite
+
+
+DUPLICATES: Dict[str, Tuple[bytes, Callable[[Any, str], Any], Callable[[Any, str], Any], Any]] = {
+    # name: (reply duplicated, the command drawing it, the next command, what it must return)
+    "add": (b"STORED\r\n", lambda c, k: c.set(k, b"v"), lambda c, k: c.add(k, b"w"), False),
+    "delete": (b"DELETED\r\n", lambda c, k: c.delete(k), lambda c, k: c.delete(k), False),
+    "incr": (b"6\r\n", lambda c, k: c.incr(k + "-n", 1), lambda c, k: c.incr(k + "-n", 1), 7),
+    "touch": (
+        b"TOUCHED\r\n",
+        lambda c, k: c.touch(k, 100),
+        lambda c, k: c.touch(k + "-missing", 100),
+        False,
+    ),
+}
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("case", list(DUPLICATES))
+def test_late_duplicate_reply_never_answers_the_next_command(
+    kind: str, case: str, memcached: MemcachedProcess, fault_proxy: ProxyFactory
+) -> None:
+    """A proxy repeats a reply 10 ms later; the next command, sent right after (well within
+    the pool's CHECK_IDLE_AFTER), gets its own answer: ``add`` of an existing key is False,
+    never the stray ``STORED``."""
+    duplicated, first, then, want = DUPLICATES[case]
+    proxy = fault_proxy(tcp(memcached))
+    client = one_node_client(kind, proxy.server)
+    key = tag()
+    assert client.set(key, b"v") is True
+    assert client.set(key + "-n", b"5") is True
+    proxy.set_mode("rewrite", fn=_late_duplicate(duplicated), seconds=0.01)
+    first(client, key)
+    time.sleep(0.03)  # the copy is in the socket's buffer now
+    assert then(client, key) == want
+    proxy.set_mode("pass")
+    assert client.get(key + "-n") in (b"5", b"6", b"7")
+    assert client.set(key, b"z") is True
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("kind", KINDS)
+def test_duplicate_in_the_same_chunk_closes_the_connection(
+    kind: str, memcached: MemcachedProcess, fault_proxy: ProxyFactory
+) -> None:
+    """A copy that arrives with the reply is bytes left over: the command that read it
+    fails with MemcacheProtocolError and its connection is closed, so the copy answers
+    nothing."""
+    proxy = fault_proxy(tcp(memcached))
+    client = one_node_client(kind, proxy.server)
+    key = tag()
+    assert client.set(key, b"v") is True
+    proxy.set_mode("rewrite", fn=lambda d: d + d if d == b"STORED\r\n" else d)
+    with pytest.raises(MemcacheProtocolError, match="more than the reply"):
+        client.set(key, b"w")
+    proxy.set_mode("pass")
+    assert client.add(key, b"x") is False
+    assert client.get(key) == b"w"
+    assert proxy.accepted == 2
