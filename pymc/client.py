@@ -1174,8 +1174,9 @@ class Client:
             _set_wait(sock, timeout, socket.SO_RCVTIMEO)
         return result
 
-    def request(self, request: bytes, expect: Expect) -> Any:
-        """:meth:`send` then :meth:`receive`."""
+    def request(self, request: bytes, expect: Expect, deadline: Optional[float] = None) -> Any:
+        """:meth:`send` then :meth:`receive` (``deadline``: see there; a command of many
+        requests gives them all one)."""
         sock = self.sock
         reader = self._reader
         if (
@@ -1188,14 +1189,14 @@ class Client:
             or self._stray()
         ):
             self.send(request)
-            return self.receive(expect)
+            return self.receive(expect, deadline)
         # The two written out for a connection in step with nothing owed (the reader is
         # empty: receive() refuses leftovers, and no byte came after the last reply), as
         # every command but get finds it.
         self._pending = True
         try:
             self._send(sock, request)
-            result = self._read_to_end(sock, reader, expect, NEED_DATA)
+            result = self._read_to_end(sock, reader, expect, NEED_DATA, deadline)
         except BaseException as exc:
             self._abort(exc)
         self._pending = False
@@ -1303,16 +1304,20 @@ class Client:
         """Send many one-reply commands and read their replies, in passes of bounded size."""
         replies: List[Reply] = []
         start = 0
+        deadline = None  # one for all the passes, when there are several
         while start < len(requests):
             stop, size = start, 0
             while stop < len(requests) and (size < PIPELINE_BYTES or stop == start):
                 size += len(requests[stop])
                 stop += 1
+            if stop < len(requests) and deadline is None:
+                deadline = command_deadline(self.options.timeout)
             batch = b"".join(requests[start:stop])
             if noreply:
                 self.send(batch, True)
             else:
-                replies.extend(self.request(batch, ExpectReplies(rule, stop - start)))
+                expect = ExpectReplies(rule, stop - start)
+                replies.extend(self.request(batch, expect, deadline))
             start = stop
         return replies
 
@@ -1466,10 +1471,12 @@ class Client:
         answered twice over all the passes is a protocol error."""
         found: Dict[bytes, Item] = {}
         chunks = request_chunks(list(wanted), self.options.max_get_line)
+        # (Several requests share one deadline.)
+        deadline = command_deadline(self.options.timeout) if len(chunks) > 1 else None
         for chunk in chunks:
             keys: Container[bytes] = wanted if len(chunks) == 1 else set(chunk)
             reply = self.request(
-                encode_retrieval(command, chunk, expire), ExpectValues(keys, found, cas)
+                encode_retrieval(command, chunk, expire), ExpectValues(keys, found, cas), deadline
             )
             if type(reply) is ErrorReply:
                 self.raise_error(reply, command.decode())
@@ -1974,6 +1981,10 @@ class Client:
     # ends the batch; only misses and failures come back (``ExpectMetaQuiet`` checks that
     # every reply belongs to a request of the batch, in order).
 
+    def _deadline_for(self, requests: int) -> Optional[float]:
+        """One deadline for a command of several requests (None for one: see receive)."""
+        return command_deadline(self.options.timeout) if requests > 1 else None
+
     def meta_wires(self, keys: Iterable[Any]) -> Dict[bytes, Tuple[Any, bool]]:
         """``{wire key: (key, base64?)}``; spellings of one key are one key (the last)."""
         out: Dict[bytes, Tuple[Any, bool]] = {}
@@ -1986,9 +1997,11 @@ class Client:
         """The values (deserialized) of the keys present, in one quiet pipeline per
         batch: ``mg ... q`` for each key, then ``mn``; the server sends only the hits."""
         out: Dict[Key, Any] = {}
-        for batch in meta_batches(list(self.meta_wires(keys).items())):
+        batches = meta_batches(list(self.meta_wires(keys).items()))
+        deadline = self._deadline_for(len(batches))
+        for batch in batches:
             request, sent, key_of = quiet_gets(batch, self._opaque)
-            found = self.request(request, ExpectMetaQuiet(sent))
+            found = self.request(request, ExpectMetaQuiet(sent), deadline)
             if type(found) is ErrorReply:
                 self.raise_error(found, "mg")
             out.update(self.meta_values(found, key_of))
@@ -2013,7 +2026,9 @@ class Client:
         failed: List[Any] = []
         errors: List[Tuple[Any, ErrorReply]] = []
         wires = self.meta_wires(values)
-        for batch in meta_batches(list(wires.items())):
+        batches = meta_batches(list(wires.items()))
+        deadline = self._deadline_for(len(batches))
+        for batch in batches:
             lines: List[Tuple[bytes, bytes, Any]] = []  # (opaque, request without q, key)
             for wire, (key, b64) in batch:
                 data, client_flags = self._serialize(key, values[key], None)
@@ -2022,7 +2037,7 @@ class Client:
                 lines.append((opaque, encode_meta_set(wire, data, quiet=True, **options), key))
             sent: List[Tuple[bytes, ...]] = [(opaque, b"ms") for opaque, _, _ in lines]
             request = b"".join(line for _, line, _ in lines) + encode_meta_noop()
-            found = self.request(request, ExpectMetaQuiet(sent))
+            found = self.request(request, ExpectMetaQuiet(sent), deadline)
             if type(found) is not ErrorReply:
                 key_of = {opaque: key for opaque, _, key in lines}
                 failed.extend(key_of[o] for o, r in found.items() if r.status != "stored")
@@ -2039,6 +2054,7 @@ class Client:
             replies = self.request(
                 b"".join(line for _, line, _ in loud),
                 ExpectMetaEach([ExpectMeta(opaque, command=b"ms") for opaque, _, _ in loud]),
+                deadline,
             )
             for (_, _, key), reply in zip(loud, replies):
                 if type(reply) is ErrorReply:
@@ -2054,9 +2070,11 @@ class Client:
         """Delete (or with ``invalidate`` mark stale) many keys in one quiet pipeline per
         batch; return the keys that were not found."""
         missing: List[Key] = []
-        for batch in meta_batches(list(self.meta_wires(keys).items())):
+        batches = meta_batches(list(self.meta_wires(keys).items()))
+        deadline = self._deadline_for(len(batches))
+        for batch in batches:
             request, sent, key_of = quiet_deletes(batch, self._opaque, invalidate)
-            found = self.request(request, ExpectMetaQuiet(sent))
+            found = self.request(request, ExpectMetaQuiet(sent), deadline)
             if type(found) is ErrorReply:
                 self.raise_error(found, "md")
             missing.extend(key_of[t] for t, r in found.items() if r.status == "not_found")

@@ -342,3 +342,54 @@ def test_dripping_reply_under_gevent_fails_within_the_timeout(
     assert report["error"] == "MemcacheTimeoutError", report
     assert report["elapsed"] < BOUND, report
     assert report["closed"], report
+
+
+# --------------------------------------------------------------------------- many requests
+
+#: name: (how to call it, drip piece, pause): each request's reply is dripped within the
+#: timeout, but the command makes eight or more requests.
+MULTI: Dict[str, Tuple[Callable[[Any, str], Any], int, float]] = {
+    "get_many": (
+        lambda c, k: c.get_many([f"{k}-{i}-".ljust(200, "g") for i in range(40)]),
+        1,
+        0.04,
+    ),
+    "set_many": (lambda c, k: c.set_many({f"{k}-{i}": b"s" * 33000 for i in range(8)}), 1, 0.025),
+    "meta_get_many": (
+        lambda c, k: c.meta_get_many([f"{k}-{i}-".ljust(240, "m") for i in range(2000)]),
+        1,
+        0.05,
+    ),
+}
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    "kind,command",
+    # (HashClient.get_many splits its keys in its own fan-out, which reads per node: it is
+    # given its deadline there, through Client.receive(expect, deadline).)
+    [
+        (kind, command)
+        for command in MULTI
+        for kind in KINDS
+        if (kind, command) != ("hash", "get_many")
+    ],
+)
+def test_command_of_many_requests_has_one_deadline(
+    kind: str, command: str, memcached: MemcachedProcess, drip: TrickleProxy
+) -> None:
+    """get_many over several request lines, set_many over several pipelined passes, a quiet
+    meta pipeline over several batches: each reply comes within the timeout, but the
+    command as a whole must not take much more than it (before: one timeout per pass)."""
+    call, piece, pause = MULTI[command]
+    client = one_node_client(kind, drip.server, timeout=TIMEOUT, max_get_line=512)
+    key = tag()
+    assert client.set(key, b"v") is True
+    drip.chunk, drip.pause = piece, pause
+    started = time.monotonic()
+    with pytest.raises(MemcacheTimeoutError):
+        call(client, key)
+    elapsed = time.monotonic() - started
+    assert elapsed < BOUND, f"{command} took {elapsed:.2f} s with timeout={TIMEOUT}"
+    stop_dripping(drip)
+    assert client.get(key) == b"v"
