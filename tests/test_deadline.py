@@ -20,6 +20,7 @@ import itertools
 import json
 import os
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -153,9 +154,20 @@ def test_a_reply_that_comes_in_time_is_read_whole(
     drip.chunk, drip.pause = 1, 0.002
     assert client.set(key, b"v") is True
     assert client.get(key) == b"v"
-    # After the slow path, the socket's own timeout is back: a stall is still cut at 1 s.
+    # After the slow path, the socket's own timeout is back (in the kernel on Linux).
     stop_dripping(drip)
     assert client.get(key) == b"v"
+    sock = client.sock
+    assert sock is not None
+    if sys.platform.startswith("linux"):
+        timeval = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, 16)
+        assert timeval == struct.pack("@ll", 1, 0)
+    # timeout=None: no deadline at all, the reply is read however long it takes.
+    forever = pymc.Client(drip.server, timeout=None)
+    drip.chunk, drip.pause = 1, 0.002
+    assert forever.get_many([key]) == {key: b"v"}
+    assert forever.get(key) == b"v"
+    forever.close()
 
 
 @pytest.mark.timeout(60)
