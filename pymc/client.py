@@ -537,29 +537,29 @@ def _unpatched_poll() -> Any:
     return original
 
 
-def _never() -> bool:
+def _never(wait: int) -> bool:
     return False
 
 
-def _stray_check(sock: Any) -> Callable[[], Any]:
-    """A call, made once per connection, that says without waiting whether ``sock`` has
-    bytes nobody asked for or was closed by the server (truthy), through the operating
-    system's ``poll`` (see :func:`_unpatched_poll`) registered once: one system call per
-    use. Where there is no ``poll`` (Windows), a selector each time."""
+def _stray_check(sock: Any) -> Callable[[int], Any]:
+    """A call, made once per connection, that says (called with 0: without waiting)
+    whether ``sock`` has bytes nobody asked for or was closed by the server (truthy),
+    through the operating system's ``poll`` (see :func:`_unpatched_poll`) registered once:
+    one system call per use. Where there is no ``poll`` (Windows), a selector each time."""
     poll = _unpatched_poll()
     if poll is None:
 
-        def select_check() -> bool:
+        def select_check(wait: int) -> bool:
             with selectors.DefaultSelector() as selector:
                 selector.register(sock, selectors.EVENT_READ)
-                return bool(selector.select(0))
+                return bool(selector.select(wait))
 
         return select_check
     poller = poll()
     poller.register(sock, select.POLLIN | select.POLLPRI)
     if isinstance(sock, ssl.SSLSocket):  # decrypted bytes inside the TLS layer count too
-        return lambda: sock.pending() or poller.poll(0)
-    return functools.partial(poller.poll, 0)
+        return lambda wait: sock.pending() or poller.poll(wait)
+    return poller.poll  # type: ignore[no-any-return]
 
 
 def resolve_noreply(noreply: Optional[bool], default: bool) -> bool:
@@ -875,7 +875,7 @@ class Client:
         self._syncing = False  # a sync marker was sent; receive() reads up to it first
         self._pending = False  # a request was sent whose reply is not read to its end yet
         # Whether the connection has bytes nobody asked for (see send()).
-        self._stray: Callable[[], Any] = _never
+        self._stray: Callable[[int], Any] = _never
         #: Error lines that noreply commands drew from the server (logged, never raised).
         self.noreply_errors = 0
         self._opaque_counter = 0
@@ -1061,7 +1061,7 @@ class Client:
             sock is None
             or self._pending
             or self._reader.broken  # type: ignore[union-attr]
-            or (not self._owes_sync and self._stray())
+            or (not self._owes_sync and self._stray(0))
         ):
             # A reply that was never read to its end (the caller was interrupted between
             # send and receive), a reader that gave up, or bytes that came after the last
@@ -1186,7 +1186,7 @@ class Client:
             or self._owes_sync
             or self._syncing
             or reader.broken
-            or self._stray()
+            or self._stray(0)
         ):
             self.send(request)
             return self.receive(expect, deadline)
@@ -1268,7 +1268,7 @@ class Client:
             return None
         sock = self.sock
         reader = self._reader
-        if sock is None or reader is None or self._pending or self._owes_sync or self._stray():
+        if sock is None or reader is None or self._pending or self._owes_sync or self._stray(0):
             reply = self.request(request, ExpectReplies(rule))[0]
         else:
             # send() and receive() with ExpectReplies(rule), written out for the hot path
