@@ -113,6 +113,7 @@ from .protocol import (
 from .serde import DefaultSerde, LegacyWrappingSerde, Serde, coerce_to_bytes
 
 __all__ = [
+    "DEADLINE_SLACK",
     "DEFAULT_CONNECT_TIMEOUT",
     "DEFAULT_TIMEOUT",
     "Client",
@@ -122,6 +123,7 @@ __all__ = [
     "Commands",
     "KeepaliveOpts",
     "begin_command",
+    "command_deadline",
     "decode_values",
     "end_command",
     "meta_batches",
@@ -132,6 +134,7 @@ __all__ = [
     "read_through",
     "request_chunks",
     "resolve_noreply",
+    "time_left",
     "warn_if_config_endpoint",
 ]
 
@@ -341,10 +344,11 @@ class ClientOptions:
 
 def _send(sock: Any, request: bytes) -> None:
     """``sendall``, but one plain ``send()`` when that takes it all, as it nearly always
-    does for a request: under gevent that skips a layer of Python per command."""
+    does for a request: under gevent that skips a layer of Python per command. The rest of
+    a request one send did not take goes out within one deadline (see :func:`_send_rest`)."""
     sent = sock.send(request)
     if sent < len(request):
-        sock.sendall(memoryview(request)[sent:])
+        _send_rest(sock, memoryview(request)[sent:])
 
 
 #: Where the cooperative socket classes live (checked along the socket class's MRO, so a
@@ -363,7 +367,7 @@ def _yielding_sender(sleep: Callable[[float], Any]) -> Callable[[Any, bytes], No
     def send_then_yield(sock: Any, request: bytes) -> None:
         sent = sock.send(request)
         if sent < len(request):
-            sock.sendall(memoryview(request)[sent:])
+            _send_rest(sock, memoryview(request)[sent:])
         sleep(0)
 
     return send_then_yield
@@ -377,31 +381,114 @@ _KERNEL_TIMEOUTS: Final = sys.platform.startswith("linux") and hasattr(socket, "
 _KERNEL_TIMEOUT_ERRNOS: Final = frozenset((errno.EAGAIN, errno.EWOULDBLOCK))
 
 
-def _set_timeout(sock: Any, timeout: Optional[float]) -> None:
-    """Bound every later send and recv of a connected ``sock`` by ``timeout`` seconds
-    (None: wait forever): in the kernel on a plain stdlib socket, else ``settimeout``
-    (TLS, gevent and other sockets keep their own timeout machinery)."""
+def _kernel_timed(sock: Any) -> bool:
+    """Whether ``sock``'s timeouts are the kernel's (SO_RCVTIMEO/SO_SNDTIMEO on a blocking
+    socket: the stdlib's own socket class on Linux) rather than ``settimeout``'s (TLS,
+    gevent and other sockets keep their own timeout machinery; under gevent's patch_all
+    socket.socket is gevent's: non-blocking underneath, waiting in the hub)."""
     cls = type(sock)
-    # The stdlib's own class (under gevent's patch_all, socket.socket is gevent's: its
-    # sockets are non-blocking underneath and wait in the hub, where only settimeout counts).
-    if (
-        timeout is None
-        or not _KERNEL_TIMEOUTS
-        or cls.__module__ != "socket"
-        or cls.__qualname__ != "socket"
-    ):
-        sock.settimeout(timeout)
-        return
+    return _KERNEL_TIMEOUTS and cls.__module__ == "socket" and cls.__qualname__ == "socket"
+
+
+def _timeval(timeout: Optional[float]) -> bytes:
+    """A ``struct timeval`` for SO_RCVTIMEO/SO_SNDTIMEO (None: zero, which waits forever)."""
+    if timeout is None:
+        return struct.pack("@ll", 0, 0)
     seconds = int(timeout)
     micros = round((timeout - seconds) * 1_000_000)
     if micros >= 1_000_000:
         seconds, micros = seconds + 1, 0
     if seconds == 0 and micros == 0:  # (a zero timeval would mean no timeout at all)
         micros = 1
-    timeval = struct.pack("@ll", seconds, micros)
+    return struct.pack("@ll", seconds, micros)
+
+
+def _set_timeout(sock: Any, timeout: Optional[float]) -> None:
+    """Bound every later send and recv of a connected ``sock`` by ``timeout`` seconds
+    (None: wait forever): in the kernel on a plain stdlib socket, else ``settimeout``."""
+    if timeout is None or not _kernel_timed(sock):
+        sock.settimeout(timeout)
+        return
+    timeval = _timeval(timeout)
     sock.settimeout(None)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval)
+
+
+def _set_wait(sock: Any, seconds: Optional[float], option: int) -> None:
+    """Bound the next waits of ``sock`` by ``seconds`` (None: forever): its recv
+    (``option`` SO_RCVTIMEO) or its send (SO_SNDTIMEO) in the kernel on a plain socket,
+    both through ``settimeout`` on any other. For a command's deadline: only on the slow
+    path, after one recv or send did not finish the work."""
+    if _kernel_timed(sock):
+        sock.setsockopt(socket.SOL_SOCKET, option, _timeval(seconds))
+    else:
+        sock.settimeout(seconds)
+
+
+#: A socket whose wait was cut to a deadline's remaining time is cut again only once the
+#: deadline came this much closer, so a reply arriving in many chunks costs few system
+#: calls; a command can overrun its deadline by at most this.
+DEADLINE_SLACK: Final = 0.002
+
+
+def command_deadline(timeout: Optional[float]) -> Optional[float]:
+    """The ``time.monotonic()`` value by which a command that starts now, with
+    ``timeout``, must be done; None when ``timeout`` is None (no deadline).
+
+    ``timeout`` bounds a whole command, not each wait on the socket: a :class:`Client`
+    takes the deadline only once one recv did not finish a reply (or one send a request),
+    so the common case pays nothing. A fan-out over many connections (``HashClient``)
+    takes one for each round and passes it to :meth:`Client.receive`, or waits on its
+    sockets itself for at most :func:`time_left` seconds."""
+    return None if timeout is None else time.monotonic() + timeout
+
+
+def time_left(deadline: Optional[float], server: Any = None) -> Optional[float]:
+    """Seconds left before ``deadline`` (from :func:`command_deadline`; None: no
+    deadline, None is returned). When none is left, raise :class:`MemcacheTimeoutError`
+    (naming ``server``, if given)."""
+    if deadline is None:
+        return None
+    left = deadline - time.monotonic()
+    if left <= 0:
+        where = f" talking to {server_name(server)}" if server is not None else ""
+        raise MemcacheTimeoutError(
+            errno.ETIMEDOUT, f"timed out{where}: the command did not finish within its timeout"
+        )
+    return left
+
+
+def _send_timeout(sock: Any) -> Optional[float]:
+    if _kernel_timed(sock):
+        size = struct.calcsize("@ll")
+        seconds, micros = struct.unpack(
+            "@ll", sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, size)
+        )
+        return (seconds + micros / 1_000_000) or None
+    return sock.gettimeout()  # type: ignore[no-any-return]
+
+
+def _send_rest(sock: Any, rest: memoryview) -> None:
+    """Send ``rest`` (what one send() did not take) within one deadline: the socket's
+    timeout from now, however slowly the peer reads (a kernel timeout, as a sendall over
+    it, would bound each send() alone). The slow path of a large request."""
+    timeout = _send_timeout(sock)
+    if timeout is None:
+        sock.sendall(rest)
+        return
+    deadline = time.monotonic() + timeout
+    wait = timeout
+    while rest:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise socket.timeout("timed out sending a request")
+        if wait - left > DEADLINE_SLACK:
+            _set_wait(sock, left, socket.SO_SNDTIMEO)
+            wait = left
+        rest = rest[sock.send(rest) :]
+    if wait != timeout:  # (after a failure the connection is closed instead)
+        _set_wait(sock, timeout, socket.SO_SNDTIMEO)
 
 
 def _sender_for(sock: Any) -> Callable[[Any, bytes], None]:
@@ -454,6 +541,31 @@ def _unpatched_poll() -> Any:
                 original = found
         _ORIGINAL_POLLS[poll] = original
     return original
+
+
+def _never(wait: int) -> bool:
+    return False
+
+
+def _stray_check(sock: Any) -> Callable[[int], Any]:
+    """A call, made once per connection, that says (called with 0: without waiting)
+    whether ``sock`` has bytes nobody asked for or was closed by the server (truthy),
+    through the operating system's ``poll`` (see :func:`_unpatched_poll`) registered once:
+    one system call per use. Where there is no ``poll`` (Windows), a selector each time."""
+    poll = _unpatched_poll()
+    if poll is None:
+
+        def select_check(wait: int) -> bool:
+            with selectors.DefaultSelector() as selector:
+                selector.register(sock, selectors.EVENT_READ)
+                return bool(selector.select(wait))
+
+        return select_check
+    poller = poll()
+    poller.register(sock, select.POLLIN | select.POLLPRI)
+    if isinstance(sock, ssl.SSLSocket):  # decrypted bytes inside the TLS layer count too
+        return lambda wait: sock.pending() or poller.poll(wait)
+    return poller.poll  # type: ignore[no-any-return]
 
 
 def resolve_noreply(noreply: Optional[bool], default: bool) -> bool:
@@ -770,6 +882,8 @@ class Client:
         self._owes_sync = False
         self._syncing = False  # a sync marker was sent; receive() reads up to it first
         self._pending = False  # a request was sent whose reply is not read to its end yet
+        # Whether the connection has bytes nobody asked for (see send()).
+        self._stray: Callable[[int], Any] = _never
         #: Error lines that noreply commands drew from the server (logged, never raised).
         self.noreply_errors = 0
         self._opaque_counter = 0
@@ -820,6 +934,7 @@ class Client:
             self._send = _sender_for(sock)
             self.sock = sock
             self._reader = Reader()
+            self._stray = _stray_check(sock)
             if opts.username is not None:
                 self._authenticate(opts.username, opts.password or "")
             return sock
@@ -934,6 +1049,7 @@ class Client:
         sock = self.sock
         self.sock = None
         self._reader = None
+        self._stray = _never
         self._owes_sync = self._syncing = self._pending = False
         if sock is not None:
             try:
@@ -967,9 +1083,17 @@ class Client:
         closed.
         """
         sock = self.sock
-        if sock is None or self._pending or self._reader.broken:  # type: ignore[union-attr]
+        if (
+            sock is None
+            or self._pending
+            or self._reader.broken  # type: ignore[union-attr]
+            or (not self._owes_sync and self._stray(0))
+        ):
             # A reply that was never read to its end (the caller was interrupted between
-            # send and receive), or a reader that gave up: start over on a new connection.
+            # send and receive), a reader that gave up, or bytes that came after the last
+            # reply was complete (a proxy's late duplicate) or the server's close: start
+            # over on a new connection, before anything is sent on this one. (After a
+            # noreply command, bytes are the error lines the sync marker reads.)
             if sock is not None:
                 self.close()
             sock = self._connect()
@@ -988,38 +1112,97 @@ class Client:
         except BaseException as exc:
             self._abort(exc)
 
-    def receive(self, expect: Expect) -> Any:
+    def receive(self, expect: Expect, deadline: Optional[float] = None) -> Any:
         """Read the reply to the request just sent, as ``expect`` (a reader from
         :mod:`pymc.protocol`) describes it, and return what it returns. Bytes left over
-        after the reply are a protocol error. On any failure the connection is closed."""
+        after the reply are a protocol error. On any failure the connection is closed.
+
+        The whole reply must come within ``timeout``: if one recv does not finish it, the
+        rest must come by one deadline. ``deadline`` (a ``time.monotonic()`` value, see
+        :func:`command_deadline`) sets that deadline from the start, for every recv: a
+        fan-out gives all its connections the same one. Past it,
+        :class:`MemcacheTimeoutError`."""
         sock = self.sock
         reader = self._reader
         if sock is None or reader is None:
             raise MemcacheProtocolError("receive() without a request sent on this connection")
         try:
             if self._syncing:
-                self._sync(sock, reader)
-            result = self._read_to_end(sock, reader, expect, expect.step(reader))
+                deadline = self._sync(sock, reader, deadline)
+            result = self._read_to_end(sock, reader, expect, expect.step(reader), deadline)
         except BaseException as exc:
             self._abort(exc)
         self._pending = False
         return result
 
-    def _read_to_end(self, sock: Any, reader: Reader, expect: Expect, result: Any) -> Any:
+    def _read_to_end(
+        self,
+        sock: Any,
+        reader: Reader,
+        expect: Expect,
+        result: Any,
+        deadline: Optional[float] = None,
+    ) -> Any:
         """Receive until ``expect`` has its reply (``result`` is its last step); bytes
         after the reply are a protocol error. Inside the callers' safety net."""
-        while result is NEED_DATA:
-            data = sock.recv(RECV_SIZE)
-            if not data:
-                raise self._closed_mid_reply()
-            reader.feed(data)
-            result = expect.step(reader)
+        if result is NEED_DATA:
+            if deadline is None:
+                data = sock.recv(RECV_SIZE)
+                if not data:
+                    raise self._closed_mid_reply()
+                reader.feed(data)
+                result = expect.step(reader)
+            if result is NEED_DATA:  # one recv did not finish it: the rest by a deadline
+                parse = functools.partial(expect.step, reader)
+                result = self._read_rest(sock, reader, parse, deadline)
         if reader.buffered:
             raise MemcacheProtocolError(self._leftover(reader))
         return result
 
-    def request(self, request: bytes, expect: Expect) -> Any:
-        """:meth:`send` then :meth:`receive`."""
+    def _read_rest(
+        self,
+        sock: Any,
+        reader: Reader,
+        parse: Callable[[], Any],
+        deadline: Optional[float] = None,
+    ) -> Any:
+        """Receive, feeding ``reader``, until ``parse()`` returns a result, by ``deadline``
+        (None: ``timeout`` from now): the slow path of every read, taken once one recv did
+        not finish a reply. Inside the callers' safety net (a failure leaves the socket's
+        wait cut short, but the connection is closed)."""
+        timeout = self.options.timeout
+        if deadline is None:
+            if timeout is None:  # no deadline: wait as long as it takes
+                while True:
+                    data = sock.recv(RECV_SIZE)
+                    if not data:
+                        raise self._closed_mid_reply()
+                    reader.feed(data)
+                    result = parse()
+                    if result is not NEED_DATA:
+                        return result
+            deadline = time.monotonic() + timeout
+        wait = timeout  # what the socket's recv waits at most now
+        while True:
+            left = time_left(deadline, self.server)
+            assert left is not None
+            if wait is None or wait - left > DEADLINE_SLACK:
+                _set_wait(sock, left, socket.SO_RCVTIMEO)
+                wait = left
+            data = sock.recv(RECV_SIZE)
+            if not data:
+                raise self._closed_mid_reply()
+            reader.feed(data)
+            result = parse()
+            if result is not NEED_DATA:
+                break
+        if wait != timeout:
+            _set_wait(sock, timeout, socket.SO_RCVTIMEO)
+        return result
+
+    def request(self, request: bytes, expect: Expect, deadline: Optional[float] = None) -> Any:
+        """:meth:`send` then :meth:`receive` (``deadline``: see there; a command of many
+        requests gives them all one)."""
         sock = self.sock
         reader = self._reader
         if (
@@ -1029,15 +1212,17 @@ class Client:
             or self._owes_sync
             or self._syncing
             or reader.broken
+            or self._stray(0)
         ):
             self.send(request)
-            return self.receive(expect)
+            return self.receive(expect, deadline)
         # The two written out for a connection in step with nothing owed (the reader is
-        # empty: receive() refuses leftovers), as every command but get finds it.
+        # empty: receive() refuses leftovers, and no byte came after the last reply), as
+        # every command but get finds it.
         self._pending = True
         try:
             self._send(sock, request)
-            result = self._read_to_end(sock, reader, expect, NEED_DATA)
+            result = self._read_to_end(sock, reader, expect, NEED_DATA, deadline)
         except BaseException as exc:
             self._abort(exc)
         self._pending = False
@@ -1048,16 +1233,16 @@ class Client:
         """Whether a ``noreply`` command was sent whose error line (if any) is unread."""
         return self._owes_sync
 
-    def _sync(self, sock: Any, reader: Reader) -> None:
-        """Read up to the sync marker (inside receive's safety net)."""
+    def _sync(self, sock: Any, reader: Reader, deadline: Optional[float] = None) -> Optional[float]:
+        """Read up to the sync marker (inside receive's safety net), by ``deadline`` (None:
+        ``timeout`` from now). Returns the deadline, which the reply after the marker
+        shares."""
         sync = ExpectSync()
         marker = sync.step(reader) if reader.buffered else NEED_DATA  # (nothing read yet)
-        while marker is NEED_DATA:
-            data = sock.recv(RECV_SIZE)
-            if not data:
-                raise self._closed_mid_reply()
-            reader.feed(data)
-            marker = sync.step(reader)
+        if marker is NEED_DATA:
+            if deadline is None:
+                deadline = command_deadline(self.options.timeout)
+            marker = self._read_rest(sock, reader, functools.partial(sync.step, reader), deadline)
         self._syncing = False
         for error in sync.errors:
             self.noreply_errors += 1
@@ -1069,6 +1254,7 @@ class Client:
             )
         if type(marker) is ErrorReply:  # ERROR <message>: the server refused us
             raise marker.exception("a noreply command")
+        return deadline
 
     def _leftover(self, reader: Reader) -> str:
         return (
@@ -1108,21 +1294,25 @@ class Client:
             return None
         sock = self.sock
         reader = self._reader
-        if sock is None or reader is None or self._pending or self._owes_sync:
+        if sock is None or reader is None or self._pending or self._owes_sync or self._stray(0):
             reply = self.request(request, ExpectReplies(rule))[0]
         else:
             # send() and receive() with ExpectReplies(rule), written out for the hot path
-            # of every store, delete, touch and incr; the rule decides, as there.
+            # of every store, delete, touch and incr; the rule decides, as there. (A reply
+            # such as STORED names no command: bytes that came after the last reply, a
+            # proxy's late duplicate, would answer this one; _stray() saw none.)
             self._pending = True
             try:
                 self._send(sock, request)
                 reply = reader.next_reply()
-                while reply is NEED_DATA:
+                if reply is NEED_DATA:
                     data = sock.recv(RECV_SIZE)
                     if not data:
                         raise self._closed_mid_reply()
                     reader.feed(data)
                     reply = reader.next_reply()
+                    if reply is NEED_DATA:  # one recv did not finish it: see _read_rest
+                        reply = self._read_rest(sock, reader, reader.next_reply)
                 if not rule.accepts(reply):
                     raise MemcacheProtocolError(
                         f"unexpected reply to {rule.command}: {reply!r}"[:300]
@@ -1140,16 +1330,20 @@ class Client:
         """Send many one-reply commands and read their replies, in passes of bounded size."""
         replies: List[Reply] = []
         start = 0
+        deadline = None  # one for all the passes, when there are several
         while start < len(requests):
             stop, size = start, 0
             while stop < len(requests) and (size < PIPELINE_BYTES or stop == start):
                 size += len(requests[stop])
                 stop += 1
+            if stop < len(requests) and deadline is None:
+                deadline = command_deadline(self.options.timeout)
             batch = b"".join(requests[start:stop])
             if noreply:
                 self.send(batch, True)
             else:
-                replies.extend(self.request(batch, ExpectReplies(rule, stop - start)))
+                expect = ExpectReplies(rule, stop - start)
+                replies.extend(self.request(batch, expect, deadline))
             start = stop
         return replies
 
@@ -1303,10 +1497,12 @@ class Client:
         answered twice over all the passes is a protocol error."""
         found: Dict[bytes, Item] = {}
         chunks = request_chunks(list(wanted), self.options.max_get_line)
+        # (Several requests share one deadline.)
+        deadline = command_deadline(self.options.timeout) if len(chunks) > 1 else None
         for chunk in chunks:
             keys: Container[bytes] = wanted if len(chunks) == 1 else set(chunk)
             reply = self.request(
-                encode_retrieval(command, chunk, expire), ExpectValues(keys, found, cas)
+                encode_retrieval(command, chunk, expire), ExpectValues(keys, found, cas), deadline
             )
             if type(reply) is ErrorReply:
                 self.raise_error(reply, command.decode())
@@ -1348,14 +1544,20 @@ class Client:
                     found = {}
                     status: object = NEED_DATA
                     if self._syncing:
-                        self._sync(sock, reader)
+                        deadline = self._sync(sock, reader)
                         if reader.buffered:  # the reply came with the marker's
                             status = reader.read_values((raw,), found)
-                    while status is NEED_DATA:
+                        if status is NEED_DATA:
+                            parse = functools.partial(reader.read_values, (raw,), found)
+                            status = self._read_rest(sock, reader, parse, deadline)
+                    if status is NEED_DATA:
                         data = sock.recv(RECV_SIZE)
                         if not data:
                             raise self._closed_mid_reply()
                         status = reader.feed_values(data, (raw,), found)
+                        if status is NEED_DATA:  # one recv did not finish it: see _read_rest
+                            parse = functools.partial(reader.read_values, (raw,), found)
+                            status = self._read_rest(sock, reader, parse)
                     if reader.buffered:
                         raise MemcacheProtocolError(self._leftover(reader))
                 except BaseException as exc:
@@ -1975,6 +2177,10 @@ class Client:
     # ends the batch; only misses and failures come back (``ExpectMetaQuiet`` checks that
     # every reply belongs to a request of the batch, in order).
 
+    def _deadline_for(self, requests: int) -> Optional[float]:
+        """One deadline for a command of several requests (None for one: see receive)."""
+        return command_deadline(self.options.timeout) if requests > 1 else None
+
     def meta_wires(self, keys: Iterable[Any]) -> Dict[bytes, Tuple[Any, bool]]:
         """``{wire key: (key, base64?)}``; spellings of one key are one key (the last)."""
         out: Dict[bytes, Tuple[Any, bool]] = {}
@@ -1987,9 +2193,11 @@ class Client:
         """The values (deserialized) of the keys present, in one quiet pipeline per
         batch: ``mg ... q`` for each key, then ``mn``; the server sends only the hits."""
         out: Dict[Key, Any] = {}
-        for batch in meta_batches(list(self.meta_wires(keys).items())):
+        batches = meta_batches(list(self.meta_wires(keys).items()))
+        deadline = self._deadline_for(len(batches))
+        for batch in batches:
             request, sent, key_of = quiet_gets(batch, self._opaque)
-            found = self.request(request, ExpectMetaQuiet(sent))
+            found = self.request(request, ExpectMetaQuiet(sent), deadline)
             if type(found) is ErrorReply:
                 self.raise_error(found, "mg")
             out.update(self.meta_values(found, key_of))
@@ -2014,7 +2222,9 @@ class Client:
         failed: List[Any] = []
         errors: List[Tuple[Any, ErrorReply]] = []
         wires = self.meta_wires(values)
-        for batch in meta_batches(list(wires.items())):
+        batches = meta_batches(list(wires.items()))
+        deadline = self._deadline_for(len(batches))
+        for batch in batches:
             lines: List[Tuple[bytes, bytes, Any]] = []  # (opaque, request without q, key)
             for wire, (key, b64) in batch:
                 data, client_flags = self._serialize(key, values[key], None)
@@ -2023,7 +2233,7 @@ class Client:
                 lines.append((opaque, encode_meta_set(wire, data, quiet=True, **options), key))
             sent: List[Tuple[bytes, ...]] = [(opaque, b"ms") for opaque, _, _ in lines]
             request = b"".join(line for _, line, _ in lines) + encode_meta_noop()
-            found = self.request(request, ExpectMetaQuiet(sent))
+            found = self.request(request, ExpectMetaQuiet(sent), deadline)
             if type(found) is not ErrorReply:
                 key_of = {opaque: key for opaque, _, key in lines}
                 failed.extend(key_of[o] for o, r in found.items() if r.status != "stored")
@@ -2040,6 +2250,7 @@ class Client:
             replies = self.request(
                 b"".join(line for _, line, _ in loud),
                 ExpectMetaEach([ExpectMeta(opaque, command=b"ms") for opaque, _, _ in loud]),
+                deadline,
             )
             for (_, _, key), reply in zip(loud, replies):
                 if type(reply) is ErrorReply:
@@ -2055,9 +2266,11 @@ class Client:
         """Delete (or with ``invalidate`` mark stale) many keys in one quiet pipeline per
         batch; return the keys that were not found."""
         missing: List[Key] = []
-        for batch in meta_batches(list(self.meta_wires(keys).items())):
+        batches = meta_batches(list(self.meta_wires(keys).items()))
+        deadline = self._deadline_for(len(batches))
+        for batch in batches:
             request, sent, key_of = quiet_deletes(batch, self._opaque, invalidate)
-            found = self.request(request, ExpectMetaQuiet(sent))
+            found = self.request(request, ExpectMetaQuiet(sent), deadline)
             if type(found) is ErrorReply:
                 self.raise_error(found, "md")
             missing.extend(key_of[t] for t, r in found.items() if r.status == "not_found")

@@ -49,6 +49,7 @@ __all__ = [
     "LEGACY_CONFIG_KEY",
     "MAX_CONFIG_BYTES",
     "MAX_KEY_LENGTH",
+    "MAX_VALUE_BYTES",
     "MN",
     "NEED_DATA",
     "RULES",
@@ -104,6 +105,11 @@ Key = Union[str, bytes]
 MAX_KEY_LENGTH: Final = 250
 #: A reply line longer than this, with no ``\r\n`` in sight, is garbage, not a slow server.
 MAX_LINE_LENGTH: Final = 8192
+#: The largest data block (``VALUE``, ``CONFIG`` or meta ``VA``) a :class:`Reader` accepts by
+#: default: memcached's largest item (``-I 1024m``) is 1 GiB, header included, so no real
+#: value is longer. A header announcing more is a protocol error as soon as it is parsed,
+#: instead of buffering whatever a broken server or proxy sends until the timeout.
+MAX_VALUE_BYTES: Final = 1 << 30
 #: A sane ``max_block`` for a :class:`Reader` reading cluster configs: a real one is a few
 #: dozen bytes per node, so a block larger than this is an endpoint gone wrong.
 MAX_CONFIG_BYTES: Final = 1 << 20
@@ -551,9 +557,10 @@ class PyReader:
     :data:`NEED_DATA`. A data block of known size is gathered without re-copying the
     buffer on every chunk, so a large value costs one join, not one per chunk.
 
-    With ``max_block``, a ``VALUE`` or ``CONFIG`` header announcing a data block of more
-    bytes than that is a protocol error as soon as the header line is parsed, before any
-    of the block is buffered (see :data:`MAX_CONFIG_BYTES`). None: no cap.
+    A ``VALUE``, ``CONFIG`` or meta ``VA`` header announcing a data block of more than
+    ``max_block`` bytes (by default :data:`MAX_VALUE_BYTES`; see also
+    :data:`MAX_CONFIG_BYTES`) is a protocol error as soon as the header line is parsed,
+    before any of the block is buffered. None: no cap.
     """
 
     __slots__ = (
@@ -567,7 +574,7 @@ class PyReader:
         "broken",
     )
 
-    def __init__(self, max_block: Optional[int] = None) -> None:
+    def __init__(self, max_block: Optional[int] = MAX_VALUE_BYTES) -> None:
         if max_block is not None:
             if type(max_block) is not int:
                 raise TypeError(f"max_block must be an int or None, not {max_block!r}")

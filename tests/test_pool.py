@@ -458,7 +458,10 @@ def test_connection_closed_by_peer_is_discarded_at_checkout(
 def test_without_the_checkout_check_incr_would_fail(
     memcached: MemcachedProcess, fault_proxy: ProxyFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The control for the test above: it is the check that saves the call."""
+    """The control for the test above: it is the check that saves the call. Only ``get``
+    (whose hot path looks at nothing before sending) relies on it alone: every other
+    command looks for bytes or a close on its connection before sending (issue 18 item
+    17), so an incr goes out on a new connection even without the pool's check."""
     monkeypatch.setattr(pymc.pool, "CHECK_IDLE_AFTER", 1e9)
     proxy = fault_proxy(tcp(memcached))
     client = PooledClient(proxy.address, max_pool_size=1)
@@ -466,8 +469,12 @@ def test_without_the_checkout_check_incr_would_fail(
     proxy.close_all()
     time.sleep(0.1)
     with pytest.raises(MemcacheNetworkError):
-        client.incr("n", 5)
-    assert client.get("n") == b"10"  # the failed incr never reached the server
+        client.get("n")
+    assert client.get("n") == b"10"
+    proxy.close_all()
+    time.sleep(0.1)
+    assert client.incr("n", 5) == 15
+    assert client.get("n") == b"15"
 
 
 # -- fork ---------------------------------------------------------------------------------------

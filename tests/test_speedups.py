@@ -33,6 +33,7 @@ from pymc.protocol import (
     END,
     MAX_KEY_LENGTH,
     MAX_LINE_LENGTH,
+    MAX_VALUE_BYTES,
     NEED_DATA,
     CReader,
     ErrorReply,
@@ -258,7 +259,7 @@ def _assert_same(
     wanted_keys=st.lists(st.sampled_from(WANTED_POOL), max_size=6),
     kind=st.sampled_from(["set", "frozenset", "tuple", "dict"]),
     answered=st.sampled_from([None, b"a", b"k1"]),
-    max_block=st.sampled_from([None, None, 0, 5, 40, 2**70]),
+    max_block=st.sampled_from([None, None, 0, 5, 40, 2**70, MAX_VALUE_BYTES]),
     mode=st.sampled_from(["feed_values", "feed+read"]),
     data=st.data(),
 )
@@ -316,6 +317,10 @@ def test_compiled_reader_matches_on_well_formed_answers(
     [
         b"VALUE a 0 " + b"9" * 18 + b"\r\nabc",  # waits for a block of 10**18 bytes
         b"VALUE a 0 " + b"9" * 19 + b"\r\nabc",  # 19 digits: malformed
+        b"VALUE a 0 %d\r\nabc" % MAX_VALUE_BYTES,  # at the default cap: waits
+        b"VALUE a 0 %d\r\nabc" % (MAX_VALUE_BYTES + 1),  # over it: refused at once
+        b"VALUE a 0 -1\r\nabc\r\nEND\r\n",  # negative: malformed
+        b"VALUE a 0 1x\r\nabc\r\nEND\r\n",  # not a number: malformed
         b"VALUE a 4294967296 " + b"1" * 18 + b"\r\n",
         b"VALUE a 99999999999 1\r\nx\r\nEND\r\n",  # 11-digit flags: malformed
         b"VALUE a 9999999999 1 " + b"9" * 20 + b"\r\nx\r\nEND\r\n",  # the widest that parse
@@ -327,7 +332,7 @@ def test_compiled_reader_matches_on_well_formed_answers(
         b"VALUE a 0 1\r\nx\r\n" + b"VALUE " + b"k" * 9000,
     ],
 )
-@pytest.mark.parametrize("max_block", [None, 0, 10**18, 2**64])
+@pytest.mark.parametrize("max_block", [None, 0, 10**18, 2**64, MAX_VALUE_BYTES])
 def test_compiled_reader_matches_on_edge_cases(stream: bytes, max_block: Optional[int]) -> None:
     for chunks in (
         [stream],
@@ -340,7 +345,7 @@ def test_compiled_reader_matches_on_edge_cases(stream: bytes, max_block: Optiona
 
 @compiled
 def test_compiled_reader_waits_for_a_huge_block_without_reading_past_the_buffer() -> None:
-    reader = CReader()
+    reader = CReader(max_block=None)
     found: Found = {}
     size = 10**18 - 1
     assert reader.feed_values(b"VALUE a 0 %d\r\nabc" % size, {b"a"}, found) is NEED_DATA
@@ -489,3 +494,19 @@ def test_build_with_a_compiler_uses_the_compiled_reader(tmp_path: Path) -> None:
     code, output, speedups = _build_in_copy(tmp_path, {})
     assert code == 0, output
     assert speedups == "True", output
+
+
+@compiled
+@pytest.mark.parametrize("size", [b"9" * 18, b"%d" % (MAX_VALUE_BYTES + 1)])
+def test_both_readers_refuse_a_huge_declared_length_by_default(size: bytes) -> None:
+    """A reader made without arguments caps a block at MAX_VALUE_BYTES: both readers refuse
+    a larger declared length at the header, with the same error."""
+    stream = b"VALUE a 0 " + size + b"\r\nabc"
+    outcomes = []
+    for cls in (PyReader, CReader):
+        reader = cls()
+        with pytest.raises(pymc.MemcacheProtocolError) as info:
+            reader.feed_values(stream, {b"a"}, {})
+        outcomes.append((str(info.value), reader.broken))
+    assert outcomes[0] == outcomes[1]
+    assert f"larger than the {MAX_VALUE_BYTES} bytes allowed" in outcomes[0][0]

@@ -15,7 +15,9 @@ Modes (client->server data is called a request, server->client data a reply):
   garbage, data=B       forward requests; replace each reply chunk with B
   close_after, nbytes=N forward at most N more reply bytes per connection, then close (FIN)
   rewrite, fn=F         forward requests; replace each reply chunk by F(chunk): a server or
-                        middlebox that misbehaves in a chosen way (F may keep state)
+                        middlebox that misbehaves in a chosen way (F may keep state). F may
+                        return a list of pieces: the first goes at once, each next one
+                        ``seconds`` after the one before (a late duplicate, say)
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import struct
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Deque, Optional, Tuple
+from typing import Any, Callable, Deque, List, Optional, Tuple, Union
 
 DEFAULT_GARBAGE = b"\x00\xde\xad\xbe\xef GARBAGE \xff\xfe\r\n"
 MODES = ("pass", "delay", "stall", "reset", "close", "garbage", "close_after", "rewrite")
@@ -40,7 +42,7 @@ class Mode:
     seconds: float = 0.0
     data: bytes = DEFAULT_GARBAGE
     nbytes: int = 0
-    fn: Optional[Callable[[bytes], bytes]] = None
+    fn: Optional[Callable[[bytes], Union[bytes, List[bytes]]]] = None
 
 
 @dataclass(eq=False)
@@ -205,7 +207,13 @@ class FaultProxy:
         if mode.name == "garbage":
             data = mode.data
         elif mode.name == "rewrite" and mode.fn is not None:
-            data = mode.fn(data)
+            out = mode.fn(data)
+            if isinstance(out, list):
+                now = time.monotonic()
+                for i, piece in enumerate(out):
+                    pair.held.append((now + i * mode.seconds, piece))
+                return
+            data = out
         elif mode.name == "close_after":
             if pair.budget_mode is not mode:
                 pair.budget_mode, pair.budget = mode, mode.nbytes

@@ -1,6 +1,10 @@
 """A TCP proxy on 127.0.0.1 that forwards every server reply one byte per send() (with a
 short pause between bytes), so a client sees replies split at every byte boundary.
 
+``chunk`` forwards that many bytes per send() instead of one; ``lead=True`` pauses before
+the first piece of each reply too (a server that drips from the start). ``pause`` may be
+changed while the proxy runs: it is read before each piece.
+
 Threads are daemons; sockets have timeouts; ``stop()`` closes everything.
 """
 
@@ -13,9 +17,17 @@ from typing import List, Tuple
 
 
 class TrickleProxy:
-    def __init__(self, upstream: Tuple[str, int], pause: float = 0.0003) -> None:
+    def __init__(
+        self,
+        upstream: Tuple[str, int],
+        pause: float = 0.0003,
+        chunk: int = 1,
+        lead: bool = False,
+    ) -> None:
         self.upstream = upstream
         self.pause = pause
+        self.chunk = chunk
+        self.lead = lead
         self._listener = socket.socket()
         self._listener.bind(("127.0.0.1", 0))
         self._listener.listen(16)
@@ -55,9 +67,14 @@ class TrickleProxy:
                 break
             try:
                 if trickle:
-                    for i in range(len(data)):
-                        dst.sendall(data[i : i + 1])
-                        time.sleep(self.pause)
+                    for i in range(0, len(data), self.chunk):
+                        if self.lead:
+                            time.sleep(self.pause)
+                        if self._stop.is_set():
+                            break
+                        dst.sendall(data[i : i + self.chunk])
+                        if not self.lead:
+                            time.sleep(self.pause)
                 else:
                     dst.sendall(data)
             except OSError:
