@@ -1718,7 +1718,8 @@ class Client:
         gone meanwhile (``invalidate()``, or it expired and another caller took it), the
         value just stored is taken back. A refresh stores only over the value it won
         (``cas``); if the server refuses the new value (too large: memcached then drops the
-        key), the old value is put back as it was (stale if it was) and the error raised."""
+        key), the old value is put back as it was (stale if it was), unless another write
+        replaced it meanwhile, and the error raised."""
         data, client_flags = self._serialize(key, value, None)
         wire, b64 = meta_key(key, self._prefix, True)
         first, then = self._opaque(), self._opaque()
@@ -1750,7 +1751,9 @@ class Client:
                 self._meta(undo, opaque, "md")
                 return False
             return stored.status == "stored"
-        ask = encode_meta_get(wire, base64=b64, value=False, return_ttl=True, opaque=first)
+        ask = encode_meta_get(
+            wire, base64=b64, value=False, return_cas=True, return_ttl=True, opaque=first
+        )
         store = encode_meta_set(
             wire,
             data,
@@ -1764,7 +1767,15 @@ class Client:
             ask + store, ExpectMetaEach([ExpectMeta(first), ExpectMeta(then, command=b"ms")])
         )
         before = self._meta_result(replies[0], "mg")
-        if type(replies[1]) is ErrorReply and replies[1].in_step and before.hit:
+        # memcached drops the key when it refuses a value (too large), whatever the cas:
+        # put the won value back only if it was still there just before the store, so that
+        # a newer write it dropped is never replaced by the older value.
+        if (
+            type(replies[1]) is ErrorReply
+            and replies[1].in_step
+            and before.hit
+            and before.cas == lease.cas
+        ):
             try:
                 self._put_back(key, wire, b64, lease, before.ttl)
             except MemcacheError:
