@@ -1737,20 +1737,38 @@ class Client:
             free = encode_meta_delete(
                 lease_key(key, self._prefix), base64=True, compare_cas=lease.cas, opaque=then
             )
-            replies = self.request(
-                store + free,
-                ExpectMetaEach([ExpectMeta(first, command=b"ms"), ExpectMeta(then, command=b"md")]),
-            )
-            stored = self._meta_result(replies[0], "ms")
-            freed = self._meta_result(replies[1], "md")
-            if stored.status == "stored" and freed.status != "deleted":
-                # The lease went while this caller computed: what it computed may predate
-                # the write that invalidated it.
-                opaque = self._opaque()
-                undo = encode_meta_delete(wire, base64=b64, compare_cas=stored.cas, opaque=opaque)
-                self._meta(undo, opaque, "md")
-                return False
-            return stored.status == "stored"
+            unsure = True  # the value may be stored, and whether the lease held is not known
+            try:
+                replies = self.request(
+                    store + free,
+                    ExpectMetaEach(
+                        [ExpectMeta(first, command=b"ms"), ExpectMeta(then, command=b"md")]
+                    ),
+                )
+                if type(replies[0]) is ErrorReply or replies[0].status != "stored":
+                    unsure = False  # nothing was stored
+                stored = self._meta_result(replies[0], "ms")
+                freed = self._meta_result(replies[1], "md")
+                if stored.status == "stored" and freed.status != "deleted":
+                    # The lease went while this caller computed: what it computed may
+                    # predate the write that invalidated it.
+                    opaque = self._opaque()
+                    undo = encode_meta_delete(
+                        wire, base64=b64, compare_cas=stored.cas, opaque=opaque
+                    )
+                    self._meta(undo, opaque, "md")
+                    unsure = False
+                    return False
+                unsure = False
+                return stored.status == "stored"
+            except BaseException:
+                # Interrupted (gevent.Timeout, KeyboardInterrupt) or cut off between the
+                # store and knowing that the lease held (or during the undo): take the value
+                # back, whatever is there now. A miss is never a wrong value; a value
+                # computed before a write would be served until its ttl ends.
+                if unsure:
+                    self._take_back(wire, b64)
+                raise
         ask = encode_meta_get(
             wire, base64=b64, value=False, return_cas=True, return_ttl=True, opaque=first
         )
@@ -1781,6 +1799,15 @@ class Client:
             except MemcacheError:
                 pass  # (the error that dropped it is the one to raise)
         return self._meta_result(replies[1], "ms").status == "stored"
+
+    def _take_back(self, wire: bytes, b64: bool) -> None:
+        """Delete the key (best effort, on a fresh connection if need be): the way out
+        of a fill whose outcome is unknown."""
+        try:
+            opaque = self._opaque()
+            self._meta(encode_meta_delete(wire, base64=b64, opaque=opaque), opaque, "md")
+        except Exception:  # (the error that got here is the one to raise)
+            pass
 
     def _put_back(
         self,
