@@ -1835,14 +1835,20 @@ class Client:
             return_cas=True,
             opaque=opaque,
         )
-        again = self._meta(request, opaque, "ms")
-        if lease.stale and again.status == "stored":
-            opaque = self._opaque()
-            stale = encode_meta_delete(
-                wire, base64=b64, compare_cas=again.cas, invalidate=True, opaque=opaque
-            )
-            self._meta(stale, opaque, "md")
-        return again.status == "stored"
+        if not lease.stale:
+            return self._meta(request, opaque, "ms").status == "stored"
+        # A stale value goes back stale: the mark goes in the same request, so that no
+        # reader (nor an interruption between two round trips) finds it fresh. Whatever is
+        # there then is marked (a newer value that won the add is served stale while one
+        # caller refreshes it: never older than what was written).
+        then = self._opaque()
+        stale = encode_meta_delete(wire, base64=b64, invalidate=True, opaque=then)
+        replies = self.request(
+            request + stale,
+            ExpectMetaEach([ExpectMeta(opaque, command=b"ms"), ExpectMeta(then, command=b"md")]),
+        )
+        self._meta_result(replies[1], "md")
+        return self._meta_result(replies[0], "ms").status == "stored"
 
     def lease_release(self, key: Key, lease: MetaResult) -> bool:
         """Give back a win or a lease (from :meth:`lease_get`) without storing anything: the

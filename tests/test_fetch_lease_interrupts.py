@@ -121,3 +121,42 @@ def test_an_interrupted_lease_holder_never_leaves_a_value_computed_before_a_writ
     finally:
         checker.close()
         raw.close()
+
+
+@pytest.mark.parametrize("kind", ["client", "pooled", "hash"])
+def test_an_interrupted_stale_put_back_never_makes_the_old_value_fresh(
+    node: MemcachedProcess, kind: str
+) -> None:
+    """After invalidate(), a refresh whose value the server refuses puts the old value back,
+    stale: never, even for a moment or when interrupted, as a fresh value."""
+    checker = Client(tcp(node), timeout=5.0)
+    fresh: List[str] = []
+    try:
+        for n in range(1, MAX_LINES):
+            key = f"intr{next(_tags)}-{time.monotonic_ns() % 10**9}"
+            client = make(kind, node)
+            assert checker.set(key, b"old", 60) and checker.invalidate(key)
+            injector = Injector(n)
+
+            def compute(injector: Injector = injector) -> bytes:
+                injector.arm()
+                return b"x" * (2 * 1024 * 1024)  # over the item size: refused
+
+            try:
+                client.fetch(key, compute, 60)
+            except (Injected, pymc.MemcacheError):
+                pass
+            finally:
+                sys.settrace(None)
+            result = checker.meta_get(key)
+            if result.hit and not result.stale:
+                fresh.append(injector.where or "(no injection)")
+            client.close()
+            if injector.count < n:
+                break
+        else:
+            raise AssertionError(f"still injecting after {MAX_LINES} lines")
+        assert n > 20
+        assert not fresh, f"{len(fresh)} of {n} injections left it fresh, e.g. {fresh[:5]}"
+    finally:
+        checker.close()
