@@ -1925,7 +1925,8 @@ class Client:
         gone meanwhile (``invalidate()``, or it expired and another caller took it), the
         value just stored is taken back. A refresh stores only over the value it won
         (``cas``); if the server refuses the new value (too large: memcached then drops the
-        key), the old value is put back as it was (stale if it was) and the error raised."""
+        key), the old value is put back as it was (stale if it was), unless another write
+        replaced it meanwhile, and the error raised."""
         data, client_flags = self._serialize(key, value, None)
         wire, b64 = meta_key(key, self._prefix, True)
         first, then = self._opaque(), self._opaque()
@@ -1943,21 +1944,41 @@ class Client:
             free = encode_meta_delete(
                 lease_key(key, self._prefix), base64=True, compare_cas=lease.cas, opaque=then
             )
-            replies = self.request(
-                store + free,
-                ExpectMetaEach([ExpectMeta(first, command=b"ms"), ExpectMeta(then, command=b"md")]),
-            )
-            stored = self._meta_result(replies[0], "ms")
-            freed = self._meta_result(replies[1], "md")
-            if stored.status == "stored" and freed.status != "deleted":
-                # The lease went while this caller computed: what it computed may predate
-                # the write that invalidated it.
-                opaque = self._opaque()
-                undo = encode_meta_delete(wire, base64=b64, compare_cas=stored.cas, opaque=opaque)
-                self._meta(undo, opaque, "md")
-                return False
-            return stored.status == "stored"
-        ask = encode_meta_get(wire, base64=b64, value=False, return_ttl=True, opaque=first)
+            unsure = True  # the value may be stored, and whether the lease held is not known
+            try:
+                replies = self.request(
+                    store + free,
+                    ExpectMetaEach(
+                        [ExpectMeta(first, command=b"ms"), ExpectMeta(then, command=b"md")]
+                    ),
+                )
+                if type(replies[0]) is ErrorReply or replies[0].status != "stored":
+                    unsure = False  # nothing was stored
+                stored = self._meta_result(replies[0], "ms")
+                freed = self._meta_result(replies[1], "md")
+                if stored.status == "stored" and freed.status != "deleted":
+                    # The lease went while this caller computed: what it computed may
+                    # predate the write that invalidated it.
+                    opaque = self._opaque()
+                    undo = encode_meta_delete(
+                        wire, base64=b64, compare_cas=stored.cas, opaque=opaque
+                    )
+                    self._meta(undo, opaque, "md")
+                    unsure = False
+                    return False
+                unsure = False
+                return stored.status == "stored"
+            except BaseException:
+                # Interrupted (gevent.Timeout, KeyboardInterrupt) or cut off between the
+                # store and knowing that the lease held (or during the undo): take the value
+                # back, whatever is there now. A miss is never a wrong value; a value
+                # computed before a write would be served until its ttl ends.
+                if unsure:
+                    self._take_back(wire, b64)
+                raise
+        ask = encode_meta_get(
+            wire, base64=b64, value=False, return_cas=True, return_ttl=True, opaque=first
+        )
         store = encode_meta_set(
             wire,
             data,
@@ -1971,12 +1992,29 @@ class Client:
             ask + store, ExpectMetaEach([ExpectMeta(first), ExpectMeta(then, command=b"ms")])
         )
         before = self._meta_result(replies[0], "mg")
-        if type(replies[1]) is ErrorReply and replies[1].in_step and before.hit:
+        # memcached drops the key when it refuses a value (too large), whatever the cas:
+        # put the won value back only if it was still there just before the store, so that
+        # a newer write it dropped is never replaced by the older value.
+        if (
+            type(replies[1]) is ErrorReply
+            and replies[1].in_step
+            and before.hit
+            and before.cas == lease.cas
+        ):
             try:
                 self._put_back(key, wire, b64, lease, before.ttl)
             except MemcacheError:
                 pass  # (the error that dropped it is the one to raise)
         return self._meta_result(replies[1], "ms").status == "stored"
+
+    def _take_back(self, wire: bytes, b64: bool) -> None:
+        """Delete the key (best effort, on a fresh connection if need be): the way out
+        of a fill whose outcome is unknown."""
+        try:
+            opaque = self._opaque()
+            self._meta(encode_meta_delete(wire, base64=b64, opaque=opaque), opaque, "md")
+        except Exception:  # (the error that got here is the one to raise)
+            pass
 
     def _put_back(
         self,
@@ -2004,14 +2042,20 @@ class Client:
             return_cas=True,
             opaque=opaque,
         )
-        again = self._meta(request, opaque, "ms")
-        if lease.stale and again.status == "stored":
-            opaque = self._opaque()
-            stale = encode_meta_delete(
-                wire, base64=b64, compare_cas=again.cas, invalidate=True, opaque=opaque
-            )
-            self._meta(stale, opaque, "md")
-        return again.status == "stored"
+        if not lease.stale:
+            return self._meta(request, opaque, "ms").status == "stored"
+        # A stale value goes back stale: the mark goes in the same request, so that no
+        # reader (nor an interruption between two round trips) finds it fresh. Whatever is
+        # there then is marked (a newer value that won the add is served stale while one
+        # caller refreshes it: never older than what was written).
+        then = self._opaque()
+        stale = encode_meta_delete(wire, base64=b64, invalidate=True, opaque=then)
+        replies = self.request(
+            request + stale,
+            ExpectMetaEach([ExpectMeta(opaque, command=b"ms"), ExpectMeta(then, command=b"md")]),
+        )
+        self._meta_result(replies[1], "md")
+        return self._meta_result(replies[0], "ms").status == "stored"
 
     def lease_release(self, key: Key, lease: MetaResult) -> bool:
         """Give back a win or a lease (from :meth:`lease_get`) without storing anything: the

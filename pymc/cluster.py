@@ -1548,12 +1548,26 @@ class HashClient:
     ) -> Any:
         """As :meth:`Client.fetch`, on the key's node. With ``ignore_exc`` a failing node
         makes it ``compute()`` and return the value, uncached."""
-        try:
+        if not self.ignore_exc:
             return read_through(self, key, compute, ttl, lease_ttl, recache_ttl, wait)
+        computed: List[Any] = []  # [] not called; [value]; [None, error] it raised
+
+        def once() -> Any:
+            try:
+                computed.append(compute())
+            except BaseException as exc:
+                computed[:] = [None, exc]
+                raise
+            return computed[0]
+
+        try:
+            return read_through(self, key, once, ttl, lease_ttl, recache_ttl, wait)
         except MemcacheError as exc:
-            if self.ignore_exc and not isinstance(exc, MemcacheIllegalInputError):
-                return compute()
-            raise
+            # compute()'s own error is raised as it was; a cache error costs no second
+            # compute() once a value was computed
+            if len(computed) == 2 or isinstance(exc, MemcacheIllegalInputError):
+                raise
+            return computed[0] if computed else compute()
 
     @property
     def key_prefix(self) -> bytes:

@@ -38,6 +38,7 @@ Layer: imports ``client``, ``cluster``, ``protocol`` and ``exceptions`` only.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import random
 import socket
@@ -112,8 +113,9 @@ if hasattr(os, "register_at_fork"):
 
 
 def poll_delay(interval: float) -> float:
-    """The seconds until the next poll: ``interval``, give or take ``JITTER``."""
-    return interval * random.uniform(1 - JITTER, 1 + JITTER)
+    """The seconds until the next poll: ``interval``, give or take ``JITTER`` (at most
+    what a wait takes: a very long interval is one very long sleep)."""
+    return min(interval * random.uniform(1 - JITTER, 1 + JITTER), threading.TIMEOUT_MAX)
 
 
 def _is_bare_error(reply: object) -> bool:
@@ -322,8 +324,13 @@ class ElastiCacheClient(HashClient):
         ready_timeout: Optional[float] = None,
         **options: Any,
     ) -> None:
-        if poll_interval <= 0:
-            raise ValueError("poll_interval must be > 0")
+        # (a NaN or infinite one would kill the poller, or make every discovery fail)
+        if not 0 < poll_interval < math.inf:
+            raise ValueError(f"poll_interval must be a finite number > 0, got {poll_interval!r}")
+        if discovery_timeout is not None and not 0 < discovery_timeout < math.inf:
+            raise ValueError(
+                f"discovery_timeout must be None or a finite number > 0, got {discovery_timeout!r}"
+            )
         self.endpoint = normalize_server_spec(endpoint)
         if isinstance(self.endpoint, str):
             raise ValueError("an ElastiCache endpoint is host:port")
