@@ -761,6 +761,7 @@ class Client:
         # yet: the next request goes out behind a sync marker (see send()).
         self._owes_sync = False
         self._syncing = False  # a sync marker was sent; receive() reads up to it first
+        self._sync_alone = False  # ... and no request behind it (raw_command's check)
         self._pending = False  # a request was sent whose reply is not read to its end yet
         #: Error lines that noreply commands drew from the server (logged, never raised).
         self.noreply_errors = 0
@@ -953,6 +954,7 @@ class Client:
             self._owes_sync = True
         else:
             if self._owes_sync:
+                self._sync_alone = not request  # (raw_command's check: nothing follows)
                 request = encode_sync() + request
                 self._syncing = True
                 self._owes_sync = False
@@ -1023,8 +1025,9 @@ class Client:
         return self._owes_sync
 
     def _sync(self, sock: Any, reader: Reader) -> None:
-        """Read up to the sync marker (inside receive's safety net)."""
-        sync = ExpectSync()
+        """Read up to and including the sync marker's answer (inside receive's safety
+        net). See :class:`~pymc.protocol.ExpectSync` for which replies answer it."""
+        sync = ExpectSync(follows=not self._sync_alone)
         marker = sync.step(reader) if reader.buffered else NEED_DATA  # (nothing read yet)
         while marker is NEED_DATA:
             data = sock.recv(RECV_SIZE)
@@ -1041,8 +1044,23 @@ class Client:
                 error.kind.decode(),
                 error.message,
             )
-        if type(marker) is ErrorReply:  # ERROR <message>: the server refused us
-            raise marker.exception("a noreply command")
+        if type(marker) is ErrorReply:
+            if not marker.in_step:  # ERROR <message>: the server refused us
+                raise marker.exception("a noreply command")
+            # A proxy that relays the marker (twemproxy's ``version`` goes to one backend)
+            # answered it with an error: not a noreply command's, and not the next one's.
+            logger.debug(
+                "pymc: %s answered the sync marker with %s %s",
+                server_name(self.server),
+                marker.kind.decode(),
+                marker.message,
+            )
+            if sync.unsure:
+                # Whose error lines these are cannot be told from what came: the
+                # connection goes, so that no late answer is taken for a later reply.
+                if sync.taken is not None:
+                    raise sync.taken.exception()  # the next request's (closes, in _abort)
+                self.close()
 
     def _leftover(self, reader: Reader) -> str:
         return (
@@ -1315,6 +1333,7 @@ class Client:
                 if self._owes_sync:
                     request = encode_sync() + request
                     self._syncing = True
+                    self._sync_alone = False
                     self._owes_sync = False
                 self._pending = True
                 try:
