@@ -762,6 +762,7 @@ class Client:
         self._owes_sync = False
         self._syncing = False  # a sync marker was sent; receive() reads up to it first
         self._sync_alone = False  # ... and no request behind it (raw_command's check)
+        self._meta_ok = False  # this connection's server answered a meta no-op
         self._pending = False  # a request was sent whose reply is not read to its end yet
         #: Error lines that noreply commands drew from the server (logged, never raised).
         self.noreply_errors = 0
@@ -910,6 +911,7 @@ class Client:
         self.sock = None
         self._reader = None
         self._owes_sync = self._syncing = self._pending = False
+        self._meta_ok = False
         if sock is not None:
             try:
                 sock.close()
@@ -1570,13 +1572,31 @@ class Client:
     def _meta(self, request: bytes, opaque: bytes, command: str) -> MetaResult:
         result = self.request(request, ExpectMeta(opaque=opaque, command=command.encode()))
         if type(result) is ErrorReply:
-            if result.kind == b"ERROR" and not result.message:
-                raise MemcacheUnknownCommandError(
-                    f"{server_name(self.server)} does not know the meta command {command} "
-                    f"(memcached {self._server_version()}); meta commands need 1.6 or later"
-                )
-            self.raise_error(result, command)
+            self._meta_error(result, command)
+        self._meta_ok = True
         return result  # type: ignore[no-any-return]
+
+    def _meta_error(self, reply: ErrorReply, command: str) -> NoReturn:
+        """Raise the error a meta command drew. A bare ``ERROR`` is a server without meta
+        commands: how many more error lines the request draws is unknown (memcached before
+        1.6 reads an ``ms`` data block as one more command line), so the connection is
+        closed, and the error names the version a fresh connection reports."""
+        if reply.kind == b"ERROR" and not reply.message:
+            self.close()
+            raise MemcacheUnknownCommandError(
+                f"{server_name(self.server)} does not know the meta command {command} "
+                f"(memcached {self._server_version()}); meta commands need 1.6 or later"
+            )
+        self.raise_error(reply, command)
+
+    def _meta_checked(self, command: str) -> None:
+        """Before the first value goes out in an ``ms`` on this connection: make sure the
+        server knows meta commands (one ``mn`` round trip, once per connection). A server
+        before 1.6 would read the data block as a command line of its own, and run it."""
+        result = self.request(encode_meta_noop(), ExpectMeta(command=b"mn"))
+        if type(result) is ErrorReply:
+            self._meta_error(result, command)
+        self._meta_ok = True
 
     def _server_version(self) -> str:
         try:
@@ -1684,6 +1704,8 @@ class Client:
         ``"not_stored"``, ``"exists"`` (stale ``compare_cas``) or ``"not_found"``."""
         wire, b64 = meta_key(key, self._prefix, True)  # any key: binary ones go base64
         data, client_flags = self._serialize(key, value, None)
+        if not self._meta_ok or self.sock is None:
+            self._meta_checked("ms")
         opaque = self._opaque()
         request = encode_meta_set(
             wire,
@@ -1762,7 +1784,8 @@ class Client:
         """``mn``: a round trip that does nothing (``status`` ``"noop"``)."""
         result = self.request(encode_meta_noop(), ExpectMeta(command=b"mn"))
         if type(result) is ErrorReply:
-            self.raise_error(result, "mn")
+            self._meta_error(result, "mn")
+        self._meta_ok = True
         return result  # type: ignore[no-any-return]
 
     def get_cas(self, key: Key, default: Any = None) -> Tuple[Any, Optional[int]]:
@@ -1814,7 +1837,8 @@ class Client:
             request, sent, key_of = quiet_gets(batch, self._opaque)
             found = self.request(request, ExpectMetaQuiet(sent))
             if type(found) is ErrorReply:
-                self.raise_error(found, "mg")
+                self._meta_error(found, "mg")
+            self._meta_ok = True
             out.update(self.meta_values(found, key_of))
         return out
 
@@ -1837,6 +1861,8 @@ class Client:
         failed: List[Any] = []
         errors: List[Tuple[Any, ErrorReply]] = []
         wires = self.meta_wires(values)
+        if wires and (not self._meta_ok or self.sock is None):
+            self._meta_checked("ms")
         for batch in meta_batches(list(wires.items())):
             lines: List[Tuple[bytes, bytes, Any]] = []  # (opaque, request without q, key)
             for wire, (key, b64) in batch:
@@ -1851,8 +1877,8 @@ class Client:
                 key_of = {opaque: key for opaque, _, key in lines}
                 failed.extend(key_of[o] for o, r in found.items() if r.status != "stored")
                 continue
-            if not found.in_step:
-                self.raise_error(found, "ms")
+            if not found.in_step or (found.kind == b"ERROR" and not found.message):
+                self._meta_error(found, "ms")
             # Which request drew the error? Ask again, one reply each, in order.
             loud = []
             for wire, (key, b64) in batch:
@@ -1882,7 +1908,8 @@ class Client:
             request, sent, key_of = quiet_deletes(batch, self._opaque, invalidate)
             found = self.request(request, ExpectMetaQuiet(sent))
             if type(found) is ErrorReply:
-                self.raise_error(found, "md")
+                self._meta_error(found, "md")
+            self._meta_ok = True
             missing.extend(key_of[t] for t, r in found.items() if r.status == "not_found")
         return missing
 

@@ -141,6 +141,17 @@ Part = Tuple[bytes, Optional[Callable[[], Expect]], Callable[[Any], Any]]
 Observe = Callable[[str], Optional[CommandEnd]]
 
 
+#: What a meta pipeline's ``finish`` returns for a node to be asked again through its own
+#: client, after the fan-out (which then raises that node's precise error).
+_ASK_ALONE: Any = object()
+
+
+def _no_meta(reply: ErrorReply) -> bool:
+    """Whether a meta pipeline's error is a bare ``ERROR``: a server without meta commands
+    (the connection was given up: its reader is poisoned)."""
+    return reply.kind == b"ERROR" and not reply.message
+
+
 def _items(reply: Any) -> Any:
     """A node's retrieval reply: its items, or its error raised as Client raises it."""
     if type(reply) is ErrorReply:
@@ -1311,8 +1322,10 @@ class HashClient:
         pipeline per node (only the hits come back)."""
         opts = self.options
 
-        def finish(found: Any, key_of: Dict[bytes, Any]) -> Dict[Any, Any]:
+        def finish(found: Any, key_of: Dict[bytes, Any]) -> Any:
             if type(found) is ErrorReply:
+                if _no_meta(found):
+                    return _ASK_ALONE  # (its own client names the server's version)
                 raise found.exception("mg")
             items = {t: (r.client_flags or 0, r.value, None) for t, r in found.items() if r.hit}
             return decode_values(items, key_of, opts, False)
@@ -1321,9 +1334,12 @@ class HashClient:
             got = self._nodes_client(name).run("meta_get_many", ([_real(k) for k in group],), {})
             return {k: got[_real(k)] for k in group if _real(k) in got}
 
+        keys = list(keys)
         results = self._quiet_fan_out("meta_get_many", keys, quiet_gets, finish, alone)
         out: Dict[Any, Any] = {}
-        for values in results.values():
+        for name, values in results.items():
+            if values is _ASK_ALONE:
+                values = alone(name, [k for k in keys if self._nodes.node_for(_route(k)) == name])
             out.update(values)
         return out
 
@@ -1333,8 +1349,10 @@ class HashClient:
         def build(batch: Any, opaque: Callable[[], bytes]) -> Any:
             return quiet_deletes(batch, opaque, invalidate)
 
-        def finish(found: Any, key_of: Dict[bytes, Any]) -> List[Any]:
+        def finish(found: Any, key_of: Dict[bytes, Any]) -> Any:
             if type(found) is ErrorReply:
+                if _no_meta(found):
+                    return _ASK_ALONE  # (its own client names the server's version)
                 raise found.exception("md")
             return [key_of[t] for t, r in found.items() if r.status == "not_found"]
 
@@ -1347,8 +1365,14 @@ class HashClient:
             )
             return [k for k in group if _real(k) in gone]
 
+        keys = list(keys)
         results = self._quiet_fan_out("meta_delete_many", keys, build, finish, alone)
-        return [key for missing in results.values() for key in missing]
+        out: List[Any] = []
+        for name, missing in results.items():
+            if missing is _ASK_ALONE:
+                missing = alone(name, [k for k in keys if self._nodes.node_for(_route(k)) == name])
+            out.extend(missing)
+        return out
 
     def meta_set_many(self, values: Mapping[Any, Any], ttl: int = 0) -> List[Any]:
         """Store many values on every node at once (one quiet ``ms`` pipeline per node);

@@ -818,7 +818,9 @@ class ExpectMetaQuiet(Expect):
     mode: the ``mg`` hits, and the failures of the others). An error line (which carries no
     opaque, so belongs to no request) is kept in ``errors`` and the reading goes on to
     ``MN``; the result is then the first :class:`~pymc.protocol.ErrorReply`, and
-    ``results`` holds what was matched.
+    ``results`` holds what was matched. A bare ``ERROR`` (an unknown command: a server
+    without meta commands, which will not answer ``mn`` either) is returned at once, and
+    the reader is poisoned: the connection must be closed.
     """
 
     __slots__ = ("_head", "_index", "_last", "_sent", "errors", "results")
@@ -857,6 +859,14 @@ class ExpectMetaQuiet(Expect):
                 if error is not None:
                     self.errors.append(error)
                     if not error.in_step:
+                        return error
+                    if error.kind == b"ERROR" and not error.message:
+                        # A bare ERROR: a command the server does not know (memcached
+                        # before 1.6, a proxy without meta commands). Its ``mn`` will draw
+                        # no MN, and how many more lines come is unknown (an old server
+                        # reads a data block as one more command): no waiting, and the
+                        # connection is given up (poisoned here, so it is never reused).
+                        reader.fail("the server does not know the meta commands")
                         return error
                     continue
                 head = _parse_head(reader, line)

@@ -112,9 +112,7 @@ class NutcrackerProcess:
             cmd = [binary, "-c", str(conf), "-s", str(self.stats_port), "-a", self.host]
             cmd += ["-o", str(log), "-p", str(self._dir / "nutcracker.pid")]
             with open(self._dir / "stderr.log", "wb") as err:
-                self.proc = subprocess.Popen(
-                    cmd, stdin=subprocess.DEVNULL, stdout=err, stderr=err
-                )
+                self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=err, stderr=err)
             error = self._wait_ready(deadline)
             if not error:
                 _live.add(self)
@@ -185,7 +183,9 @@ class NutcrackerProcess:
                     found.append(key)
                     if len(found) == count:
                         return found
-        raise AssertionError(f"no key of {prefix!r} is routed to a {'live' if live else 'down'} backend")
+        raise AssertionError(
+            f"no key of {prefix!r} is routed to a {'live' if live else 'down'} backend"
+        )
 
     def is_running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
