@@ -214,6 +214,18 @@ def _opaque(opaque: object) -> bytes:
     return b"O" + opaque
 
 
+#: Flags a caller may not add (``flags=``), by their first letter: each changes what the
+#: server sends back in a way the command's reader is not told of. ``q`` (quiet) leaves
+#: no reply at all on success (``ms``, ``md``, ``ma``) or on a miss (``mg``), so one
+#: command would wait out its timeout; ``O`` (opaque) and ``b`` (base64 key) are pymc's
+#: own: it matches each reply by its opaque, and decides when a key travels base64.
+_CALLER_REFUSED: Final = {
+    "q": "q (quiet: no reply to wait for; the *_many methods pipeline quietly)",
+    "O": "O (opaque: pymc sets its own to match replies)",
+    "b": "b (base64 key: pymc encodes keys that need it)",
+}
+
+
 def _extra(flags: object) -> List[bytes]:
     if not isinstance(flags, str):
         raise MemcacheIllegalInputError(f"flags must be a str, not {type(flags).__name__}")
@@ -221,6 +233,12 @@ def _extra(flags: object) -> List[bytes]:
         return []
     if not flags.isascii() or _BAD_FLAGS(flags) is not None:
         raise MemcacheIllegalInputError(f"flags must be ASCII with no CR, LF or control: {flags!r}")
+    for token in flags.split():  # (memcached reads each token's first letter as its flag)
+        why = _CALLER_REFUSED.get(token[0])
+        if why is not None:
+            raise MemcacheIllegalInputError(
+                f"the meta flag {why} is not allowed in flags={flags!r}"
+            )
     return [flags.encode("ascii")]
 
 
