@@ -194,3 +194,19 @@ def test_a_missing_nutcracker_is_reported(monkeypatch: pytest.MonkeyPatch) -> No
     assert nc.nutcracker_path() is None
     with pytest.raises(nc.NutcrackerStartError, match="not found"):
         NutcrackerProcess([down_address()]).start()
+
+
+def test_raw_command_behind_a_refused_marker(half_down: NutcrackerProcess) -> None:
+    """raw_command checks with a lone marker that nothing follows its reply: a refused
+    marker with nothing after it cannot be told from a noreply error, so the connection
+    is closed, and the reply is still returned."""
+    (live,) = half_down.keys(tag(), live=True)
+    with pymc.Client(half_down.server, timeout=None) as client:
+        client.set(live, b"v")
+        for _ in range(2):
+            outcome, reply, took = bounded(
+                functools.partial(client.raw_command, f"get {live}", "END\r\n"), 5.0
+            )
+            assert outcome == "ok" and reply.startswith(b"VALUE"), (outcome, reply)
+            assert took < 2.0
+            assert client.get(live) == b"v"
