@@ -1255,47 +1255,49 @@ class ExpectSync(Expect):
 
     def step(self, reader: Reader) -> object:
         while True:
+            held = self.held
+            if held is None:
+                # Nothing pending: the next reply is the answer or an error line, as the
+                # reader parses it (no look ahead: the common case costs what it did).
+                reply = reader.next_reply()
+                if reply is NEED_DATA or type(reply) is Version:
+                    return reply
+                if type(reply) is not ErrorReply:
+                    raise reader._fail(f"unexpected reply before the sync marker: {reply!r}"[:300])
+                if not reply.in_step:
+                    return reply
+                if not self.follows and not reader.buffered:
+                    self.unsure = True  # (nothing follows the marker, and nothing more came)
+                    return reply
+                self.held = reply
+                continue
             lines, more = reader.peek_errors(_SYNC_LOOKAHEAD)
             if not lines:
-                return NEED_DATA
-            held = self.held
+                return NEED_DATA  # (something always follows: the answer, or the next reply)
             first = lines[0]
             if first[:8] == b"VERSION ":
-                if held is not None:
-                    self.errors.append(held)
-                return reader.next_reply()
+                self.errors.append(held)  # a noreply command's; the answer is next
+                self.held = None
+                continue
             if not _is_error_line(first):
-                if held is None:
-                    raise reader._fail(
-                        f"unexpected reply before the sync marker: {first[:100]!r}"[:300]
-                    )
                 return held  # the marker's own answer; ``first`` begins the next reply
-            if held is not None:
-                # Two error lines in a row: what follows them decides.
-                after = next((line for line in lines if not _is_error_line(line)), None)
-                if after is None:
-                    if more and len(lines) < _SYNC_LOOKAHEAD:
-                        return NEED_DATA  # (an incomplete line: what it is comes next)
-                    # Nothing decisive buffered: see the class notes.
-                    self.unsure = True
-                    if self.follows:
-                        taken = reader.next_reply()
-                        assert type(taken) is ErrorReply
-                        self.taken = taken
-                    return held
-                if after[:8] == b"VERSION ":
-                    self.errors.append(held)  # noreply errors, all of them
-                    self.held = None
-                    continue
-                return held  # the marker's answer; the next reply begins with an error
-            reply = reader.next_reply()
-            assert type(reply) is ErrorReply
-            if not reply.in_step:
-                return reply
-            if not lines[1:] and not more and not self.follows:
-                self.unsure = True  # (nothing follows the marker, and nothing more came)
-                return reply
-            self.held = reply
+            # Two error lines in a row: what follows them decides.
+            after = next((line for line in lines if not _is_error_line(line)), None)
+            if after is None:
+                if more and len(lines) < _SYNC_LOOKAHEAD:
+                    return NEED_DATA  # (an incomplete line: what it is comes next)
+                # Nothing decisive buffered: see the class notes.
+                self.unsure = True
+                if self.follows:
+                    taken = reader.next_reply()
+                    assert type(taken) is ErrorReply
+                    self.taken = taken
+                return held
+            if after[:8] == b"VERSION ":
+                self.errors.append(held)  # noreply errors, all of them
+                self.held = None
+                continue
+            return held  # the marker's answer; the next reply begins with an error
 
 
 def encode_sync() -> bytes:

@@ -12,6 +12,7 @@ is stopped at interpreter exit even if a fixture finalizer did not run.
 from __future__ import annotations
 
 import atexit
+import hashlib
 import os
 import shutil
 import socket
@@ -42,9 +43,19 @@ def nutcracker_path() -> Optional[str]:
     return found
 
 
+#: Sockets bound and never listening: their ports refuse connections, and no later server
+#: (ours or another test worker's) can take them while the session runs.
+_refusing: List[socket.socket] = []
+
+
 def down_address() -> Address:
-    """A loopback address nobody listens on (a free port, bound and released)."""
-    return (HOST, free_port())
+    """A loopback address that refuses connections: a port bound by a socket that never
+    listens, held for the rest of the session (a port merely found free could be taken
+    by the next server started, and the down backend would come up)."""
+    sock = socket.socket()
+    sock.bind((HOST, 0))
+    _refusing.append(sock)
+    return (HOST, int(sock.getsockname()[1]))
 
 
 class NutcrackerProcess:
@@ -55,7 +66,7 @@ class NutcrackerProcess:
         self,
         backends: Sequence[Address],
         *,
-        hash: str = "fnv1a_64",
+        hash: str = "md5",
         distribution: str = "ketama",
         timeout_ms: int = 1000,
     ) -> None:
@@ -169,7 +180,8 @@ class NutcrackerProcess:
         found: List[str] = []
         with socket.create_connection(self.address, timeout=2.0) as sock:
             for n in range(500):
-                key = f"{prefix}:{n}"
+                # (keys that differ in one digit can all land on one arc of the ring)
+                key = f"{prefix}:{hashlib.md5(b'%d' % n).hexdigest()[:12]}"
                 sock.sendall(b"get %s\r\n" % key.encode())
                 reply = b""
                 while not reply.endswith(b"END\r\n") and not (
@@ -214,3 +226,5 @@ class NutcrackerProcess:
 def _reap_all() -> None:
     for proxy in list(_live):
         proxy.stop()
+    for sock in _refusing:
+        sock.close()
