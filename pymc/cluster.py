@@ -493,6 +493,9 @@ class HashClient:
         self._lock = _ForkSafeLock(threading.Lock)
         self._change_lock = _ForkSafeLock(threading.RLock)  # one change (read + swap) at a time
         self._failures: Dict[str, Tuple[int, float]] = {}  # node -> (count, last failure)
+        # Nodes that answered a meta command: a quiet ms pipeline goes to the others through
+        # their own client, which checks before any value goes out (see Client.meta_set).
+        self._meta_nodes: Set[str] = set()
         # node -> (_still_usable(node), _count_failure(node)), for PooledClient.run
         self._usable_checks: Dict[str, Tuple[Callable[[], None], Callable[[Exception], None]]] = {}
         self._dead: Dict[str, Tuple[ServerSpec, PooledClient, float]] = {}
@@ -1285,9 +1288,11 @@ class HashClient:
         build: Callable[[List[Tuple[bytes, Tuple[Any, bool]]], Callable[[], bytes]], Any],
         finish: Callable[[Any, Dict[bytes, Any]], Any],
         alone: Callable[[str, List[Any]], Any],
+        known_only: bool = False,
     ) -> Dict[str, Any]:
         """A quiet meta pipeline to every node at once: ``{node: finish(found, key_of)}``
-        (``alone(node, caller keys)`` for a node whose batch is too big for one pass)."""
+        (``alone(node, caller keys)`` for a node whose batch is too big for one pass, and
+        with ``known_only`` for a node not yet known to have meta commands)."""
         try:
             nodes, groups = self._meta_groups(keys)
         except AllNodesDownError:
@@ -1301,7 +1306,7 @@ class HashClient:
 
         parts: Dict[str, Optional[Part]] = {}
         for name, batch in groups.items():
-            if len(meta_batches(batch)) > 1:
+            if (known_only and name not in self._meta_nodes) or len(meta_batches(batch)) > 1:
                 parts[name] = None
                 continue
             request, sent, key_of = build(batch, opaque)
@@ -1315,7 +1320,12 @@ class HashClient:
             return alone(name, [key for _, (key, _) in groups[name]])  # (observed there)
 
         by_node = {name: [key for _, (key, _) in batch] for name, batch in groups.items()}
-        return self._fan_out(command, nodes, parts, solo, self._observer(command, nodes, by_node))
+        results = self._fan_out(
+            command, nodes, parts, solo, self._observer(command, nodes, by_node)
+        )
+        # Each node that answered (or whose own client did) has meta commands.
+        self._meta_nodes.update(name for name, got in results.items() if got is not _ASK_ALONE)
+        return results
 
     def meta_get_many(self, keys: Iterable[AnyKey]) -> Dict[Any, Any]:
         """The values of the keys present, from every node at once: one quiet ``mg``
@@ -1379,7 +1389,7 @@ class HashClient:
         return the keys not stored. A node whose pipeline drew an error line is asked
         again through its own client, which finds the key and raises its error."""
         opts = self.options
-        retry_alone = object()
+        retry_alone = _ASK_ALONE
 
         def build(batch: Any, opaque: Callable[[], bytes]) -> Any:
             requests: List[bytes] = []
@@ -1419,7 +1429,7 @@ class HashClient:
             failed = set(self._nodes_client(name).run("meta_set_many", (sub, ttl), {}))
             return [k for k in group if _real(k) in failed]
 
-        results = self._quiet_fan_out("meta_set_many", values, build, finish, alone)
+        results = self._quiet_fan_out("meta_set_many", values, build, finish, alone, True)
         failed: List[Any] = []
         for name, answer in results.items():
             if answer is retry_alone:

@@ -175,3 +175,30 @@ def test_a_quiet_pipeline_reader_stops_at_a_bare_error() -> None:
     assert expect.step(reader) is NEED_DATA and not reader.broken
     reader.feed(b"MN\r\n")
     assert expect.step(reader) == ErrorReply(b"CLIENT_ERROR", "bad data chunk")
+
+
+def test_hash_meta_set_many_never_sends_a_value_to_an_old_node(
+    old_server: OldServer, memcached_nodes: List[Any]
+) -> None:
+    """HashClient's quiet fan-out: a node not yet known to have meta commands is asked
+    through its own client (which checks first), never sent a value blind."""
+    from support.helpers import tcp
+
+    key = tag()
+    host, port = tcp(memcached_nodes[0])
+    client = pymc.HashClient([old_server.server, f"{host}:{port}"], timeout=3.0)
+    try:
+        client.set(key, b"keep")
+        values = {f"{key}-{i}": b"flush_all" for i in range(20)}
+        with pytest.raises(MemcacheUnknownCommandError):  # (a refused pipeline first)
+            client.meta_get_many(list(values))
+        with pytest.raises(MemcacheUnknownCommandError, match=r"1\.5\.22"):
+            client.meta_set_many(values)
+        assert b"flush_all" not in old_server.lines
+        assert client.get(key) == b"keep"
+        # The node with meta commands takes the fast path once it is known.
+        on_new = {k: b"v" for k in values if client.snapshot.node_for(k) != old_server.server}
+        assert on_new and client.meta_set_many(on_new) == []
+        assert client.meta_get_many(list(on_new)) == on_new
+    finally:
+        client.close()
