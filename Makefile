@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip --disable-pip-version-check -q
 
-.PHONY: test test-all bench lint memcached libmemcached-dev clean
+.PHONY: test test-all bench lint memcached nutcracker libmemcached-dev clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,19 @@ memcached:
 	    exit 2; \
 	  fi; }
 
+# twemproxy (Debian's nutcracker, in /usr/sbin) runs in the suite: the tests that need it
+# fail without it. As root with apt-get we install it; otherwise we say how, and stop.
+nutcracker:
+	@command -v nutcracker >/dev/null 2>&1 || [ -x /usr/sbin/nutcracker ] || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "nutcracker (twemproxy) not found: installing it with apt-get"; \
+	    DEBIAN_FRONTEND=noninteractive apt-get update -q && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -q nutcracker </dev/null || exit 2; \
+	  else \
+	    echo "nutcracker (twemproxy) not found: install it (Debian/Ubuntu: sudo apt-get install nutcracker; macOS: brew install twemproxy) and run make again" >&2; \
+	    exit 2; \
+	  fi; }
+
 # pylibmc (a test dependency) has wheels for some Pythons only; for the others pip compiles it
 # against libmemcached's and zlib's headers. As root with apt-get we install them; otherwise
 # we say how, and stop.
@@ -59,7 +72,7 @@ libmemcached-dev:
 PYTEST_WORKERS ?= 4
 XDIST := $(if $(filter 0,$(PYTEST_WORKERS)),-p no:xdist,-n $(PYTEST_WORKERS))
 
-test: $(VENV)/.test-deps memcached
+test: $(VENV)/.test-deps memcached nutcracker
 	$(BIN)/python -m pytest $(XDIST) $(PYTEST_ARGS)
 	@if $(BIN)/python -c "import pymc, sys; sys.exit(not pymc.__speedups__)"; then \
 	  echo "make test: again with the pure-Python reader (PYMC_NO_EXTENSIONS=1)"; \
@@ -72,7 +85,7 @@ test: $(VENV)/.test-deps memcached
 PYTHONS    ?= 3.10 3.11 3.12 3.13 3.14
 PYENV_ROOT ?= $(shell pyenv root 2>/dev/null || echo $(HOME)/.pyenv)
 
-test-all: memcached libmemcached-dev
+test-all: memcached nutcracker libmemcached-dev
 	@failed=""; skipped=""; passed=""; \
 	for v in $(PYTHONS); do \
 	  py=""; \

@@ -881,6 +881,8 @@ class Client:
         # yet: the next request goes out behind a sync marker (see send()).
         self._owes_sync = False
         self._syncing = False  # a sync marker was sent; receive() reads up to it first
+        self._sync_alone = False  # ... and no request behind it (raw_command's check)
+        self._meta_ok = False  # this connection's server answered a meta no-op
         self._pending = False  # a request was sent whose reply is not read to its end yet
         # Whether the connection has bytes nobody asked for (see send()).
         self._stray: Callable[[int], Any] = _never
@@ -1051,6 +1053,7 @@ class Client:
         self._reader = None
         self._stray = _never
         self._owes_sync = self._syncing = self._pending = False
+        self._meta_ok = False
         if sock is not None:
             try:
                 sock.close()
@@ -1103,6 +1106,7 @@ class Client:
             self._owes_sync = True
         else:
             if self._owes_sync:
+                self._sync_alone = not request  # (raw_command's check: nothing follows)
                 request = encode_sync() + request
                 self._syncing = True
                 self._owes_sync = False
@@ -1234,10 +1238,11 @@ class Client:
         return self._owes_sync
 
     def _sync(self, sock: Any, reader: Reader, deadline: Optional[float] = None) -> Optional[float]:
-        """Read up to the sync marker (inside receive's safety net), by ``deadline`` (None:
-        ``timeout`` from now). Returns the deadline, which the reply after the marker
-        shares."""
-        sync = ExpectSync()
+        """Read up to and including the sync marker's answer (inside receive's safety
+        net), by ``deadline`` (None: ``timeout`` from now). Returns the deadline, which the
+        reply after the marker shares. See :class:`~pymc.protocol.ExpectSync` for which
+        replies answer the marker."""
+        sync = ExpectSync(follows=not self._sync_alone)
         marker = sync.step(reader) if reader.buffered else NEED_DATA  # (nothing read yet)
         if marker is NEED_DATA:
             if deadline is None:
@@ -1252,8 +1257,23 @@ class Client:
                 error.kind.decode(),
                 error.message,
             )
-        if type(marker) is ErrorReply:  # ERROR <message>: the server refused us
-            raise marker.exception("a noreply command")
+        if type(marker) is ErrorReply:
+            if not marker.in_step:  # ERROR <message>: the server refused us
+                raise marker.exception("a noreply command")
+            # A proxy that relays the marker (twemproxy's ``version`` goes to one backend)
+            # answered it with an error: not a noreply command's, and not the next one's.
+            logger.debug(
+                "pymc: %s answered the sync marker with %s %s",
+                server_name(self.server),
+                marker.kind.decode(),
+                marker.message,
+            )
+            if sync.unsure:
+                # Whose error lines these are cannot be told from what came: the
+                # connection goes, so that no late answer is taken for a later reply.
+                if sync.taken is not None:
+                    raise sync.taken.exception()  # the next request's (closes, in _abort)
+                self.close()
         return deadline
 
     def _leftover(self, reader: Reader) -> str:
@@ -1537,6 +1557,7 @@ class Client:
                 if self._owes_sync:
                     request = encode_sync() + request
                     self._syncing = True
+                    self._sync_alone = False
                     self._owes_sync = False
                 self._pending = True
                 try:
@@ -1788,13 +1809,31 @@ class Client:
     def _meta_result(self, result: Any, command: str) -> MetaResult:
         """``result`` (a reply to a meta request), or its error raised."""
         if type(result) is ErrorReply:
-            if result.kind == b"ERROR" and not result.message:
-                raise MemcacheUnknownCommandError(
-                    f"{server_name(self.server)} does not know the meta command {command} "
-                    f"(memcached {self._server_version()}); meta commands need 1.6 or later"
-                )
-            self.raise_error(result, command)
+            self._meta_error(result, command)
+        self._meta_ok = True
         return result  # type: ignore[no-any-return]
+
+    def _meta_error(self, reply: ErrorReply, command: str) -> NoReturn:
+        """Raise the error a meta command drew. A bare ``ERROR`` is a server without meta
+        commands: how many more error lines the request draws is unknown (memcached before
+        1.6 reads an ``ms`` data block as one more command line), so the connection is
+        closed, and the error names the version a fresh connection reports."""
+        if reply.kind == b"ERROR" and not reply.message:
+            self.close()
+            raise MemcacheUnknownCommandError(
+                f"{server_name(self.server)} does not know the meta command {command} "
+                f"(memcached {self._server_version()}); meta commands need 1.6 or later"
+            )
+        self.raise_error(reply, command)
+
+    def _meta_checked(self, command: str) -> None:
+        """Before the first value goes out in an ``ms`` on this connection: make sure the
+        server knows meta commands (one ``mn`` round trip, once per connection). A server
+        before 1.6 would read the data block as a command line of its own, and run it."""
+        result = self.request(encode_meta_noop(), ExpectMeta(command=b"mn"))
+        if type(result) is ErrorReply:
+            self._meta_error(result, command)
+        self._meta_ok = True
 
     def _server_version(self) -> str:
         try:
@@ -2095,6 +2134,8 @@ class Client:
         ``"not_stored"``, ``"exists"`` (stale ``compare_cas``) or ``"not_found"``."""
         wire, b64 = meta_key(key, self._prefix, True)  # any key: binary ones go base64
         data, client_flags = self._serialize(key, value, None)
+        if not self._meta_ok or self.sock is None:
+            self._meta_checked("ms")
         opaque = self._opaque()
         request = encode_meta_set(
             wire,
@@ -2173,7 +2214,8 @@ class Client:
         """``mn``: a round trip that does nothing (``status`` ``"noop"``)."""
         result = self.request(encode_meta_noop(), ExpectMeta(command=b"mn"))
         if type(result) is ErrorReply:
-            self.raise_error(result, "mn")
+            self._meta_error(result, "mn")
+        self._meta_ok = True
         return result  # type: ignore[no-any-return]
 
     def get_cas(self, key: Key, default: Any = None) -> Tuple[Any, Optional[int]]:
@@ -2243,7 +2285,8 @@ class Client:
             request, sent, key_of = quiet_gets(batch, self._opaque)
             found = self.request(request, ExpectMetaQuiet(sent), deadline)
             if type(found) is ErrorReply:
-                self.raise_error(found, "mg")
+                self._meta_error(found, "mg")
+            self._meta_ok = True
             out.update(self.meta_values(found, key_of))
         return out
 
@@ -2266,6 +2309,8 @@ class Client:
         failed: List[Any] = []
         errors: List[Tuple[Any, ErrorReply]] = []
         wires = self.meta_wires(values)
+        if wires and (not self._meta_ok or self.sock is None):
+            self._meta_checked("ms")
         batches = meta_batches(list(wires.items()))
         deadline = self._deadline_for(len(batches))
         for batch in batches:
@@ -2282,8 +2327,8 @@ class Client:
                 key_of = {opaque: key for opaque, _, key in lines}
                 failed.extend(key_of[o] for o, r in found.items() if r.status != "stored")
                 continue
-            if not found.in_step:
-                self.raise_error(found, "ms")
+            if not found.in_step or (found.kind == b"ERROR" and not found.message):
+                self._meta_error(found, "ms")
             # Which request drew the error? Ask again, one reply each, in order.
             loud = []
             for wire, (key, b64) in batch:
@@ -2316,7 +2361,8 @@ class Client:
             request, sent, key_of = quiet_deletes(batch, self._opaque, invalidate)
             found = self.request(request, ExpectMetaQuiet(sent), deadline)
             if type(found) is ErrorReply:
-                self.raise_error(found, "md")
+                self._meta_error(found, "md")
+            self._meta_ok = True
             missing.extend(key_of[t] for t, r in found.items() if r.status == "not_found")
         return missing
 

@@ -142,6 +142,17 @@ Part = Tuple[bytes, Optional[Callable[[], Expect]], Callable[[Any], Any]]
 Observe = Callable[[str], Optional[CommandEnd]]
 
 
+#: What a meta pipeline's ``finish`` returns for a node to be asked again through its own
+#: client, after the fan-out (which then raises that node's precise error).
+_ASK_ALONE: Any = object()
+
+
+def _no_meta(reply: ErrorReply) -> bool:
+    """Whether a meta pipeline's error is a bare ``ERROR``: a server without meta commands
+    (the connection was given up: its reader is poisoned)."""
+    return reply.kind == b"ERROR" and not reply.message
+
+
 def _items(reply: Any) -> Any:
     """A node's retrieval reply: its items, or its error raised as Client raises it."""
     if type(reply) is ErrorReply:
@@ -489,6 +500,9 @@ class HashClient:
         self._failures: Dict[str, Tuple[int, float]] = {}  # node -> (count, last failure)
         # node -> its last failure: the class a resting error also is (see _resting)
         self._last_failure: Dict[str, BaseException] = {}
+        # Nodes that answered a meta command: a quiet ms pipeline goes to the others through
+        # their own client, which checks before any value goes out (see Client.meta_set).
+        self._meta_nodes: Set[str] = set()
         # node -> (_still_usable(node), _count_failure(node)), for PooledClient.run
         self._usable_checks: Dict[str, Tuple[Callable[[], None], Callable[[Exception], None]]] = {}
         self._dead: Dict[str, Tuple[ServerSpec, PooledClient, float]] = {}
@@ -1294,9 +1308,11 @@ class HashClient:
         build: Callable[[List[Tuple[bytes, Tuple[Any, bool]]], Callable[[], bytes]], Any],
         finish: Callable[[Any, Dict[bytes, Any]], Any],
         alone: Callable[[str, List[Any]], Any],
+        known_only: bool = False,
     ) -> Dict[str, Any]:
         """A quiet meta pipeline to every node at once: ``{node: finish(found, key_of)}``
-        (``alone(node, caller keys)`` for a node whose batch is too big for one pass)."""
+        (``alone(node, caller keys)`` for a node whose batch is too big for one pass, and
+        with ``known_only`` for a node not yet known to have meta commands)."""
         try:
             nodes, groups = self._meta_groups(keys)
         except AllNodesDownError:
@@ -1310,7 +1326,7 @@ class HashClient:
 
         parts: Dict[str, Optional[Part]] = {}
         for name, batch in groups.items():
-            if len(meta_batches(batch)) > 1:
+            if (known_only and name not in self._meta_nodes) or len(meta_batches(batch)) > 1:
                 parts[name] = None
                 continue
             request, sent, key_of = build(batch, opaque)
@@ -1324,15 +1340,22 @@ class HashClient:
             return alone(name, [key for _, (key, _) in groups[name]])  # (observed there)
 
         by_node = {name: [key for _, (key, _) in batch] for name, batch in groups.items()}
-        return self._fan_out(command, nodes, parts, solo, self._observer(command, nodes, by_node))
+        results = self._fan_out(
+            command, nodes, parts, solo, self._observer(command, nodes, by_node)
+        )
+        # Each node that answered (or whose own client did) has meta commands.
+        self._meta_nodes.update(name for name, got in results.items() if got is not _ASK_ALONE)
+        return results
 
     def meta_get_many(self, keys: Iterable[AnyKey]) -> Dict[Any, Any]:
         """The values of the keys present, from every node at once: one quiet ``mg``
         pipeline per node (only the hits come back)."""
         opts = self.options
 
-        def finish(found: Any, key_of: Dict[bytes, Any]) -> Dict[Any, Any]:
+        def finish(found: Any, key_of: Dict[bytes, Any]) -> Any:
             if type(found) is ErrorReply:
+                if _no_meta(found):
+                    return _ASK_ALONE  # (its own client names the server's version)
                 raise found.exception("mg")
             items = {t: (r.client_flags or 0, r.value, None) for t, r in found.items() if r.hit}
             return decode_values(items, key_of, opts, False)
@@ -1341,9 +1364,12 @@ class HashClient:
             got = self._nodes_client(name).run("meta_get_many", ([_real(k) for k in group],), {})
             return {k: got[_real(k)] for k in group if _real(k) in got}
 
+        keys = list(keys)
         results = self._quiet_fan_out("meta_get_many", keys, quiet_gets, finish, alone)
         out: Dict[Any, Any] = {}
-        for values in results.values():
+        for name, values in results.items():
+            if values is _ASK_ALONE:
+                values = alone(name, [k for k in keys if self._nodes.node_for(_route(k)) == name])
             out.update(values)
         return out
 
@@ -1353,8 +1379,10 @@ class HashClient:
         def build(batch: Any, opaque: Callable[[], bytes]) -> Any:
             return quiet_deletes(batch, opaque, invalidate)
 
-        def finish(found: Any, key_of: Dict[bytes, Any]) -> List[Any]:
+        def finish(found: Any, key_of: Dict[bytes, Any]) -> Any:
             if type(found) is ErrorReply:
+                if _no_meta(found):
+                    return _ASK_ALONE  # (its own client names the server's version)
                 raise found.exception("md")
             return [key_of[t] for t, r in found.items() if r.status == "not_found"]
 
@@ -1367,15 +1395,21 @@ class HashClient:
             )
             return [k for k in group if _real(k) in gone]
 
+        keys = list(keys)
         results = self._quiet_fan_out("meta_delete_many", keys, build, finish, alone)
-        return [key for missing in results.values() for key in missing]
+        out: List[Any] = []
+        for name, missing in results.items():
+            if missing is _ASK_ALONE:
+                missing = alone(name, [k for k in keys if self._nodes.node_for(_route(k)) == name])
+            out.extend(missing)
+        return out
 
     def meta_set_many(self, values: Mapping[Any, Any], ttl: int = 0) -> List[Any]:
         """Store many values on every node at once (one quiet ``ms`` pipeline per node);
         return the keys not stored. A node whose pipeline drew an error line is asked
         again through its own client, which finds the key and raises its error."""
         opts = self.options
-        retry_alone = object()
+        retry_alone = _ASK_ALONE
 
         def build(batch: Any, opaque: Callable[[], bytes]) -> Any:
             requests: List[bytes] = []
@@ -1415,7 +1449,7 @@ class HashClient:
             failed = set(self._nodes_client(name).run("meta_set_many", (sub, ttl), {}))
             return [k for k in group if _real(k) in failed]
 
-        results = self._quiet_fan_out("meta_set_many", values, build, finish, alone)
+        results = self._quiet_fan_out("meta_set_many", values, build, finish, alone, True)
         failed: List[Any] = []
         for name, answer in results.items():
             if answer is retry_alone:

@@ -236,6 +236,18 @@ def _opaque(opaque: object) -> bytes:
     return b"O" + opaque
 
 
+#: Flags a caller may not add (``flags=``), by their first letter: each changes what the
+#: server sends back in a way the command's reader is not told of. ``q`` (quiet) leaves
+#: no reply at all on success (``ms``, ``md``, ``ma``) or on a miss (``mg``), so one
+#: command would wait out its timeout; ``O`` (opaque) and ``b`` (base64 key) are pymc's
+#: own: it matches each reply by its opaque, and decides when a key travels base64.
+_CALLER_REFUSED: Final = {
+    "q": "q (quiet: no reply to wait for; the *_many methods pipeline quietly)",
+    "O": "O (opaque: pymc sets its own to match replies)",
+    "b": "b (base64 key: pymc encodes keys that need it)",
+}
+
+
 def _extra(flags: object) -> List[bytes]:
     if not isinstance(flags, str):
         raise MemcacheIllegalInputError(f"flags must be a str, not {type(flags).__name__}")
@@ -243,6 +255,12 @@ def _extra(flags: object) -> List[bytes]:
         return []
     if not flags.isascii() or _BAD_FLAGS(flags) is not None:
         raise MemcacheIllegalInputError(f"flags must be ASCII with no CR, LF or control: {flags!r}")
+    for token in flags.split():  # (memcached reads each token's first letter as its flag)
+        why = _CALLER_REFUSED.get(token[0])
+        if why is not None:
+            raise MemcacheIllegalInputError(
+                f"the meta flag {why} is not allowed in flags={flags!r}"
+            )
     return [flags.encode("ascii")]
 
 
@@ -869,7 +887,9 @@ class ExpectMetaQuiet(Expect):
     mode: the ``mg`` hits, and the failures of the others). An error line (which carries no
     opaque, so belongs to no request) is kept in ``errors`` and the reading goes on to
     ``MN``; the result is then the first :class:`~pymc.protocol.ErrorReply`, and
-    ``results`` holds what was matched.
+    ``results`` holds what was matched. A bare ``ERROR`` (an unknown command: a server
+    without meta commands, which will not answer ``mn`` either) is returned at once, and
+    the reader is poisoned: the connection must be closed.
     """
 
     __slots__ = ("_head", "_index", "_last", "_sent", "errors", "results")
@@ -908,6 +928,14 @@ class ExpectMetaQuiet(Expect):
                 if error is not None:
                     self.errors.append(error)
                     if not error.in_step:
+                        return error
+                    if error.kind == b"ERROR" and not error.message:
+                        # A bare ERROR: a command the server does not know (memcached
+                        # before 1.6, a proxy without meta commands). Its ``mn`` will draw
+                        # no MN, and how many more lines come is unknown (an old server
+                        # reads a data block as one more command): no waiting, and the
+                        # connection is given up (poisoned here, so it is never reused).
+                        reader.fail("the server does not know the meta commands")
                         return error
                     continue
                 head = _parse_head(reader, line)

@@ -469,6 +469,10 @@ class ErrorReply(NamedTuple):
         return MemcacheUnknownCommandError(f"ERROR{where}")
 
 
+def _is_error_line(line: bytes) -> bool:
+    return line[:5] == b"ERROR" or line[:12] in (b"CLIENT_ERROR", b"SERVER_ERROR")
+
+
 # The fixed one-word replies; the reader hands back these very objects.
 END: Final = b"END"
 STORED: Final = b"STORED"
@@ -794,6 +798,32 @@ class PyReader:
             self._joined()
         data = self._block(self._pos, size)
         return NEED_DATA if data is None else data
+
+    def peek_errors(self, limit: int) -> Tuple[List[bytes], bool]:
+        """``(lines, more)``: the complete lines buffered next, without their ``\\r\\n``,
+        none of them consumed: a run of error lines (``ERROR``, ``CLIENT_ERROR``,
+        ``SERVER_ERROR``; at most ``limit``) and the line after it, if complete. ``more``
+        is whether bytes follow the last line returned. For the sync marker's reader,
+        which looks at what follows error lines before it takes them."""
+        if self._broken is not None:
+            raise self._poisoned()
+        buf = self._joined() if self._parts else self._buf
+        pos = self._pos
+        lines: List[bytes] = []
+        while len(lines) < limit:
+            end = buf.find(b"\r\n", pos)
+            if end < 0:
+                if len(buf) - pos - buf.endswith(b"\r") > MAX_LINE_LENGTH:
+                    raise self._fail(f"reply line longer than {MAX_LINE_LENGTH} bytes")
+                break
+            if end - pos > MAX_LINE_LENGTH:
+                raise self._fail(f"reply line longer than {MAX_LINE_LENGTH} bytes")
+            line = buf[pos:end]
+            lines.append(line)
+            pos = end + 2
+            if not _is_error_line(line):
+                break  # (what follows may be a data block: never looked at)
+        return lines, pos < len(buf)
 
     def fail(self, message: str) -> MemcacheProtocolError:
         """Poison the reader (every later call raises) and return the error to raise: for
@@ -1221,32 +1251,100 @@ class ExpectRaw(Expect):
         return reader.read_until(self.token)
 
 
+#: How many error lines in a row the sync marker's reader looks through to find what follows.
+_SYNC_LOOKAHEAD: Final = 64
+
+
 class ExpectSync(Expect):
-    """Everything up to the marker a connection syncs on after ``noreply`` commands (the
-    ``VERSION`` line answering :func:`encode_sync`). What comes before it can only be error
-    lines of those commands: they are collected in ``errors``, never raised. The result is
-    the marker reply."""
+    """Everything up to and including the answer to the sync marker (:func:`encode_sync`,
+    ``version``) that a connection sends ahead of its next request after ``noreply``
+    commands. The result is that answer.
 
-    __slots__ = ("errors",)
+    Before the answer come only the error lines (if any) that the noreply commands drew:
+    they are collected in ``errors``, never raised. The answer is a ``VERSION`` line from
+    memcached and from proxies that answer ``version`` themselves (mcrouter). A proxy that
+    relays ``version`` to one backend (twemproxy) answers it with an error line when that
+    backend is down; such a proxy drops whatever its backends answer to noreply commands,
+    so no error line of theirs comes before it. An error line is therefore told apart by
+    what follows it (looked at, not consumed):
 
-    def __init__(self) -> None:
+    * ``VERSION``: the error was a noreply command's; the marker's answer follows.
+    * a reply that is no error line: that is the next request's reply, so the error was
+      the marker's own answer (returned; the connection is in step).
+    * another error line, then nothing decisive buffered (``follows``: a request was sent
+      behind the marker): either both are noreply errors and ``VERSION`` is still to come,
+      or the second is the next request's own error, as from a proxy whose backends are
+      down. Waiting could be forever, so neither is assumed: ``unsure`` is set, the second
+      line is consumed into ``taken`` (the caller raises it and closes the connection, so
+      a late ``VERSION`` can never answer a later request).
+    * nothing more, when no request follows the marker (``follows=False``): the same
+      doubt, decided the same way (``unsure``; the caller closes the connection).
+
+    A reply that is neither an error line nor ``VERSION`` before the answer is a protocol
+    error. ``ERROR Too many open connections`` (not in step) is returned at once.
+    """
+
+    __slots__ = ("errors", "follows", "held", "taken", "unsure")
+
+    def __init__(self, follows: bool = True) -> None:
+        self.follows = follows
         self.errors: List[ErrorReply] = []
+        self.held: Optional[ErrorReply] = None  # an error line not yet known to be whose
+        self.taken: Optional[ErrorReply] = None
+        self.unsure = False
 
     def step(self, reader: Reader) -> object:
         while True:
-            reply = reader.next_reply()
-            if reply is NEED_DATA or type(reply) is Version:
-                return reply
-            if type(reply) is not ErrorReply:
-                raise reader._fail(f"unexpected reply before the sync marker: {reply!r}"[:300])
-            self.errors.append(reply)
-            if not reply.in_step:
-                return reply
+            held = self.held
+            if held is None:
+                # Nothing pending: the next reply is the answer or an error line, as the
+                # reader parses it (no look ahead: the common case costs what it did).
+                reply = reader.next_reply()
+                if reply is NEED_DATA or type(reply) is Version:
+                    return reply
+                if type(reply) is not ErrorReply:
+                    raise reader._fail(f"unexpected reply before the sync marker: {reply!r}"[:300])
+                if not reply.in_step:
+                    return reply
+                if not self.follows and not reader.buffered:
+                    self.unsure = True  # (nothing follows the marker, and nothing more came)
+                    return reply
+                self.held = reply
+                continue
+            lines, more = reader.peek_errors(_SYNC_LOOKAHEAD)
+            if not lines:
+                return NEED_DATA  # (something always follows: the answer, or the next reply)
+            first = lines[0]
+            if first[:8] == b"VERSION ":
+                self.errors.append(held)  # a noreply command's; the answer is next
+                self.held = None
+                continue
+            if not _is_error_line(first):
+                return held  # the marker's own answer; ``first`` begins the next reply
+            # Two error lines in a row: what follows them decides.
+            after = next((line for line in lines if not _is_error_line(line)), None)
+            if after is None:
+                if more and len(lines) < _SYNC_LOOKAHEAD:
+                    return NEED_DATA  # (an incomplete line: what it is comes next)
+                # Nothing decisive buffered: see the class notes.
+                self.unsure = True
+                if self.follows:
+                    taken = reader.next_reply()
+                    assert type(taken) is ErrorReply
+                    self.taken = taken
+                return held
+            if after[:8] == b"VERSION ":
+                self.errors.append(held)  # noreply errors, all of them
+                self.held = None
+                continue
+            return held  # the marker's answer; the next reply begins with an error
 
 
 def encode_sync() -> bytes:
     """The sync marker's request. ``version`` rather than the meta no-op ``mn``: every
-    server and proxy answers it, and its answer cannot be mistaken for an error line of an
-    earlier command (a server that claims 1.6 but refuses ``mn`` answers a bare ``ERROR``,
-    exactly what a refused noreply command would send)."""
+    server and proxy knows it (twemproxy closes the connection on ``mn``), and its answer
+    cannot be mistaken for an error line of an earlier command (a server that claims 1.6
+    but refuses ``mn`` answers a bare ``ERROR``, exactly what a refused noreply command
+    would send). When a proxy answers it with an error line, :class:`ExpectSync` tells
+    that line from a noreply command's by what follows it."""
     return b"version\r\n"

@@ -4,16 +4,18 @@ Session-scoped servers: ``memcached_server`` (plain, ``-I 1m``), ``memcached_nod
 ``memcached_tls``, ``memcached_auth`` (``.username``/``.password``), ``memcached_unix``
 (``.server`` is the socket path). Per test: ``memcached`` (the plain server, flushed, restarted if
 a test killed it), ``new_memcached(*args, **kw)`` (a private server for kill/restart tests) and
-``fault_proxy(address)`` (a started FaultProxy). All are stopped at teardown.
+``fault_proxy(address)`` (a started FaultProxy), ``twemproxy(backends)`` (a started real
+twemproxy). All are stopped at teardown.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable, Iterator, List, Tuple
+from typing import Any, Callable, Iterator, List, Sequence, Tuple
 
 import pytest
 from support.faultproxy import FaultProxy
+from support.nutcracker import NUTCRACKER, NutcrackerProcess, nutcracker_path
 from support.servers import MEMCACHED, MemcachedProcess, memcached_path
 
 
@@ -102,3 +104,29 @@ def fault_proxy() -> Iterator[Callable[[Tuple[str, int]], FaultProxy]]:
     yield factory
     for proxy in proxies:
         proxy.stop()
+
+
+@pytest.fixture
+def twemproxy() -> Iterator[Callable[..., NutcrackerProcess]]:
+    """``twemproxy(backends, **options)``: a started real twemproxy (Debian ``nutcracker``)
+    over ``backends`` (``(host, port)`` pairs; :func:`support.nutcracker.down_address` gives
+    one nobody listens on), with ``auto_eject_hosts: false``. A test that asks for it FAILS
+    when nutcracker is not installed (``make test`` installs it), as the suite does without
+    memcached; the other tests do not need it."""
+    if nutcracker_path() is None:
+        pytest.fail(
+            f"{NUTCRACKER!r} not found (on PATH or in /usr/sbin): the twemproxy tests need a "
+            "real twemproxy (`make test` installs it with apt-get: Debian/Ubuntu package "
+            "`nutcracker`; or set NUTCRACKER_BIN)",
+            pytrace=False,
+        )
+    proxies: List[NutcrackerProcess] = []
+
+    def factory(backends: Sequence[Tuple[str, int]], **options: Any) -> NutcrackerProcess:
+        proxy = NutcrackerProcess(backends, **options)
+        proxies.append(proxy)
+        return proxy.start()
+
+    yield factory
+    for proxy in proxies:
+        proxy.close()

@@ -1,0 +1,92 @@
+"""Caller flags that change what the server sends back (issue 18 item 9).
+
+memcached's protocol.txt: ``q`` (quiet: no reply on success for ``ms``/``md``/``ma``, and
+none on a miss for ``mg``) leaves a single command with nothing to read, so the call
+would wait its whole timeout and report a done command as a timeout; ``O`` (opaque) and
+``b`` (base64 key) are pymc's own (it matches replies by its opaque, and decides when a
+key travels base64). Each is refused before anything is sent; flags that only add return
+fields (``k``, ``s``, ``t``, ``h``, ``l``, ...) keep working.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from typing import Any, Callable, Dict
+
+import pytest
+from support.helpers import KINDS, one_node_client, tcp
+from support.servers import MemcachedProcess
+
+from pymc import MemcacheIllegalInputError
+from pymc.meta import (
+    encode_meta_arithmetic,
+    encode_meta_delete,
+    encode_meta_get,
+    encode_meta_set,
+)
+
+_counter = itertools.count()
+
+
+def tag() -> str:
+    return f"mf{next(_counter)}-{time.monotonic_ns() % 10**9}"
+
+
+CALLS: Dict[str, Callable[[Any, str, str], Any]] = {
+    "meta_get": lambda c, k, f: c.meta_get(k, flags=f),
+    "meta_set": lambda c, k, f: c.meta_set(k, b"v", flags=f),
+    "meta_delete": lambda c, k, f: c.meta_delete(k, flags=f),
+    "meta_arithmetic": lambda c, k, f: c.meta_arithmetic(k, flags=f),
+}
+UNSAFE = ["q", "k q", "q k", "qv", "O123", "s O9", "b", "t b"]
+
+
+@pytest.mark.parametrize("flags", UNSAFE)
+@pytest.mark.parametrize("call", sorted(CALLS))
+@pytest.mark.parametrize("kind", KINDS)
+def test_flags_that_change_the_reply_are_refused(
+    memcached: MemcachedProcess, kind: str, call: str, flags: str
+) -> None:
+    client = one_node_client(kind, tcp(memcached), timeout=3.0)
+    key = tag()
+    try:
+        client.set(key, b"1")
+        start = time.monotonic()
+        with pytest.raises(MemcacheIllegalInputError, match=r"flag"):
+            CALLS[call](client, key, flags)
+        assert time.monotonic() - start < 1.0
+        assert client.get(key) == b"1"  # nothing was sent: the connection is in step
+        assert client.meta_get(key).value == b"1"
+    finally:
+        client.close()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_flags_that_add_return_fields_still_work(memcached: MemcachedProcess, kind: str) -> None:
+    client = one_node_client(kind, tcp(memcached), timeout=3.0)
+    key = tag()
+    try:
+        assert client.meta_set(key, b"5", flags="T60").status == "stored"
+        got = client.meta_get(key, flags="k s t h l")
+        assert (got.status, got.value, got.size) == ("hit", b"5", 1)
+        assert client.meta_arithmetic(key, 2, flags="t").number == 7
+        assert client.meta_delete(key, flags="k").status == "deleted"
+        assert client.meta_get(key, flags="k").status == "miss"
+    finally:
+        client.close()
+
+
+ENCODERS: Dict[str, Callable[[str], bytes]] = {
+    "mg": lambda f: encode_meta_get(b"k", flags=f),
+    "ms": lambda f: encode_meta_set(b"k", b"v", flags=f),
+    "md": lambda f: encode_meta_delete(b"k", flags=f),
+    "ma": lambda f: encode_meta_arithmetic(b"k", flags=f),
+}
+
+
+@pytest.mark.parametrize("command", sorted(ENCODERS))
+@pytest.mark.parametrize("flags", UNSAFE)
+def test_the_encoders_refuse_them_too(flags: str, command: str) -> None:
+    with pytest.raises(MemcacheIllegalInputError, match=r"flag"):
+        ENCODERS[command](flags)
