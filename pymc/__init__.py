@@ -29,6 +29,7 @@ from .exceptions import (
     MemcacheUnexpectedCloseError,
     MemcacheUnknownCommandError,
     MemcacheUnknownError,
+    NodeRestingError,
 )
 from .hashing import KetamaHash, RendezvousHash
 from .pool import ObjectPool, PooledClient
@@ -70,6 +71,7 @@ __all__ = [
     "MemcacheUnexpectedCloseError",
     "MemcacheUnknownCommandError",
     "MemcacheUnknownError",
+    "NodeRestingError",
     "ObjectPool",
     "PooledClient",
     "RendezvousHash",

@@ -73,6 +73,7 @@ from .exceptions import (
     MemcacheNetworkError,
     MemcacheProtocolError,
     MemcacheServerRefusedError,
+    NodeRestingError,
 )
 from .hashing import RendezvousHash, build_locator
 from .meta import ExpectMetaQuiet, MetaResult, encode_meta_noop, encode_meta_set, meta_key
@@ -114,16 +115,12 @@ PROBE_TIMEOUT = 5.0
 FANOUT_MAX_COMMANDS = 2048
 
 
-class _NodeResting(MemcacheNetworkError):
-    """A node failed less than retry_timeout ago, so it was not tried (not a new failure)."""
-
-
 def _is_connection_failure(exc: BaseException) -> bool:
     """A failure that counts against the node: its connection broke, its reply made no
     sense, or it refused connections (``ERROR Too many open connections``)."""
     return isinstance(
         exc, (MemcacheNetworkError, MemcacheProtocolError, MemcacheServerRefusedError)
-    ) and not isinstance(exc, _NodeResting)
+    ) and not isinstance(exc, NodeRestingError)
 
 
 def _retried_alone(
@@ -655,16 +652,16 @@ class HashClient:
         it while another found the node failing (or got it ejected) fails fast too,
         instead of spending its own timeout there (queued requests took one each)."""
         if self._failures and self._fail_fast(name):
-            raise _NodeResting(f"{name} failed less than {self.retry_timeout} s ago")
+            raise NodeRestingError(f"{name} failed less than {self.retry_timeout} s ago")
         if name in self._dead:
-            raise _NodeResting(f"{name} was ejected")
+            raise NodeRestingError(f"{name} was ejected")
 
     def _still_usable_after_wait(self, name: str, lease: Lease[Client]) -> None:
         """:meth:`_still_usable` for a fan-out that waited for ``name``'s connection: the
         connection goes back unused when the node failed meanwhile."""
         try:
             self._still_usable(name)
-        except _NodeResting:
+        except NodeRestingError:
             lease.give_back()
             raise
 
@@ -746,7 +743,7 @@ class HashClient:
             if name is None:
                 raise self._no_nodes()
             if self._failures and self._fail_fast(name):
-                raise _NodeResting(f"{name} failed less than {self.retry_timeout} s ago")
+                raise NodeRestingError(f"{name} failed less than {self.retry_timeout} s ago")
             checks = self._usable_checks.get(name)
             if checks is None:  # (one pair per node name, made once: this is every keyed call)
                 checks = self._usable_checks[name] = (
@@ -926,7 +923,7 @@ class HashClient:
         clients = nodes.clients
         for name in pending:
             if self._failures and self._fail_fast(name):
-                failed[name] = _NodeResting(f"{name} failed recently")
+                failed[name] = NodeRestingError(f"{name} failed recently")
                 continue
             lease = Lease(clients[name].client_pool)
             leases.append((name, lease))

@@ -30,6 +30,7 @@ __all__ = [
     "MemcacheUnexpectedCloseError",
     "MemcacheUnknownCommandError",
     "MemcacheUnknownError",
+    "NodeRestingError",
 ]
 
 
@@ -96,6 +97,14 @@ class MemcacheConnectTimeoutError(MemcacheConnectError, MemcacheTimeoutError):
 
 class MemcacheUnexpectedCloseError(MemcacheServerError, MemcacheNetworkError):
     """The server closed the connection in the middle of a command."""
+
+
+class NodeRestingError(MemcacheNetworkError):
+    """A :class:`~pymc.HashClient` did not send the command: the key's node failed less than
+    ``retry_timeout`` seconds ago (or was ejected while the request waited for one of its
+    connections). Nothing was sent and it does not count as a new failure of the node. A
+    :class:`MemcacheNetworkError` (and so an ``OSError``), as the failure that made the node
+    rest was."""
 
 
 class MemcachePoolTimeoutError(MemcacheError):
