@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import errno
 import functools
+import importlib
 import logging
 import select
 import selectors
@@ -124,6 +125,7 @@ __all__ = [
     "quiet_deletes",
     "quiet_gets",
     "read_through",
+    "readiness_poll",
     "request_chunks",
     "resolve_noreply",
     "warn_if_config_endpoint",
@@ -448,6 +450,42 @@ def _unpatched_poll() -> Any:
                 original = found
         _ORIGINAL_POLLS[poll] = original
     return original
+
+
+#: Socket class -> what makes a poll object for it (see :func:`readiness_poll`).
+_READINESS_POLLS: Dict[type, Any] = {}
+
+
+def readiness_poll(sock: Any) -> Any:
+    """What makes a ``poll`` object that waits for ``sock`` as its own ``recv`` would, or
+    None where there is none (eventlet, Windows: then wait in each socket's own ``recv``).
+
+    For a blocking socket, the operating system's ``poll`` (even under gevent's
+    ``patch_all``: a blocking socket blocks its thread anyway); for a gevent socket,
+    gevent's cooperative ``poll``, whether or not ``select`` is patched (``socket_module=
+    gevent.socket`` without patching), so a waiting greenlet yields to the hub. Never
+    ``select``, which fails on descriptors of 1024 and up. Kept per socket class."""
+    cls = type(sock)
+    found = _READINESS_POLLS.get(cls, _MISSING_POLL)
+    if found is not _MISSING_POLL:
+        return found
+    found = None
+    for klass in cls.__mro__:
+        module = getattr(klass, "__module__", None) or ""
+        if module.startswith(_COOPERATIVE_SOCKET_MODULES):
+            if module.startswith("gevent."):  # (gevent is loaded: the socket is its own)
+                try:
+                    found = getattr(importlib.import_module("gevent.select"), "poll", None)
+                except ImportError:
+                    found = None
+            break
+    else:
+        found = _unpatched_poll()
+    _READINESS_POLLS[cls] = found
+    return found
+
+
+_MISSING_POLL: Any = object()
 
 
 def resolve_noreply(noreply: Optional[bool], default: bool) -> bool:
@@ -974,6 +1012,42 @@ class Client:
             if self._syncing:
                 self._sync(sock, reader)
             result = self._read_to_end(sock, reader, expect, expect.step(reader))
+        except BaseException as exc:
+            self._abort(exc)
+        self._pending = False
+        return result
+
+    def receive_some(self, expect: Expect) -> Any:
+        """:meth:`receive` in steps, for a caller that waits for many connections at once
+        (a cluster fan-out polls them, see :func:`readiness_poll`): one ``recv`` -- call it
+        when the socket is readable, or it waits, up to the timeout -- fed to the reader,
+        and ``expect`` stepped over what the reader holds. Returns the reply as
+        :meth:`receive` does, or ``NEED_DATA`` while it is incomplete. A connection that
+        owes a sync marker (see :meth:`send`) is read to the end of its reply here, as
+        :meth:`receive` reads it. On any failure the connection is closed."""
+        sock = self.sock
+        reader = self._reader
+        if sock is None or reader is None:
+            raise MemcacheProtocolError("receive() without a request sent on this connection")
+        if self._syncing:
+            return self.receive(expect)
+        try:
+            data = sock.recv(RECV_SIZE)
+            if not data:
+                raise self._closed_mid_reply()
+            reader.feed(data)
+            result = expect.step(reader)
+            if result is NEED_DATA:
+                # Bytes TLS has decrypted already show in no poll: read them now.
+                while isinstance(sock, ssl.SSLSocket) and sock.pending():
+                    reader.feed(sock.recv(RECV_SIZE))
+                    result = expect.step(reader)
+                    if result is not NEED_DATA:
+                        break
+                else:
+                    return NEED_DATA
+            if reader.buffered:
+                raise MemcacheProtocolError(self._leftover(reader))
         except BaseException as exc:
             self._abort(exc)
         self._pending = False
