@@ -5,16 +5,21 @@ connections, and the whole fan-out's reads end by the ``timeout`` deadline.
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
-from typing import Any, Callable, Dict, List, Tuple
+from types import FrameType
+from typing import Any, Callable, ClassVar, Dict, List, Optional, Set, Tuple
 
 import pytest
 from support.faultproxy import FaultProxy
-from support.helpers import tcp
+from support.helpers import Interrupt, tcp
 from support.servers import MemcachedProcess
 
-from pymc import HashClient, MemcachePoolTimeoutError, MemcacheTimeoutError
+import pymc.client
+import pymc.cluster
+import pymc.pool
+from pymc import Client, HashClient, MemcachePoolTimeoutError, MemcacheTimeoutError
 from pymc.client import server_name
 
 
@@ -121,3 +126,129 @@ def test_the_fan_out_reads_end_by_the_timeout_deadline(
     for pool in client.clients.values():
         stats = pool.client_pool.stats()
         assert stats["in_use"] == 0, stats
+
+
+# -- an exception at every line of the fan-out --------------------------------------------------
+
+_TRACED: Dict[str, Optional[Set[str]]] = {
+    pymc.pool.__file__: None,  # every function
+    pymc.cluster.__file__: {
+        "_fan_out",
+        "_take_and_exchange",
+        "_exchange",
+        "_read_as_they_come",
+        "_lost",
+        "_note_failures",
+        "_give_back",
+    },
+    pymc.client.__file__: {"send", "receive", "receive_some", "_read_to_end", "_abort", "close"},
+}
+
+
+class Injected(Interrupt):
+    """What the tracer raises."""
+
+
+class Injector:
+    """Raises :class:`Injected` at the ``n``-th line event of the traced functions."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.count = 0
+        self.where = ""
+
+    def _global(self, frame: FrameType, event: str, arg: Any) -> Any:
+        code = frame.f_code
+        if code.co_filename not in _TRACED:
+            return None
+        names = _TRACED[code.co_filename]
+        if names is not None and code.co_name not in names:
+            return None
+        if threading.current_thread() is not threading.main_thread():
+            return None
+        return self._local
+
+    def _local(self, frame: FrameType, event: str, arg: Any) -> Any:
+        if event == "line":
+            self.count += 1
+            if self.count == self.n:
+                self.where = f"{frame.f_code.co_name} line {frame.f_lineno}"
+                raise Injected(self.where)
+        return self._local
+
+    def run(self, fn: Callable[[], Any]) -> bool:
+        sys.settrace(self._global)
+        try:
+            fn()
+        except Injected:
+            assert self.where
+        finally:
+            sys.settrace(None)
+        return self.count >= self.n
+
+
+class Counted(Client):
+    made: ClassVar[List[Client]] = []
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        Counted.made.append(self)
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("call", ["get_many", "set_many", "meta_get_many"])
+def test_an_exception_at_every_line_of_the_fan_out_loses_nothing(
+    memcached_nodes: List[MemcachedProcess], call: str
+) -> None:
+    """A BaseException lands at each line of the fan-out (cluster.py's, the pool's, and the
+    connection's send and reads) in turn, while replies of several sizes come back from
+    three nodes (some in many recvs): no slot is lost, no connection is left outside its
+    pool, none in a pool has unread bytes, and the next fan-out reads no stale reply."""
+    Counted.made = []
+    client = HashClient(
+        [tcp(n) for n in memcached_nodes[:3]],
+        use_pooling=True,
+        max_pool_size=2,
+        pool_timeout=2,
+        timeout=5,
+        retry_attempts=1000,
+    )
+    client.client_class = Counted
+    for pool in client.clients.values():
+        pool.client_class = Counted
+    values = {f"k{i}": (b"v%d" % i) * (1 if i % 3 else 20_000) for i in range(12)}
+    assert client.set_many(values) == []
+    assert len({client.snapshot.node_for(k) for k in values}) == 3
+    scenario: Callable[[], Any] = {
+        "get_many": lambda: client.get_many(list(values)),
+        "set_many": lambda: client.set_many(values),
+        "meta_get_many": lambda: client.meta_get_many(list(values)),
+    }[call]
+
+    def check(where: str) -> None:
+        pools = [pool.client_pool for pool in client.clients.values()]
+        for pool in pools:
+            s = pool.stats()
+            assert s["in_use"] == 0 and s["waiting"] == 0, (where, s)
+        idle = [c for pool in pools for c in pool.idle_objects()]
+        assert all(c.is_clean() for c in idle), f"{where}: a dirty connection in a pool"
+        leaked = [c for c in Counted.made if c.sock is not None and c not in idle]
+        assert not leaked, f"{where}: open connections outside the pools: {leaked}"
+        assert client.get_many(list(values)) == values, where  # no stale reply anywhere
+
+    places: Set[str] = set()
+    for n in range(1, 5000):
+        injector = Injector(n)
+        fired = injector.run(scenario)
+        places.add(injector.where.split(" line")[0])
+        check(f"injection #{n} at {injector.where or '(none)'}")
+        if not fired:
+            assert n > 50, n
+            break
+    else:
+        raise AssertionError("still injecting after 5000 lines")
+    assert len(client.snapshot.names) == 3  # an interruption is no failure of a node
+    # the fan-out's own reads and give-backs were covered
+    assert {"_exchange", "_give_back", "receive_some", "give_back"} <= places, places
+    if call != "set_many":  # (a pipeline's replies come in one recv)
+        assert "_read_as_they_come" in places, places
