@@ -29,6 +29,7 @@ from .exceptions import (
     MemcacheUnexpectedCloseError,
     MemcacheUnknownCommandError,
     MemcacheUnknownError,
+    MemcacheUnsupportedCommandError,
     NodeRestingError,
 )
 from .hashing import KetamaHash, RendezvousHash
@@ -71,6 +72,7 @@ __all__ = [
     "MemcacheUnexpectedCloseError",
     "MemcacheUnknownCommandError",
     "MemcacheUnknownError",
+    "MemcacheUnsupportedCommandError",
     "NodeRestingError",
     "ObjectPool",
     "PooledClient",

@@ -58,6 +58,7 @@ from .exceptions import (
     MemcacheTimeoutError,
     MemcacheUnexpectedCloseError,
     MemcacheUnknownCommandError,
+    MemcacheUnsupportedCommandError,
 )
 from .meta import (
     ExpectMeta,
@@ -126,6 +127,7 @@ __all__ = [
     "quiet_gets",
     "read_through",
     "readiness_poll",
+    "refused_by_close",
     "request_chunks",
     "resolve_noreply",
     "warn_if_config_endpoint",
@@ -486,6 +488,42 @@ def readiness_poll(sock: Any) -> Any:
 
 
 _MISSING_POLL: Any = object()
+
+
+#: The commands every memcached server and proxy (twemproxy, mcrouter) takes: a close in
+#: answer to one of them is a failure of the connection, whatever came before.
+_COMMON_COMMANDS: Final = frozenset(
+    [
+        *(b"get", b"gets", b"set", b"add", b"replace", b"append", b"prepend", b"cas"),
+        *(b"delete", b"incr", b"decr", b"touch", b"quit", b"version"),
+    ]
+)
+
+
+def refused_by_close(request: bytes, error: BaseException, server: str) -> BaseException:
+    """``error`` as the caller should see it. A connection closed before a byte of reply
+    came, in answer to a ``request`` whose command not every server or proxy supports, is
+    most likely that command refused (twemproxy closes the connection on a command it does
+    not know): a :class:`MemcacheUnsupportedCommandError` naming it. Anything else is
+    ``error`` itself."""
+    if type(error) is not MemcacheUnexpectedCloseError or not error.before_reply:
+        return error
+    end = len(request)
+    for stop in (b" ", b"\r\n"):
+        found = request.find(stop, 0, end)
+        if found >= 0:
+            end = found
+    command = request[:end]
+    if command in _COMMON_COMMANDS:
+        return error
+    name = command.decode("ascii", "replace")
+    refused = MemcacheUnsupportedCommandError(
+        f"{server} closed the connection in answer to {name}, before any reply: the server "
+        f"or proxy most likely does not support {name} (twemproxy, for one, closes the "
+        "connection on a command it does not know)"
+    )
+    refused.before_reply = True
+    return refused
 
 
 def resolve_noreply(noreply: Optional[bool], default: bool) -> bool:
@@ -1079,7 +1117,13 @@ class Client:
             or reader.broken
         ):
             self.send(request)
-            return self.receive(expect)
+            try:
+                return self.receive(expect)
+            except MemcacheUnexpectedCloseError as exc:  # (closed by receive already)
+                refused = refused_by_close(request, exc, server_name(self.server))
+                if refused is exc:
+                    raise
+                raise refused from exc
         # The two written out for a connection in step with nothing owed (the reader is
         # empty: receive() refuses leftovers), as every command but get finds it.
         self._pending = True
@@ -1087,7 +1131,7 @@ class Client:
             self._send(sock, request)
             result = self._read_to_end(sock, reader, expect, NEED_DATA)
         except BaseException as exc:
-            self._abort(exc)
+            self._abort(exc, request)
         self._pending = False
         return result
 
@@ -1124,9 +1168,14 @@ class Client:
             "reply; the connection is out of step and was closed"
         )
 
-    def _abort(self, exc: BaseException) -> NoReturn:
-        """Close the connection (its state is unknown) and raise ``exc`` as pymc's."""
+    def _abort(self, exc: BaseException, request: bytes = b"") -> NoReturn:
+        """Close the connection (its state is unknown) and raise ``exc`` as pymc's (a close
+        in answer to ``request`` as :func:`refused_by_close` says)."""
         self.close()
+        if request and type(exc) is MemcacheUnexpectedCloseError:
+            refused = refused_by_close(request, exc, server_name(self.server))
+            if refused is not exc:
+                raise refused from exc
         if isinstance(exc, OSError) and not isinstance(exc, MemcacheError):
             raise self._network_error(exc) from exc
         raise exc
@@ -1138,9 +1187,13 @@ class Client:
         return MemcacheNetworkError(exc.errno, f"connection to {name} failed: {exc}")
 
     def _closed_mid_reply(self) -> MemcacheUnexpectedCloseError:
-        return MemcacheUnexpectedCloseError(
+        error = MemcacheUnexpectedCloseError(
             f"{server_name(self.server)} closed the connection mid-reply"
         )
+        reader = self._reader
+        if reader is not None and not reader.buffered:
+            error.before_reply = True  # (see refused_by_close)
+        return error
 
     def raise_error(self, reply: ErrorReply, command: str) -> NoReturn:
         """Raise the exception for an error reply, closing the connection first when the
@@ -1178,7 +1231,7 @@ class Client:
                 if reader.buffered:
                     raise MemcacheProtocolError(self._leftover(reader))
             except BaseException as exc:
-                self._abort(exc)
+                self._abort(exc, request)
             self._pending = False
         if type(reply) is ErrorReply:
             self.raise_error(reply, rule.command)

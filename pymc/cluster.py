@@ -64,6 +64,7 @@ from .client import (
     quiet_gets,
     read_through,
     readiness_poll,
+    refused_by_close,
     request_chunks,
     resolve_noreply,
     server_name,
@@ -77,6 +78,7 @@ from .exceptions import (
     MemcacheProtocolError,
     MemcacheServerRefusedError,
     MemcacheTimeoutError,
+    MemcacheUnsupportedCommandError,
     NodeRestingError,
 )
 from .hashing import RendezvousHash, build_locator
@@ -124,10 +126,15 @@ FANOUT_MAX_COMMANDS = 2048
 
 def _is_connection_failure(exc: BaseException) -> bool:
     """A failure that counts against the node: its connection broke, its reply made no
-    sense, or it refused connections (``ERROR Too many open connections``)."""
-    return isinstance(
-        exc, (MemcacheNetworkError, MemcacheProtocolError, MemcacheServerRefusedError)
-    ) and not isinstance(exc, NodeRestingError)
+    sense, or it refused connections (``ERROR Too many open connections``). A refusal of
+    the command alone (an ``ERROR <message>`` that leaves the connection in step, or a
+    proxy closing on a command it does not support) is that command's error, and a
+    resting node's is no new failure."""
+    if isinstance(exc, MemcacheServerRefusedError):
+        return not exc.in_step
+    return isinstance(exc, (MemcacheNetworkError, MemcacheProtocolError)) and not isinstance(
+        exc, (NodeRestingError, MemcacheUnsupportedCommandError)
+    )
 
 
 def _retried_alone(
@@ -995,20 +1002,23 @@ class HashClient:
                         waiting[conn.sock.fileno()] = (name, conn, lease, expect(), finish)  # type: ignore[union-attr]
                         continue
                 except Exception as exc:
-                    self._lost(command, name, lease, exc, failed, noted, ends)
+                    self._lost(command, name, lease, exc, failed, noted, ends, request)
                     continue
                 lease.give_back()
                 if ends is not None:
                     end_command(ends.pop(name), None)
             if len(waiting) > 1:
-                self._read_as_they_come(command, waiting, deadline, results, failed, noted, ends)
+                self._read_as_they_come(
+                    command, waiting, deadline, parts, results, failed, noted, ends
+                )
             for name, conn, lease, reader, finish in waiting.values():
                 # One reply to wait for (or no poll for these sockets): the connection's
                 # own read.
                 try:
                     results[name] = finish(conn.receive(reader))
                 except Exception as exc:
-                    self._lost(command, name, lease, exc, failed, noted, ends)
+                    request = parts[name][0]  # type: ignore[index]
+                    self._lost(command, name, lease, exc, failed, noted, ends, request)
                     continue
                 lease.give_back()
                 if ends is not None:
@@ -1024,6 +1034,7 @@ class HashClient:
         command: str,
         waiting: Dict[int, Reading],
         deadline: Optional[float],
+        parts: Dict[str, Optional[Part]],
         results: Dict[str, Any],
         failed: Dict[str, Exception],
         noted: Set[str],
@@ -1063,7 +1074,8 @@ class HashClient:
                 except Exception as exc:
                     if waiting.pop(fd, None) is not None:
                         done.append(fd)
-                    self._lost(command, name, lease, exc, failed, noted, ends)
+                    request = parts[name][0]  # type: ignore[index]
+                    self._lost(command, name, lease, exc, failed, noted, ends, request)
                     continue
                 lease.give_back()
                 if ends is not None:
@@ -1085,9 +1097,13 @@ class HashClient:
         failed: Dict[str, Exception],
         noted: Set[str],
         ends: Optional[Dict[str, Optional[CommandEnd]]],
+        request: bytes = b"",
     ) -> None:
-        """A node's part failed: counted against it (unless it will be retried alone),
-        then its connection destroyed, so a request waiting for one finds it failed."""
+        """A node's part failed: counted against it (unless it will be retried alone, or
+        the node refused the command alone: see ``refused_by_close``), then its connection
+        destroyed, so a request waiting for one finds it failed."""
+        if request:
+            exc = refused_by_close(request, exc, name)  # type: ignore[assignment]
         failed[name] = exc
         self._note_failures(command, {name: exc}, noted)
         lease.give_back(destroy=True)
