@@ -216,9 +216,16 @@ def test_an_exception_at_every_line_of_the_fan_out_loses_nothing(
     client.client_class = Counted
     for pool in client.clients.values():
         pool.client_class = Counted
-    values = {f"k{i}": (b"v%d" % i) * (1 if i % 3 else 20_000) for i in range(12)}
+    by_node: Dict[Optional[str], List[str]] = {name: [] for name in client.snapshot.names}
+    for i in range(300):  # four keys on each node (placement depends on the ports)
+        key = f"k{i}"
+        group = by_node[client.snapshot.node_for(key)]
+        if len(group) < 4:
+            group.append(key)
+    keys = [k for group in by_node.values() for k in group]
+    assert len(keys) == 12
+    values = {k: (b"v%d" % i) * (1 if i % 3 else 20_000) for i, k in enumerate(keys)}
     assert client.set_many(values) == []
-    assert len({client.snapshot.node_for(k) for k in values}) == 3
     scenario: Callable[[], Any] = {
         "get_many": lambda: client.get_many(list(values)),
         "set_many": lambda: client.set_many(values),
@@ -252,3 +259,47 @@ def test_an_exception_at_every_line_of_the_fan_out_loses_nothing(
     assert {"_exchange", "_give_back", "receive_some", "give_back"} <= places, places
     if call != "set_many":  # (a pipeline's replies come in one recv)
         assert "_read_as_they_come" in places, places
+
+
+def test_a_fan_out_over_tls_reads_every_record(
+    new_memcached: Callable[..., MemcachedProcess],
+) -> None:
+    """Replies of many TLS records from two nodes at once: the bytes TLS has decrypted
+    already (which no poll shows) are read too, and every value comes back whole."""
+    first, second = new_memcached(tls=True), new_memcached(tls=True)
+    ctx = first.client_ssl_context()
+    assert second.ca is not None
+    second.ca.configure_trust(ctx)
+    client = HashClient([tcp(first), tcp(second)], tls_context=ctx, timeout=5)
+    values = {f"tls-{i}": bytes([65 + i % 26]) * (50_000 + i) for i in range(16)}
+    assert len({client.snapshot.node_for(k) for k in values}) == 2
+    assert client.set_many(values) == []
+    for _ in range(5):
+        assert client.get_many(list(values)) == values
+        assert client.gets_many(list(values)).keys() == values.keys()
+
+
+def test_a_fan_out_without_a_timeout_waits_for_every_reply(
+    memcached_nodes: List[MemcachedProcess],
+    fault_proxy: Callable[[Tuple[str, int]], FaultProxy],
+) -> None:
+    """timeout=None: no deadline; the slow node's reply (held 0.3 s) is waited for, while
+    the fast node's connection is back in its pool at once."""
+    slow = fault_proxy(tcp(memcached_nodes[1]))
+    client = HashClient([tcp(memcached_nodes[0]), slow.address], use_pooling=True, timeout=None)
+    fast = server_name(tcp(memcached_nodes[0]))
+    on_a, on_b = split_keys(client, fast, 100)
+    values = {k: k.encode() for k in on_a[:5] + on_b[:5]}
+    assert client.set_many(values) == []
+    slow.set_mode("delay", seconds=0.3)
+    seen: Dict[str, Any] = {}
+
+    def watch() -> None:
+        time.sleep(0.15)  # the fan-out waits for the slow node now
+        seen.update(client.clients[fast].client_pool.stats())
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    assert client.get_many(list(values)) == values
+    watcher.join()
+    assert seen["in_use"] == 0 and seen["idle"] == 1, seen
