@@ -303,3 +303,19 @@ def test_a_fan_out_without_a_timeout_waits_for_every_reply(
     assert client.get_many(list(values)) == values
     watcher.join()
     assert seen["in_use"] == 0 and seen["idle"] == 1, seen
+
+
+def test_without_a_poll_each_node_is_read_in_turn(
+    memcached_nodes: List[MemcachedProcess], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where the sockets have no poll (eventlet's, Windows), each node's reply is read in
+    turn through the connection's own recv, and every connection goes back clean."""
+    monkeypatch.setattr(pymc.cluster, "readiness_poll", lambda sock: None)
+    client = HashClient([tcp(n) for n in memcached_nodes[:3]], use_pooling=True, timeout=5)
+    values = {f"turn-{i}": b"%d" % i * (1 + i * 1000) for i in range(30)}
+    assert len({client.snapshot.node_for(k) for k in values}) == 3
+    assert client.set_many(values) == []
+    assert client.get_many(list(values)) == values
+    for pool in client.clients.values():
+        assert pool.client_pool.stats()["in_use"] == 0
+        assert all(c.is_clean() for c in pool.client_pool.idle_objects())
