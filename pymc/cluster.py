@@ -12,7 +12,10 @@ new snapshot without it is swapped in and its keys move to the other nodes. Afte
 for its version and re-admits it if it answers.
 
 Multi-key commands group the keys by node, send every node its request, and only then read
-the replies, so they take the slowest node's time, not the sum.
+the replies, in the order they arrive (one poll over the nodes' sockets), so they take the
+slowest node's time, not the sum; each node's connection goes back to its pool as soon as
+its own reply is read, so a slow node never holds a healthy node's connections, and
+``timeout`` bounds the whole fan-out's reads.
 
 Layer: imports ``client`` (``send``/``receive`` and ``decode_values``), ``protocol``,
 ``pool`` (``Lease``), ``hashing``, ``retry``, ``serde`` and ``exceptions``; no private name of
@@ -835,7 +838,8 @@ class HashClient:
         alone: Callable[[str], Any],
         observe: Optional[Observe] = None,
     ) -> Dict[str, Any]:
-        """Send each node its request, then read each reply: ``{node: finished result}``.
+        """Send each node its request, then read the replies as they arrive (see
+        :meth:`_exchange`): ``{node: finished result}``.
 
         A part is ``(request, expect, finish)``: ``expect()`` makes the reader of the
         reply (None: a noreply request), ``finish`` turns what it read into the node's
