@@ -30,6 +30,8 @@ from .exceptions import (
     MemcacheUnexpectedCloseError,
     MemcacheUnknownCommandError,
     MemcacheUnknownError,
+    MemcacheUnsupportedCommandError,
+    NodeRestingError,
 )
 from .hashing import KetamaHash, RendezvousHash
 from .pool import ObjectPool, PooledClient
@@ -72,6 +74,8 @@ __all__ = [
     "MemcacheUnexpectedCloseError",
     "MemcacheUnknownCommandError",
     "MemcacheUnknownError",
+    "MemcacheUnsupportedCommandError",
+    "NodeRestingError",
     "ObjectPool",
     "PooledClient",
     "RendezvousHash",

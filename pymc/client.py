@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import errno
 import functools
+import importlib
 import logging
 import select
 import selectors
@@ -58,6 +59,7 @@ from .exceptions import (
     MemcacheTimeoutError,
     MemcacheUnexpectedCloseError,
     MemcacheUnknownCommandError,
+    MemcacheUnsupportedCommandError,
     network_error,
 )
 from .meta import (
@@ -132,6 +134,8 @@ __all__ = [
     "quiet_deletes",
     "quiet_gets",
     "read_through",
+    "readiness_poll",
+    "refused_by_close",
     "request_chunks",
     "resolve_noreply",
     "time_left",
@@ -566,6 +570,78 @@ def _stray_check(sock: Any) -> Callable[[int], Any]:
     if isinstance(sock, ssl.SSLSocket):  # decrypted bytes inside the TLS layer count too
         return lambda wait: sock.pending() or poller.poll(wait)
     return poller.poll  # type: ignore[no-any-return]
+
+
+#: Socket class -> what makes a poll object for it (see :func:`readiness_poll`).
+_READINESS_POLLS: Dict[type, Any] = {}
+
+
+def readiness_poll(sock: Any) -> Any:
+    """What makes a ``poll`` object that waits for ``sock`` as its own ``recv`` would, or
+    None where there is none (eventlet, Windows: then wait in each socket's own ``recv``).
+
+    For a blocking socket, the operating system's ``poll`` (even under gevent's
+    ``patch_all``: a blocking socket blocks its thread anyway); for a gevent socket,
+    gevent's cooperative ``poll``, whether or not ``select`` is patched (``socket_module=
+    gevent.socket`` without patching), so a waiting greenlet yields to the hub. Never
+    ``select``, which fails on descriptors of 1024 and up. Kept per socket class."""
+    cls = type(sock)
+    found = _READINESS_POLLS.get(cls, _MISSING_POLL)
+    if found is not _MISSING_POLL:
+        return found
+    found = None
+    for klass in cls.__mro__:
+        module = getattr(klass, "__module__", None) or ""
+        if module.startswith(_COOPERATIVE_SOCKET_MODULES):
+            if module.startswith("gevent."):  # (gevent is loaded: the socket is its own)
+                try:
+                    found = getattr(importlib.import_module("gevent.select"), "poll", None)
+                except ImportError:
+                    found = None
+            break
+    else:
+        found = _unpatched_poll()
+    _READINESS_POLLS[cls] = found
+    return found
+
+
+_MISSING_POLL: Any = object()
+
+
+#: The commands every memcached server and proxy (twemproxy, mcrouter) takes: a close in
+#: answer to one of them is a failure of the connection, whatever came before.
+_COMMON_COMMANDS: Final = frozenset(
+    [
+        *(b"get", b"gets", b"set", b"add", b"replace", b"append", b"prepend", b"cas"),
+        *(b"delete", b"incr", b"decr", b"touch", b"quit", b"version"),
+    ]
+)
+
+
+def refused_by_close(request: bytes, error: BaseException, server: str) -> BaseException:
+    """``error`` as the caller should see it. A connection closed before a byte of reply
+    came, in answer to a ``request`` whose command not every server or proxy supports, is
+    most likely that command refused (twemproxy closes the connection on a command it does
+    not know): a :class:`MemcacheUnsupportedCommandError` naming it. Anything else is
+    ``error`` itself."""
+    if type(error) is not MemcacheUnexpectedCloseError or not error.before_reply:
+        return error
+    end = len(request)
+    for stop in (b" ", b"\r\n"):
+        found = request.find(stop, 0, end)
+        if found >= 0:
+            end = found
+    command = request[:end]
+    if command in _COMMON_COMMANDS:
+        return error
+    name = command.decode("ascii", "replace")
+    refused = MemcacheUnsupportedCommandError(
+        f"{server} closed the connection in answer to {name}, before any reply: the server "
+        f"or proxy most likely does not support {name} (twemproxy, for one, closes the "
+        "connection on a command it does not know)"
+    )
+    refused.before_reply = True
+    return refused
 
 
 def resolve_noreply(noreply: Optional[bool], default: bool) -> bool:
@@ -1139,6 +1215,42 @@ class Client:
         self._pending = False
         return result
 
+    def receive_some(self, expect: Expect) -> Any:
+        """:meth:`receive` in steps, for a caller that waits for many connections at once
+        (a cluster fan-out polls them, see :func:`readiness_poll`): one ``recv`` -- call it
+        when the socket is readable, or it waits, up to the timeout -- fed to the reader,
+        and ``expect`` stepped over what the reader holds. Returns the reply as
+        :meth:`receive` does, or ``NEED_DATA`` while it is incomplete. A connection that
+        owes a sync marker (see :meth:`send`) is read to the end of its reply here, as
+        :meth:`receive` reads it. On any failure the connection is closed."""
+        sock = self.sock
+        reader = self._reader
+        if sock is None or reader is None:
+            raise MemcacheProtocolError("receive() without a request sent on this connection")
+        if self._syncing:
+            return self.receive(expect)
+        try:
+            data = sock.recv(RECV_SIZE)
+            if not data:
+                raise self._closed_mid_reply()
+            reader.feed(data)
+            result = expect.step(reader)
+            if result is NEED_DATA:
+                # Bytes TLS has decrypted already show in no poll: read them now.
+                while isinstance(sock, ssl.SSLSocket) and sock.pending():
+                    reader.feed(sock.recv(RECV_SIZE))
+                    result = expect.step(reader)
+                    if result is not NEED_DATA:
+                        break
+                else:
+                    return NEED_DATA
+            if reader.buffered:
+                raise MemcacheProtocolError(self._leftover(reader))
+        except BaseException as exc:
+            self._abort(exc)
+        self._pending = False
+        return result
+
     def _read_to_end(
         self,
         sock: Any,
@@ -1219,7 +1331,13 @@ class Client:
             or self._stray(0)
         ):
             self.send(request)
-            return self.receive(expect, deadline)
+            try:
+                return self.receive(expect, deadline)
+            except MemcacheUnexpectedCloseError as exc:  # (closed by receive already)
+                refused = refused_by_close(request, exc, server_name(self.server))
+                if refused is exc:
+                    raise
+                raise refused from exc
         # The two written out for a connection in step with nothing owed (the reader is
         # empty: receive() refuses leftovers, and no byte came after the last reply), as
         # every command but get finds it.
@@ -1228,7 +1346,7 @@ class Client:
             self._send(sock, request)
             result = self._read_to_end(sock, reader, expect, NEED_DATA, deadline)
         except BaseException as exc:
-            self._abort(exc)
+            self._abort(exc, request)
         self._pending = False
         return result
 
@@ -1282,9 +1400,14 @@ class Client:
             "reply; the connection is out of step and was closed"
         )
 
-    def _abort(self, exc: BaseException) -> NoReturn:
-        """Close the connection (its state is unknown) and raise ``exc`` as pymc's."""
+    def _abort(self, exc: BaseException, request: bytes = b"") -> NoReturn:
+        """Close the connection (its state is unknown) and raise ``exc`` as pymc's (a close
+        in answer to ``request`` as :func:`refused_by_close` says)."""
         self.close()
+        if request and type(exc) is MemcacheUnexpectedCloseError:
+            refused = refused_by_close(request, exc, server_name(self.server))
+            if refused is not exc:
+                raise refused from exc
         if isinstance(exc, OSError) and not isinstance(exc, MemcacheError):
             raise self._network_error(exc) from exc
         raise exc
@@ -1296,9 +1419,13 @@ class Client:
         return network_error(MemcacheNetworkError, exc, f"connection to {name} failed: {exc}")
 
     def _closed_mid_reply(self) -> MemcacheUnexpectedCloseError:
-        return MemcacheUnexpectedCloseError(
+        error = MemcacheUnexpectedCloseError(
             f"{server_name(self.server)} closed the connection mid-reply"
         )
+        reader = self._reader
+        if reader is not None and not reader.buffered:
+            error.before_reply = True  # (see refused_by_close)
+        return error
 
     def raise_error(self, reply: ErrorReply, command: str) -> NoReturn:
         """Raise the exception for an error reply, closing the connection first when the
@@ -1340,7 +1467,7 @@ class Client:
                 if reader.buffered:
                     raise MemcacheProtocolError(self._leftover(reader))
             except BaseException as exc:
-                self._abort(exc)
+                self._abort(exc, request)
             self._pending = False
         if type(reply) is ErrorReply:
             self.raise_error(reply, rule.command)

@@ -12,7 +12,10 @@ new snapshot without it is swapped in and its keys move to the other nodes. Afte
 for its version and re-admits it if it answers.
 
 Multi-key commands group the keys by node, send every node its request, and only then read
-the replies, so they take the slowest node's time, not the sum.
+the replies, in the order they arrive (one poll over the nodes' sockets), so they take the
+slowest node's time, not the sum; each node's connection goes back to its pool as soon as
+its own reply is read, so a slow node never holds a healthy node's connections, and
+``timeout`` bounds the whole fan-out's reads.
 
 Layer: imports ``client`` (``send``/``receive`` and ``decode_values``), ``protocol``,
 ``pool`` (``Lease``), ``hashing``, ``retry``, ``serde`` and ``exceptions``; no private name of
@@ -25,8 +28,10 @@ import dataclasses
 import itertools
 import logging
 import os
+import select
 import threading
 import time
+from errno import ETIMEDOUT
 from functools import partial
 from typing import (
     Any,
@@ -61,6 +66,8 @@ from .client import (
     quiet_deletes,
     quiet_gets,
     read_through,
+    readiness_poll,
+    refused_by_close,
     request_chunks,
     resolve_noreply,
     server_name,
@@ -73,12 +80,16 @@ from .exceptions import (
     MemcacheNetworkError,
     MemcacheProtocolError,
     MemcacheServerRefusedError,
+    MemcacheTimeoutError,
+    MemcacheUnsupportedCommandError,
+    NodeRestingError,
     network_error,
 )
 from .hashing import RendezvousHash, build_locator
 from .meta import ExpectMetaQuiet, MetaResult, encode_meta_noop, encode_meta_set, meta_key
 from .pool import DEFAULT_POOL_TIMEOUT, Lease, PooledClient
 from .protocol import (
+    NEED_DATA,
     RULES,
     ErrorReply,
     Expect,
@@ -111,20 +122,23 @@ _MISSING: Any = object()
 PLACEMENT_CACHE_SIZE = 65536
 #: Seconds a probe of a dead node may take when the client sets no timeouts.
 PROBE_TIMEOUT = 5.0
+#: What a fan-out polls its connections for (a reply; EOF and errors come with it).
+_POLLIN: int = getattr(select, "POLLIN", 1)
 #: A fan-out sends at most this many commands to one node before reading its replies.
 FANOUT_MAX_COMMANDS = 2048
 
 
-class _NodeResting(MemcacheNetworkError):
-    """A node failed less than retry_timeout ago, so it was not tried (not a new failure)."""
-
-
 def _is_connection_failure(exc: BaseException) -> bool:
     """A failure that counts against the node: its connection broke, its reply made no
-    sense, or it refused connections (``ERROR Too many open connections``)."""
-    return isinstance(
-        exc, (MemcacheNetworkError, MemcacheProtocolError, MemcacheServerRefusedError)
-    ) and not isinstance(exc, _NodeResting)
+    sense, or it refused connections (``ERROR Too many open connections``). A refusal of
+    the command alone (an ``ERROR <message>`` that leaves the connection in step, or a
+    proxy closing on a command it does not support) is that command's error, and a
+    resting node's is no new failure."""
+    if isinstance(exc, MemcacheServerRefusedError):
+        return not exc.in_step
+    return isinstance(exc, (MemcacheNetworkError, MemcacheProtocolError)) and not isinstance(
+        exc, (NodeRestingError, MemcacheUnsupportedCommandError)
+    )
 
 
 def _retried_alone(
@@ -138,6 +152,8 @@ def _retried_alone(
 #: A node's part of a fan-out: its request, the reader of its reply (None: noreply) and
 #: what turns that reply into the node's result.
 Part = Tuple[bytes, Optional[Callable[[], Expect]], Callable[[Any], Any]]
+#: A node's read in a fan-out: its name, connection, lease, reply reader and finish.
+Reading = Tuple[str, Client, Lease[Client], Expect, Callable[[Any], Any]]
 #: Starts the observation of one node's part of a fan-out (see ``HashClient._observer``).
 Observe = Callable[[str], Optional[CommandEnd]]
 
@@ -682,7 +698,7 @@ class HashClient:
         if name in self._dead:
             raise self._resting(name, "was ejected")
 
-    def _resting(self, name: str, why: str) -> _NodeResting:
+    def _resting(self, name: str, why: str) -> NodeRestingError:
         """The error of a request not sent to resting node ``name``: also an instance of
         the class of the failure that made it rest (``ConnectionRefusedError``,
         ``TimeoutError``...), so that an ``except`` that caught that failure catches this
@@ -690,15 +706,15 @@ class HashClient:
         message = f"{name} {why}"
         cause = self._last_failure.get(name)
         if isinstance(cause, OSError):
-            return network_error(_NodeResting, cause, message)
-        return _NodeResting(message)
+            return network_error(NodeRestingError, cause, message)
+        return NodeRestingError(message)
 
     def _still_usable_after_wait(self, name: str, lease: Lease[Client]) -> None:
         """:meth:`_still_usable` for a fan-out that waited for ``name``'s connection: the
         connection goes back unused when the node failed meanwhile."""
         try:
             self._still_usable(name)
-        except _NodeResting:
+        except NodeRestingError:
             lease.give_back()
             raise
 
@@ -856,7 +872,8 @@ class HashClient:
         alone: Callable[[str], Any],
         observe: Optional[Observe] = None,
     ) -> Dict[str, Any]:
-        """Send each node its request, then read each reply: ``{node: finished result}``.
+        """Send each node its request, then read the replies as they arrive (see
+        :meth:`_exchange`): ``{node: finished result}``.
 
         A part is ``(request, expect, finish)``: ``expect()`` makes the reader of the
         reply (None: a noreply request), ``finish`` turns what it read into the node's
@@ -887,7 +904,7 @@ class HashClient:
             busy: List[str] = []
             try:
                 self._take_and_exchange(
-                    nodes, pending, leases, busy, parts, results, failed, observe
+                    command, nodes, pending, leases, busy, parts, results, failed, noted, observe
                 )
                 # Before the connections go back: a request waiting for one must find
                 # its node failed, not spend a timeout of its own there.
@@ -941,6 +958,7 @@ class HashClient:
 
     def _take_and_exchange(
         self,
+        command: str,
         nodes: NodeSet,
         pending: List[str],
         leases: List[Tuple[str, Lease[Client]]],
@@ -948,15 +966,17 @@ class HashClient:
         parts: Dict[str, Optional[Part]],
         results: Dict[str, Any],
         failed: Dict[str, Exception],
+        noted: Set[str],
         observe: Optional[Observe],
     ) -> None:
         """One round of a fan-out: take a connection for each pending node that has one
         free (a node with none goes to ``busy``); when none was free, wait for the first
         busy node's alone; then exchange requests and replies on what was taken. Each
-        lease is in ``leases`` before its connection is taken: the caller gives them back.
-        A connection given back unused (its node failed while this fan-out waited for it)
-        is never exchanged on: only the connections in ``taken`` are."""
-        taken: List[Tuple[str, Client]] = []
+        lease is in ``leases`` before its connection is taken: the caller gives back what
+        the exchange has not. A connection given back unused (its node failed while this
+        fan-out waited for it) is never exchanged on: only the connections in ``taken``
+        are."""
+        taken: List[Tuple[str, Client, Lease[Client]]] = []
         clients = nodes.clients
         for name in pending:
             if self._failures and self._fail_fast(name):
@@ -972,7 +992,7 @@ class HashClient:
             if conn is None:
                 busy.append(name)
             else:
-                taken.append((name, conn))
+                taken.append((name, conn, lease))
         if busy and not taken:
             name = busy.pop(0)  # wait for this node alone, holding no connection
             lease = clients[name].client_pool.lease()
@@ -983,70 +1003,150 @@ class HashClient:
             except Exception as exc:  # no free connection in time: this node only
                 failed[name] = exc
             else:
-                taken.append((name, conn))  # type: ignore[arg-type]
-        self._exchange(taken, parts, results, failed, observe)
+                taken.append((name, conn, lease))  # type: ignore[arg-type]
+        if taken:
+            self._exchange(command, taken, parts, results, failed, noted, observe)
 
-    @staticmethod
     def _exchange(
-        taken: List[Tuple[str, Client]],
+        self,
+        command: str,
+        taken: List[Tuple[str, Client, Lease[Client]]],
         parts: Dict[str, Optional[Part]],
         results: Dict[str, Any],
         failed: Dict[str, Exception],
-        observe: Optional[Observe] = None,
+        noted: Set[str],
+        observe: Optional[Observe],
     ) -> None:
-        """Send every taken connection its node's request, then read each reply."""
-        if observe is not None:
-            HashClient._observed_exchange(taken, parts, results, failed, observe)
-            return
-        sent: List[Tuple[str, Client, Part]] = []
-        for name, conn in taken:
-            part: Part = parts[name]  # type: ignore[assignment]
-            try:
-                conn.send(part[0], part[1] is None)
-                sent.append((name, conn, part))
-            except Exception as exc:
-                failed[name] = exc
-        for name, conn, (_, expect, finish) in sent:
-            try:
-                results[name] = finish(None if expect is None else conn.receive(expect()))
-            except Exception as exc:
-                failed[name] = exc
-
-    @staticmethod
-    def _observed_exchange(
-        taken: List[Tuple[str, Client]],
-        parts: Dict[str, Optional[Part]],
-        results: Dict[str, Any],
-        failed: Dict[str, Exception],
-        observe: Observe,
-    ) -> None:
-        """:meth:`_exchange`, each node's part observed from before its request is sent
-        until its reply is read (all started in the caller's thread, before any ends)."""
-        ends: Dict[str, Optional[CommandEnd]] = {}
+        """Send every taken connection its node's request, then read the replies in the
+        order they arrive; each connection goes back as soon as its own reply is read (or,
+        on a failure, once the failure is counted against its node, destroyed). The reads
+        end by the ``timeout`` deadline, counted from before the first send. Whatever an
+        exception landing anywhere leaves unreturned, the caller's ``_give_back`` returns
+        (destroyed unless the node's reply is in ``results``)."""
+        ends: Optional[Dict[str, Optional[CommandEnd]]] = None if observe is None else {}
         try:
-            sent: List[Tuple[str, Client]] = []
-            for name, conn in taken:
-                request, expect, _ = parts[name]  # type: ignore[misc]
-                ends[name] = observe(name)
+            timeout = self.options.timeout
+            deadline = None if timeout is None else time.monotonic() + timeout
+            waiting: Dict[int, Reading] = {}  # socket's fd -> the node's read
+            for name, conn, lease in taken:
+                request, expect, finish = parts[name]  # type: ignore[misc]
+                if ends is not None:
+                    ends[name] = observe(name)  # type: ignore[misc]
                 try:
                     conn.send(request, expect is None)
-                    sent.append((name, conn))
+                    if expect is None:  # noreply: nothing to read
+                        results[name] = finish(None)
+                    else:
+                        waiting[conn.sock.fileno()] = (name, conn, lease, expect(), finish)  # type: ignore[union-attr]
+                        continue
                 except Exception as exc:
-                    failed[name] = exc
-                    end_command(ends.pop(name), exc)
-            for name, conn in sent:
-                _, expect, finish = parts[name]  # type: ignore[misc]
+                    self._lost(command, name, lease, exc, failed, noted, ends, request)
+                    continue
+                lease.give_back()
+                if ends is not None:
+                    end_command(ends.pop(name), None)
+            if len(waiting) > 1:
+                self._read_as_they_come(
+                    command, waiting, deadline, parts, results, failed, noted, ends
+                )
+            for name, conn, lease, reader, finish in waiting.values():
+                # One reply to wait for (or no poll for these sockets): the connection's
+                # own read.
                 try:
-                    results[name] = finish(None if expect is None else conn.receive(expect()))
+                    results[name] = finish(conn.receive(reader))
                 except Exception as exc:
-                    failed[name] = exc
-                    end_command(ends.pop(name), exc)
-                else:
+                    request = parts[name][0]  # type: ignore[index]
+                    self._lost(command, name, lease, exc, failed, noted, ends, request)
+                    continue
+                lease.give_back()
+                if ends is not None:
                     end_command(ends.pop(name), None)
         except BaseException as exc:  # every observation still open ends with it
-            for end in ends.values():
-                end_command(end, exc)
+            if ends:
+                for end in ends.values():
+                    end_command(end, exc)
             raise
+
+    def _read_as_they_come(
+        self,
+        command: str,
+        waiting: Dict[int, Reading],
+        deadline: Optional[float],
+        parts: Dict[str, Optional[Part]],
+        results: Dict[str, Any],
+        failed: Dict[str, Exception],
+        noted: Set[str],
+        ends: Optional[Dict[str, Optional[CommandEnd]]],
+    ) -> None:
+        """Read the replies of the connections ``waiting`` (by socket fd) in the order they
+        arrive, one ``poll`` over them all, feeding each node's reader what its socket
+        has; each node leaves ``waiting`` once its reply is read or failed. Without a poll
+        for these sockets (see :func:`readiness_poll`), leaves them all to the caller."""
+        poll = readiness_poll(next(iter(waiting.values()))[1].sock)
+        if poll is None:
+            return
+        poller = poll()
+        for fd in waiting:
+            poller.register(fd, _POLLIN)
+        done: List[int] = []  # read or failed: unregistered before the next poll
+        while waiting:
+            for fd in done:
+                poller.unregister(fd)
+            done.clear()
+            if deadline is None:
+                ready = poller.poll()
+            else:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                ready = poller.poll(left * 1000.0)
+            for fd, _ in ready:
+                name, conn, lease, reader, finish = waiting[fd]
+                try:
+                    reply = conn.receive_some(reader)
+                    if reply is NEED_DATA:
+                        continue
+                    done.append(fd)
+                    del waiting[fd]
+                    results[name] = finish(reply)
+                except Exception as exc:
+                    if waiting.pop(fd, None) is not None:
+                        done.append(fd)
+                    request = parts[name][0]  # type: ignore[index]
+                    self._lost(command, name, lease, exc, failed, noted, ends, request)
+                    continue
+                lease.give_back()
+                if ends is not None:
+                    end_command(ends.pop(name), None)
+        for fd in list(waiting):  # past the deadline
+            name, conn, lease, _, _ = waiting.pop(fd)
+            conn.close()
+            late = MemcacheTimeoutError(
+                ETIMEDOUT, f"timed out talking to {name} (timeout {self.options.timeout} s)"
+            )
+            self._lost(command, name, lease, late, failed, noted, ends)
+
+    def _lost(
+        self,
+        command: str,
+        name: str,
+        lease: Lease[Client],
+        exc: Exception,
+        failed: Dict[str, Exception],
+        noted: Set[str],
+        ends: Optional[Dict[str, Optional[CommandEnd]]],
+        request: bytes = b"",
+    ) -> None:
+        """A node's part failed: counted against it (unless it will be retried alone, or
+        the node refused the command alone: see ``refused_by_close``), then its connection
+        destroyed, so a request waiting for one finds it failed."""
+        if request:
+            exc = refused_by_close(request, exc, name)  # type: ignore[assignment]
+        failed[name] = exc
+        self._note_failures(command, {name: exc}, noted)
+        lease.give_back(destroy=True)
+        if ends is not None:
+            end_command(ends.pop(name), exc)
 
     def _observer(
         self, command: str, nodes: NodeSet, keys: Mapping[str, Iterable[Any]]

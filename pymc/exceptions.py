@@ -33,6 +33,8 @@ __all__ = [
     "MemcacheUnexpectedCloseError",
     "MemcacheUnknownCommandError",
     "MemcacheUnknownError",
+    "MemcacheUnsupportedCommandError",
+    "NodeRestingError",
     "network_error",
 ]
 
@@ -76,6 +78,11 @@ class MemcacheServerRefusedError(MemcacheServerError, MemcacheUnknownCommandErro
     command) is only a :class:`MemcacheUnknownCommandError`; this class is one too, since
     pymemcache raises that for every ``ERROR`` line."""
 
+    #: False when the refusal was of the connection itself (``ERROR Too many open
+    #: connections``): the server hangs up. True when only the command was refused and the
+    #: connection stays in step (a cluster client then does not count it against the node).
+    in_step: bool = True
+
 
 class MemcacheUnknownError(MemcacheError):
     """The server sent a reply that pymc could not understand."""
@@ -108,6 +115,27 @@ class MemcacheConnectTimeoutError(MemcacheConnectError, MemcacheTimeoutError):
 
 class MemcacheUnexpectedCloseError(MemcacheServerError, MemcacheNetworkError):
     """The server closed the connection in the middle of a command."""
+
+    #: True when not a byte of the reply had been read (the close answered the command).
+    before_reply: bool = False
+
+
+class NodeRestingError(MemcacheNetworkError):
+    """A :class:`~pymc.HashClient` did not send the command: the key's node failed less than
+    ``retry_timeout`` seconds ago (or was ejected while the request waited for one of its
+    connections). Nothing was sent and it does not count as a new failure of the node. A
+    :class:`MemcacheNetworkError` (and so an ``OSError``), as the failure that made the node
+    rest was."""
+
+
+class MemcacheUnsupportedCommandError(MemcacheUnexpectedCloseError, MemcacheUnknownCommandError):
+    """The server or proxy closed the connection, before any byte of reply, in answer to a
+    command that not every server or proxy supports (``gat``, the meta commands,
+    ``stats``, ``flush_all``, ...): it most likely does not support that command
+    (twemproxy closes the connection on a command it does not know). A
+    :class:`MemcacheUnknownCommandError`, as memcached's own ``ERROR`` would be, and still
+    the :class:`MemcacheUnexpectedCloseError` it was; a cluster client does not count it
+    against the node."""
 
 
 class MemcachePoolTimeoutError(MemcacheError):

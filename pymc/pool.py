@@ -533,10 +533,11 @@ class Lease(Generic[T]):
     so ``try: lease.take() ... finally: lease.give_back(destroy=...)`` never loses a slot,
     wherever an exception lands."""
 
-    __slots__ = ("_pool", "_state", "_ticket")
+    __slots__ = ("_pool", "_returned", "_state", "_ticket")
 
     def __init__(self, pool: ObjectPool[T]) -> None:
         self._pool = pool
+        self._returned = False
         state = pool._s
         self._state = state if state.generation == _fork_generation[0] else pool._state()
         self._ticket = _Ticket()
@@ -559,8 +560,12 @@ class Lease(Generic[T]):
         return None
 
     def give_back(self, destroy: bool = False) -> None:
-        """Return the object (destroyed instead with ``destroy``), if one was taken."""
+        """Return the object (destroyed instead with ``destroy``), if one was taken; after a
+        give-back that finished, a no-op (without a trip through the pool's lock)."""
+        if self._returned:
+            return
         self._pool._settle(self._state, self._ticket, None, destroy)
+        self._returned = True
 
 
 # --------------------------------------------------------------------------- PooledClient

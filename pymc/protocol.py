@@ -465,7 +465,10 @@ class ErrorReply(NamedTuple):
         if self.kind == b"SERVER_ERROR":
             return MemcacheServerError(f"{self.message}{where}")
         if self.message:
-            return MemcacheServerRefusedError(f"ERROR {self.message}{where}")
+            refused = MemcacheServerRefusedError(f"ERROR {self.message}{where}")
+            if not self.in_step:
+                refused.in_step = False
+            return refused
         return MemcacheUnknownCommandError(f"ERROR{where}")
 
 

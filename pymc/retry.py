@@ -42,6 +42,7 @@ from .exceptions import (
     MemcacheConnectError,
     MemcacheNetworkError,
     MemcacheProtocolError,
+    MemcacheUnsupportedCommandError,
 )
 
 __all__ = ["IDEMPOTENT", "RetryPolicy", "RetryingClient", "call_with_retry"]
@@ -145,8 +146,12 @@ class RetryPolicy:
         """Whether ``exc``, raised by ``command``, may be retried at all."""
         if not isinstance(exc, Exception) or isinstance(exc, self.do_not_retry_for):
             return False
-        if isinstance(exc, MemcacheClientError):
+        if isinstance(exc, MemcacheClientError) and not isinstance(
+            exc, MemcacheUnsupportedCommandError
+        ):
             return False  # bad input or CLIENT_ERROR: the same request fails the same way
+        # (A close before any reply to a command not every proxy supports may also have been
+        # a connection the server had just closed: retried as the close it was.)
         if self.retry_for is not None and not isinstance(exc, self.retry_for):
             return False
         if isinstance(exc, MemcacheConnectError):

@@ -460,6 +460,8 @@ _EVERY_LINE = {
     "_note_failures",
     "_take_and_exchange",
     "_exchange",
+    "_read_as_they_come",
+    "_lost",
     "_still_usable",
     "_still_usable_after_wait",
     "_give_back",

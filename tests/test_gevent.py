@@ -225,6 +225,22 @@ def test_gevent_timeout_mid_command_leaves_no_dirty_connection(
     run_scenario("timeout_mid_command", args, proxy_commands(proxies))
 
 
+@pytest.mark.parametrize("patched", [True, False])
+def test_a_slow_node_does_not_starve_a_healthy_one_under_gevent(
+    memcached_nodes: List[MemcachedProcess], fault_proxy: Callable[..., FaultProxy], patched: bool
+) -> None:
+    from pymc import HashClient
+
+    proxy = fault_proxy(tcp(memcached_nodes[1]))
+    healthy = tcp(memcached_nodes[0])
+    values = {f"slow-fan-{i}": f"value-{i}" for i in range(40)}
+    with HashClient([healthy, proxy.address]) as client:
+        assert client.set_many(values) == []
+    proxy.set_mode("delay", seconds=0.5)
+    args = {"healthy": list(healthy), "slow": list(proxy.address), "values": values}
+    run_scenario("slow_node_fan_out", {**args, "patched": patched})
+
+
 def test_greenlets_wait_for_an_exhausted_pool_cooperatively(memcached: MemcachedProcess) -> None:
     run_scenario("exhausted_pool", {"server": list(tcp(memcached))})
 
