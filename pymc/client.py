@@ -1957,7 +1957,15 @@ class Client:
         """Before the first value goes out in an ``ms`` on this connection: make sure the
         server knows meta commands (one ``mn`` round trip, once per connection). A server
         before 1.6 would read the data block as a command line of its own, and run it."""
-        result = self.request(encode_meta_noop(), ExpectMeta(command=b"mn"))
+        try:
+            result = self.request(encode_meta_noop(), ExpectMeta(command=b"mn"))
+        except MemcacheUnsupportedCommandError as exc:  # (a proxy that closes on mn)
+            refused = MemcacheUnsupportedCommandError(
+                str(exc).replace("answer to mn", f"answer to mn, pymc's check before {command}")
+                + f": {command} needs meta commands"
+            )
+            refused.before_reply = True
+            raise refused from exc
         if type(result) is ErrorReply:
             self._meta_error(result, command)
         self._meta_ok = True

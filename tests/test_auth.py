@@ -85,7 +85,6 @@ def test_credentials_are_never_written_to_a_server_without_auth(
     # Nothing was stored: not the credentials, not the command that could not go out.
     assert raw_get(memcached, b"auth") == b"END\r\n"
     assert raw_get(memcached, b"app-key") == b"END\r\n"
-    assert memcached.stats()["curr_items"] == "0"
     assert int(memcached.stats()["cmd_set"]) == sets_before
 
 
@@ -152,8 +151,7 @@ def test_the_probe_is_one_round_trip_and_only_with_credentials(
 def test_a_fan_out_never_writes_credentials_either(
     memcached_nodes: List[MemcachedProcess],
 ) -> None:
-    for node in memcached_nodes:
-        node.flush_all()
+    sets_before = [int(node.stats()["cmd_set"]) for node in memcached_nodes]
     client = HashClient(
         [tcp(n) for n in memcached_nodes], username="user1", password="s3cret", timeout=2.0
     )
@@ -166,7 +164,8 @@ def test_a_fan_out_never_writes_credentials_either(
         with pytest.raises(MemcacheAuthNotRequiredError):
             client.meta_get_many(keys)
     assert len(client.nodes) == len(memcached_nodes)
-    for node in memcached_nodes:
+    for node, before in zip(memcached_nodes, sets_before):
+        # (flushed items stay in curr_items until memcached looks at them: count the sets)
         assert raw_get(node, b"auth") == b"END\r\n"
-        assert node.stats()["curr_items"] == "0"
+        assert int(node.stats()["cmd_set"]) == before
     client.close()
