@@ -986,6 +986,7 @@ class Client:
         # reply read by receive() counts from it), and whether that send was slow.
         self._sent_at = 0.0
         self._sent_slowly = False
+        self._tls = False  # the connection is TLS (see receive_some)
         #: The name TLS checks the certificate against, when it is not the host connected
         #: to (a node reached by IP whose certificate names its DNS name).
         self.tls_hostname: Optional[str] = None
@@ -1053,6 +1054,7 @@ class Client:
                 sock = opts.tls_context.wrap_socket(sock, server_hostname=hostname)
             _set_timeout(sock, opts.timeout)
             self._send = _sender_for(sock)
+            self._tls = _is_tls(sock)
             self.sock = sock
             self._reader = Reader()
             self._stray = _stray_check(sock)
@@ -1295,7 +1297,14 @@ class Client:
         if self._syncing:
             return self.receive(expect, deadline)
         try:
-            data = sock.recv(RECV_SIZE)
+            if deadline is not None and self._tls:
+                # A TLS recv that has a piece of a record waits for the rest of it: by the
+                # deadline, not for a timeout of its own.
+                _set_wait(sock, time_left(deadline, self.server), socket.SO_RCVTIMEO)
+                data = sock.recv(RECV_SIZE)
+                _set_wait(sock, self.options.timeout, socket.SO_RCVTIMEO)
+            else:
+                data = sock.recv(RECV_SIZE)
             if not data:
                 raise self._closed_mid_reply()
             reader.feed(data)
