@@ -5,13 +5,19 @@ interruptions in the slow path, and descriptors of 1024 and up."""
 from __future__ import annotations
 
 import itertools
+import json
+import os
+import resource
 import socket
+import subprocess
+import sys
 import threading
 import time
-from typing import Any, List, Tuple
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Tuple
 
 import pytest
-from support.helpers import tcp
+from support.helpers import KINDS, one_node_client, tcp
 from support.servers import MemcachedProcess
 from support.trickle import TrickleProxy
 
@@ -201,3 +207,205 @@ def test_late_duplicate_replies_never_give_another_keys_value_under_threads(
         proxy.stop()
     assert proxy.duplicates > 20
     assert not wrong, f"{len(wrong)} wrong values ({len(errors)} errors): {wrong[:5]}"
+
+
+DRIPPED: Dict[str, Callable[[Any, str], Any]] = {
+    "get": lambda c, k: c.get(k),
+    "set": lambda c, k: c.set(k, b"new"),
+    "get_many": lambda c, k: c.get_many([k, k + "-miss"]),
+    "meta_get": lambda c, k: c.meta_get(k),
+    "incr": lambda c, k: c.incr(k + "-n", 1),
+    "after_noreply": lambda c, k: c.get(k),
+}
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("command", list(DRIPPED))
+def test_dripping_unix_socket_fails_by_the_deadline(
+    memcached: MemcachedProcess, tmp_path: Path, kind: str, command: str
+) -> None:
+    proxy = TrickleProxy(tcp(memcached), pause=0.0, chunk=65536, lead=True,
+                         unix_path=str(tmp_path / "drip.sock"))
+    try:
+        key = tag()
+        client = one_node_client(kind, proxy.server, timeout=TIMEOUT)
+        assert client.set(key, b"abc") and client.set(key + "-n", b"1")
+        if command == "after_noreply":
+            client.set(key + "-nr", b"x", noreply=True)
+        proxy.chunk, proxy.pause = 1, 0.8 * TIMEOUT
+        started = time.monotonic()
+        with pytest.raises(MemcacheTimeoutError):
+            DRIPPED[command](client, key)
+        elapsed = time.monotonic() - started
+        assert elapsed < BOUND, f"took {elapsed:.2f} s with timeout={TIMEOUT}"
+        proxy.chunk, proxy.pause = 65536, 0.0
+        assert client.get(key) == (b"new" if command == "set" else b"abc")
+        if command == "after_noreply":
+            assert client.get(key + "-nr") == b"x"
+    finally:
+        proxy.stop()
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("kind", KINDS)
+def test_timeout_none_reads_a_dripped_reply_on_every_path(
+    memcached: MemcachedProcess, kind: str
+) -> None:
+    """timeout=None: no deadline anywhere; a reply dripped slowly is read whole on the paths
+    that take the slow path (get, one-reply, request, the sync marker, several requests)."""
+    proxy = TrickleProxy(tcp(memcached), pause=0.0, chunk=65536, lead=True)
+    try:
+        key = tag()
+        client = one_node_client(kind, proxy.server, timeout=None, max_get_line=512)
+        assert client.set(key, b"abc")
+        proxy.chunk, proxy.pause = 1, 0.002
+        assert client.get(key) == b"abc"
+        assert client.set(key + "-2", b"d") is True
+        assert client.incr(key + "-missing", 1) is None
+        client.set(key + "-nr", b"e", noreply=True)
+        assert client.get(key + "-nr") == b"e"
+        many = [key, key + "-2"] + [f"{key}-m{i}".ljust(200, "m") for i in range(4)]
+        assert client.get_many(many) == {key: b"abc", key + "-2": b"d"}
+        assert client.meta_get(key).value == b"abc"
+        assert client.set_many({key + "-3": b"x" * 40000, key + "-4": b"y"}) == []
+        proxy.chunk, proxy.pause = 65536, 0.0
+        assert client.get(key + "-3") == b"x" * 40000
+    finally:
+        proxy.stop()
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("command", ["incr", "append", "cas", "add", "set", "get", "meta_set"])
+def test_connection_closed_while_idle_is_replaced_before_anything_is_sent(
+    memcached: MemcachedProcess, fault_proxy: Any, command: str
+) -> None:
+    """The server (a proxy) closes an idle connection; the next command finds it closed
+    before it sends anything (the stray-bytes check sees the close) and runs on a new
+    connection: one effect, the right answer, no error, whatever the command. (A single
+    get skips that check, as it skips it for stray bytes: on a bare Client it raises
+    MemcacheUnexpectedCloseError, as pymemcache does; a pool looks at a connection idle for
+    CHECK_IDLE_AFTER before reuse, as here.)"""
+    proxy = fault_proxy(tcp(memcached))
+    key = tag()
+    client: Any = pymc.Client(proxy.server, timeout=2.0)
+    if command == "get":
+        client = pymc.PooledClient(proxy.server, timeout=2.0)
+    assert client.set(key, b"5")
+    token = client.gets(key)[1]
+    proxy.close_all()
+    time.sleep(0.06)
+    calls = {
+        "incr": lambda: client.incr(key, 1) == 6,
+        "append": lambda: client.append(key, b"0") is True,
+        "cas": lambda: client.cas(key, b"9", token) is True,
+        "add": lambda: client.add(key, b"x") is False,
+        "set": lambda: client.set(key, b"7") is True,
+        "get": lambda: client.get(key) == b"5",
+        "meta_set": lambda: client.meta_set(key, b"8").stored,
+    }
+    after = {"incr": b"6", "append": b"50", "cas": b"9", "add": b"5", "set": b"7", "get": b"5",
+             "meta_set": b"8"}
+    assert calls[command]()
+    with pymc.Client(tcp(memcached)) as direct:
+        assert direct.get(key) == after[command]
+
+
+@pytest.mark.timeout(60)
+def test_descriptors_over_1024(memcached: MemcachedProcess) -> None:
+    """The stray-bytes check, is_clean and the fan-out's poll work on descriptors of 1024 and
+    up (select would fail there)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 2100:
+        pytest.skip("cannot raise RLIMIT_NOFILE")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 2100), hard))
+    dummies = [open(os.devnull, "rb") for _ in range(1100)]
+    try:
+        key = tag()
+        client = pymc.Client(tcp(memcached))
+        assert client.set(key, b"v")
+        assert client.sock is not None and client.sock.fileno() >= 1024
+        assert client.is_clean()
+        assert client.add(key, b"w") is False  # (the stray check polls this fd)
+        pooled = pymc.PooledClient(tcp(memcached), max_pool_size=2)
+        assert pooled.set(key, b"p") and pooled.get(key) == b"p"
+        time.sleep(0.06)  # idle past CHECK_IDLE_AFTER: the pool looks at it
+        assert pooled.get(key) == b"p"
+        other = pymc.Client(tcp(memcached))
+        hashed = pymc.HashClient([tcp(memcached), f"127.0.0.1:{memcached.port}"])
+        assert hashed.set_many({f"{key}-{i}": b"h" for i in range(20)}) == []
+        assert len(hashed.get_many([f"{key}-{i}" for i in range(20)])) == 20
+        other.close()
+        client.close()
+    finally:
+        for f in dummies:
+            f.close()
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+_GEVENT_CHILD = r"""
+import json, sys, time
+from gevent import monkey
+monkey.patch_all()
+import pymc
+fast, slow, key, timeout = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
+one = pymc.Client(slow, timeout=timeout)
+pooled = pymc.PooledClient(slow, timeout=timeout)
+hashed = pymc.HashClient([fast, slow], timeout=timeout, retry_attempts=100)
+keys = [f"{key}-{i}" for i in range(40)]
+assert one.set(key, b"v") and pooled.get(key) == b"v"
+assert hashed.set_many({k: b"h" for k in keys}) == []
+one.set(key + "-nr", b"x", noreply=True)
+print("READY", flush=True)
+sys.stdin.readline()  # the parent starts the drip
+out = {}
+calls = {
+    "after_noreply": lambda: one.get(key),
+    "get": lambda: one.get(key),
+    "set": lambda: one.set(key, b"w"),
+    "pooled_get": lambda: pooled.get(key),
+    "fan_out": lambda: hashed.get_many(keys),
+}
+for name, call in calls.items():
+    started = time.monotonic()
+    try:
+        call()
+        error = None
+    except pymc.MemcacheTimeoutError as exc:
+        error = type(exc).__name__
+    out[name] = [error, time.monotonic() - started]
+print(json.dumps(out), flush=True)
+"""
+
+
+@pytest.mark.timeout(60)
+def test_dripping_replies_under_gevent_fail_by_the_deadline(memcached: MemcachedProcess) -> None:
+    pytest.importorskip("gevent")
+    fast = TrickleProxy(tcp(memcached), pause=0.0, chunk=65536)
+    slow = TrickleProxy(tcp(memcached), pause=0.0, chunk=65536, lead=True)
+    root = Path(__file__).resolve().parent.parent
+    env = dict(os.environ, PYTHONPATH=str(root))
+    env.pop("PYTEST_ADDOPTS", None)
+    child = subprocess.Popen(
+        [sys.executable, "-c", _GEVENT_CHILD, fast.server, slow.server, tag(), str(TIMEOUT)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=root,
+    )
+    try:
+        assert child.stdout is not None and child.stdin is not None
+        assert child.stdout.readline().strip() == "READY"
+        slow.chunk, slow.pause = 1, 0.8 * TIMEOUT
+        child.stdin.write("go\n")
+        child.stdin.flush()
+        report = json.loads(child.stdout.readline())
+    finally:
+        child.kill()
+        child.wait(10)
+        fast.stop()
+        slow.stop()
+    for name, (error, elapsed) in report.items():
+        assert error == "MemcacheTimeoutError", (name, report)
+        assert elapsed < BOUND, (name, report)
