@@ -225,8 +225,9 @@ DRIPPED: Dict[str, Callable[[Any, str], Any]] = {
 def test_dripping_unix_socket_fails_by_the_deadline(
     memcached: MemcachedProcess, tmp_path: Path, kind: str, command: str
 ) -> None:
-    proxy = TrickleProxy(tcp(memcached), pause=0.0, chunk=65536, lead=True,
-                         unix_path=str(tmp_path / "drip.sock"))
+    proxy = TrickleProxy(
+        tcp(memcached), pause=0.0, chunk=65536, lead=True, unix_path=str(tmp_path / "drip.sock")
+    )
     try:
         key = tag()
         client = one_node_client(kind, proxy.server, timeout=TIMEOUT)
@@ -295,7 +296,7 @@ def test_connection_closed_while_idle_is_replaced_before_anything_is_sent(
     token = client.gets(key)[1]
     proxy.close_all()
     time.sleep(0.06)
-    calls = {
+    calls: Dict[str, Callable[[], Any]] = {
         "incr": lambda: client.incr(key, 1) == 6,
         "append": lambda: client.append(key, b"0") is True,
         "cas": lambda: client.cas(key, b"9", token) is True,
@@ -304,8 +305,15 @@ def test_connection_closed_while_idle_is_replaced_before_anything_is_sent(
         "get": lambda: client.get(key) == b"5",
         "meta_set": lambda: client.meta_set(key, b"8").stored,
     }
-    after = {"incr": b"6", "append": b"50", "cas": b"9", "add": b"5", "set": b"7", "get": b"5",
-             "meta_set": b"8"}
+    after = {
+        "incr": b"6",
+        "append": b"50",
+        "cas": b"9",
+        "add": b"5",
+        "set": b"7",
+        "get": b"5",
+        "meta_set": b"8",
+    }
     assert calls[command]()
     with pymc.Client(tcp(memcached)) as direct:
         assert direct.get(key) == after[command]
@@ -319,7 +327,7 @@ def test_descriptors_over_1024(memcached: MemcachedProcess) -> None:
     if hard != resource.RLIM_INFINITY and hard < 2100:
         pytest.skip("cannot raise RLIMIT_NOFILE")
     resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 2100), hard))
-    dummies = [open(os.devnull, "rb") for _ in range(1100)]
+    dummies = [os.open(os.devnull, os.O_RDONLY) for _ in range(1100)]
     try:
         key = tag()
         client = pymc.Client(tcp(memcached))
@@ -338,8 +346,8 @@ def test_descriptors_over_1024(memcached: MemcachedProcess) -> None:
         other.close()
         client.close()
     finally:
-        for f in dummies:
-            f.close()
+        for fd in dummies:
+            os.close(fd)
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
