@@ -9,15 +9,17 @@ import json
 import os
 import resource
 import socket
+import struct
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Tuple
+from types import FrameType
+from typing import Any, Callable, Dict, List, Set, Tuple
 
 import pytest
-from support.helpers import KINDS, one_node_client, tcp
+from support.helpers import KINDS, Interrupt, one_node_client, tcp
 from support.servers import MemcachedProcess
 from support.trickle import TrickleProxy
 
@@ -417,3 +419,78 @@ def test_dripping_replies_under_gevent_fail_by_the_deadline(memcached: Memcached
     for name, (error, elapsed) in report.items():
         assert error == "MemcacheTimeoutError", (name, report)
         assert elapsed < BOUND, (name, report)
+
+
+class SlowPathInjector:
+    """Raises :class:`Interrupt` at the ``n``-th line event inside the slow path of a read
+    or a send (the functions that cut and restore a socket's wait)."""
+
+    FUNCTIONS = frozenset({"_read_rest", "_set_wait", "_send_rest", "_read_to_end", "_sync"})
+
+    def __init__(self, n: int) -> None:
+        self.n, self.count, self.where = n, 0, ""
+
+    def _global(self, frame: FrameType, event: str, arg: Any) -> Any:
+        code = frame.f_code
+        if code.co_filename == pymc.client.__file__ and code.co_name in self.FUNCTIONS:
+            return self._local
+        return None
+
+    def _local(self, frame: FrameType, event: str, arg: Any) -> Any:
+        if event == "line":
+            self.count += 1
+            if self.count == self.n:
+                self.where = f"{frame.f_code.co_name} line {frame.f_lineno}"
+                raise Interrupt(self.where)
+        return self._local
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("command", ["get", "set_many", "get_many", "after_noreply", "meta_get"])
+def test_interrupted_slow_path_never_leaves_a_cut_wait_in_the_pool(
+    memcached: MemcachedProcess, command: str
+) -> None:
+    """A BaseException at every line of the slow path (a reply split over many recvs, whose
+    socket wait is cut to the deadline and restored): the connection the pool keeps is
+    either closed or has its whole timeout back, so the next command on it never times out
+    early; and the next command gets its own reply."""
+    proxy = TrickleProxy(tcp(memcached), pause=0.003, chunk=120)
+    try:
+        pooled = pymc.PooledClient(proxy.server, max_pool_size=1, timeout=2.0)
+        key = tag()
+        value = b"x" * 300
+        assert pooled.set(key, value)
+        calls: Dict[str, Callable[[], Any]] = {
+            "get": lambda: pooled.get(key),
+            "set_many": lambda: pooled.set_many({f"{key}-{i}": b"s" for i in range(30)}),
+            "get_many": lambda: pooled.get_many([key, key + "-miss"]),
+            "after_noreply": lambda: (pooled.set(key, value, noreply=True), pooled.get(key)),
+            "meta_get": lambda: pooled.meta_get(key),
+        }
+        seen: Set[str] = set()
+        for n in range(1, 1000):
+            injector = SlowPathInjector(n)
+            sys.settrace(injector._global)
+            try:
+                calls[command]()
+            except Interrupt:
+                pass
+            finally:
+                sys.settrace(None)
+            with pooled.client_pool.get_and_release() as conn:
+                sock = conn.sock
+                if sock is not None:
+                    timeval = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, 16)
+                    assert timeval == struct.pack("@ll", 2, 0), injector.where
+                    timeval = sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, 16)
+                    assert timeval == struct.pack("@ll", 2, 0), injector.where
+            assert pooled.get(key) == value, injector.where
+            seen.add(injector.where.split()[0] if injector.where else "")
+            if injector.count < n:
+                break
+        else:
+            raise AssertionError("still injecting after 1000 lines")
+        assert n > 10
+        assert {"_read_rest", "_set_wait"} <= seen, seen  # the wait was cut, and restored
+    finally:
+        proxy.stop()
