@@ -346,13 +346,39 @@ class ClientOptions:
         )
 
 
-def _send(sock: Any, request: bytes) -> None:
+#: ``time.monotonic``, bound once: the hot paths read the clock before each send (a vDSO
+#: call, no system call) so that the slow path can hold the command to its deadline.
+_monotonic: Final = time.monotonic
+
+
+def _send(sock: Any, request: bytes, started: float) -> bool:
     """``sendall``, but one plain ``send()`` when that takes it all, as it nearly always
     does for a request: under gevent that skips a layer of Python per command. The rest of
-    a request one send did not take goes out within one deadline (see :func:`_send_rest`)."""
+    a request one send did not take goes out by the command's deadline (``started``, a
+    ``time.monotonic()`` value taken before the send, plus the socket's timeout: see
+    :func:`_send_rest`). Returns whether it had to: then the reply too is read by that
+    deadline from its first ``recv`` (the send may have used most of it)."""
     sent = sock.send(request)
     if sent < len(request):
-        _send_rest(sock, memoryview(request)[sent:])
+        _send_rest(sock, memoryview(request)[sent:], started)
+        return True
+    return False
+
+
+#: A TLS request longer than this may have waited for the peer to read it (a TLS socket's
+#: ``send`` writes the whole request or fails, so a slow one does not show otherwise): its
+#: reply is read by the command's deadline from its first ``recv``.
+_TLS_QUICK_SEND: Final = 65536
+
+
+def _send_tls(sock: Any, request: bytes, started: float) -> bool:
+    """:func:`_send` for a TLS socket, whose ``send`` takes the whole request (or fails
+    after the socket's timeout)."""
+    sent = sock.send(request)
+    if sent < len(request):  # (not with CPython's ssl; kept for other TLS sockets)
+        _send_rest(sock, memoryview(request)[sent:], started)
+        return True
+    return bool(sent > _TLS_QUICK_SEND)
 
 
 #: Where the cooperative socket classes live (checked along the socket class's MRO, so a
@@ -360,7 +386,7 @@ def _send(sock: Any, request: bytes) -> None:
 _COOPERATIVE_SOCKET_MODULES = ("gevent.", "eventlet.")
 
 
-def _yielding_sender(sleep: Callable[[float], Any]) -> Callable[[Any, bytes], None]:
+def _yielding_sender(send: Sender, sleep: Callable[[float], Any]) -> Sender:
     """:func:`_send`, then ``sleep(0)``: one turn for the other greenlets. A cooperative
     socket's ``recv`` returns at once when the reply is already buffered, without yielding,
     so a greenlet sending command after command (or ``noreply`` commands, which read
@@ -368,11 +394,10 @@ def _yielding_sender(sleep: Callable[[float], Any]) -> Callable[[Any, bytes], No
     per command and, as the reply has usually arrived when the turn comes back, spares the
     wait on the socket that would often follow."""
 
-    def send_then_yield(sock: Any, request: bytes) -> None:
-        sent = sock.send(request)
-        if sent < len(request):
-            _send_rest(sock, memoryview(request)[sent:])
+    def send_then_yield(sock: Any, request: bytes, started: float) -> bool:
+        slow = send(sock, request, started)
         sleep(0)
+        return slow
 
     return send_then_yield
 
@@ -440,11 +465,14 @@ def command_deadline(timeout: Optional[float]) -> Optional[float]:
     """The ``time.monotonic()`` value by which a command that starts now, with
     ``timeout``, must be done; None when ``timeout`` is None (no deadline).
 
-    ``timeout`` bounds a whole command, not each wait on the socket: a :class:`Client`
-    takes the deadline only once one recv did not finish a reply (or one send a request),
-    so the common case pays nothing. A fan-out over many connections (``HashClient``)
-    takes one for each round and passes it to :meth:`Client.receive`, or waits on its
-    sockets itself for at most :func:`time_left` seconds."""
+    ``timeout`` bounds a whole command, from its start, not each wait on the socket: a
+    :class:`Client` reads the clock before it sends, and looks at the deadline only once
+    one recv did not finish a reply (or one send a request), so the common case pays one
+    vDSO clock read. A command of several requests takes one with this before the first
+    and passes it to each :meth:`Client.request`; a fan-out over many connections
+    (``HashClient``) takes one for each round, before its first send, and passes it to
+    :meth:`Client.send` and :meth:`Client.receive`, or waits on its sockets itself for at
+    most :func:`time_left` seconds."""
     return None if timeout is None else time.monotonic() + timeout
 
 
@@ -473,18 +501,19 @@ def _send_timeout(sock: Any) -> Optional[float]:
     return sock.gettimeout()  # type: ignore[no-any-return]
 
 
-def _send_rest(sock: Any, rest: memoryview) -> None:
-    """Send ``rest`` (what one send() did not take) within one deadline: the socket's
-    timeout from now, however slowly the peer reads (a kernel timeout, as a sendall over
-    it, would bound each send() alone). The slow path of a large request."""
+def _send_rest(sock: Any, rest: memoryview, started: float) -> None:
+    """Send ``rest`` (what one send() did not take) by the command's deadline: the socket's
+    timeout from ``started`` (see :func:`_send`), however slowly the peer reads (a kernel
+    timeout, as a sendall over it, would bound each send() alone). The slow path of a
+    large request."""
     timeout = _send_timeout(sock)
     if timeout is None:
         sock.sendall(rest)
         return
-    deadline = time.monotonic() + timeout
+    deadline = started + timeout
     wait = timeout
     while rest:
-        left = deadline - time.monotonic()
+        left = deadline - _monotonic()
         if left <= 0:
             raise socket.timeout("timed out sending a request")
         if wait - left > DEADLINE_SLACK:
@@ -495,24 +524,34 @@ def _send_rest(sock: Any, rest: memoryview) -> None:
         _set_wait(sock, timeout, socket.SO_SNDTIMEO)
 
 
-def _sender_for(sock: Any) -> Callable[[Any, bytes], None]:
-    """How a connection sends: :func:`_send` on a blocking socket, so threads pay nothing;
-    on a gevent or eventlet socket, a sender that yields once per command, with
-    ``time.sleep`` when it is patched, else with the ``sleep`` of the library that made the
-    socket (already loaded: pymc imports neither library, it only looks at where the
-    socket's class comes from)."""
+#: How a connection sends a request: ``(sock, request, started) -> slow`` (see :func:`_send`).
+Sender = Callable[[Any, bytes, float], bool]
+
+
+def _is_tls(sock: Any) -> bool:
+    """Whether ``sock`` is a TLS socket (the stdlib's, or gevent's, which is not one)."""
+    return isinstance(sock, ssl.SSLSocket) or callable(getattr(sock, "cipher", None))
+
+
+def _sender_for(sock: Any) -> Sender:
+    """How a connection sends: :func:`_send` on a blocking socket, so threads pay nothing
+    (:func:`_send_tls` on TLS); on a gevent or eventlet socket, a sender that yields once
+    per command, with ``time.sleep`` when it is patched, else with the ``sleep`` of the
+    library that made the socket (already loaded: pymc imports neither library, it only
+    looks at where the socket's class comes from)."""
+    plain: Sender = _send_tls if _is_tls(sock) else _send
     for cls in type(sock).__mro__:
         module = getattr(cls, "__module__", None) or ""
         if module.startswith(_COOPERATIVE_SOCKET_MODULES):
             break
     else:
-        return _send
+        return plain
     sleep: Any = time.sleep
     if isinstance(sleep, types.BuiltinFunctionType):  # time is not patched
         sleep = getattr(sys.modules.get(module.partition(".")[0]), "sleep", None)
         if not callable(sleep):
-            return _send
-    return _yielding_sender(sleep)
+            return plain
+    return _yielding_sender(plain, sleep)
 
 
 #: Patched ``select.poll`` -> the original it replaced (see :func:`_unpatched_poll`).
@@ -942,7 +981,12 @@ class Client:
         self._reader: Optional[Reader] = None
         # How requests go out on this connection (chosen again at each connect): on a
         # cooperative socket, one turn for the other greenlets after each send.
-        self._send: Callable[[Any, bytes], None] = _send
+        self._send: Sender = _send
+        # When the last request went out (a time.monotonic() value; the deadline of a
+        # reply read by receive() counts from it), and whether that send was slow.
+        self._sent_at = 0.0
+        self._sent_slowly = False
+        self._tls = False  # the connection is TLS (see receive_some)
         #: The name TLS checks the certificate against, when it is not the host connected
         #: to (a node reached by IP whose certificate names its DNS name).
         self.tls_hostname: Optional[str] = None
@@ -1010,6 +1054,7 @@ class Client:
                 sock = opts.tls_context.wrap_socket(sock, server_hostname=hostname)
             _set_timeout(sock, opts.timeout)
             self._send = _sender_for(sock)
+            self._tls = _is_tls(sock)
             self.sock = sock
             self._reader = Reader()
             self._stray = _stray_check(sock)
@@ -1150,7 +1195,7 @@ class Client:
     # fan-out uses the same two halves on many connections at once. What a reply means is
     # decided by protocol's Expect readers and RULES, never here.
 
-    def send(self, request: bytes, noreply: bool = False) -> None:
+    def send(self, request: bytes, noreply: bool = False, deadline: Optional[float] = None) -> None:
         """Send ``request`` (one or more complete commands), connecting first if needed.
 
         ``noreply``: every command in it says ``noreply``, so nothing will be read. The
@@ -1160,6 +1205,10 @@ class Client:
         never taken as the reply of an unrelated command. One request is in flight at a
         time: ``receive`` it before the next ``send``. On any failure the connection is
         closed.
+
+        The command's deadline (``timeout``: see :meth:`receive`) counts from here, or is
+        ``deadline`` when given (a fan-out gives all its connections one): the part of a
+        request that one ``send()`` did not take goes out by it.
         """
         sock = self.sock
         if (
@@ -1187,50 +1236,75 @@ class Client:
                 self._syncing = True
                 self._owes_sync = False
             self._pending = True
+        started = self._sent_at = self._start_of(deadline)
         try:
-            self._send(sock, request)
+            self._sent_slowly = self._send(sock, request, started)
         except BaseException as exc:
             self._abort(exc)
+
+    def _start_of(self, deadline: Optional[float]) -> float:
+        """When the command whose deadline is ``deadline`` started (now, for None): the
+        socket's own timeout from then is that deadline."""
+        timeout = self.options.timeout
+        if deadline is None or timeout is None:
+            return _monotonic()
+        return deadline - timeout
+
+    def _deadline_from(self, started: float) -> Optional[float]:
+        """The deadline of a command that started at ``started`` (None: no timeout)."""
+        timeout = self.options.timeout
+        return None if timeout is None else started + timeout
 
     def receive(self, expect: Expect, deadline: Optional[float] = None) -> Any:
         """Read the reply to the request just sent, as ``expect`` (a reader from
         :mod:`pymc.protocol`) describes it, and return what it returns. Bytes left over
         after the reply are a protocol error. On any failure the connection is closed.
 
-        The whole reply must come within ``timeout``: if one recv does not finish it, the
-        rest must come by one deadline. ``deadline`` (a ``time.monotonic()`` value, see
-        :func:`command_deadline`) sets that deadline from the start, for every recv: a
-        fan-out gives all its connections the same one. Past it,
-        :class:`MemcacheTimeoutError`."""
+        The whole command must be done within ``timeout`` of its :meth:`send`: if one
+        recv does not finish the reply, the rest must come by that deadline.
+        ``deadline`` (a ``time.monotonic()`` value, see :func:`command_deadline`) sets
+        another one, for every recv: a fan-out gives all its connections the same one.
+        Past it, :class:`MemcacheTimeoutError`."""
         sock = self.sock
         reader = self._reader
         if sock is None or reader is None:
             raise MemcacheProtocolError("receive() without a request sent on this connection")
         try:
+            started = self._sent_at
+            if deadline is None and self._sent_slowly:  # the send used part of the time
+                deadline = self._deadline_from(started)
             if self._syncing:
-                deadline = self._sync(sock, reader, deadline)
-            result = self._read_to_end(sock, reader, expect, expect.step(reader), deadline)
+                deadline = self._sync(sock, reader, deadline, started)
+            result = self._read_to_end(sock, reader, expect, expect.step(reader), deadline, started)
         except BaseException as exc:
             self._abort(exc)
         self._pending = False
         return result
 
-    def receive_some(self, expect: Expect) -> Any:
+    def receive_some(self, expect: Expect, deadline: Optional[float] = None) -> Any:
         """:meth:`receive` in steps, for a caller that waits for many connections at once
         (a cluster fan-out polls them, see :func:`readiness_poll`): one ``recv`` -- call it
         when the socket is readable, or it waits, up to the timeout -- fed to the reader,
         and ``expect`` stepped over what the reader holds. Returns the reply as
         :meth:`receive` does, or ``NEED_DATA`` while it is incomplete. A connection that
         owes a sync marker (see :meth:`send`) is read to the end of its reply here, as
-        :meth:`receive` reads it. On any failure the connection is closed."""
+        :meth:`receive` reads it, by ``deadline``. On any failure the connection is
+        closed."""
         sock = self.sock
         reader = self._reader
         if sock is None or reader is None:
             raise MemcacheProtocolError("receive() without a request sent on this connection")
         if self._syncing:
-            return self.receive(expect)
+            return self.receive(expect, deadline)
         try:
-            data = sock.recv(RECV_SIZE)
+            if deadline is not None and self._tls:
+                # A TLS recv that has a piece of a record waits for the rest of it: by the
+                # deadline, not for a timeout of its own.
+                _set_wait(sock, time_left(deadline, self.server), socket.SO_RCVTIMEO)
+                data = sock.recv(RECV_SIZE)
+                _set_wait(sock, self.options.timeout, socket.SO_RCVTIMEO)
+            else:
+                data = sock.recv(RECV_SIZE)
             if not data:
                 raise self._closed_mid_reply()
             reader.feed(data)
@@ -1257,10 +1331,13 @@ class Client:
         reader: Reader,
         expect: Expect,
         result: Any,
-        deadline: Optional[float] = None,
+        deadline: Optional[float],
+        started: float,
     ) -> Any:
-        """Receive until ``expect`` has its reply (``result`` is its last step); bytes
-        after the reply are a protocol error. Inside the callers' safety net."""
+        """Receive until ``expect`` has its reply (``result`` is its last step), by
+        ``deadline``, or when None, by ``timeout`` from ``started`` (the first recv waits
+        the socket's own timeout); bytes after the reply are a protocol error. Inside the
+        callers' safety net."""
         if result is NEED_DATA:
             if deadline is None:
                 data = sock.recv(RECV_SIZE)
@@ -1268,7 +1345,9 @@ class Client:
                     raise self._closed_mid_reply()
                 reader.feed(data)
                 result = expect.step(reader)
-            if result is NEED_DATA:  # one recv did not finish it: the rest by a deadline
+                if result is NEED_DATA:
+                    deadline = self._deadline_from(started)
+            if result is NEED_DATA:  # one recv did not finish it: the rest by the deadline
                 parse = functools.partial(expect.step, reader)
                 result = self._read_rest(sock, reader, parse, deadline)
         if reader.buffered:
@@ -1280,24 +1359,23 @@ class Client:
         sock: Any,
         reader: Reader,
         parse: Callable[[], Any],
-        deadline: Optional[float] = None,
+        deadline: Optional[float],
     ) -> Any:
         """Receive, feeding ``reader``, until ``parse()`` returns a result, by ``deadline``
-        (None: ``timeout`` from now): the slow path of every read, taken once one recv did
-        not finish a reply. Inside the callers' safety net (a failure leaves the socket's
-        wait cut short, but the connection is closed)."""
+        (None: no deadline, each recv waits the socket's own timeout, which is then None):
+        the slow path of every read, taken once one recv did not finish a reply or the
+        send was slow. Inside the callers' safety net (a failure leaves the socket's wait
+        cut short, but the connection is closed)."""
+        if deadline is None:  # no timeout: wait as long as it takes
+            while True:
+                data = sock.recv(RECV_SIZE)
+                if not data:
+                    raise self._closed_mid_reply()
+                reader.feed(data)
+                result = parse()
+                if result is not NEED_DATA:
+                    return result
         timeout = self.options.timeout
-        if deadline is None:
-            if timeout is None:  # no deadline: wait as long as it takes
-                while True:
-                    data = sock.recv(RECV_SIZE)
-                    if not data:
-                        raise self._closed_mid_reply()
-                    reader.feed(data)
-                    result = parse()
-                    if result is not NEED_DATA:
-                        return result
-            deadline = time.monotonic() + timeout
         wait = timeout  # what the socket's recv waits at most now
         while True:
             left = time_left(deadline, self.server)
@@ -1330,7 +1408,7 @@ class Client:
             or reader.broken
             or self._stray(0)
         ):
-            self.send(request)
+            self.send(request, False, deadline)
             try:
                 return self.receive(expect, deadline)
             except MemcacheUnexpectedCloseError as exc:  # (closed by receive already)
@@ -1341,10 +1419,12 @@ class Client:
         # The two written out for a connection in step with nothing owed (the reader is
         # empty: receive() refuses leftovers, and no byte came after the last reply), as
         # every command but get finds it.
+        started = _monotonic() if deadline is None else self._start_of(deadline)
         self._pending = True
         try:
-            self._send(sock, request)
-            result = self._read_to_end(sock, reader, expect, NEED_DATA, deadline)
+            if self._send(sock, request, started) and deadline is None:
+                deadline = self._deadline_from(started)  # (the send used part of the time)
+            result = self._read_to_end(sock, reader, expect, NEED_DATA, deadline, started)
         except BaseException as exc:
             self._abort(exc, request)
         self._pending = False
@@ -1355,16 +1435,19 @@ class Client:
         """Whether a ``noreply`` command was sent whose error line (if any) is unread."""
         return self._owes_sync
 
-    def _sync(self, sock: Any, reader: Reader, deadline: Optional[float] = None) -> Optional[float]:
+    def _sync(
+        self, sock: Any, reader: Reader, deadline: Optional[float], started: float
+    ) -> Optional[float]:
         """Read up to and including the sync marker's answer (inside receive's safety
-        net), by ``deadline`` (None: ``timeout`` from now). Returns the deadline, which the
-        reply after the marker shares. See :class:`~pymc.protocol.ExpectSync` for which
+        net), by ``deadline`` (None: ``timeout`` from ``started``, when the marker went
+        out with the request). Returns the deadline, which the reply after the marker
+        shares. See :class:`~pymc.protocol.ExpectSync` for which
         replies answer the marker."""
         sync = ExpectSync(follows=not self._sync_alone)
         marker = sync.step(reader) if reader.buffered else NEED_DATA  # (nothing read yet)
         if marker is NEED_DATA:
             if deadline is None:
-                deadline = command_deadline(self.options.timeout)
+                deadline = self._deadline_from(started)
             marker = self._read_rest(sock, reader, functools.partial(sync.step, reader), deadline)
         self._syncing = False
         for error in sync.errors:
@@ -1448,18 +1531,21 @@ class Client:
             # of every store, delete, touch and incr; the rule decides, as there. (A reply
             # such as STORED names no command: bytes that came after the last reply, a
             # proxy's late duplicate, would answer this one; _stray() saw none.)
+            started = _monotonic()  # (the command's deadline counts from here)
             self._pending = True
             try:
-                self._send(sock, request)
+                slow = self._send(sock, request, started)
                 reply = reader.next_reply()
                 if reply is NEED_DATA:
-                    data = sock.recv(RECV_SIZE)
-                    if not data:
-                        raise self._closed_mid_reply()
-                    reader.feed(data)
-                    reply = reader.next_reply()
+                    if not slow:
+                        data = sock.recv(RECV_SIZE)
+                        if not data:
+                            raise self._closed_mid_reply()
+                        reader.feed(data)
+                        reply = reader.next_reply()
                     if reply is NEED_DATA:  # one recv did not finish it: see _read_rest
-                        reply = self._read_rest(sock, reader, reader.next_reply)
+                        deadline = self._deadline_from(started)
+                        reply = self._read_rest(sock, reader, reader.next_reply, deadline)
                 if not rule.accepts(reply):
                     raise MemcacheProtocolError(
                         f"unexpected reply to {rule.command}: {reply!r}"[:300]
@@ -1487,7 +1573,7 @@ class Client:
                 deadline = command_deadline(self.options.timeout)
             batch = b"".join(requests[start:stop])
             if noreply:
-                self.send(batch, True)
+                self.send(batch, True, deadline)
             else:
                 expect = ExpectReplies(rule, stop - start)
                 replies.extend(self.request(batch, expect, deadline))
@@ -1686,26 +1772,29 @@ class Client:
                     self._syncing = True
                     self._sync_alone = False
                     self._owes_sync = False
+                started = _monotonic()  # (the command's deadline counts from here)
                 self._pending = True
                 try:
-                    self._send(sock, request)
+                    slow = self._send(sock, request, started)
                     found = {}
                     status: object = NEED_DATA
                     if self._syncing:
-                        deadline = self._sync(sock, reader)
+                        deadline = self._sync(sock, reader, None, started)
                         if reader.buffered:  # the reply came with the marker's
                             status = reader.read_values((raw,), found)
                         if status is NEED_DATA:
                             parse = functools.partial(reader.read_values, (raw,), found)
                             status = self._read_rest(sock, reader, parse, deadline)
                     if status is NEED_DATA:
-                        data = sock.recv(RECV_SIZE)
-                        if not data:
-                            raise self._closed_mid_reply()
-                        status = reader.feed_values(data, (raw,), found)
+                        if not slow:
+                            data = sock.recv(RECV_SIZE)
+                            if not data:
+                                raise self._closed_mid_reply()
+                            status = reader.feed_values(data, (raw,), found)
                         if status is NEED_DATA:  # one recv did not finish it: see _read_rest
                             parse = functools.partial(reader.read_values, (raw,), found)
-                            status = self._read_rest(sock, reader, parse)
+                            deadline = self._deadline_from(started)
+                            status = self._read_rest(sock, reader, parse, deadline)
                     if reader.buffered:
                         raise MemcacheProtocolError(self._leftover(reader))
                 except BaseException as exc:

@@ -58,6 +58,7 @@ from .client import (
     Item,
     ServerSpec,
     begin_command,
+    command_deadline,
     decode_values,
     end_command,
     meta_batches,
@@ -1025,15 +1026,14 @@ class HashClient:
         (destroyed unless the node's reply is in ``results``)."""
         ends: Optional[Dict[str, Optional[CommandEnd]]] = None if observe is None else {}
         try:
-            timeout = self.options.timeout
-            deadline = None if timeout is None else time.monotonic() + timeout
+            deadline = command_deadline(self.options.timeout)  # (before the first send)
             waiting: Dict[int, Reading] = {}  # socket's fd -> the node's read
             for name, conn, lease in taken:
                 request, expect, finish = parts[name]  # type: ignore[misc]
                 if ends is not None:
                     ends[name] = observe(name)  # type: ignore[misc]
                 try:
-                    conn.send(request, expect is None)
+                    conn.send(request, expect is None, deadline)
                     if expect is None:  # noreply: nothing to read
                         results[name] = finish(None)
                     else:
@@ -1053,7 +1053,7 @@ class HashClient:
                 # One reply to wait for (or no poll for these sockets): the connection's
                 # own read.
                 try:
-                    results[name] = finish(conn.receive(reader))
+                    results[name] = finish(conn.receive(reader, deadline))
                 except Exception as exc:
                     request = parts[name][0]  # type: ignore[index]
                     self._lost(command, name, lease, exc, failed, noted, ends, request)
@@ -1103,7 +1103,7 @@ class HashClient:
             for fd, _ in ready:
                 name, conn, lease, reader, finish = waiting[fd]
                 try:
-                    reply = conn.receive_some(reader)
+                    reply = conn.receive_some(reader, deadline)
                     if reply is NEED_DATA:
                         continue
                     done.append(fd)
@@ -1222,9 +1222,14 @@ class HashClient:
             raws = list(wanted_by_node[name])
             with nodes.clients[name].client_pool.get_and_release() as conn:
                 found: Dict[bytes, Item] = {}
-                for chunk in request_chunks(raws, opts.max_get_line):
+                chunks = request_chunks(raws, opts.max_get_line)
+                # (The node's requests share one deadline, as a Client's get_many.)
+                deadline = command_deadline(opts.timeout) if len(chunks) > 1 else None
+                for chunk in chunks:
                     reply = conn.request(
-                        encode_retrieval(cmd, chunk), ExpectValues(set(chunk), found, with_cas)
+                        encode_retrieval(cmd, chunk),
+                        ExpectValues(set(chunk), found, with_cas),
+                        deadline,
                     )
                     _items(reply)
                 return found

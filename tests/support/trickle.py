@@ -13,7 +13,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
 
 class TrickleProxy:
@@ -23,22 +23,32 @@ class TrickleProxy:
         pause: float = 0.0003,
         chunk: int = 1,
         lead: bool = False,
+        unix_path: Optional[str] = None,
     ) -> None:
         self.upstream = upstream
         self.pause = pause
         self.chunk = chunk
         self.lead = lead
-        self._listener = socket.socket()
-        self._listener.bind(("127.0.0.1", 0))
+        self.unix_path = unix_path  # listen there (a UNIX socket) instead of on TCP
+        if unix_path is None:
+            self._listener = socket.socket()
+            self._listener.bind(("127.0.0.1", 0))
+        else:
+            self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            self._listener.bind(unix_path)
         self._listener.listen(16)
         self._listener.settimeout(0.2)
-        self.address: Tuple[str, int] = self._listener.getsockname()[:2]
+        self.address: Tuple[str, int] = (
+            self._listener.getsockname()[:2] if unix_path is None else ("", 0)
+        )
         self._stop = threading.Event()
         self._socks: List[socket.socket] = []
         threading.Thread(target=self._accept, daemon=True).start()
 
     @property
     def server(self) -> str:
+        if self.unix_path is not None:
+            return self.unix_path
         return f"{self.address[0]}:{self.address[1]}"
 
     def _accept(self) -> None:
@@ -49,7 +59,8 @@ class TrickleProxy:
                 continue
             upstream = socket.create_connection(self.upstream, timeout=5)
             for s in (client, upstream):
-                s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                if s.family != socket.AF_UNIX:
+                    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 s.settimeout(0.2)
                 self._socks.append(s)
             threading.Thread(target=self._pump, args=(client, upstream, False), daemon=True).start()
