@@ -72,6 +72,7 @@ from .meta import (
     encode_meta_get,
     encode_meta_noop,
     encode_meta_set,
+    flags_vivify,
     lease_get_template,
     lease_key,
     meta_key,
@@ -2052,7 +2053,7 @@ class Client:
             no_bump=no_bump,
             flags=flags,
         )
-        vivify = vivify_on_miss is not None
+        vivify = vivify_on_miss is not None or (flags != "" and flags_vivify(flags))
         return self._decoded(key, self._meta(request, opaque, "mg", vivify))
 
     def lease_get(
