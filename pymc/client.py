@@ -1178,6 +1178,13 @@ class Client:
             if sock is not None:
                 self.close()
             sock = self._connect()
+        if not self._meta_ok and request[:3] == b"ms ":
+            # A value goes out only on a connection whose server is known to take meta
+            # commands (an older one runs the data block as a command line): this one
+            # may be new, made just now, and the server at the address another than the
+            # one checked before (a rollback, a failover behind one name).
+            self._meta_checked("ms")
+            sock = self.sock
         # Each flag is set before the bytes go out, so an interruption at any point leaves
         # the connection over-cautious (a marker more, a reconnect), never out of step.
         if noreply:
@@ -1215,6 +1222,8 @@ class Client:
         except BaseException as exc:
             self._abort(exc)
         self._pending = False
+        if type(expect) is ExpectMetaQuiet and type(result) is not ErrorReply:
+            self._meta_ok = True  # (a fan-out's quiet pipeline: see send)
         return result
 
     def receive_some(self, expect: Expect) -> Any:
@@ -1251,6 +1260,8 @@ class Client:
         except BaseException as exc:
             self._abort(exc)
         self._pending = False
+        if type(expect) is ExpectMetaQuiet and type(result) is not ErrorReply:
+            self._meta_ok = True  # (a fan-out's quiet pipeline: see send)
         return result
 
     def _read_to_end(
