@@ -72,6 +72,7 @@ from .meta import (
     encode_meta_get,
     encode_meta_noop,
     encode_meta_set,
+    flags_vivify,
     lease_get_template,
     lease_key,
     meta_key,
@@ -1215,16 +1216,24 @@ class Client:
             sock is None
             or self._pending
             or self._reader.broken  # type: ignore[union-attr]
-            or (not self._owes_sync and self._stray(0))
+            or (self._stray(0) and (not self._owes_sync or self._closed_after_noreply(sock)))
         ):
             # A reply that was never read to its end (the caller was interrupted between
             # send and receive), a reader that gave up, or bytes that came after the last
             # reply was complete (a proxy's late duplicate) or the server's close: start
             # over on a new connection, before anything is sent on this one. (After a
-            # noreply command, bytes are the error lines the sync marker reads.)
+            # noreply command, bytes are the error lines the sync marker reads; only the
+            # server's close, its refusal of a noreply command, means a new connection.)
             if sock is not None:
                 self.close()
             sock = self._connect()
+        if not self._meta_ok and request[:3] == b"ms ":
+            # A value goes out only on a connection whose server is known to take meta
+            # commands (an older one runs the data block as a command line): this one
+            # may be new, made just now, and the server at the address another than the
+            # one checked before (a rollback, a failover behind one name).
+            self._meta_checked("ms")
+            sock = self.sock
         # Each flag is set before the bytes go out, so an interruption at any point leaves
         # the connection over-cautious (a marker more, a reconnect), never out of step.
         if noreply:
@@ -1279,6 +1288,8 @@ class Client:
         except BaseException as exc:
             self._abort(exc)
         self._pending = False
+        if type(expect) is ExpectMetaQuiet and type(result) is not ErrorReply:
+            self._meta_ok = True  # (a fan-out's quiet pipeline: see send)
         return result
 
     def receive_some(self, expect: Expect, deadline: Optional[float] = None) -> Any:
@@ -1323,6 +1334,8 @@ class Client:
         except BaseException as exc:
             self._abort(exc)
         self._pending = False
+        if type(expect) is ExpectMetaQuiet and type(result) is not ErrorReply:
+            self._meta_ok = True  # (a fan-out's quiet pipeline: see send)
         return result
 
     def _read_to_end(
@@ -1430,6 +1443,42 @@ class Client:
         self._pending = False
         return result
 
+    def _closed_after_noreply(self, sock: Any) -> bool:
+        """The socket became readable while noreply commands are unanswered (see
+        :meth:`send`): read what came into the reader (their error lines, which the sync
+        marker's reader takes) and say whether the server closed the connection. A close
+        is the server's answer to a noreply command, most likely one it does not support
+        (twemproxy closes the connection on ``flush_all``): logged and counted in
+        :attr:`noreply_errors` like an error line, and never the next command's failure.
+        Over TLS, a readable socket need not hold a byte of reply (a session ticket), so
+        nothing is read there: a close then shows when the next reply is read."""
+        if isinstance(sock, ssl.SSLSocket):
+            return False
+        try:
+            data = sock.recv(RECV_SIZE)
+        except OSError:  # (ECONNRESET: closed as well)
+            data = b""
+        if data:
+            self._reader.feed(data)  # type: ignore[union-attr]
+            return False
+        self._noreply_refused()
+        return True
+
+    def _noreply_refused(self) -> MemcacheUnsupportedCommandError:
+        """Count and log a close in answer to noreply commands; the error that says so."""
+        self.noreply_errors += 1
+        name = server_name(self.server)
+        message = (
+            f"{name} closed the connection after noreply command(s), before any reply to "
+            "the next: the server or proxy most likely does not support one of them "
+            "(twemproxy, for one, closes the connection on flush_all and other commands "
+            "it does not know)"
+        )
+        logger.warning("pymc: %s", message)
+        error = MemcacheUnsupportedCommandError(message)
+        error.before_reply = True
+        return error
+
     @property
     def owes_sync(self) -> bool:
         """Whether a ``noreply`` command was sent whose error line (if any) is unread."""
@@ -1448,7 +1497,15 @@ class Client:
         if marker is NEED_DATA:
             if deadline is None:
                 deadline = self._deadline_from(started)
-            marker = self._read_rest(sock, reader, functools.partial(sync.step, reader), deadline)
+            try:
+                marker = self._read_rest(
+                    sock, reader, functools.partial(sync.step, reader), deadline
+                )
+            except (MemcacheUnexpectedCloseError, ConnectionResetError) as exc:
+                # Closed before the marker (``version``, which every server answers) was
+                # answered: in answer to a noreply command before it (see
+                # _closed_after_noreply; here the close crossed this request).
+                raise self._noreply_refused() from exc
         self._syncing = False
         for error in sync.errors:
             self.noreply_errors += 1
@@ -1761,40 +1818,27 @@ class Client:
         try:
             sock = self.sock
             reader = self._reader
-            if sock is None or reader is None or self._pending:
+            if sock is None or reader is None or self._pending or self._owes_sync:
                 found = self.request(b"get " + raw + b"\r\n", ExpectValues((raw,)))
             else:
                 # send() and receive(), written out: this is the hottest path of all.
                 # (A reader that gave up raises at once below, and the socket is closed.)
                 request = b"get " + raw + b"\r\n"
-                if self._owes_sync:
-                    request = encode_sync() + request
-                    self._syncing = True
-                    self._sync_alone = False
-                    self._owes_sync = False
                 started = _monotonic()  # (the command's deadline counts from here)
                 self._pending = True
                 try:
                     slow = self._send(sock, request, started)
                     found = {}
                     status: object = NEED_DATA
-                    if self._syncing:
-                        deadline = self._sync(sock, reader, None, started)
-                        if reader.buffered:  # the reply came with the marker's
-                            status = reader.read_values((raw,), found)
-                        if status is NEED_DATA:
-                            parse = functools.partial(reader.read_values, (raw,), found)
-                            status = self._read_rest(sock, reader, parse, deadline)
-                    if status is NEED_DATA:
-                        if not slow:
-                            data = sock.recv(RECV_SIZE)
-                            if not data:
-                                raise self._closed_mid_reply()
-                            status = reader.feed_values(data, (raw,), found)
-                        if status is NEED_DATA:  # one recv did not finish it: see _read_rest
-                            parse = functools.partial(reader.read_values, (raw,), found)
-                            deadline = self._deadline_from(started)
-                            status = self._read_rest(sock, reader, parse, deadline)
+                    if not slow:
+                        data = sock.recv(RECV_SIZE)
+                        if not data:
+                            raise self._closed_mid_reply()
+                        status = reader.feed_values(data, (raw,), found)
+                    if status is NEED_DATA:  # one recv did not finish it: see _read_rest
+                        parse = functools.partial(reader.read_values, (raw,), found)
+                        deadline = self._deadline_from(started)
+                        status = self._read_rest(sock, reader, parse, deadline)
                     if reader.buffered:
                         raise MemcacheProtocolError(self._leftover(reader))
                 except BaseException as exc:
@@ -2110,7 +2154,7 @@ class Client:
             no_bump=no_bump,
             flags=flags,
         )
-        vivify = vivify_on_miss is not None
+        vivify = vivify_on_miss is not None or (flags != "" and flags_vivify(flags))
         return self._decoded(key, self._meta(request, opaque, "mg", vivify))
 
     def lease_get(

@@ -52,6 +52,7 @@ __all__ = [
     "encode_meta_get",
     "encode_meta_noop",
     "encode_meta_set",
+    "flags_vivify",
     "lease_get_template",
     "lease_key",
     "meta_key",
@@ -262,6 +263,13 @@ def _extra(flags: object) -> List[bytes]:
                 f"the meta flag {why} is not allowed in flags={flags!r}"
             )
     return [flags.encode("ascii")]
+
+
+def flags_vivify(flags: str) -> bool:
+    """Whether caller ``flags`` of an ``mg`` carry ``N<ttl>`` (vivify on miss), so that its
+    reader knows a ``W`` on an empty item is the placeholder just made (a miss), as with
+    ``vivify_on_miss``."""
+    return "N" in flags and any(token[:1] == "N" for token in flags.split())
 
 
 def _line(command: bytes, key: bytes, parts: List[bytes]) -> bytes:

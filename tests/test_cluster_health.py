@@ -5,17 +5,12 @@ server or proxy refuses leaves the connection in step and is that command's erro
 
 from __future__ import annotations
 
-import os
-import shutil
-import socket
-import subprocess
-import time
-from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Tuple
+from typing import Any, Callable, Dict, List, Tuple
 
 import pytest
 from support.faultproxy import FaultProxy
 from support.helpers import tcp
+from support.nutcracker import NutcrackerProcess
 from support.servers import MemcachedProcess
 
 import pymc
@@ -196,44 +191,11 @@ def test_memcacheds_own_refusal_of_the_connection_still_counts(
 
 
 @pytest.fixture
-def twemproxy(memcached: MemcachedProcess, tmp_path: Path) -> Iterator[Tuple[str, int]]:
+def proxied_memcached(
+    memcached: MemcachedProcess, twemproxy: Callable[..., NutcrackerProcess]
+) -> Tuple[str, int]:
     """A real twemproxy (Debian's nutcracker) in front of the session's memcached."""
-    binary = shutil.which("nutcracker") or "/usr/sbin/nutcracker"
-    if not os.path.exists(binary):
-        pytest.skip("nutcracker (twemproxy) is not installed")
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    host, mc_port = tcp(memcached)
-    config = tmp_path / "nutcracker.yml"
-    config.write_text(
-        "pool:\n"
-        f"  listen: 127.0.0.1:{port}\n"
-        "  hash: fnv1a_64\n"
-        "  distribution: ketama\n"
-        "  timeout: 2000\n"
-        "  servers:\n"
-        f"   - {host}:{mc_port}:1\n"
-    )
-    proc = subprocess.Popen(
-        [binary, "-c", str(config), "-o", str(tmp_path / "nutcracker.log")],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 5
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    raise
-                time.sleep(0.02)
-        yield ("127.0.0.1", port)
-    finally:
-        proc.terminate()
-        proc.wait(5)
+    return twemproxy([tcp(memcached)], timeout_ms=2000).address
 
 
 UNSUPPORTED_BY_TWEMPROXY: Dict[str, Tuple[str, Callable[[Any, str], Any]]] = {
@@ -249,7 +211,7 @@ UNSUPPORTED_BY_TWEMPROXY: Dict[str, Tuple[str, Callable[[Any, str], Any]]] = {
 @pytest.mark.parametrize("kind", ["client", "pooled", "hash"])
 @pytest.mark.parametrize("command", sorted(UNSUPPORTED_BY_TWEMPROXY))
 def test_a_proxy_that_closes_on_an_unknown_command_says_so(
-    twemproxy: Tuple[str, int], kind: str, command: str
+    proxied_memcached: Tuple[str, int], kind: str, command: str
 ) -> None:
     """twemproxy closes the connection, without a byte of reply, on a command it does not
     support. The error names the command and says the server or proxy does not support it
@@ -260,12 +222,12 @@ def test_a_proxy_that_closes_on_an_unknown_command_says_so(
     events = Events()
     if kind == "hash":
         client: Any = HashClient(
-            [twemproxy], retry_attempts=2, retry_timeout=60, on_event=events, timeout=3
+            [proxied_memcached], retry_attempts=2, retry_timeout=60, on_event=events, timeout=3
         )
     elif kind == "pooled":
-        client = pymc.PooledClient(twemproxy, timeout=3)
+        client = pymc.PooledClient(proxied_memcached, timeout=3)
     else:
-        client = pymc.Client(twemproxy, timeout=3)
+        client = pymc.Client(proxied_memcached, timeout=3)
     assert client.set("tw", b"v")
     for _ in range(3):
         with pytest.raises(MemcacheUnsupportedCommandError) as info:

@@ -90,3 +90,27 @@ ENCODERS: Dict[str, Callable[[str], bytes]] = {
 def test_the_encoders_refuse_them_too(flags: str, command: str) -> None:
     with pytest.raises(MemcacheIllegalInputError, match=r"flag"):
         ENCODERS[command](flags)
+
+
+@pytest.mark.parametrize("flags", ["N30", "k N30", "N30 t"])
+@pytest.mark.parametrize("kind", KINDS)
+def test_vivify_through_flags_is_a_miss_not_an_empty_value(
+    memcached: MemcachedProcess, kind: str, flags: str
+) -> None:
+    """``N<ttl>`` passed through ``flags=`` vivifies as ``vivify_on_miss`` does: memcached
+    makes an empty placeholder and hands its maker ``W``. The maker must see a miss it
+    won, never the placeholder as an empty value (it was a ``"hit"`` of ``b""``)."""
+    client = one_node_client(kind, tcp(memcached), timeout=3.0)
+    other = one_node_client(kind, tcp(memcached), timeout=3.0)
+    key = tag()
+    try:
+        made = client.meta_get(key, flags=flags)
+        assert (made.status, made.value, made.win) == ("miss", None, True), made
+        seen = other.meta_get(key, flags=flags)
+        assert (seen.status, seen.value, seen.won_elsewhere) == ("miss", None, True), seen
+        assert client.meta_set(key, b"real").status == "stored"
+        got = client.meta_get(key, flags=flags)
+        assert (got.status, got.value, got.win) == ("hit", b"real", False), got
+    finally:
+        client.close()
+        other.close()

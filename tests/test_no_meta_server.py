@@ -7,14 +7,16 @@ from __future__ import annotations
 
 import functools
 import itertools
+import socket
 import threading
 import time
-from typing import Any, Callable, Iterator, List, Tuple
+from typing import Any, Callable, Iterator, List, Optional, Tuple
 
 import pytest
-from support.helpers import KINDS, one_node_client
+from support.helpers import KINDS, one_node_client, tcp, wait_until
 from support.nutcracker import NutcrackerProcess
 from support.oldserver import OldServer
+from support.servers import MemcachedProcess
 
 import pymc
 from pymc import MemcacheError, MemcacheUnknownCommandError
@@ -202,3 +204,52 @@ def test_hash_meta_set_many_never_sends_a_value_to_an_old_node(
         assert client.meta_get_many(list(on_new)) == on_new
     finally:
         client.close()
+
+
+@pytest.mark.parametrize("get_first", [False, True])
+@pytest.mark.parametrize("command", ["meta_set", "meta_set_many"])
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_server_replaced_by_an_old_one_never_gets_a_value_as_a_command(
+    kind: str, command: str, get_first: bool
+) -> None:
+    """A connection checked for meta commands (``mn``) is closed by its server, and an
+    older server (no meta commands) takes the address: a rollback, or a failover behind
+    one name. The next ``ms`` goes out on a new connection (made for it, or by a ``get``
+    before it), which must be checked again before any value goes out (an old server
+    runs a data block as a command line; a HashClient knew the node had meta commands)."""
+    new = MemcachedProcess().start()
+    old: Optional[OldServer] = None
+    client = one_node_client(kind, tcp(new), timeout=3.0)
+    data = b"flush_all"  # the value: a command an old server would run
+    store: Callable[[], Any] = {
+        "meta_set": lambda: client.meta_set("m", data),
+        "meta_set_many": lambda: client.meta_set_many({"m": data, "n": data}),
+    }[command]
+    try:
+        store()  # checked (mn) and stored on the new server
+        assert client.get("m") == data
+        port = new.port
+        new.stop()  # the server closes the connection the client keeps
+        old = OldServer(port=port).start()
+        wait_until(lambda: _answers(old), 3.0, "the old server listens")
+        if get_first:
+            assert client.set("pre", b"1") is True  # a text command makes the new connection
+        with pytest.raises(MemcacheUnknownCommandError, match=r"1\.5"):
+            store()
+        assert data not in old.lines, old.lines
+        assert client.set("t", b"1") is True and client.get("t") == b"1"
+    finally:
+        client.close()
+        new.close()
+        if old is not None:
+            old.stop()
+
+
+def _answers(old: OldServer) -> bool:
+    """Whether ``old`` answers ``version``."""
+    try:
+        with socket.create_connection(old.address, timeout=1.0) as sock:
+            sock.sendall(b"version\r\n")
+            return sock.recv(100).startswith(b"VERSION")
+    except OSError:
+        return False

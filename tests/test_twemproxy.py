@@ -210,3 +210,57 @@ def test_raw_command_behind_a_refused_marker(half_down: NutcrackerProcess) -> No
             assert outcome == "ok" and reply.startswith(b"VALUE"), (outcome, reply)
             assert took < 2.0
             assert client.get(live) == b"v"
+
+
+def _events_client(kind: str, proxy: NutcrackerProcess, timeout: Any, events: List[str]) -> Any:
+    if kind == "hash":
+        return pymc.HashClient(
+            [proxy.server],
+            timeout=timeout,
+            retry_attempts=2,
+            retry_timeout=60,
+            on_event=lambda event, node, info: events.append(event),
+        )
+    return make(kind, proxy, timeout=timeout)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("timeout", [3.0, None])
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_noreply_command_the_proxy_closes_on_is_not_the_next_commands_failure(
+    memcached: MemcachedProcess, twemproxy: Factory, kind: str, timeout: Any
+) -> None:
+    """twemproxy closes the connection on ``flush_all``, which pymc may send ``noreply``
+    (pymemcache's default_noreply=True makes it so): nothing answers it, and the close is
+    the only sign. Once the close has come, the next command is served on a new connection
+    (it was never sent on the closed one); one that crosses the close raises the public
+    MemcacheUnsupportedCommandError, which a HashClient does not count against the node.
+    Either way the command after it is served at once and the node never rests."""
+    proxy = twemproxy([tcp(memcached)])
+    key = tag()
+    events: List[str] = []
+    client = _events_client(kind, proxy, timeout, events)
+    try:
+        assert client.set(key, b"v") is True
+        for _ in range(3):
+            client.flush_all(noreply=True)
+            time.sleep(0.3)  # the proxy's close arrives (loopback: well under a millisecond)
+            outcome, value, took = bounded(lambda: client.get(key), 5.0)
+            assert (outcome, value) == ("ok", b"v"), (outcome, value)
+            assert took < 2.0
+        for _ in range(3):
+            client.flush_all(noreply=True)  # and at once: the get may cross the close
+            outcome, value, took = bounded(lambda: client.get(key), 5.0)
+            if outcome != "ok":
+                assert outcome == "raised", outcome
+                assert isinstance(value, pymc.MemcacheUnsupportedCommandError), repr(value)
+                assert "noreply" in str(value), str(value)
+            else:
+                assert value == b"v"
+            assert took < 2.0
+            assert bounded(lambda: client.get(key), 5.0)[:2] == ("ok", b"v")
+        assert "node_failed" not in events, events
+        if kind == "client":
+            assert client.noreply_errors >= 3  # each refusal is counted, as an error line is
+    finally:
+        client.close()

@@ -60,7 +60,10 @@ def down_address() -> Address:
 
 class NutcrackerProcess:
     """One twemproxy pool listening on ``address``, over ``backends`` (``(host, port)``
-    pairs, in ring order). ``timeout_ms`` is twemproxy's per-request server timeout."""
+    pairs, in ring order). ``timeout_ms`` is twemproxy's per-request server timeout.
+    ``names`` are the backends' names in the configuration (ketama places a named server
+    by its name, so different names give a different ring); ``node0``, ``node1``... by
+    default."""
 
     def __init__(
         self,
@@ -69,10 +72,16 @@ class NutcrackerProcess:
         hash: str = "md5",
         distribution: str = "ketama",
         timeout_ms: int = 1000,
+        names: Optional[Sequence[str]] = None,
     ) -> None:
         if not backends:
             raise ValueError("twemproxy needs at least one backend")
         self.backends = [(str(h), int(p)) for h, p in backends]
+        if names is None:
+            names = [f"node{n}" for n in range(len(self.backends))]
+        if len(names) != len(self.backends):
+            raise ValueError("one name per backend")
+        self.names = [str(name) for name in names]
         self.hash, self.distribution, self.timeout_ms = hash, distribution, timeout_ms
         self.host = HOST
         self.port = 0
@@ -95,7 +104,7 @@ class NutcrackerProcess:
 
     def config(self) -> str:
         servers = "\n".join(
-            f"    - {host}:{port}:1 node{n}" for n, (host, port) in enumerate(self.backends)
+            f"    - {host}:{port}:1 {name}" for name, (host, port) in zip(self.names, self.backends)
         )
         return (
             "pymc:\n"

@@ -20,13 +20,16 @@ _STORE = (b"set", b"add", b"replace", b"append", b"prepend", b"cas")
 
 
 class OldServer:
-    def __init__(self, version: bytes = VERSION) -> None:
+    def __init__(self, version: bytes = VERSION, port: int = 0) -> None:
+        """``port``: 0 for a free one; or the port a stopped server listened on (a newer
+        server replaced by an older one at the same address)."""
         self.version = version
         self.items: Dict[bytes, Tuple[int, bytes]] = {}
         self.lines: List[bytes] = []  # every command line received, in order
         self._lock = threading.Lock()
         self._listener = socket.socket()
-        self._listener.bind(("127.0.0.1", 0))
+        self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._listener.bind(("127.0.0.1", port))
         self._listener.listen(64)
         self._listener.settimeout(0.1)
         self.address: Tuple[str, int] = self._listener.getsockname()[:2]
