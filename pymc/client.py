@@ -958,6 +958,7 @@ class Client:
         self._owes_sync = False
         self._syncing = False  # a sync marker was sent; receive() reads up to it first
         self._sync_alone = False  # ... and no request behind it (raw_command's check)
+        self._marker: Optional[ExpectSync] = None  # the marker's reader, mid-read
         self._meta_ok = False  # this connection's server answered a meta no-op
         self._pending = False  # a request was sent whose reply is not read to its end yet
         # Whether the connection has bytes nobody asked for (see send()).
@@ -1129,6 +1130,7 @@ class Client:
         self._reader = None
         self._stray = _never
         self._owes_sync = self._syncing = self._pending = False
+        self._marker = None
         self._meta_ok = False
         if sock is not None:
             try:
@@ -1227,23 +1229,23 @@ class Client:
         reader = self._reader
         if sock is None or reader is None:
             raise MemcacheProtocolError("receive() without a request sent on this connection")
-        if self._syncing:
-            return self.receive(expect)
         try:
             data = sock.recv(RECV_SIZE)
             if not data:
                 raise self._closed_mid_reply()
             reader.feed(data)
-            result = expect.step(reader)
-            if result is NEED_DATA:
-                # Bytes TLS has decrypted already show in no poll: read them now.
-                while isinstance(sock, ssl.SSLSocket) and sock.pending():
-                    reader.feed(sock.recv(RECV_SIZE))
+            while True:
+                # The marker's answer first (in steps too: never a wait of its own, which
+                # would hold the caller's other connections past their deadline).
+                result = self._sync_some(reader) if self._syncing else NEED_DATA
+                if not self._syncing:
                     result = expect.step(reader)
-                    if result is not NEED_DATA:
-                        break
-                else:
+                if result is not NEED_DATA:
+                    break
+                # Bytes TLS has decrypted already show in no poll: read them now.
+                if not (isinstance(sock, ssl.SSLSocket) and sock.pending()):
                     return NEED_DATA
+                reader.feed(sock.recv(RECV_SIZE))
             if reader.buffered:
                 raise MemcacheProtocolError(self._leftover(reader))
         except BaseException as exc:
@@ -1360,13 +1362,31 @@ class Client:
         net), by ``deadline`` (None: ``timeout`` from now). Returns the deadline, which the
         reply after the marker shares. See :class:`~pymc.protocol.ExpectSync` for which
         replies answer the marker."""
-        sync = ExpectSync(follows=not self._sync_alone)
+        sync = self._marker or ExpectSync(follows=not self._sync_alone)
         marker = sync.step(reader) if reader.buffered else NEED_DATA  # (nothing read yet)
         if marker is NEED_DATA:
             if deadline is None:
                 deadline = command_deadline(self.options.timeout)
             marker = self._read_rest(sock, reader, functools.partial(sync.step, reader), deadline)
+        self._synced(sync, marker)
+        return deadline
+
+    def _sync_some(self, reader: Reader) -> object:
+        """:meth:`_sync` over what ``reader`` holds, for :meth:`receive_some`: NEED_DATA
+        while the marker's answer is incomplete (its reader kept for the next call)."""
+        sync = self._marker
+        if sync is None:
+            sync = self._marker = ExpectSync(follows=not self._sync_alone)
+        marker = sync.step(reader)
+        if marker is not NEED_DATA:
+            self._synced(sync, marker)
+        return marker
+
+    def _synced(self, sync: ExpectSync, marker: Any) -> None:
+        """The marker's answer ``marker`` was read by ``sync``: log the noreply commands'
+        error lines, and raise (or give up the connection) as the answer says."""
         self._syncing = False
+        self._marker = None
         for error in sync.errors:
             self.noreply_errors += 1
             logger.warning(
@@ -1392,7 +1412,6 @@ class Client:
                 if sync.taken is not None:
                     raise sync.taken.exception()  # the next request's (closes, in _abort)
                 self.close()
-        return deadline
 
     def _leftover(self, reader: Reader) -> str:
         return (

@@ -1,0 +1,59 @@
+"""Second-round attacks on HashClient's fan-out (issue 18, items 11, 13, 14): replies that
+stall half way, connections that owe a sync marker, replies in every order, many fds."""
+
+from __future__ import annotations
+
+import time
+from typing import Callable, List, Tuple
+
+import pytest
+from support.faultproxy import FaultProxy
+from support.helpers import tcp
+from support.servers import MemcachedProcess
+
+from pymc import HashClient, MemcacheTimeoutError
+
+
+def pieces_late(first_at: int, rest_at: int) -> Callable[[bytes], List[bytes]]:
+    """A rewrite that sends the first 10 bytes of each reply chunk ``first_at`` ticks late
+    and the rest ``rest_at`` ticks late (ticks: the mode's ``seconds``)."""
+
+    def rewrite(chunk: bytes) -> List[bytes]:
+        return [b""] * first_at + [chunk[:10]] + [b""] * (rest_at - first_at - 1) + [chunk[10:]]
+
+    return rewrite
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("ignore_exc", [False, True])
+def test_a_half_reply_after_noreply_writes_ends_by_the_fan_outs_deadline(
+    memcached_nodes: List[MemcachedProcess],
+    fault_proxy: Callable[[Tuple[str, int]], FaultProxy],
+    ignore_exc: bool,
+) -> None:
+    """After noreply writes every connection owes a sync marker; a node that sends part of
+    its reply late, then stalls, must not hold the fan-out past its one deadline (it did:
+    its reads restarted the timeout once its first bytes came)."""
+    fast, slow = (fault_proxy(tcp(node)) for node in memcached_nodes[:2])
+    client = HashClient(
+        [fast.address, slow.address],
+        timeout=1.0,
+        retry_attempts=100,
+        retry_timeout=0,
+        ignore_exc=ignore_exc,
+    )
+    keys = [f"half-{i}" for i in range(40)]
+    assert client.set_many({k: b"old" for k in keys}) == []
+    client.set_many({k: k.encode() for k in keys}, noreply=True)
+    on_fast = [k for k in keys if client.snapshot.node_for(k) == fast.server]
+    assert on_fast and len(on_fast) < len(keys)
+    slow.set_mode("rewrite", fn=pieces_late(9, 60), seconds=0.1)  # 0.9 s, then 6 s
+    start = time.monotonic()
+    if ignore_exc:
+        assert client.get_many(keys) == {k: k.encode() for k in on_fast}
+    else:
+        with pytest.raises(MemcacheTimeoutError):
+            client.get_many(keys)
+    assert time.monotonic() - start < 1.6  # the deadline is 1.0 s; it took 1.9 s
+    slow.set_mode("pass")
+    assert client.get_many(keys) == {k: k.encode() for k in keys}
