@@ -183,6 +183,11 @@ def _all_true(group: List[AnyKey]) -> Callable[[Any], Dict[Any, bool]]:
 def _per_key(group: List[AnyKey], rule: Rule, where: str) -> Callable[[Any], _Answers]:
     def finish(replies: Any) -> _Answers:
         results, error = per_key_results(group, replies, rule, where)
+        if error is not None and _is_connection_failure(error):
+            # The server refused the connection (``ERROR Too many open connections``,
+            # then a hang-up): the node's failure, counted and its connection destroyed,
+            # not one command's error.
+            raise error
         return _Answers(results, error)
 
     return finish

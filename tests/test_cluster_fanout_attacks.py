@@ -4,14 +4,14 @@ stall half way, connections that owe a sync marker, replies in every order, many
 from __future__ import annotations
 
 import time
-from typing import Callable, List, Tuple
+from typing import Any, Callable, Dict, List, Tuple
 
 import pytest
 from support.faultproxy import FaultProxy
 from support.helpers import tcp
 from support.servers import MemcachedProcess
 
-from pymc import HashClient, MemcacheTimeoutError
+from pymc import HashClient, MemcacheServerRefusedError, MemcacheTimeoutError
 
 
 def pieces_late(first_at: int, rest_at: int) -> Callable[[bytes], List[bytes]]:
@@ -57,3 +57,39 @@ def test_a_half_reply_after_noreply_writes_ends_by_the_fan_outs_deadline(
     assert time.monotonic() - start < 1.6  # the deadline is 1.0 s; it took 1.9 s
     slow.set_mode("pass")
     assert client.get_many(keys) == {k: k.encode() for k in keys}
+
+
+def record_events(seen: List[str]) -> Callable[[str, str, Dict[str, Any]], None]:
+    return lambda event, node, info: seen.append(event)
+
+
+REFUSED = b"ERROR Too many open connections\r\n"
+
+PIPELINES: Dict[str, Callable[[HashClient, List[str]], Any]] = {
+    "set_many": lambda c, keys: c.set_many({k: b"v" for k in keys}),
+    "delete_many": lambda c, keys: c.delete_many(keys),
+    "touch_many": lambda c, keys: c.touch_many(keys, 10),
+}
+
+
+@pytest.mark.parametrize("command", sorted(PIPELINES))
+def test_a_refused_connection_counts_against_the_node_in_a_pipeline(
+    memcached: MemcachedProcess,
+    fault_proxy: Callable[[Tuple[str, int]], FaultProxy],
+    command: str,
+) -> None:
+    """``ERROR Too many open connections`` (memcached hangs up after it) is a failure of the
+    connection in set_many/delete_many/touch_many too, as in get_many and a single set: it
+    counts, and ejects the node after retry_attempts (it was only raised, never counted)."""
+    proxy = fault_proxy(tcp(memcached))
+    seen: List[str] = []
+    client = HashClient(
+        [proxy.address], retry_attempts=2, retry_timeout=0, on_event=record_events(seen)
+    )
+    keys = ["refused-a", "refused-b"]
+    assert client.set_many({k: b"v" for k in keys}) == []
+    proxy.set_mode("rewrite", fn=lambda chunk: REFUSED)
+    for _ in range(2):
+        with pytest.raises(MemcacheServerRefusedError):
+            PIPELINES[command](client, keys)
+    assert seen.count("node_failed") == 2 and seen.count("node_ejected") == 1, seen
