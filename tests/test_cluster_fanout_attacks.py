@@ -93,3 +93,35 @@ def test_a_refused_connection_counts_against_the_node_in_a_pipeline(
         with pytest.raises(MemcacheServerRefusedError):
             PIPELINES[command](client, keys)
     assert seen.count("node_failed") == 2 and seen.count("node_ejected") == 1, seen
+
+
+NOREPLY_WRITES: Dict[str, Callable[[HashClient], Any]] = {
+    "set": lambda c: c.set("nr-a", b"v", noreply=True),
+    "delete": lambda c: c.delete("nr-a", True),
+    "set_many": lambda c: c.set_many({"nr-a": b"v", "nr-b": b"v"}, noreply=True),
+    "delete_many": lambda c: c.delete_many(["nr-a", "nr-b"], noreply=True),
+    "touch_many": lambda c: c.touch_many(["nr-a", "nr-b"], 10, noreply=True),
+}
+
+
+@pytest.mark.parametrize("write", sorted(NOREPLY_WRITES))
+def test_a_noreply_write_is_no_proof_that_a_failing_node_recovered(
+    memcached: MemcachedProcess,
+    fault_proxy: Callable[[Tuple[str, int]], FaultProxy],
+    write: str,
+) -> None:
+    """A noreply command reads nothing: that it went out says nothing of the node. A node
+    that refuses every connection (``ERROR Too many open connections``) while reads and
+    noreply writes alternate is ejected after retry_attempts failures (the noreply writes
+    cleared its failures, so it never was)."""
+    proxy = fault_proxy(tcp(memcached))
+    seen: List[str] = []
+    client = HashClient(
+        [proxy.address], retry_attempts=2, retry_timeout=0, on_event=record_events(seen)
+    )
+    proxy.set_mode("rewrite", fn=lambda chunk: REFUSED)
+    for _ in range(2):
+        NOREPLY_WRITES[write](client)
+        with pytest.raises(MemcacheServerRefusedError):
+            client.get("nr-a")
+    assert seen.count("node_failed") == 2 and seen.count("node_ejected") == 1, seen
