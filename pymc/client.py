@@ -1237,11 +1237,10 @@ class Client:
             while True:
                 # The marker's answer first (in steps too: never a wait of its own, which
                 # would hold the caller's other connections past their deadline).
-                result = self._sync_some(reader) if self._syncing else NEED_DATA
-                if not self._syncing:
+                if not self._syncing or self._sync_some(reader) is not NEED_DATA:
                     result = expect.step(reader)
-                if result is not NEED_DATA:
-                    break
+                    if result is not NEED_DATA:
+                        break
                 # Bytes TLS has decrypted already show in no poll: read them now.
                 if not (isinstance(sock, ssl.SSLSocket) and sock.pending()):
                     return NEED_DATA
