@@ -125,3 +125,26 @@ def test_a_noreply_write_is_no_proof_that_a_failing_node_recovered(
         with pytest.raises(MemcacheServerRefusedError):
             client.get("nr-a")
     assert seen.count("node_failed") == 2 and seen.count("node_ejected") == 1, seen
+
+
+@pytest.mark.timeout(30)
+def test_the_sync_markers_answer_read_in_steps_byte_by_byte(
+    memcached_nodes: List[MemcachedProcess],
+    fault_proxy: Callable[[Tuple[str, int]], FaultProxy],
+) -> None:
+    """The marker's answer and the reply behind it, split at every byte on two nodes whose
+    replies interleave: every value right, and the connections in step after."""
+    proxies = [fault_proxy(tcp(node)) for node in memcached_nodes[:2]]
+    client = HashClient([p.address for p in proxies], timeout=5, retry_attempts=100)
+    keys = [f"drip-{i}" for i in range(12)]
+    for round_ in range(2):
+        values = {k: f"{k}/{round_}".encode() for k in keys}
+        client.set_many(values, noreply=True)
+        for proxy in proxies:
+            proxy.set_mode(
+                "rewrite", fn=lambda c: [c[i : i + 1] for i in range(len(c))], seconds=0.001
+            )
+        assert client.get_many(keys) == values
+        for proxy in proxies:
+            proxy.set_mode("pass")
+        assert client.get_many(keys) == values
