@@ -1003,6 +1003,7 @@ class Client:
         self._owes_sync = False
         self._syncing = False  # a sync marker was sent; receive() reads up to it first
         self._sync_alone = False  # ... and no request behind it (raw_command's check)
+        self._marker: Optional[ExpectSync] = None  # the marker's reader, mid-read
         self._meta_ok = False  # this connection's server answered a meta no-op
         self._pending = False  # a request was sent whose reply is not read to its end yet
         # Whether the connection has bytes nobody asked for (see send()).
@@ -1175,6 +1176,7 @@ class Client:
         self._reader = None
         self._stray = _never
         self._owes_sync = self._syncing = self._pending = False
+        self._marker = None
         self._meta_ok = False
         if sock is not None:
             try:
@@ -1305,8 +1307,6 @@ class Client:
         reader = self._reader
         if sock is None or reader is None:
             raise MemcacheProtocolError("receive() without a request sent on this connection")
-        if self._syncing:
-            return self.receive(expect, deadline)
         try:
             if deadline is not None and self._tls:
                 # A TLS recv that has a piece of a record waits for the rest of it: by the
@@ -1316,19 +1316,20 @@ class Client:
                 _set_wait(sock, self.options.timeout, socket.SO_RCVTIMEO)
             else:
                 data = sock.recv(RECV_SIZE)
-            if not data:
-                raise self._closed_mid_reply()
+            if not data:  # (before the marker's answer: a close after noreply commands)
+                raise self._noreply_refused() if self._syncing else self._closed_mid_reply()
             reader.feed(data)
-            result = expect.step(reader)
-            if result is NEED_DATA:
-                # Bytes TLS has decrypted already show in no poll: read them now.
-                while isinstance(sock, ssl.SSLSocket) and sock.pending():
-                    reader.feed(sock.recv(RECV_SIZE))
+            while True:
+                # The marker's answer first (in steps too: never a wait of its own, which
+                # would hold the caller's other connections past their deadline).
+                if not self._syncing or self._sync_some(reader) is not NEED_DATA:
                     result = expect.step(reader)
                     if result is not NEED_DATA:
                         break
-                else:
+                # Bytes TLS has decrypted already show in no poll: read them now.
+                if not (isinstance(sock, ssl.SSLSocket) and sock.pending()):
                     return NEED_DATA
+                reader.feed(sock.recv(RECV_SIZE))
             if reader.buffered:
                 raise MemcacheProtocolError(self._leftover(reader))
         except BaseException as exc:
@@ -1492,7 +1493,7 @@ class Client:
         out with the request). Returns the deadline, which the reply after the marker
         shares. See :class:`~pymc.protocol.ExpectSync` for which
         replies answer the marker."""
-        sync = ExpectSync(follows=not self._sync_alone)
+        sync = self._marker or ExpectSync(follows=not self._sync_alone)
         marker = sync.step(reader) if reader.buffered else NEED_DATA  # (nothing read yet)
         if marker is NEED_DATA:
             if deadline is None:
@@ -1506,7 +1507,25 @@ class Client:
                 # answered: in answer to a noreply command before it (see
                 # _closed_after_noreply; here the close crossed this request).
                 raise self._noreply_refused() from exc
+        self._synced(sync, marker)
+        return deadline
+
+    def _sync_some(self, reader: Reader) -> object:
+        """:meth:`_sync` over what ``reader`` holds, for :meth:`receive_some`: NEED_DATA
+        while the marker's answer is incomplete (its reader kept for the next call)."""
+        sync = self._marker
+        if sync is None:
+            sync = self._marker = ExpectSync(follows=not self._sync_alone)
+        marker = sync.step(reader)
+        if marker is not NEED_DATA:
+            self._synced(sync, marker)
+        return marker
+
+    def _synced(self, sync: ExpectSync, marker: Any) -> None:
+        """The marker's answer ``marker`` was read by ``sync``: log the noreply commands'
+        error lines, and raise (or give up the connection) as the answer says."""
         self._syncing = False
+        self._marker = None
         for error in sync.errors:
             self.noreply_errors += 1
             logger.warning(
@@ -1532,7 +1551,6 @@ class Client:
                 if sync.taken is not None:
                     raise sync.taken.exception()  # the next request's (closes, in _abort)
                 self.close()
-        return deadline
 
     def _leftover(self, reader: Reader) -> str:
         return (

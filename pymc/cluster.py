@@ -25,6 +25,7 @@ any of them.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import itertools
 import logging
 import os
@@ -184,6 +185,11 @@ def _all_true(group: List[AnyKey]) -> Callable[[Any], Dict[Any, bool]]:
 def _per_key(group: List[AnyKey], rule: Rule, where: str) -> Callable[[Any], _Answers]:
     def finish(replies: Any) -> _Answers:
         results, error = per_key_results(group, replies, rule, where)
+        if error is not None and _is_connection_failure(error):
+            # The server refused the connection (``ERROR Too many open connections``,
+            # then a hang-up): the node's failure, counted and its connection destroyed,
+            # not one command's error.
+            raise error
         return _Answers(results, error)
 
     return finish
@@ -398,6 +404,10 @@ _ANY_KEY = frozenset(
         "invalidate",
     ]
 )
+
+
+# command -> where its Client method takes ``noreply`` (None: it takes none), as found
+_NOREPLY_POSITION: Dict[str, Optional[int]] = {}
 
 
 # Commands whose Client method checks its key before anything else (before any I/O, and
@@ -820,9 +830,24 @@ class HashClient:
             if self.ignore_exc:
                 return on_failure(args[1:], kwargs) if callable(on_failure) else on_failure
             raise
-        if self._failures and name in self._failures:
-            self._succeeded(name)
+        if self._failures and name in self._failures and not self._noreply(command, args, kwargs):
+            self._succeeded(name)  # (a noreply command read nothing: no proof of health)
         return result
+
+    def _noreply(self, command: str, args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> bool:
+        """Whether keyed ``command``, called with ``args`` (the key first) and ``kwargs``,
+        went out noreply."""
+        position = _NOREPLY_POSITION.get(command, _MISSING)
+        if position is _MISSING:
+            names = list(inspect.signature(getattr(Client, command)).parameters)[1:]
+            position = names.index("noreply") if "noreply" in names else None
+            _NOREPLY_POSITION[command] = position
+        if position is None:
+            return False
+        given = kwargs.get("noreply")
+        if given is None and len(args) > position:
+            given = args[position]
+        return resolve_noreply(given, self.options.default_noreply)
 
     def _check_key(self, command: str, key: Any) -> None:
         """Raise MemcacheIllegalInputError if ``key`` is no key ``command`` takes."""
@@ -872,6 +897,7 @@ class HashClient:
         parts: Dict[str, Optional[Part]],
         alone: Callable[[str], Any],
         observe: Optional[Observe] = None,
+        noreply: bool = False,
     ) -> Dict[str, Any]:
         """Send each node its request, then read the replies as they arrive (see
         :meth:`_exchange`): ``{node: finished result}``.
@@ -889,6 +915,8 @@ class HashClient:
 
         ``observe`` (given when there is an ``on_command`` hook) starts the observation of
         each node's exchange, ended when its reply is read; ``alone`` observes its own.
+        ``noreply``: the requests read no reply, so a node's part going out clears none of
+        its failures.
         """
         results: Dict[str, Any] = {}
         failed: Dict[str, Exception] = {}
@@ -937,7 +965,7 @@ class HashClient:
                 first = error
         if first is not None and not self.ignore_exc:
             raise first
-        if self._failures:
+        if self._failures and not noreply:  # (noreply: nothing was read, nothing proven)
             for name in results:
                 if name in self._failures:
                     self._succeeded(name)
@@ -1323,7 +1351,7 @@ class HashClient:
             return plain_call(name, groups[name])  # (observed by the node's client)
 
         results = self._fan_out(
-            command, nodes, parts, alone, self._observer(command, nodes, groups)
+            command, nodes, parts, alone, self._observer(command, nodes, groups), noreply
         )
         out: Dict[Any, Any] = {}
         error: Optional[Exception] = None
