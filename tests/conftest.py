@@ -130,3 +130,12 @@ def twemproxy() -> Iterator[Callable[..., NutcrackerProcess]]:
     yield factory
     for proxy in proxies:
         proxy.close()
+
+
+@pytest.fixture
+def nodes(memcached_nodes: List[MemcachedProcess]) -> Iterator[List[MemcachedProcess]]:
+    """The session's 4 plain servers, running (not flushed: tests use keys of their own)."""
+    for node in memcached_nodes:
+        if not node.is_running():
+            node.start()
+    yield memcached_nodes

@@ -11,10 +11,10 @@ from typing import Any, Callable, Dict, Iterator, List
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from support.helpers import tcp
+from support.helpers import make_client
 from support.servers import MemcachedProcess
 
-from pymc import Client, HashClient, MemcacheError, PooledClient
+from pymc import MemcacheError
 from pymc.serde import pickle_serde
 
 pytestmark = pytest.mark.timeout(60)
@@ -26,21 +26,7 @@ def tag() -> str:
     return f"lease{next(_tags)}-{time.monotonic_ns() % 10**9}"
 
 
-def make(kind: str, nodes: List[MemcachedProcess], **kw: Any) -> Any:
-    kw.setdefault("timeout", 5.0)
-    if kind == "client":
-        return Client(tcp(nodes[0]), **kw)
-    if kind == "pooled":
-        return PooledClient(tcp(nodes[0]), max_pool_size=8, **kw)
-    return HashClient([tcp(n) for n in nodes[:3]], use_pooling=True, max_pool_size=8, **kw)
-
-
-@pytest.fixture
-def nodes(memcached_nodes: List[MemcachedProcess]) -> Iterator[List[MemcachedProcess]]:
-    for node in memcached_nodes:
-        if not node.is_running():
-            node.start()
-    yield memcached_nodes
+make = make_client
 
 
 class Background:

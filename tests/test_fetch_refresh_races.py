@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import itertools
 import time
-from typing import Any, Dict, Iterator, List
+from typing import Any, Dict, List
 
 import pytest
-from support.helpers import tcp
+from support.helpers import make_client
 from support.servers import MemcachedProcess
 
-from pymc import Client, HashClient, MemcacheError, PooledClient
+from pymc import MemcacheError
 
 pytestmark = pytest.mark.timeout(60)
 KINDS = ["client", "pooled", "hash"]
@@ -22,21 +22,7 @@ def tag() -> str:
     return f"race{next(_tags)}-{time.monotonic_ns() % 10**9}"
 
 
-def make(kind: str, nodes: List[MemcachedProcess], **kw: Any) -> Any:
-    kw.setdefault("timeout", 5.0)
-    if kind == "client":
-        return Client(tcp(nodes[0]), **kw)
-    if kind == "pooled":
-        return PooledClient(tcp(nodes[0]), max_pool_size=8, **kw)
-    return HashClient([tcp(n) for n in nodes[:3]], use_pooling=True, max_pool_size=8, **kw)
-
-
-@pytest.fixture
-def nodes(memcached_nodes: List[MemcachedProcess]) -> Iterator[List[MemcachedProcess]]:
-    for node in memcached_nodes:
-        if not node.is_running():
-            node.start()
-    yield memcached_nodes
+make = make_client
 
 
 @pytest.mark.parametrize("kind", KINDS)

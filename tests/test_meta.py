@@ -5,11 +5,11 @@ from __future__ import annotations
 import itertools
 import threading
 import time
-from typing import Any, Callable, Iterator, List, Tuple
+from typing import Any, Callable, List, Tuple
 
 import pytest
 from support.faultproxy import FaultProxy
-from support.helpers import tcp
+from support.helpers import make_client, tcp
 from support.servers import MemcachedProcess
 
 import pymc
@@ -18,7 +18,6 @@ from pymc import (
     HashClient,
     MemcacheProtocolError,
     MemcacheUnknownCommandError,
-    PooledClient,
 )
 from pymc.exceptions import MemcacheLeaseTimeoutError
 from pymc.serde import pickle_serde
@@ -33,21 +32,7 @@ def tag() -> str:
     return f"meta{next(_tags)}-{time.monotonic_ns() % 10**9}"
 
 
-def make(kind: str, nodes: List[MemcachedProcess], **kw: Any) -> Any:
-    kw.setdefault("timeout", 5.0)
-    if kind == "client":
-        return Client(tcp(nodes[0]), **kw)
-    if kind == "pooled":
-        return PooledClient(tcp(nodes[0]), max_pool_size=8, **kw)
-    return HashClient([tcp(n) for n in nodes[:3]], use_pooling=True, max_pool_size=8, **kw)
-
-
-@pytest.fixture
-def nodes(memcached_nodes: List[MemcachedProcess]) -> Iterator[List[MemcachedProcess]]:
-    for node in memcached_nodes:
-        if not node.is_running():
-            node.start()
-    yield memcached_nodes
+make = make_client
 
 
 def run_threads(n: int, target: Callable[[int], Any]) -> Tuple[List[Any], List[BaseException]]:

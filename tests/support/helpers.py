@@ -117,3 +117,16 @@ def one_node_client(kind: str, server: Any, **options: Any) -> Any:
         retry_timeout=0,
         **options,
     )
+
+
+def make_client(kind: str, nodes: Any, **kw: Any) -> Any:
+    """A client of ``kind`` ("client", "pooled" or "hash") over the suite's ``nodes``: a
+    Client or PooledClient on the first, a pooled HashClient over the first three."""
+    from pymc import Client, HashClient, PooledClient
+
+    kw.setdefault("timeout", 5.0)
+    if kind == "client":
+        return Client(tcp(nodes[0]), **kw)
+    if kind == "pooled":
+        return PooledClient(tcp(nodes[0]), max_pool_size=8, **kw)
+    return HashClient([tcp(n) for n in nodes[:3]], use_pooling=True, max_pool_size=8, **kw)
