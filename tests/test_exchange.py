@@ -153,16 +153,16 @@ def test_exchange_on_a_closed_or_shut_socket_raises_as_the_socket_does(
     with pytest.raises(OSError) as theirs:
         sock.send(b"version\r\n")
     assert ours.value.errno == theirs.value.errno == errno.EBADF
-    ours, peer = socket.socketpair()
-    with ours, peer:
+    near, peer = socket.socketpair()
+    with near, peer:
         peer.shutdown(socket.SHUT_WR)  # the peer reads, but will send nothing: EOF
-        assert COMPILED(ours, b"version\r\n", time.monotonic()) == b""
+        assert COMPILED(near, b"version\r\n", time.monotonic()) == b""
         assert peer.recv(100) == b"version\r\n"
         peer.close()
         with pytest.raises(BrokenPipeError):
-            COMPILED(ours, b"version\r\n", time.monotonic())
+            COMPILED(near, b"version\r\n", time.monotonic())
         with pytest.raises(BrokenPipeError):
-            ours.send(b"version\r\n")
+            near.send(b"version\r\n")
     with pytest.raises(TypeError):
         COMPILED(sock, "version\r\n", time.monotonic())  # type: ignore[arg-type]
 
