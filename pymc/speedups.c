@@ -790,6 +790,8 @@ init_meta(void)
 #include <limits.h>
 #include <math.h>
 #include <poll.h>
+#include <pthread.h>
+#include <stdlib.h>
 #include <sys/socket.h>
 #include <sys/time.h>
 #include <time.h>
@@ -800,6 +802,28 @@ init_meta(void)
 #define EXCHANGE_TIMED_OUT (-1)
 
 static PyObject *str_fileno;
+/* Each thread's recv buffer (malloc'd on its first exchange, freed when it exits): the
+ * recv goes there and only the bytes read are copied into the result, where a bytes
+ * object of EXCHANGE_RECV_SIZE made and shrunk per call costs a large malloc and a
+ * realloc. Nothing runs between the recv and the copy, so a signal handler that makes an
+ * exchange of its own on the same thread never finds the buffer in use. */
+static pthread_key_t buffer_key;
+static int buffer_key_made;
+
+static char *
+thread_buffer(void)
+{
+    char *buffer = pthread_getspecific(buffer_key);
+    if (buffer == NULL) {
+        buffer = malloc(EXCHANGE_RECV_SIZE);
+        if (buffer == NULL || pthread_setspecific(buffer_key, buffer) != 0) {
+            free(buffer);
+            PyErr_NoMemory();
+            return NULL;
+        }
+    }
+    return buffer;
+}
 
 typedef struct {
     int fd;
@@ -931,15 +955,15 @@ exchange(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         errno = EBADF;
         return PyErr_SetFromErrno(PyExc_OSError);
     }
-    PyObject *out = PyBytes_FromStringAndSize(NULL, EXCHANGE_RECV_SIZE);
-    if (out == NULL) {
+    char *buffer = thread_buffer();
+    if (buffer == NULL) {
         return NULL;
     }
     exchange_state st = {0};
     st.fd = (int)fd;
     st.request = PyBytes_AS_STRING(request); /* (the caller holds request alive) */
     st.length = PyBytes_GET_SIZE(request);
-    st.buffer = PyBytes_AS_STRING(out);
+    st.buffer = buffer;
     st.started = started;
     for (;;) {
         int failed;
@@ -951,7 +975,7 @@ exchange(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         }
         if (failed == EINTR) {
             if (PyErr_CheckSignals() < 0) {
-                goto fail;
+                return NULL;
             }
             st.timed = 1; /* the waits that follow are bounded by the deadline */
             continue;
@@ -962,24 +986,24 @@ exchange(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
                 PyErr_SetObject(PyExc_TimeoutError, value);
                 Py_DECREF(value);
             }
-            goto fail;
+            return NULL;
         }
         errno = failed;
-        PyErr_SetFromErrno(PyExc_OSError);
-        goto fail;
+        return PyErr_SetFromErrno(PyExc_OSError);
     }
-    if (st.got < EXCHANGE_RECV_SIZE && _PyBytes_Resize(&out, st.got) < 0) {
-        return NULL; /* (_PyBytes_Resize freed it) */
-    }
-    return out;
-fail:
-    Py_DECREF(out);
-    return NULL;
+    return PyBytes_FromStringAndSize(buffer, st.got);
 }
 
 static int
 init_exchange(void)
 {
+    if (!buffer_key_made) {
+        if (pthread_key_create(&buffer_key, free) != 0) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        buffer_key_made = 1;
+    }
     if (str_fileno == NULL) {
         str_fileno = PyUnicode_InternFromString("fileno");
     }
