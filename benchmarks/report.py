@@ -6,7 +6,12 @@ import re
 from dataclasses import dataclass
 from typing import Dict, List, Optional
 
-COLORS = {"pymc": "tab:blue", "pymemcache": "tab:orange", "pylibmc": "tab:green"}
+COLORS = {
+    "pymc": "tab:blue",
+    "pymc pure": "tab:cyan",
+    "pymemcache": "tab:orange",
+    "pylibmc": "tab:green",
+}
 
 
 @dataclass

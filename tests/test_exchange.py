@@ -445,3 +445,54 @@ def test_threads_each_get_their_own_values(
     for t in threads:
         t.join(30)
     assert not wrong
+
+
+# --------------------------------------------------------------------------- other sockets
+
+
+@pytest.mark.parametrize("kind", ["tls", "unix", "wrapped"])
+def test_only_plain_stdlib_sockets_take_the_exchange(
+    kind: str, request: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """TLS (the exchange would write plaintext on the TLS socket's descriptor) and any
+    object standing in for the socket keep Python's calls; a UNIX socket, a plain stdlib
+    one, takes the exchange."""
+    calls = [0]
+    real = pymc.client._exchange
+
+    def counting(sock: Any, data: bytes, started: float) -> bytes:
+        calls[0] += 1
+        return real(sock, data, started)
+
+    monkeypatch.setattr(pymc.client, "_exchange", counting)
+    if kind == "tls":
+        server = request.getfixturevalue("memcached_tls")
+        client = Client(tcp(server), tls_context=server.client_ssl_context(), timeout=2.0)
+    elif kind == "unix":
+        server = request.getfixturevalue("memcached_unix")
+        client = Client(server.unix_path, timeout=2.0)
+    else:
+        server = request.getfixturevalue("memcached")
+        client = Client(tcp(server), timeout=2.0)
+    with client:
+        assert client.set("plain-k", b"v" * 70_000)
+        if kind == "wrapped":
+
+            class Wrapped:
+                def __init__(self, real: socket.socket) -> None:
+                    self.real = real
+
+                def __getattr__(self, name: str) -> Any:
+                    return getattr(self.real, name)
+
+            assert client.sock is not None
+            client.sock = Wrapped(client.sock)  # type: ignore[assignment]
+        before = calls[0]
+        for _ in range(3):
+            assert client.get("plain-k") == b"v" * 70_000
+            assert client.set("plain-k", b"v" * 70_000)
+        used = calls[0] - before
+    if kind == "unix" and COMPILED is not None:
+        assert used == 6
+    else:
+        assert used == 0
