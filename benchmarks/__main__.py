@@ -11,6 +11,7 @@ machines.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -19,7 +20,7 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import pymc
 
@@ -67,6 +68,41 @@ def measure_threaded(case: bench_cases.Threaded, seconds: float) -> Samples:
     return len(flat) / seconds, flat
 
 
+class Cpus:
+    """Where the cases run: pinned to one CPU (servers and benchmark), except the threaded
+    cases that ask for every CPU (``Threaded.all_cpus``): for those the measuring threads
+    and the servers' threads are unpinned, then pinned back."""
+
+    def __init__(self, pin: Optional[int], server_pids: Sequence[int]) -> None:
+        self.pin = pin
+        self.server_pids = list(server_pids)
+
+    def _tasks(self) -> List[int]:
+        tasks = [0]  # this thread: the measuring threads it starts inherit its CPUs
+        for pid in self.server_pids:
+            try:
+                tasks += [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+            except OSError:
+                pass
+        return tasks
+
+    @contextlib.contextmanager
+    def every_cpu(self) -> Iterator[None]:
+        if self.pin is None:
+            yield
+            return
+        every = set(range(os.cpu_count() or 1))
+        tasks = self._tasks()
+        for task in tasks:
+            os.sched_setaffinity(task, every)
+        try:
+            yield
+        finally:
+            for task in tasks:
+                with contextlib.suppress(OSError):
+                    os.sched_setaffinity(task, {self.pin})
+
+
 class Progress:
     def __init__(self, total: int, enabled: bool) -> None:
         self.total, self.done, self.enabled = total, 0, enabled
@@ -89,13 +125,16 @@ def _result(case: str, client: str, rate: float, samples: List[int]) -> Result:
     return Result(case, client, rate, statistics.median(samples) / 1000, p99 / 1000)
 
 
-def run(cases: bench_cases.Cases, rounds: int, seconds: float, progress: Progress) -> List[Result]:
+def run(
+    cases: bench_cases.Cases, rounds: int, seconds: float, progress: Progress, cpus: Cpus
+) -> List[Result]:
     best: Dict[Tuple[str, str], Samples] = {}
     for _ in range(rounds):
         for case, ops in cases.items():
             for client, op in ops.items():
                 if isinstance(op, bench_cases.Threaded):
-                    rate, samples = measure_threaded(op, seconds)
+                    with cpus.every_cpu() if op.all_cpus else contextlib.nullcontext():
+                        rate, samples = measure_threaded(op, seconds)
                 else:
                     for _ in range(200):  # warm up connections and caches
                         op()
@@ -151,6 +190,7 @@ def run_pure(
     pin: Optional[int],
     rounds: int,
     gevent: bool,
+    cpus: Cpus,
 ) -> List[Result]:
     """pymc's cases again with the pure-Python reader, in a process that ignores the compiled
     one (the reader is chosen at import); its rows are named 'pymc pure'. ``gevent``: the
@@ -161,6 +201,7 @@ def run_pure(
         "--rounds", str(rounds), "--seconds", str(args.seconds),
     ]  # fmt: skip
     command += ["--no-pin"] if pin is None else ["--cpu", str(pin)]
+    command += ["--server-pids", ",".join(map(str, cpus.server_pids))]
     if gevent:
         command += ["--cases", "gevent get"]
     else:
@@ -202,6 +243,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--clients", help=argparse.SUPPRESS)  # comma-separated, for that pass
     parser.add_argument("--json", action="store_true", help=argparse.SUPPRESS)  # results only
     parser.add_argument("--no-gevent", action="store_true", help=argparse.SUPPRESS)
+    # The local servers' pids, for a pass run on another process's servers (see Cpus).
+    parser.add_argument("--server-pids", default="", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.quick:
         args.rounds, args.seconds = 1, 0.1
@@ -218,11 +261,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     else:
         cluster = LocalCluster(count=4, cpu=pin)
         addresses = cluster.addresses
+    pids = cluster.pids if cluster else [int(p) for p in args.server_pids.split(",") if p]
+    cpus = Cpus(pin, pids)
     try:
         cases: bench_cases.Cases = {}
         cases.update(bench_cases.single_server(addresses[0]))
         cases.update(bench_cases.pooled(addresses[0]))
         cases.update(bench_cases.cluster(addresses))
+        if selected("HashClient.get pooled", args.cases):
+            cases.update(bench_cases.threaded_cluster(addresses))
         cases = select(cases, args.cases, args.clients)
         bench_cases.check(cases)
         gevent = selected("gevent get", args.cases) and not args.no_gevent
@@ -234,9 +281,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         progress = Progress(total + len(gevent_counts) * (1 + pure), not args.no_progress)
         best: Dict[Tuple[str, str], Result] = {}
         for _ in range(args.rounds):
-            part = run(cases, 1, args.seconds, progress)
+            part = run(cases, 1, args.seconds, progress, cpus)
             if pure and cases:
-                part += run_pure(addresses, args, pin, 1, gevent=False)
+                part += run_pure(addresses, args, pin, 1, gevent=False, cpus=cpus)
                 progress.step("pymc pure")
             for r in part:
                 if r.ops_per_sec > getattr(best.get((r.case, r.client)), "ops_per_sec", 0.0):
@@ -244,7 +291,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         results = list(best.values())
         results += run_gevent(addresses[0], gevent_counts, args.rounds, args.seconds, progress)
         if pure and gevent_counts:
-            results += run_pure(addresses, args, pin, args.rounds, gevent=True)
+            results += run_pure(addresses, args, pin, args.rounds, gevent=True, cpus=cpus)
             for _ in gevent_counts:
                 progress.step("gevent, pymc pure")
         progress.finish()
@@ -259,9 +306,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.json:
         print(json.dumps([r.__dict__ for r in results]))
         return 0
+    pinning = (
+        f" (bench pinned to CPU {pin}; threaded cluster case on all CPUs)"
+        if pin is not None
+        else ""
+    )
     machine = (
-        f"{platform.machine()}, {os.cpu_count()} cores"
-        f"{f' (bench pinned to CPU {pin})' if pin is not None else ''}, "
+        f"{platform.machine()}, {os.cpu_count()} cores{pinning}, "
         f"Python {platform.python_version()}, {len(addresses)} memcached nodes; "
         f"{READER}"
     )

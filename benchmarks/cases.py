@@ -6,6 +6,7 @@ threads at once. Every client is checked for correct answers before it is timed.
 
 from __future__ import annotations
 
+import itertools
 import socket
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Sequence
@@ -19,10 +20,15 @@ Cases = Dict[str, Dict[str, Any]]
 
 @dataclass
 class Threaded:
-    """An op run by ``threads`` threads at once; the case reports their total ops/s."""
+    """An op run by ``threads`` threads at once; the case reports their total ops/s.
+
+    ``all_cpus``: the threads and the servers run on every CPU of the machine for this case
+    (unpinned), not on the one CPU the benchmark pins to: a threaded web worker has the
+    machine's cores, and a client that releases the GIL for its I/O can use them."""
 
     op: Op
     threads: int
+    all_cpus: bool = False
 
 
 def spec(address: Address) -> str:
@@ -157,6 +163,54 @@ def pooled(address: Address, thread_counts: Sequence[int] = (1, 4, 16, 64)) -> C
         name = "PooledClient.get" if n == 1 else f"PooledClient.get x{n}"
         cases[name] = dict(ops) if n == 1 else {c: Threaded(op, n) for c, op in ops.items()}
     return cases
+
+
+#: The thread counts of the threaded cluster case (its scaling view: a client's throughput
+#: should never fall as threads are added).
+CLUSTER_THREADS = (1, 2, 4, 8)
+
+
+def threaded_cluster(
+    addresses: List[Address], thread_counts: Sequence[int] = CLUSTER_THREADS
+) -> Cases:
+    """A pooled ``HashClient.get`` over all the servers shared by 1, 2, 4 and 8 threads, on
+    all CPUs (see :class:`Threaded`): pymc's ``HashClient(use_pooling=True,
+    max_pool_size=8)``, pylibmc's ``ClientPool`` of 8 clients (ketama), pymemcache's pooled
+    ``HashClient``. Each call takes the next of 16 keys, spread over the servers."""
+    import pylibmc
+    from pymemcache.client.hash import HashClient as PymemcacheHash
+
+    import pymc
+
+    size = max(thread_counts)
+    mine = pymc.HashClient(addresses, use_pooling=True, max_pool_size=size)
+    peer = PymemcacheHash(
+        addresses, use_pooling=True, max_pool_size=size, no_delay=True, default_noreply=False
+    )
+    libmc_pool = pylibmc.ClientPool(_libmc(addresses, ketama_weighted=True), size)
+    keys = [f"bench:threads:{i}" for i in range(16)]
+    mine.set_many({key: VALUE for key in keys})
+    peer.set_many({key: VALUE for key in keys})
+    with libmc_pool.reserve() as mc:  # (its own placement: ketama)
+        mc.set_multi({key: VALUE for key in keys})
+
+    def rotating(get: Callable[[str], Any]) -> Op:
+        turn = itertools.cycle(keys).__next__  # (next() on a cycle is atomic under the GIL)
+        return lambda: get(turn())
+
+    def libmc_get(key: str) -> Any:
+        with libmc_pool.reserve() as mc:
+            return mc.get(key)
+
+    gets = {"pymc": mine.get, "pylibmc": libmc_get, "pymemcache": peer.get}
+    for name, get in gets.items():
+        assert all(get(key) == VALUE for key in keys), name
+    return {
+        f"HashClient.get pooled x{n}": {
+            name: Threaded(rotating(get), n, all_cpus=True) for name, get in gets.items()
+        }
+        for n in thread_counts
+    }
 
 
 def cluster(addresses: List[Address]) -> Cases:

@@ -6,7 +6,12 @@ import re
 from dataclasses import dataclass
 from typing import Dict, List, Optional
 
-COLORS = {"pymc": "tab:blue", "pymemcache": "tab:orange", "pylibmc": "tab:green"}
+COLORS = {
+    "pymc": "tab:blue",
+    "pymc pure": "tab:cyan",
+    "pymemcache": "tab:orange",
+    "pylibmc": "tab:green",
+}
 
 
 @dataclass
@@ -50,24 +55,40 @@ def chart(results: List[Result], path: str, title: str) -> Optional[str]:
         import matplotlib.pyplot as plt
     except ImportError:
         return None
-    series: Dict[str, Dict[str, Dict[int, float]]] = {"threads": {}, "greenlets": {}}
+    series: Dict[str, Dict[str, Dict[int, float]]] = {
+        "threads": {},
+        "threads, 4 nodes, all CPUs": {},
+        "greenlets": {},
+    }
+    titles = {
+        "threads": "pooled get under threads",
+        "threads, 4 nodes, all CPUs": "pooled HashClient.get, 4 nodes, all CPUs",
+        "greenlets": "pooled get under greenlets",
+    }
     for r in results:
-        if r.case.startswith("PooledClient.get"):
+        if r.case.startswith("HashClient.get pooled x"):
+            n = int(r.case.rsplit("x", 1)[1])
+            series["threads, 4 nodes, all CPUs"].setdefault(r.client, {})[n] = r.ops_per_sec
+        elif r.case.startswith("PooledClient.get"):
             m = re.search(r"x(\d+)$", r.case)
             series["threads"].setdefault(r.client, {})[int(m.group(1)) if m else 1] = r.ops_per_sec
         elif r.case.startswith("gevent get"):
             n = int(r.case.rsplit("x", 1)[1])
             series["greenlets"].setdefault(r.client, {})[n] = r.ops_per_sec
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.2))
     for ax, (kind, clients) in zip(axes, series.items()):
         for client, points in sorted(clients.items()):
             xs = sorted(points)
             ax.plot(xs, [points[x] for x in xs], marker="o", label=client, color=COLORS.get(client))
         ax.set_xscale("log")
+        ticks = sorted({x for points in clients.values() for x in points})
+        if ticks:  # (the counts themselves, not powers of ten)
+            ax.set_xticks(ticks, [str(t) for t in ticks])
+            ax.minorticks_off()
         ax.set_ylim(bottom=0)
-        ax.set_xlabel(f"concurrent {kind}")
+        ax.set_xlabel(f"concurrent {kind.split(',')[0]}")
         ax.set_ylabel("get ops/s (all callers)")
-        ax.set_title(f"pooled get under {kind}")
+        ax.set_title(titles[kind])
         ax.grid(True, alpha=0.3)
         if clients:  # (a run of selected cases may have none of this kind)
             ax.legend()

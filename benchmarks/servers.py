@@ -51,6 +51,10 @@ class LocalCluster:
                         raise SystemExit(f"memcached on {address} did not start") from None
                     time.sleep(0.02)
 
+    @property
+    def pids(self) -> List[int]:
+        return [proc.pid for proc in self._procs]
+
     def stop(self) -> None:
         for proc in self._procs:
             proc.kill()

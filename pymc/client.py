@@ -81,6 +81,7 @@ from .protocol import (
     END,
     NEED_DATA,
     RULES,
+    SPEEDUPS,
     STORED,
     ClusterConfig,
     ErrorReply,
@@ -418,6 +419,38 @@ def _kernel_timed(sock: Any) -> bool:
     socket.socket is gevent's: non-blocking underneath, waiting in the hub)."""
     cls = type(sock)
     return _KERNEL_TIMEOUTS and cls.__module__ == "socket" and cls.__qualname__ == "socket"
+
+
+#: How a connection does a whole round trip in one call where it can: ``(sock, request,
+#: started) -> bytes`` (see :func:`_compiled_exchange`).
+Exchange = Callable[[Any, bytes, float], bytes]
+
+
+def _no_exchange(sock: Any, request: bytes, started: float) -> bytes:
+    raise RuntimeError("pymc's compiled round trip is not in use")
+
+
+def _compiled_exchange() -> Optional[Exchange]:
+    """``pymc.speedups.exchange``, when the compiled module is in use and has it: a send of
+    the whole request and one recv of up to :data:`RECV_SIZE` bytes with the GIL released
+    once, where Python's socket releases it for each (under many threads each release is a
+    hand-off of the GIL to another thread, and the command waits to get it back). It
+    returns what the recv returned (b"" at EOF) and raises what the socket's own calls
+    raise; a send that took only part of the request, or a signal, bounds every later wait
+    in it by the command's deadline (``started`` plus the socket's timeout), as
+    :func:`_send_rest` does. Only for a plain blocking socket with kernel timeouts (see
+    :func:`_kernel_timed`); TLS, gevent and other sockets keep the Python calls."""
+    if not (SPEEDUPS and _KERNEL_TIMEOUTS):
+        return None
+    from . import speedups
+
+    if getattr(speedups, "EXCHANGE_RECV_SIZE", None) != RECV_SIZE:
+        return None  # (a build older than this file, or another platform)
+    return speedups.exchange
+
+
+_COMPILED_EXCHANGE: Final = _compiled_exchange()
+_exchange: Final[Exchange] = _COMPILED_EXCHANGE or _no_exchange
 
 
 def _timeval(timeout: Optional[float]) -> bytes:
@@ -983,6 +1016,11 @@ class Client:
         # How requests go out on this connection (chosen again at each connect): on a
         # cooperative socket, one turn for the other greenlets after each send.
         self._send: Sender = _send
+        # The socket whose send and first recv go in one compiled call (_exchange, see
+        # _compiled_exchange): this connection's, when it is a plain one, else None. (A
+        # command compares it with the socket it is about to use, which may be another
+        # object standing in for it.)
+        self._exchange_sock: Optional[socket.socket] = None
         # When the last request went out (a time.monotonic() value; the deadline of a
         # reply read by receive() counts from it), and whether that send was slow.
         self._sent_at = 0.0
@@ -1056,6 +1094,8 @@ class Client:
                 sock = opts.tls_context.wrap_socket(sock, server_hostname=hostname)
             _set_timeout(sock, opts.timeout)
             self._send = _sender_for(sock)
+            plain = _COMPILED_EXCHANGE is not None and self._send is _send and _kernel_timed(sock)
+            self._exchange_sock = sock if plain else None
             self._tls = _is_tls(sock)
             self.sock = sock
             self._reader = Reader()
@@ -1067,7 +1107,7 @@ class Client:
             # No connection, so nothing pending or owed: an interruption inside the auth
             # requests may have left their flags set, and the next connect's auth would
             # then start over on a connection already authenticated.
-            self.sock = None
+            self.sock = self._exchange_sock = None
             self._reader = None
             self._owes_sync = self._syncing = self._pending = False
             if sock is not None:
@@ -1175,6 +1215,7 @@ class Client:
         self.sock = None
         self._reader = None
         self._stray = _never
+        self._exchange_sock = None
         self._owes_sync = self._syncing = self._pending = False
         self._marker = None
         self._meta_ok = False
@@ -1436,9 +1477,19 @@ class Client:
         started = _monotonic() if deadline is None else self._start_of(deadline)
         self._pending = True
         try:
-            if self._send(sock, request, started) and deadline is None:
+            result: Any = NEED_DATA
+            if deadline is None and sock is self._exchange_sock:
+                # The send and the first recv in one call (see _compiled_exchange).
+                data = _exchange(sock, request, started)
+                if not data:
+                    raise self._closed_mid_reply()
+                reader.feed(data)
+                result = expect.step(reader)
+                if result is NEED_DATA:  # one recv did not finish it: see _read_rest
+                    deadline = self._deadline_from(started)
+            elif self._send(sock, request, started) and deadline is None:
                 deadline = self._deadline_from(started)  # (the send used part of the time)
-            result = self._read_to_end(sock, reader, expect, NEED_DATA, deadline, started)
+            result = self._read_to_end(sock, reader, expect, result, deadline, started)
         except BaseException as exc:
             self._abort(exc, request)
         self._pending = False
@@ -1609,18 +1660,21 @@ class Client:
             started = _monotonic()  # (the command's deadline counts from here)
             self._pending = True
             try:
-                slow = self._send(sock, request, started)
-                reply = reader.next_reply()
-                if reply is NEED_DATA:
-                    if not slow:
-                        data = sock.recv(RECV_SIZE)
-                        if not data:
-                            raise self._closed_mid_reply()
-                        reader.feed(data)
-                        reply = reader.next_reply()
-                    if reply is NEED_DATA:  # one recv did not finish it: see _read_rest
-                        deadline = self._deadline_from(started)
-                        reply = self._read_rest(sock, reader, reader.next_reply, deadline)
+                if sock is self._exchange_sock:  # the send and the first recv in one call
+                    data = _exchange(sock, request, started)
+                elif self._send(sock, request, started):
+                    data = None  # (a slow send: the whole reply by the deadline)
+                else:
+                    data = sock.recv(RECV_SIZE)
+                reply = NEED_DATA
+                if data is not None:
+                    if not data:
+                        raise self._closed_mid_reply()
+                    reader.feed(data)
+                    reply = reader.next_reply()
+                if reply is NEED_DATA:  # one recv did not finish it: see _read_rest
+                    deadline = self._deadline_from(started)
+                    reply = self._read_rest(sock, reader, reader.next_reply, deadline)
                 if not rule.accepts(reply):
                     raise MemcacheProtocolError(
                         f"unexpected reply to {rule.command}: {reply!r}"[:300]
@@ -1845,11 +1899,15 @@ class Client:
                 started = _monotonic()  # (the command's deadline counts from here)
                 self._pending = True
                 try:
-                    slow = self._send(sock, request, started)
                     found = {}
                     status: object = NEED_DATA
-                    if not slow:
+                    if sock is self._exchange_sock:  # the send and the first recv in one call
+                        data = _exchange(sock, request, started)
+                    elif self._send(sock, request, started):
+                        data = None  # (a slow send: the whole reply by the deadline)
+                    else:
                         data = sock.recv(RECV_SIZE)
+                    if data is not None:
                         if not data:
                             raise self._closed_mid_reply()
                         status = reader.feed_values(data, (raw,), found)

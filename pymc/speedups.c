@@ -765,6 +765,253 @@ init_meta(void)
     return 0;
 }
 
+/* ===================================================================================
+ * exchange: one request/reply round trip with the GIL released once (pymc/client.py).
+ *
+ *   exchange(sock, request, started) -> bytes
+ *       Send all of ``request`` on ``sock`` (a plain blocking stdlib socket whose timeouts
+ *       are the kernel's, SO_SNDTIMEO/SO_RCVTIMEO: client.py passes no other), then one
+ *       recv of up to EXCHANGE_RECV_SIZE bytes; returns what it read (b"" at EOF). Python's
+ *       socket calls release the GIL once for the send and once more for the recv: under
+ *       many threads every release is a hand-off of the GIL, and each op then waits for
+ *       it twice. This waits once. client.py reads the rest of a reply that needs more.
+ *
+ * Errors are those of the socket's own send()/recv(): OSError from errno (so an expired
+ * kernel timeout is BlockingIOError, EAGAIN, as there). EINTR: the GIL is taken back, the
+ * signal handlers run (their exception propagates), and the exchange goes on. From then
+ * on, as after a send() that took only part of the request, every wait is bounded by the
+ * command's deadline, ``started`` (a time.monotonic() value taken before the call) plus
+ * the socket's timeout (its SO_SNDTIMEO; 0: none), through poll() -- never select(), so
+ * any descriptor works -- and TimeoutError(ETIMEDOUT) once it passes. The caller closes the
+ * connection on any error: part of the request may be on the wire.
+ * =================================================================================== */
+#if defined(__linux__)
+#include <errno.h>
+#include <limits.h>
+#include <math.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <time.h>
+
+/* Must match client.py's RECV_SIZE. */
+#define EXCHANGE_RECV_SIZE 65536
+/* exchange_io's own results besides 0 and errno values (all of which are positive). */
+#define EXCHANGE_TIMED_OUT (-1)
+
+static PyObject *str_fileno;
+/* Each thread's recv buffer (malloc'd on its first exchange, freed when it exits): the
+ * recv goes there and only the bytes read are copied into the result, where a bytes
+ * object of EXCHANGE_RECV_SIZE made and shrunk per call costs a large malloc and a
+ * realloc. Nothing runs between the recv and the copy, so a signal handler that makes an
+ * exchange of its own on the same thread never finds the buffer in use. */
+static pthread_key_t buffer_key;
+static int buffer_key_made;
+
+static char *
+thread_buffer(void)
+{
+    char *buffer = pthread_getspecific(buffer_key);
+    if (buffer == NULL) {
+        buffer = malloc(EXCHANGE_RECV_SIZE);
+        if (buffer == NULL || pthread_setspecific(buffer_key, buffer) != 0) {
+            free(buffer);
+            PyErr_NoMemory();
+            return NULL;
+        }
+    }
+    return buffer;
+}
+
+typedef struct {
+    int fd;
+    const char *request;
+    Py_ssize_t length;
+    Py_ssize_t sent;
+    char *buffer;
+    Py_ssize_t got;
+    double started;
+    int timed;         /* waits are bounded by the deadline: poll() before each call */
+    int deadline_set;  /* deadline (and forever) below are known */
+    int forever;       /* the socket has no timeout: no deadline */
+    double deadline;
+} exchange_state;
+
+static double
+monotonic_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts); /* time.monotonic()'s clock on Linux */
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+/* Wait (GIL released) until fd is ready for ``events`` or the deadline passes: 0 when it
+ * may be ready, EXCHANGE_TIMED_OUT, or an errno value (EINTR among them). */
+static int
+exchange_wait(exchange_state *st, short events)
+{
+    if (!st->deadline_set) {
+        struct timeval tv = {0, 0};
+        socklen_t size = sizeof(tv);
+        if (getsockopt(st->fd, SOL_SOCKET, SO_SNDTIMEO, &tv, &size) < 0) {
+            return errno;
+        }
+        st->forever = tv.tv_sec == 0 && tv.tv_usec == 0;
+        st->deadline = st->started + (double)tv.tv_sec + (double)tv.tv_usec * 1e-6;
+        st->deadline_set = 1;
+    }
+    int wait_ms = -1;
+    if (!st->forever) {
+        double left = st->deadline - monotonic_now();
+        if (left <= 0) {
+            return EXCHANGE_TIMED_OUT;
+        }
+        double ms = ceil(left * 1000.0);
+        wait_ms = ms > 2147483647.0 ? 2147483647 : (int)ms;
+    }
+    struct pollfd p = {st->fd, events, 0};
+    int ready = poll(&p, 1, wait_ms);
+    if (ready < 0) {
+        return errno;
+    }
+    if (ready == 0) {
+        return EXCHANGE_TIMED_OUT;
+    }
+    return 0; /* (POLLERR/POLLHUP/POLLNVAL too: the call itself then says what is wrong) */
+}
+
+/* The I/O, GIL released: send the rest of the request, then one recv. 0 when st->got
+ * holds what the recv returned, else EXCHANGE_TIMED_OUT or an errno value. */
+static int
+exchange_io(exchange_state *st)
+{
+    while (st->sent < st->length) {
+        if (st->timed) {
+            int waited = exchange_wait(st, POLLOUT);
+            if (waited != 0) {
+                return waited;
+            }
+        }
+        ssize_t n = send(st->fd, st->request + st->sent, (size_t)(st->length - st->sent),
+                         st->timed ? MSG_DONTWAIT : 0);
+        if (n < 0) {
+            if (st->timed && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+                continue; /* (poll said ready, the send found no room: wait again) */
+            }
+            return errno;
+        }
+        st->sent += n;
+        if (st->sent < st->length) {
+            st->timed = 1; /* the rest, and the reply, by the deadline */
+        }
+    }
+    for (;;) {
+        if (st->timed) {
+            int waited = exchange_wait(st, POLLIN);
+            if (waited != 0) {
+                return waited;
+            }
+        }
+        ssize_t n = recv(st->fd, st->buffer, EXCHANGE_RECV_SIZE, st->timed ? MSG_DONTWAIT : 0);
+        if (n < 0) {
+            if (st->timed && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+                continue;
+            }
+            return errno;
+        }
+        st->got = n;
+        return 0;
+    }
+}
+
+static PyObject *
+exchange(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "exchange(sock, request, started) takes 3 arguments");
+        return NULL;
+    }
+    PyObject *request = args[1];
+    if (!PyBytes_CheckExact(request)) {
+        PyErr_SetString(PyExc_TypeError, "exchange: the request must be bytes");
+        return NULL;
+    }
+    double started = PyFloat_AsDouble(args[2]);
+    if (started == -1.0 && PyErr_Occurred()) {
+        return NULL;
+    }
+    PyObject *number = PyObject_VectorcallMethod(str_fileno, args, 1, NULL);
+    if (number == NULL) {
+        return NULL;
+    }
+    long fd = PyLong_AsLong(number);
+    Py_DECREF(number);
+    if (fd == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    if (fd < 0 || fd > INT_MAX) { /* a closed socket: what its own send() says */
+        errno = EBADF;
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    char *buffer = thread_buffer();
+    if (buffer == NULL) {
+        return NULL;
+    }
+    exchange_state st = {0};
+    st.fd = (int)fd;
+    st.request = PyBytes_AS_STRING(request); /* (the caller holds request alive) */
+    st.length = PyBytes_GET_SIZE(request);
+    st.buffer = buffer;
+    st.started = started;
+    for (;;) {
+        int failed;
+        Py_BEGIN_ALLOW_THREADS
+        failed = exchange_io(&st);
+        Py_END_ALLOW_THREADS
+        if (failed == 0) {
+            break;
+        }
+        if (failed == EINTR) {
+            if (PyErr_CheckSignals() < 0) {
+                return NULL;
+            }
+            st.timed = 1; /* the waits that follow are bounded by the deadline */
+            continue;
+        }
+        if (failed == EXCHANGE_TIMED_OUT) {
+            PyObject *value = Py_BuildValue("(is)", ETIMEDOUT, "timed out");
+            if (value != NULL) {
+                PyErr_SetObject(PyExc_TimeoutError, value);
+                Py_DECREF(value);
+            }
+            return NULL;
+        }
+        errno = failed;
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    return PyBytes_FromStringAndSize(buffer, st.got);
+}
+
+static int
+init_exchange(void)
+{
+    if (!buffer_key_made) {
+        if (pthread_key_create(&buffer_key, free) != 0) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        buffer_key_made = 1;
+    }
+    if (str_fileno == NULL) {
+        str_fileno = PyUnicode_InternFromString("fileno");
+    }
+    return str_fileno == NULL ? -1 : 0;
+}
+#endif /* __linux__: exchange */
+/* ================================================================= end of exchange */
+
 static PyMethodDef methods[] = {
     {"scan_values", (PyCFunction)(void (*)(void))scan_values, METH_FASTCALL,
      "scan_values(buf, pos, cap, wanted, found) -> (code, a, b): the value loop of "
@@ -775,6 +1022,11 @@ static PyMethodDef methods[] = {
     {"parse_meta_head", (PyCFunction)(void (*)(void))parse_meta_head, METH_FASTCALL,
      "parse_meta_head(line, make) -> make(code, size, fields) | str: pymc.meta's "
      "_parse_head; a str is the message of a malformed line."},
+#if defined(__linux__)
+    {"exchange", (PyCFunction)(void (*)(void))exchange, METH_FASTCALL,
+     "exchange(sock, request, started) -> bytes: send the request, then one recv, with "
+     "the GIL released once (pymc.client's round trip on a plain socket)."},
+#endif
     {NULL, NULL, 0, NULL},
 };
 
@@ -805,5 +1057,12 @@ PyInit_speedups(void)
         Py_DECREF(m);
         return NULL;
     }
+#if defined(__linux__)
+    if (init_exchange() < 0
+        || PyModule_AddIntConstant(m, "EXCHANGE_RECV_SIZE", EXCHANGE_RECV_SIZE) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+#endif
     return m;
 }

@@ -20,3 +20,8 @@ def check_keys(
 def parse_meta_head(
     line: bytes, make: Callable[[bytes, Optional[int], Dict[str, object]], _T], /
 ) -> Union[_T, str]: ...
+
+# Linux only (see pymc.client._compiled_exchange).
+EXCHANGE_RECV_SIZE: int
+
+def exchange(sock: Any, request: bytes, started: float, /) -> bytes: ...
