@@ -61,6 +61,7 @@ __all__ = ["DEFAULT_POOL_TIMEOUT", "Lease", "ObjectPool", "PooledClient"]
 
 T = TypeVar("T")
 _MISSING: Any = object()
+_monotonic = time.monotonic
 
 #: Seconds a PooledClient call waits for a free connection before it raises
 #: :class:`MemcachePoolTimeoutError`.
@@ -208,6 +209,12 @@ class ObjectPool(Generic[T]):
         self.max_lifetime = max_lifetime
         self.timeout = timeout
         self._validate = validate
+        # How long an idle object stays fresh: taken at a fast checkout without a validation
+        # (see _take_fresh_locked). None: PooledClient's validator, whose CHECK_IDLE_AFTER is
+        # read at each checkout; any other validator checks every one.
+        self._fresh_for: Optional[float] = (
+            float("inf") if validate is None else None if validate is _client_is_reusable else 0.0
+        )
         self._lock_generator = lock_generator
         self._s = self._new_state()
 
@@ -331,6 +338,25 @@ class ObjectPool(Generic[T]):
         waiter.acquire()
         s.waiters[id(t)] = waiter
         return waiter
+
+    def _take_fresh_locked(self, s: _State, t: _Ticket, now: float) -> bool:
+        """The fast checkout: give ``t`` the newest idle object if no one waits and it went
+        idle less than ``_fresh_for`` seconds ago (so it needs no validation); else False,
+        and ``t`` holds nothing (the caller takes the slow way, :meth:`_get`)."""
+        if s.waiters:
+            return False  # first come first served: they go before this caller
+        idle = s.idle
+        if idle and (self.idle_timeout or self.max_lifetime is not None):
+            self._reap_locked(s, now)
+        fresh_for = self._fresh_for
+        if fresh_for is None:
+            fresh_for = CHECK_IDLE_AFTER
+        if not idle or now - idle[-1][1] >= fresh_for:
+            return False
+        t.obj, t.released, t.born = idle[-1]
+        t.epoch = s.epoch
+        s.out[id(idle.pop()[0])] = t
+        return True
 
     def _adopt_locked(self, s: _State, t: _Ticket) -> None:
         """The object made for ``t``'s reserved slot is now checked out."""
@@ -658,11 +684,44 @@ class PooledClient(Commands):
         exception of a call that failed, before its connection goes back to the pool (a
         hash client counts the node's failure first, so that a request waiting for the
         connection finds the node failed); then the exception is raised."""
-        if self.retry is None:
-            return self._once(name, args, kwargs, check=check, failed=failed)
-        once = self._once if check is None else functools.partial(self._once, check=check)
-        args, kwargs = replayable(name, args, kwargs)
-        return call_with_retry(self.retry, name, once, name, args, kwargs)
+        if self.retry is not None:
+            once = self._once if check is None else functools.partial(self._once, check=check)
+            args, kwargs = replayable(name, args, kwargs)
+            return call_with_retry(self.retry, name, once, name, args, kwargs)
+        # _once, written out (this is every command of a PooledClient, and every keyed command
+        # of a HashClient), with the fast checkout first: a connection used a moment ago is
+        # taken under the lock in one step. ``check`` is for a caller that had to wait.
+        pool = self.client_pool
+        t = _Ticket()
+        s = pool._s
+        if s.generation != _fork_generation[0]:
+            s = pool._state()
+        clean = False
+        try:
+            try:
+                with s.lock: fresh = pool._take_fresh_locked(s, t, _monotonic())  # noqa: E701  # fmt: skip
+                if not fresh:
+                    pool._get(s, t, pool.timeout, True)
+                    if check is not None:
+                        check()
+                if kwargs:
+                    result = getattr(t.obj, name)(*args, **kwargs)
+                else:
+                    result = getattr(t.obj, name)(*args)
+                clean = True
+            except Exception as exc:
+                if failed is not None:
+                    failed(exc)  # before the connection goes back
+                raise
+            finally:
+                # _settle's first try, written out (the handler below makes the others).
+                with s.lock: pool._settle_locked(s, t, None, not clean)  # noqa: E701  # fmt: skip
+                if s.doomed:
+                    pool._drain(s)
+        except BaseException:
+            pool._settle(s, t, None, True)
+            raise
+        return result
 
     def _once(
         self,
