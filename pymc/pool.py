@@ -343,15 +343,15 @@ class ObjectPool(Generic[T]):
         """The fast checkout: give ``t`` the newest idle object if no one waits and it went
         idle less than ``_fresh_for`` seconds ago (so it needs no validation); else False,
         and ``t`` holds nothing (the caller takes the slow way, :meth:`_get`)."""
-        if s.waiters:
-            return False  # first come first served: they go before this caller
         idle = s.idle
-        if idle and (self.idle_timeout or self.max_lifetime is not None):
+        if not idle or s.waiters:  # (waiters: first come, first served)
+            return False
+        if self.idle_timeout or self.max_lifetime is not None:
             self._reap_locked(s, now)
+            if not idle:
+                return False
         fresh_for = self._fresh_for
-        if fresh_for is None:
-            fresh_for = CHECK_IDLE_AFTER
-        if not idle or now - idle[-1][1] >= fresh_for:
+        if now - idle[-1][1] >= (CHECK_IDLE_AFTER if fresh_for is None else fresh_for):
             return False
         t.obj, t.released, t.born = idle[-1]
         t.epoch = s.epoch
@@ -408,7 +408,7 @@ class ObjectPool(Generic[T]):
         out = s.out
         key = id(t.obj)
         if out.get(key) is t:  # an object handed out (first: the common case)
-            now = time.monotonic()
+            now = _monotonic()
             if (
                 destroy
                 or s.retired
