@@ -678,12 +678,14 @@ class PooledClient(Commands):
     ) -> Any:
         """Run the Client command ``name`` with ``args``/``kwargs`` on a pooled connection
         (the explicit tuple and dict let any keyword pass through untouched). ``check``,
-        if given, runs once a connection is taken, before the command: what it raises is
-        raised (a hash client fails a request that waited for a node that failed
-        meanwhile). ``failed``, if given and there is no retry policy, is called with the
-        exception of a call that failed, before its connection goes back to the pool (a
-        hash client counts the node's failure first, so that a request waiting for the
-        connection finds the node failed); then the exception is raised."""
+        if given, runs once a connection is taken the slow way (the call waited for it,
+        or a new one was made; a connection given back a moment ago is taken at once,
+        without it), before the command: what it raises is raised (a hash client fails a
+        request that waited for a node that failed meanwhile). ``failed``, if given and
+        there is no retry policy, is called with the exception of a call that failed,
+        before its connection goes back to the pool (a hash client counts the node's
+        failure first, so that a request waiting for the connection finds the node
+        failed); then the exception is raised."""
         if self.retry is not None:
             once = self._once if check is None else functools.partial(self._once, check=check)
             args, kwargs = replayable(name, args, kwargs)
@@ -714,7 +716,9 @@ class PooledClient(Commands):
                     failed(exc)  # before the connection goes back
                 raise
             finally:
-                # _settle's first try, written out (the handler below makes the others).
+                # _settle's first try, written out. If it is interrupted (say, while it
+                # waits for the lock), the handler below gives the connection back
+                # destroyed, retrying as _settle does.
                 with s.lock: pool._settle_locked(s, t, None, not clean)  # noqa: E701  # fmt: skip
                 if s.doomed:
                     pool._drain(s)
