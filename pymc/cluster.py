@@ -817,7 +817,7 @@ class HashClient:
             if real_key is not key:  # a (server_key, key) tuple: the node gets the key
                 args = (real_key, *args[1:])
             pool = nodes.clients[name]
-            result = pool.run(command, args, kwargs, *checks)
+            result = pool.run(command, args, kwargs, checks[0], checks[1])
         except MemcacheIllegalInputError:
             raise  # bad input is the caller's to fix: never hidden by ignore_exc
         except Exception as exc:

@@ -61,6 +61,7 @@ __all__ = ["DEFAULT_POOL_TIMEOUT", "Lease", "ObjectPool", "PooledClient"]
 
 T = TypeVar("T")
 _MISSING: Any = object()
+_monotonic = time.monotonic
 
 #: Seconds a PooledClient call waits for a free connection before it raises
 #: :class:`MemcachePoolTimeoutError`.
@@ -208,6 +209,12 @@ class ObjectPool(Generic[T]):
         self.max_lifetime = max_lifetime
         self.timeout = timeout
         self._validate = validate
+        # How long an idle object stays fresh: taken at a fast checkout without a validation
+        # (see _take_fresh_locked). None: PooledClient's validator, whose CHECK_IDLE_AFTER is
+        # read at each checkout; any other validator checks every one.
+        self._fresh_for: Optional[float] = (
+            float("inf") if validate is None else None if validate is _client_is_reusable else 0.0
+        )
         self._lock_generator = lock_generator
         self._s = self._new_state()
 
@@ -332,6 +339,25 @@ class ObjectPool(Generic[T]):
         s.waiters[id(t)] = waiter
         return waiter
 
+    def _take_fresh_locked(self, s: _State, t: _Ticket, now: float) -> bool:
+        """The fast checkout: give ``t`` the newest idle object if no one waits and it went
+        idle less than ``_fresh_for`` seconds ago (so it needs no validation); else False,
+        and ``t`` holds nothing (the caller takes the slow way, :meth:`_get`)."""
+        idle = s.idle
+        if not idle or s.waiters:  # (waiters: first come, first served)
+            return False
+        if self.idle_timeout or self.max_lifetime is not None:
+            self._reap_locked(s, now)
+            if not idle:
+                return False
+        fresh_for = self._fresh_for
+        if now - idle[-1][1] >= (CHECK_IDLE_AFTER if fresh_for is None else fresh_for):
+            return False
+        t.obj, t.released, t.born = idle[-1]
+        t.epoch = s.epoch
+        s.out[id(idle.pop()[0])] = t
+        return True
+
     def _adopt_locked(self, s: _State, t: _Ticket) -> None:
         """The object made for ``t``'s reserved slot is now checked out."""
         if s.out.get(id(t)) is t:
@@ -382,7 +408,7 @@ class ObjectPool(Generic[T]):
         out = s.out
         key = id(t.obj)
         if out.get(key) is t:  # an object handed out (first: the common case)
-            now = time.monotonic()
+            now = _monotonic()
             if (
                 destroy
                 or s.retired
@@ -652,17 +678,54 @@ class PooledClient(Commands):
     ) -> Any:
         """Run the Client command ``name`` with ``args``/``kwargs`` on a pooled connection
         (the explicit tuple and dict let any keyword pass through untouched). ``check``,
-        if given, runs once a connection is taken, before the command: what it raises is
-        raised (a hash client fails a request that waited for a node that failed
-        meanwhile). ``failed``, if given and there is no retry policy, is called with the
-        exception of a call that failed, before its connection goes back to the pool (a
-        hash client counts the node's failure first, so that a request waiting for the
-        connection finds the node failed); then the exception is raised."""
-        if self.retry is None:
-            return self._once(name, args, kwargs, check=check, failed=failed)
-        once = self._once if check is None else functools.partial(self._once, check=check)
-        args, kwargs = replayable(name, args, kwargs)
-        return call_with_retry(self.retry, name, once, name, args, kwargs)
+        if given, runs once a connection is taken the slow way (the call waited for it,
+        or a new one was made; a connection given back a moment ago is taken at once,
+        without it), before the command: what it raises is raised (a hash client fails a
+        request that waited for a node that failed meanwhile). ``failed``, if given and
+        there is no retry policy, is called with the exception of a call that failed,
+        before its connection goes back to the pool (a hash client counts the node's
+        failure first, so that a request waiting for the connection finds the node
+        failed); then the exception is raised."""
+        if self.retry is not None:
+            once = self._once if check is None else functools.partial(self._once, check=check)
+            args, kwargs = replayable(name, args, kwargs)
+            return call_with_retry(self.retry, name, once, name, args, kwargs)
+        # _once, written out (this is every command of a PooledClient, and every keyed command
+        # of a HashClient), with the fast checkout first: a connection used a moment ago is
+        # taken under the lock in one step. ``check`` is for a caller that had to wait.
+        pool = self.client_pool
+        t = _Ticket()
+        s = pool._s
+        if s.generation != _fork_generation[0]:
+            s = pool._state()
+        clean = False
+        try:
+            try:
+                with s.lock: fresh = pool._take_fresh_locked(s, t, _monotonic())  # noqa: E701  # fmt: skip
+                if not fresh:
+                    pool._get(s, t, pool.timeout, True)
+                    if check is not None:
+                        check()
+                if kwargs:
+                    result = getattr(t.obj, name)(*args, **kwargs)
+                else:
+                    result = getattr(t.obj, name)(*args)
+                clean = True
+            except Exception as exc:
+                if failed is not None:
+                    failed(exc)  # before the connection goes back
+                raise
+            finally:
+                # _settle's first try, written out. If it is interrupted (say, while it
+                # waits for the lock), the handler below gives the connection back
+                # destroyed, retrying as _settle does.
+                with s.lock: pool._settle_locked(s, t, None, not clean)  # noqa: E701  # fmt: skip
+                if s.doomed:
+                    pool._drain(s)
+        except BaseException:
+            pool._settle(s, t, None, True)
+            raise
+        return result
 
     def _once(
         self,

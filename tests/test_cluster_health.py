@@ -279,3 +279,62 @@ def closed_before_reply() -> MemcacheUnexpectedCloseError:
     error = MemcacheUnexpectedCloseError("closed")
     error.before_reply = True
     return error
+
+
+@pytest.mark.timeout(30)
+def test_a_keyed_call_that_waited_for_a_failing_nodes_connection_fails_fast(
+    memcached_nodes: List[MemcachedProcess],
+    fault_proxy: Callable[[Tuple[str, int]], FaultProxy],
+) -> None:
+    """A keyed call that queued for a node's only connection while the call holding it
+    failed rests the node at once (NodeRestingError) instead of spending its own timeout
+    there. (The checkout's fast path, taking a connection used a moment ago, skips this
+    look: it is the call that waited that makes it.)"""
+    import threading
+    import time
+
+    proxy = fault_proxy(tcp(memcached_nodes[0]))
+    node = pymc.client.server_name(proxy.address)
+    client = HashClient(
+        [proxy.address, tcp(memcached_nodes[1])],
+        use_pooling=True,
+        max_pool_size=1,
+        retry_attempts=5,
+        retry_timeout=60,
+        timeout=0.5,
+        pool_timeout=5,
+    )
+    key = next(k for k in (f"wait-{i}" for i in range(200)) if client.snapshot.node_for(k) == node)
+    assert client.set(key, b"v") is True
+    assert client.get(key) == b"v"  # the connection is warm: the first call takes it fast
+    pool = client.clients[node].client_pool
+    proxy.set_mode("stall")
+    errors: Dict[str, BaseException] = {}
+
+    def call(who: str) -> None:
+        try:
+            client.get(key)
+        except BaseException as exc:
+            errors[who] = exc
+
+    first = threading.Thread(target=call, args=("first",), daemon=True)
+    first.start()
+    deadline = time.monotonic() + 5
+    while pool.stats()["in_use"] == 0:
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+    second = threading.Thread(target=call, args=("second",), daemon=True)
+    second.start()
+    while pool.stats()["waiting"] == 0 and first.is_alive():
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+    assert first.is_alive(), "the first call ended before the second queued"
+    first.join(5)
+    second.join(5)
+    assert isinstance(errors["first"], pymc.MemcacheTimeoutError), errors
+    assert isinstance(errors["second"], NodeRestingError), errors
+    assert node in client.snapshot.names  # resting, not ejected
+    s = pool.stats()
+    assert s["in_use"] == 0 and s["waiting"] == 0, s
+    proxy.set_mode("pass")
+    client.close()

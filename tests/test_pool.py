@@ -477,6 +477,74 @@ def test_without_the_checkout_check_incr_would_fail(
     assert client.get("n") == b"15"
 
 
+class CheckCountingClient(Client):
+    """Counts the pool's reusable checks (``is_clean``) of its connections."""
+
+    checks = 0
+
+    def is_clean(self) -> bool:
+        CheckCountingClient.checks += 1
+        return super().is_clean()
+
+
+def test_fast_checkout_takes_a_fresh_connection_unchecked_and_checks_an_idle_one(
+    memcached: MemcachedProcess, fault_proxy: ProxyFactory
+) -> None:
+    """The checkout's fast path takes a connection given back less than CHECK_IDLE_AFTER
+    ago without a look; one idle longer is checked, and one the server closed meanwhile is
+    replaced (the value read is the server's, never an error)."""
+    proxy = fault_proxy(tcp(memcached))
+    client = PooledClient(proxy.address, max_pool_size=2)
+    client.client_class = CheckCountingClient
+    CheckCountingClient.checks = 0
+    assert client.set("k", b"v")
+    for _ in range(20):
+        assert client.get("k") == b"v"
+    assert CheckCountingClient.checks == 0
+    time.sleep(pymc.pool.CHECK_IDLE_AFTER * 2)
+    assert client.get("k") == b"v"
+    assert CheckCountingClient.checks == 1
+    proxy.close_all()
+    time.sleep(pymc.pool.CHECK_IDLE_AFTER * 2)
+    assert client.get("k") == b"v"
+    s = pool_stats(client)
+    assert CheckCountingClient.checks == 2 and s["created"] == 2 and s["destroyed"] == 1, s
+
+
+def test_fast_checkout_serves_waiters_first_and_keeps_the_bound(
+    memcached: MemcachedProcess,
+) -> None:
+    """Threads hammering a 2-connection pool: never more than 2 connections, every call
+    reads its own value, nothing left checked out or waiting."""
+    client = PooledClient(tcp(memcached), max_pool_size=2, pool_timeout=10)
+    made: List[Client] = []
+
+    class Made(Client):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            made.append(self)
+
+    client.client_class = Made
+    for i in range(8):
+        assert client.set(f"t{i}", str(i))
+    bad: List[Any] = []
+
+    def worker(i: int) -> None:
+        for _ in range(200):
+            if client.get(f"t{i}") != str(i).encode():
+                bad.append(i)
+
+    threads = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(20)
+    assert not bad
+    s = pool_stats(client)
+    assert len(made) <= 2 and s["created"] <= 2, s
+    assert s["in_use"] == 0 and s["waiting"] == 0, s
+
+
 # -- fork ---------------------------------------------------------------------------------------
 
 

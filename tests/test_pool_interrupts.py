@@ -287,8 +287,17 @@ def test_injection_at_every_line_of_pooled_client_calls(memcached: MemcachedProc
         with pytest.raises(MemcacheIllegalInputError):
             client.get("bad key")
 
-    covered = [every_line(fn, check) for fn in (warm, cold, failing)]
+    wheres: List[str] = []
+
+    def check_and_note(where: str) -> None:
+        wheres.append(where)
+        check(where)
+
+    covered = [every_line(fn, check_and_note) for fn in (warm, cold, failing)]
     assert all(n > 10 for n in covered), covered
+    # the fast checkout (a connection used a moment ago) and the slow one were both hit
+    assert any("_take_fresh_locked" in w for w in wheres), wheres
+    assert any(" _get " in w for w in wheres), wheres
 
 
 def test_injection_at_every_line_of_hash_client_checkouts(
@@ -326,8 +335,15 @@ def test_injection_at_every_line_of_hash_client_checkouts(
         client.close()
         assert client.get_many(list(values)) == values
 
-    covered = [every_line(fn, check) for fn in (get, get_many, cold_get_many)]
+    wheres: List[str] = []
+
+    def check_and_note(where: str) -> None:
+        wheres.append(where)
+        check(where)
+
+    covered = [every_line(fn, check_and_note) for fn in (get, get_many, cold_get_many)]
     assert all(n > 10 for n in covered), covered
+    assert any("_take_fresh_locked" in w for w in wheres), wheres  # the fast checkout
 
 
 # -- a signal handler's exception while waiting for the pool's lock ----------------------------
