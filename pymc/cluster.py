@@ -65,6 +65,7 @@ from .client import (
     meta_batches,
     normalize_server_spec,
     per_key_results,
+    quiet_connections,
     quiet_deletes,
     quiet_gets,
     read_through,
@@ -1055,17 +1056,26 @@ class HashClient:
         ends: Optional[Dict[str, Optional[CommandEnd]]] = None if observe is None else {}
         try:
             deadline = command_deadline(self.options.timeout)  # (before the first send)
-            waiting: Dict[int, Reading] = {}  # socket's fd -> the node's read
+            # Everything the sends need is made first, so that the requests go out back to
+            # back: on a machine where the servers share the client's CPU, each moment
+            # between two sends is a chance for the server just woken to take the CPU.
+            # One poll looks at every connection for stray bytes (see quiet_connections).
+            sends: List[Tuple[str, Client, Lease[Client], bytes, Optional[Expect], Any]] = []
             for name, conn, lease in taken:
                 request, expect, finish = parts[name]  # type: ignore[misc]
-                if ends is not None:
+                sends.append((name, conn, lease, request, expect and expect(), finish))
+            quiet = quiet_connections([conn for _, conn, _ in taken])
+            if ends is not None:
+                for name, _, _ in taken:
                     ends[name] = observe(name)  # type: ignore[misc]
+            sent: List[Reading] = []
+            for (name, conn, lease, request, reader, finish), looked in zip(sends, quiet):
                 try:
-                    conn.send(request, expect is None, deadline)
-                    if expect is None:  # noreply: nothing to read
+                    conn.send(request, reader is None, deadline, looked)
+                    if reader is None:  # noreply: nothing to read
                         results[name] = finish(None)
                     else:
-                        waiting[conn.sock.fileno()] = (name, conn, lease, expect(), finish)  # type: ignore[union-attr]
+                        sent.append((name, conn, lease, reader, finish))
                         continue
                 except Exception as exc:
                     self._lost(command, name, lease, exc, failed, noted, ends, request)
@@ -1073,6 +1083,9 @@ class HashClient:
                 lease.give_back()
                 if ends is not None:
                     end_command(ends.pop(name), None)
+            waiting: Dict[int, Reading] = {}  # socket's fd -> the node's read
+            for reading in sent:
+                waiting[reading[1].sock.fileno()] = reading  # type: ignore[union-attr]
             if len(waiting) > 1:
                 self._read_as_they_come(
                     command, waiting, deadline, parts, results, failed, noted, ends
