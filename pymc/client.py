@@ -81,6 +81,7 @@ from .protocol import (
     END,
     NEED_DATA,
     RULES,
+    SPEEDUPS,
     STORED,
     ClusterConfig,
     ErrorReply,
@@ -789,6 +790,46 @@ def decode_values(
             raise
         out[key] = (value, cas) if with_cas else value
     return out
+
+
+def merge_values_py(
+    parts: Sequence[Mapping[bytes, Item]], wanted: Mapping[bytes, Any]
+) -> Dict[Any, Any]:
+    """``{wanted[raw]: data}`` over the items of every part (each node's), in order: the
+    values as the default serde returns them (the bytes). The reference of the compiled
+    ``merge_values`` (pymc/speedups.c)."""
+    out: Dict[Any, Any] = {}
+    for part in parts:
+        for raw, item in part.items():
+            out[wanted[raw]] = item[1]
+    return out
+
+
+merge_values: Callable[[Any, Any], Dict[Any, Any]] = merge_values_py
+if SPEEDUPS:
+    from . import speedups
+
+    if hasattr(speedups, "merge_values"):  # (else a build older than this file)
+        merge_values = speedups.merge_values
+
+
+def decode_parts(
+    parts: List[Dict[bytes, Item]],
+    wanted: Mapping[bytes, Any],
+    options: ClientOptions,
+    with_cas: bool,
+) -> Dict[Any, Any]:
+    """:func:`decode_values` of the items of many requests (a cluster fan-out's nodes),
+    merged in order: ``wanted`` maps every raw key of them all to the caller's key."""
+    if not with_cas and type(options.serde) is DefaultSerde and type(wanted) is dict:
+        return merge_values(parts, wanted)  # (the default serde returns the bytes)
+    if len(parts) == 1:
+        items = parts[0]
+    else:
+        items = {}
+        for part in parts:
+            items.update(part)
+    return decode_values(items, wanted, options, with_cas)
 
 
 # How pymemcache types the values of ``stats``: int unless listed here; a value that does

@@ -20,3 +20,9 @@ def check_keys(
 def parse_meta_head(
     line: bytes, make: Callable[[bytes, Optional[int], Dict[str, object]], _T], /
 ) -> Union[_T, str]: ...
+def place_keys(
+    checked: Dict[bytes, Any], cache: Dict[Any, Optional[str]], /
+) -> Tuple[Dict[str, Dict[bytes, Any]], Optional[Dict[Any, bytes]]]: ...
+def merge_values(
+    parts: List[Dict[bytes, Tuple[int, bytes, Optional[bytes]]]], wanted: Dict[bytes, Any], /
+) -> Dict[Any, bytes]: ...
