@@ -645,6 +645,41 @@ def _stray_check(sock: Any) -> Callable[[int], Any]:
     return poller.poll  # type: ignore[no-any-return]
 
 
+def quiet_connections(conns: Sequence[Client]) -> List[bool]:
+    """For each connection, whether its socket is open with nothing unread and no close from
+    the server, seen in one ``poll`` over them all, without waiting: what
+    :meth:`Client.send` looks for on its own, one system call per connection, before each
+    request (bytes nobody asked for, a proxy's late duplicate, the server's close). A
+    connection found quiet is sent to with ``looked=True``; any other (closed, not
+    connected, where there is no ``poll``) makes its own look in ``send``, as alone.
+    Under gevent, the operating system's poll (see :func:`_unpatched_poll`): a look that
+    never waits needs no trip through the hub."""
+    quiet = [False] * len(conns)
+    poll = _unpatched_poll()
+    if poll is None:
+        return quiet
+    poller = poll()
+    index: Dict[int, int] = {}
+    try:
+        for i, conn in enumerate(conns):
+            sock = conn.sock
+            if sock is None or (isinstance(sock, ssl.SSLSocket) and sock.pending()):
+                continue  # (decrypted bytes already inside the TLS layer: unread)
+            fd = sock.fileno()
+            if fd < 0:
+                continue
+            poller.register(fd, select.POLLIN | select.POLLPRI)
+            index[fd] = i
+            quiet[i] = True
+        if index:
+            # POLLIN/POLLPRI: unread bytes, or EOF; POLLHUP/POLLERR/POLLNVAL come anyway.
+            for fd, _ in poller.poll(0):
+                quiet[index[fd]] = False
+    except (OSError, ValueError):
+        return [False] * len(conns)  # each connection looks on its own
+    return quiet
+
+
 #: Socket class -> what makes a poll object for it (see :func:`readiness_poll`).
 _READINESS_POLLS: Dict[type, Any] = {}
 
@@ -787,6 +822,46 @@ def decode_values(
             raise
         out[key] = (value, cas) if with_cas else value
     return out
+
+
+def merge_values_py(
+    parts: Sequence[Mapping[bytes, Item]], wanted: Mapping[bytes, Any]
+) -> Dict[Any, Any]:
+    """``{wanted[raw]: data}`` over the items of every part (each node's), in order: the
+    values as the default serde returns them (the bytes). The reference of the compiled
+    ``merge_values`` (pymc/speedups.c)."""
+    out: Dict[Any, Any] = {}
+    for part in parts:
+        for raw, item in part.items():
+            out[wanted[raw]] = item[1]
+    return out
+
+
+merge_values: Callable[[Any, Any], Dict[Any, Any]] = merge_values_py
+if SPEEDUPS:
+    from . import speedups
+
+    if hasattr(speedups, "merge_values"):  # (else a build older than this file)
+        merge_values = speedups.merge_values
+
+
+def decode_parts(
+    parts: List[Dict[bytes, Item]],
+    wanted: Mapping[bytes, Any],
+    options: ClientOptions,
+    with_cas: bool,
+) -> Dict[Any, Any]:
+    """:func:`decode_values` of the items of many requests (a cluster fan-out's nodes),
+    merged in order: ``wanted`` maps every raw key of them all to the caller's key."""
+    if not with_cas and type(options.serde) is DefaultSerde and type(wanted) is dict:
+        return merge_values(parts, wanted)  # (the default serde returns the bytes)
+    if len(parts) == 1:
+        items = parts[0]
+    else:
+        items = {}
+        for part in parts:
+            items.update(part)
+    return decode_values(items, wanted, options, with_cas)
 
 
 # How pymemcache types the values of ``stats``: int unless listed here; a value that does
@@ -1239,7 +1314,13 @@ class Client:
     # fan-out uses the same two halves on many connections at once. What a reply means is
     # decided by protocol's Expect readers and RULES, never here.
 
-    def send(self, request: bytes, noreply: bool = False, deadline: Optional[float] = None) -> None:
+    def send(
+        self,
+        request: bytes,
+        noreply: bool = False,
+        deadline: Optional[float] = None,
+        looked: bool = False,
+    ) -> None:
         """Send ``request`` (one or more complete commands), connecting first if needed.
 
         ``noreply``: every command in it says ``noreply``, so nothing will be read. The
@@ -1253,13 +1334,20 @@ class Client:
         The command's deadline (``timeout``: see :meth:`receive`) counts from here, or is
         ``deadline`` when given (a fan-out gives all its connections one): the part of a
         request that one ``send()`` did not take goes out by it.
+
+        ``looked``: the caller has just found the socket quiet, as :func:`quiet_connections`
+        does for many connections in one ``poll``; the look for stray bytes is not made again.
         """
         sock = self.sock
         if (
             sock is None
             or self._pending
             or self._reader.broken  # type: ignore[union-attr]
-            or (self._stray(0) and (not self._owes_sync or self._closed_after_noreply(sock)))
+            or (
+                not looked
+                and self._stray(0)
+                and (not self._owes_sync or self._closed_after_noreply(sock))
+            )
         ):
             # A reply that was never read to its end (the caller was interrupted between
             # send and receive), a reader that gave up, or bytes that came after the last

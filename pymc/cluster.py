@@ -60,11 +60,13 @@ from .client import (
     ServerSpec,
     begin_command,
     command_deadline,
+    decode_parts,
     decode_values,
     end_command,
     meta_batches,
     normalize_server_spec,
     per_key_results,
+    quiet_connections,
     quiet_deletes,
     quiet_gets,
     read_through,
@@ -93,6 +95,7 @@ from .pool import DEFAULT_POOL_TIMEOUT, Lease, PooledClient
 from .protocol import (
     NEED_DATA,
     RULES,
+    SPEEDUPS,
     ErrorReply,
     Expect,
     ExpectReplies,
@@ -324,6 +327,38 @@ class NodeSet:
 
     def __repr__(self) -> str:
         return f"<NodeSet v{self.version} {list(self.names)}>"
+
+
+def place_keys_py(
+    checked: Dict[bytes, AnyKey], cache: Dict[Any, Optional[str]]
+) -> Tuple[Dict[str, Dict[bytes, AnyKey]], Optional[Dict[AnyKey, bytes]]]:
+    """``(placed, unseen)`` for checked keys (``{raw: key}``): each node's ``{raw: key}``
+    for the keys whose node ``cache`` (a NodeSet's placement cache) knows, and ``{key: raw}``
+    for the others (None when there are none). The reference of the compiled
+    ``place_keys`` (pymc/speedups.c)."""
+    placed: Dict[str, Dict[bytes, AnyKey]] = {}
+    unseen: Optional[Dict[AnyKey, bytes]] = None
+    for raw, key in checked.items():
+        name = cache.get(key)
+        if name is None:
+            if unseen is None:
+                unseen = {}
+            unseen[key] = raw
+        else:
+            wanted = placed.get(name)
+            if wanted is None:
+                placed[name] = {raw: key}
+            else:
+                wanted[raw] = key
+    return placed, unseen
+
+
+place_keys: Callable[[Any, Any], Any] = place_keys_py
+if SPEEDUPS:
+    from . import speedups
+
+    if hasattr(speedups, "place_keys"):  # (else a build older than this file)
+        place_keys = speedups.place_keys
 
 
 def _with_keys(
@@ -1055,17 +1090,26 @@ class HashClient:
         ends: Optional[Dict[str, Optional[CommandEnd]]] = None if observe is None else {}
         try:
             deadline = command_deadline(self.options.timeout)  # (before the first send)
-            waiting: Dict[int, Reading] = {}  # socket's fd -> the node's read
+            # Everything the sends need is made first, so that the requests go out back to
+            # back: on a machine where the servers share the client's CPU, each moment
+            # between two sends is a chance for the server just woken to take the CPU.
+            # One poll looks at every connection for stray bytes (see quiet_connections).
+            sends: List[Tuple[str, Client, Lease[Client], bytes, Optional[Expect], Any]] = []
             for name, conn, lease in taken:
                 request, expect, finish = parts[name]  # type: ignore[misc]
-                if ends is not None:
+                sends.append((name, conn, lease, request, expect and expect(), finish))
+            quiet = quiet_connections([conn for _, conn, _ in taken])
+            if ends is not None:
+                for name, _, _ in taken:
                     ends[name] = observe(name)  # type: ignore[misc]
+            sent: List[Reading] = []
+            for (name, conn, lease, request, reader, finish), looked in zip(sends, quiet):
                 try:
-                    conn.send(request, expect is None, deadline)
-                    if expect is None:  # noreply: nothing to read
+                    conn.send(request, reader is None, deadline, looked)
+                    if reader is None:  # noreply: nothing to read
                         results[name] = finish(None)
                     else:
-                        waiting[conn.sock.fileno()] = (name, conn, lease, expect(), finish)  # type: ignore[union-attr]
+                        sent.append((name, conn, lease, reader, finish))
                         continue
                 except Exception as exc:
                     self._lost(command, name, lease, exc, failed, noted, ends, request)
@@ -1073,6 +1117,9 @@ class HashClient:
                 lease.give_back()
                 if ends is not None:
                     end_command(ends.pop(name), None)
+            waiting: Dict[int, Reading] = {}  # socket's fd -> the node's read
+            for reading in sent:
+                waiting[reading[1].sock.fileno()] = reading  # type: ignore[union-attr]
             if len(waiting) > 1:
                 self._read_as_they_come(
                     command, waiting, deadline, parts, results, failed, noted, ends
@@ -1264,13 +1311,7 @@ class HashClient:
 
         found = self._fan_out(command, nodes, parts, alone, observe)
         if checked is not None:  # each raw key on one node: decoded together, in one call
-            if len(found) == 1:
-                (items,) = found.values()
-            else:
-                items = {}
-                for part in found.values():
-                    items.update(part)
-            return decode_values(items, checked, opts, with_cas)
+            return decode_parts(list(found.values()), checked, opts, with_cas)
         out: Dict[Any, Any] = {}
         for name, items in found.items():
             out.update(decode_values(items, wanted_by_node[name], opts, with_cas))
@@ -1285,19 +1326,9 @@ class HashClient:
             self._maybe_probe()
         if not nodes.names:
             raise self._no_nodes()
-        cache = nodes._cache
-        placed: Dict[str, Dict[bytes, AnyKey]] = {}
-        unseen: Dict[AnyKey, bytes] = {}
-        for raw, key in checked.items():
-            name = cache.get(key)
-            if name is None:
-                unseen[key] = raw
-            else:
-                wanted = placed.get(name)
-                if wanted is None:
-                    placed[name] = {raw: key}
-                else:
-                    wanted[raw] = key
+        placed: Dict[str, Dict[bytes, AnyKey]]
+        unseen: Optional[Dict[AnyKey, bytes]]
+        placed, unseen = place_keys(checked, nodes._cache)
         if unseen:  # placed by the locator (in one batch where it can), and cached
             for name, group in self._groups(nodes, list(unseen)).items():
                 wanted = placed.setdefault(name, {})

@@ -765,8 +765,7 @@ init_meta(void)
     return 0;
 }
 
-/* ===================================================================================
- * exchange: one request/reply round trip with the GIL released once (pymc/client.py).
+/* ============================================================================ * exchange: one request/reply round trip with the GIL released once (pymc/client.py).
  *
  *   exchange(sock, request, started) -> bytes
  *       Send all of ``request`` on ``sock`` (a plain blocking stdlib socket whose timeouts
@@ -1011,6 +1010,148 @@ init_exchange(void)
 }
 #endif /* __linux__: exchange */
 /* ================================================================= end of exchange */
+=======
+/* ---------------------------------------------------------------------- cluster fan-out
+ *
+ * Two per-key loops of a HashClient multi-get (pymc/cluster.py and pymc/client.py hold
+ * the pure-Python references, place_keys_py and merge_values_py; tests/test_speedups_fanout.py
+ * checks that the two agree). No state, no I/O.
+ *
+ *   place_keys(checked, cache) -> (placed, unseen)
+ *       checked: {raw: key}; cache: {key: node name} (a NodeSet's placement cache).
+ *       placed: {name: {raw: key}} for the keys the cache knows (a value of None is not
+ *       known); unseen: {key: raw} for the others, or None when there are none.
+ *
+ *   merge_values(parts, wanted) -> dict
+ *       parts: a list of {raw: (flags, data, cas)} (each node's items); wanted: {raw: key}.
+ *       {wanted[raw]: data} over all the parts, in order (KeyError for a raw wanted does not
+ *       hold; TypeError for an item that is no tuple of at least two).
+ */
+
+static PyObject *
+place_keys(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2 || !PyDict_Check(args[0]) || !PyDict_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "place_keys(checked: dict, cache: dict)");
+        return NULL;
+    }
+    PyObject *checked = args[0], *cache = args[1];
+    PyObject *placed = PyDict_New();
+    PyObject *unseen = NULL;
+    if (placed == NULL) {
+        return NULL;
+    }
+    PyObject *raw, *key;
+    Py_ssize_t pos = 0;
+    while (PyDict_Next(checked, &pos, &raw, &key)) {
+        /* Strong references: a key's own __eq__ (a str subclass) could run any code. */
+        Py_INCREF(raw);
+        Py_INCREF(key);
+        PyObject *name = PyDict_GetItemWithError(cache, key); /* borrowed */
+        int failed = 0;
+        if (name == NULL && PyErr_Occurred()) {
+            failed = 1;
+        }
+        else if (name == NULL || name == Py_None) {
+            if (unseen == NULL && (unseen = PyDict_New()) == NULL) {
+                failed = 1;
+            }
+            else if (PyDict_SetItem(unseen, key, raw) < 0) {
+                failed = 1;
+            }
+        }
+        else {
+            Py_INCREF(name);
+            PyObject *group = PyDict_GetItemWithError(placed, name); /* borrowed */
+            if (group == NULL) {
+                if (PyErr_Occurred() || (group = PyDict_New()) == NULL) {
+                    failed = 1;
+                }
+                else {
+                    int err = PyDict_SetItem(placed, name, group);
+                    Py_DECREF(group); /* placed holds it now (or it is gone: failed) */
+                    if (err < 0) {
+                        failed = 1;
+                    }
+                }
+            }
+            if (!failed && PyDict_SetItem(group, raw, key) < 0) {
+                failed = 1;
+            }
+            Py_DECREF(name);
+        }
+        Py_DECREF(raw);
+        Py_DECREF(key);
+        if (failed) {
+            Py_DECREF(placed);
+            Py_XDECREF(unseen);
+            return NULL;
+        }
+    }
+    PyObject *result = PyTuple_Pack(2, placed, unseen == NULL ? Py_None : unseen);
+    Py_DECREF(placed);
+    Py_XDECREF(unseen);
+    return result;
+}
+
+static PyObject *
+merge_values(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2 || !PyList_Check(args[0]) || !PyDict_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "merge_values(parts: list, wanted: dict)");
+        return NULL;
+    }
+    PyObject *parts = args[0], *wanted = args[1];
+    PyObject *out = PyDict_New();
+    if (out == NULL) {
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(parts); i++) {
+        PyObject *part = PyList_GET_ITEM(parts, i); /* borrowed: held below */
+        if (!PyDict_Check(part)) {
+            PyErr_SetString(PyExc_TypeError, "merge_values: a part is not a dict");
+            Py_DECREF(out);
+            return NULL;
+        }
+        Py_INCREF(part);
+        PyObject *raw, *item;
+        Py_ssize_t pos = 0;
+        int failed = 0;
+        while (!failed && PyDict_Next(part, &pos, &raw, &item)) {
+            if (!PyTuple_Check(item) || PyTuple_GET_SIZE(item) < 2) {
+                PyErr_SetString(PyExc_TypeError, "merge_values: an item is not a tuple");
+                failed = 1;
+                break;
+            }
+            Py_INCREF(raw);
+            Py_INCREF(item);
+            PyObject *key = PyDict_GetItemWithError(wanted, raw); /* borrowed */
+            if (key == NULL) {
+                if (!PyErr_Occurred()) {
+                    PyErr_SetObject(PyExc_KeyError, raw);
+                }
+                failed = 1;
+            }
+            else {
+                Py_INCREF(key);
+                if (PyDict_SetItem(out, key, PyTuple_GET_ITEM(item, 1)) < 0) {
+                    failed = 1;
+                }
+                Py_DECREF(key);
+            }
+            Py_DECREF(raw);
+            Py_DECREF(item);
+        }
+        Py_DECREF(part);
+        if (failed) {
+            Py_DECREF(out);
+            return NULL;
+        }
+    }
+    return out;
+}
+
+/* ------------------------------------------------------------ end of the cluster fan-out */
 
 static PyMethodDef methods[] = {
     {"scan_values", (PyCFunction)(void (*)(void))scan_values, METH_FASTCALL,
@@ -1027,6 +1168,10 @@ static PyMethodDef methods[] = {
      "exchange(sock, request, started) -> bytes: send the request, then one recv, with "
      "the GIL released once (pymc.client's round trip on a plain socket)."},
 #endif
+    {"place_keys", (PyCFunction)(void (*)(void))place_keys, METH_FASTCALL,
+     "place_keys(checked, cache) -> (placed, unseen): pymc.cluster's place_keys_py."},
+    {"merge_values", (PyCFunction)(void (*)(void))merge_values, METH_FASTCALL,
+     "merge_values(parts, wanted) -> dict: pymc.client's merge_values_py."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -25,3 +25,9 @@ def parse_meta_head(
 EXCHANGE_RECV_SIZE: int
 
 def exchange(sock: Any, request: bytes, started: float, /) -> bytes: ...
+def place_keys(
+    checked: Dict[bytes, Any], cache: Dict[Any, Optional[str]], /
+) -> Tuple[Dict[str, Dict[bytes, Any]], Optional[Dict[Any, bytes]]]: ...
+def merge_values(
+    parts: List[Dict[bytes, Tuple[int, bytes, Optional[bytes]]]], wanted: Dict[bytes, Any], /
+) -> Dict[Any, bytes]: ...
