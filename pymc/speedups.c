@@ -517,6 +517,298 @@ b64_key(const char *p, Py_ssize_t n, int *bad)
     return out;
 }
 
+/* The codes of a meta reply line, in the order of the code_* objects. */
+enum { MC_VA, MC_HD, MC_EN, MC_NS, MC_EX, MC_NF, MC_MN };
+/* Why a line is malformed (each is one message of meta.py's _parse_head). */
+enum {
+    HE_OK,
+    HE_UNEXPECTED,   /* unexpected meta reply */
+    HE_VA,           /* malformed VA line */
+    HE_EMPTY_TOKEN,  /* malformed meta reply */
+    HE_TWICE,        /* flag '%c' twice */
+    HE_BAD_FLAG,     /* bad '%c' flag */
+    HE_MN,           /* malformed MN line */
+    HE_BASE64,       /* a base64 key that is not base64 */
+    HE_EMPTY_KEY,    /* an empty key */
+};
+#define N_KNOWN 12 /* strlen(KNOWN_FLAGS) */
+
+/* A parsed meta reply line: pointers into the line, every argument checked. */
+typedef struct {
+    int code;                  /* MC_* (OK is MC_HD) */
+    const char *size;          /* VA: the size's digits (1 to 20) */
+    Py_ssize_t size_len;
+    unsigned int seen;         /* a bit per KNOWN_FLAGS index */
+    int order[N_KNOWN];        /* the KNOWN_FLAGS indexes seen, in the line's order */
+    int count;                 /* how many */
+    const char *arg[N_KNOWN];  /* each flag's argument (after its letter), by index */
+    Py_ssize_t arg_len[N_KNOWN];
+    uint64_t num[N_KNOWN];     /* c f s l: the value, when num_fits; t: see t_value */
+    unsigned int num_fits;     /* a bit per index: the number fit a uint64 */
+    int64_t t_value;
+} meta_head;
+
+static int
+flag_index(unsigned char f)
+{
+    const char *at = strchr(KNOWN_FLAGS, f);
+    return (int)(at - KNOWN_FLAGS);
+}
+
+/* Whether p[0:n] is base64 as meta.py reads it (see b64_key). */
+static int
+b64_valid(const char *p, Py_ssize_t n)
+{
+    if (n == 0 || n % 4 != 0) {
+        return 0;
+    }
+    Py_ssize_t data = n;
+    while (data > 0 && p[data - 1] == '=' && n - data < 2) {
+        data--;
+    }
+    if (data == 0) {
+        return 0;
+    }
+    for (Py_ssize_t i = 0; i < data; i++) {
+        if (b64_value((unsigned char)p[i]) < 0) {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+/* Parse the line s[0:n] into h: HE_OK, or why it is malformed (*flag: the flag byte the
+ * message names). The checks run in _parse_head's order, so the first failure is its. */
+static int
+parse_head_core(const char *s, Py_ssize_t n, meta_head *h, int *flag)
+{
+    h->seen = 0;
+    h->count = 0;
+    h->num_fits = 0;
+    h->t_value = 0;
+    h->size = NULL;
+    h->size_len = 0;
+    *flag = 0;
+    /* The first token: s[0:i]. */
+    Py_ssize_t i = 0;
+    while (i < n && s[i] != ' ') {
+        i++;
+    }
+    if (i != 2) {
+        return HE_UNEXPECTED;
+    }
+    const char a0 = s[0], a1 = s[1];
+    if (a0 == 'V' && a1 == 'A') {
+        /* VA <size>: the second token must be 1 to 20 digits. */
+        if (i >= n) {
+            return HE_VA;
+        }
+        const Py_ssize_t j = i + 1;
+        Py_ssize_t k = j;
+        while (k < n && s[k] != ' ') {
+            k++;
+        }
+        if (!all_digits(s + j, k - j) || k - j > 20) {
+            return HE_VA;
+        }
+        h->code = MC_VA;
+        h->size = s + j;
+        h->size_len = k - j;
+        i = k;
+    }
+    else if (a0 == 'H' && a1 == 'D') {
+        h->code = MC_HD;
+    }
+    else if (a0 == 'E' && a1 == 'N') {
+        h->code = MC_EN;
+    }
+    else if (a0 == 'N' && a1 == 'S') {
+        h->code = MC_NS;
+    }
+    else if (a0 == 'E' && a1 == 'X') {
+        h->code = MC_EX;
+    }
+    else if (a0 == 'N' && a1 == 'F') {
+        h->code = MC_NF;
+    }
+    else if (a0 == 'M' && a1 == 'N') {
+        h->code = MC_MN;
+    }
+    else if (a0 == 'O' && a1 == 'K') { /* memcached 1.6.6 */
+        h->code = MC_HD;
+    }
+    else {
+        return HE_UNEXPECTED;
+    }
+    const int tokens = i < n; /* any token after the code (and size) */
+    /* Each token after s[i] == ' ': s[p:q]. */
+    while (i < n) {
+        const Py_ssize_t p = i + 1;
+        Py_ssize_t q = p;
+        while (q < n && s[q] != ' ') {
+            q++;
+        }
+        i = q;
+        if (q == p) {
+            return HE_EMPTY_TOKEN;
+        }
+        const unsigned char f = (unsigned char)s[p];
+        if (f >= 128 || flag_key[f] == NULL) {
+            continue; /* a flag a newer server added */
+        }
+        const int x = flag_index(f);
+        const unsigned int bit = 1u << x;
+        *flag = f;
+        if (h->seen & bit) {
+            return HE_TWICE;
+        }
+        h->seen |= bit;
+        h->order[h->count++] = x;
+        const char *a = s + p + 1;
+        const Py_ssize_t alen = q - p - 1;
+        h->arg[x] = a;
+        h->arg_len[x] = alen;
+        switch (f) {
+        case 'c':
+        case 'f':
+        case 's':
+        case 'l': {
+            uint64_t v = 0;
+            if (!all_digits(a, alen) || alen > 20) {
+                return HE_BAD_FLAG;
+            }
+            const int fits = digits_u64(a, alen, &v);
+            if ((f == 'c' || f == 's') && !fits) {
+                return HE_BAD_FLAG;
+            }
+            if (f == 'f' && (!fits || v >= ((uint64_t)1 << 32))) {
+                return HE_BAD_FLAG;
+            }
+            h->num[x] = v;
+            if (fits) {
+                h->num_fits |= bit;
+            }
+            break;
+        }
+        case 'O':
+        case 'k':
+            break;
+        case 'W':
+        case 'X':
+        case 'Z':
+        case 'b':
+            if (alen != 0) {
+                return HE_BAD_FLAG;
+            }
+            break;
+        case 't': {
+            /* -?[0-9]{1,11}, and not below -1 */
+            const int negative = alen > 0 && a[0] == '-';
+            const char *d = a + negative;
+            const Py_ssize_t dlen = alen - negative;
+            if (!all_digits(d, dlen) || dlen > 11) {
+                return HE_BAD_FLAG;
+            }
+            int64_t v = (int64_t)digits_value(d, dlen);
+            if (negative) {
+                v = -v;
+            }
+            if (v < -1) {
+                return HE_BAD_FLAG;
+            }
+            h->t_value = v;
+            break;
+        }
+        default: /* h */
+            if (alen != 1 || (a[0] != '0' && a[0] != '1')) {
+                return HE_BAD_FLAG;
+            }
+            break;
+        }
+    }
+    *flag = 0;
+    if (h->code == MC_MN && tokens) {
+        return HE_MN;
+    }
+    const unsigned int kbit = 1u << flag_index('k');
+    if (h->seen & kbit) {
+        if (h->seen & (1u << flag_index('b'))) {
+            if (!b64_valid(h->arg[flag_index('k')], h->arg_len[flag_index('k')])) {
+                return HE_BASE64;
+            }
+        }
+        else if (h->arg_len[flag_index('k')] == 0) {
+            return HE_EMPTY_KEY;
+        }
+    }
+    return HE_OK;
+}
+
+/* The message _parse_head poisons the reader with for a malformed line. */
+static PyObject *
+head_message(int why, int flag, const char *s, Py_ssize_t n)
+{
+    switch (why) {
+    case HE_UNEXPECTED:
+        return head_error("unexpected meta reply %R", s, n, 100, 0);
+    case HE_VA:
+        return head_error("malformed VA line %R", s, n, 300, 0);
+    case HE_EMPTY_TOKEN:
+        return head_error("malformed meta reply %R", s, n, 300, 0);
+    case HE_TWICE:
+        return head_error("flag '%c' twice in meta reply %R", s, n, 300, flag);
+    case HE_BAD_FLAG:
+        return head_error("bad '%c' flag in meta reply %R", s, n, 300, flag);
+    case HE_MN:
+        return head_error("malformed MN line %R", s, n, 100, 0);
+    case HE_BASE64:
+        return head_error("a base64 key that is not base64 in %R", s, n, 300, 0);
+    default: /* HE_EMPTY_KEY */
+        return head_error("an empty key in meta reply %R", s, n, 300, 0);
+    }
+}
+
+/* The value meta.py keeps for flag index x of a parsed line (a new reference). */
+static PyObject *
+head_value(const meta_head *h, int x)
+{
+    const char f = KNOWN_FLAGS[x];
+    const char *a = h->arg[x];
+    const Py_ssize_t alen = h->arg_len[x];
+    switch (f) {
+    case 'c':
+    case 'f':
+    case 's':
+    case 'l':
+        return (h->num_fits & (1u << x)) ? PyLong_FromUnsignedLongLong(h->num[x])
+                                          : digits_long(a, alen);
+    case 'O':
+        return PyBytes_FromStringAndSize(a, alen);
+    case 'k':
+        if (h->seen & (1u << flag_index('b'))) {
+            int bad;
+            PyObject *decoded = b64_key(a, alen, &bad);
+            if (decoded == NULL && bad) { /* (checked by parse_head_core: never) */
+                PyErr_SetString(PyExc_ValueError, "parse_meta_head: a bad base64 key");
+            }
+            return decoded;
+        }
+        return PyBytes_FromStringAndSize(a, alen);
+    case 'W':
+    case 'X':
+    case 'Z':
+    case 'b':
+        return Py_NewRef(Py_True);
+    case 't':
+        return PyLong_FromLongLong((long long)h->t_value);
+    default: /* h */
+        return Py_NewRef(a[0] == '1' ? Py_True : Py_False);
+    }
+}
+
+static PyObject **const code_objects[] = {&code_VA, &code_HD, &code_EN, &code_NS,
+                                          &code_EX, &code_NF, &code_MN};
+
 static PyObject *
 parse_meta_head(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -533,208 +825,40 @@ parse_meta_head(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     }
     const char *s = PyBytes_AS_STRING(lineobj);
     const Py_ssize_t n = PyBytes_GET_SIZE(lineobj);
-
-    /* The first token: s[0:i]. */
-    Py_ssize_t i = 0;
-    while (i < n && s[i] != ' ') {
-        i++;
+    meta_head h;
+    int flag;
+    const int why = parse_head_core(s, n, &h, &flag);
+    if (why != HE_OK) {
+        return head_message(why, flag, s, n);
     }
-    PyObject *code;
-    PyObject *size = NULL;
-    if (i == 2 && s[0] == 'V' && s[1] == 'A') {
-        /* VA <size>: the second token must be 1 to 20 digits. */
-        if (i >= n) {
-            return head_error("malformed VA line %R", s, n, 300, 0);
-        }
-        const Py_ssize_t j = i + 1;
-        Py_ssize_t k = j;
-        while (k < n && s[k] != ' ') {
-            k++;
-        }
-        if (!all_digits(s + j, k - j) || k - j > 20) {
-            return head_error("malformed VA line %R", s, n, 300, 0);
-        }
-        size = digits_long(s + j, k - j);
-        if (size == NULL) {
-            return NULL;
-        }
-        code = code_VA;
-        i = k;
-    }
-    else if (i == 2 && s[0] == 'H' && s[1] == 'D') {
-        code = code_HD;
-    }
-    else if (i == 2 && s[0] == 'E' && s[1] == 'N') {
-        code = code_EN;
-    }
-    else if (i == 2 && s[0] == 'N' && s[1] == 'S') {
-        code = code_NS;
-    }
-    else if (i == 2 && s[0] == 'E' && s[1] == 'X') {
-        code = code_EX;
-    }
-    else if (i == 2 && s[0] == 'N' && s[1] == 'F') {
-        code = code_NF;
-    }
-    else if (i == 2 && s[0] == 'M' && s[1] == 'N') {
-        code = code_MN;
-    }
-    else if (i == 2 && s[0] == 'O' && s[1] == 'K') { /* memcached 1.6.6 */
-        code = code_HD;
-    }
-    else {
-        return head_error("unexpected meta reply %R", s, n, 100, 0);
-    }
+    PyObject *size = h.size != NULL ? digits_long(h.size, h.size_len) : Py_NewRef(Py_None);
     if (size == NULL) {
-        size = Py_NewRef(Py_None);
+        return NULL;
     }
     PyObject *fields = PyDict_New();
     if (fields == NULL) {
         Py_DECREF(size);
         return NULL;
     }
-    PyObject *msg = NULL; /* the failure, when the line is malformed */
-    unsigned int seen = 0;  /* a bit per KNOWN_FLAGS index */
-    const int tokens = i < n; /* any token after the code (and size) */
-    const char *key = NULL;   /* the k flag's argument, and its length */
-    Py_ssize_t key_len = 0;
-    /* Each token after s[i] == ' ': s[p:q]. */
-    while (i < n) {
-        const Py_ssize_t p = i + 1;
-        Py_ssize_t q = p;
-        while (q < n && s[q] != ' ') {
-            q++;
-        }
-        i = q;
-        if (q == p) {
-            msg = head_error("malformed meta reply %R", s, n, 300, 0);
-            goto out;
-        }
-        const unsigned char f = (unsigned char)s[p];
-        if (f >= 128 || flag_key[f] == NULL) {
-            continue; /* a flag a newer server added */
-        }
-        const unsigned int bit = 1u << (strchr(KNOWN_FLAGS, f) - KNOWN_FLAGS);
-        if (seen & bit) {
-            msg = head_error("flag '%c' twice in meta reply %R", s, n, 300, f);
-            goto out;
-        }
-        seen |= bit;
-        const char *a = s + p + 1;
-        const Py_ssize_t alen = q - p - 1;
-        PyObject *value;
-        switch (f) {
-        case 'c':
-        case 'f':
-        case 's':
-        case 'l': {
-            uint64_t v;
-            if (!all_digits(a, alen) || alen > 20) {
-                goto bad_flag;
-            }
-            int fits = digits_u64(a, alen, &v);
-            if ((f == 'c' || f == 's') && !fits) {
-                goto bad_flag;
-            }
-            if (f == 'f' && (!fits || v >= ((uint64_t)1 << 32))) {
-                goto bad_flag;
-            }
-            value = fits ? PyLong_FromUnsignedLongLong((unsigned long long)v)
-                         : digits_long(a, alen);
-            break;
-        }
-        case 'O':
-        case 'k':
-            if (f == 'k') {
-                key = a;
-                key_len = alen;
-            }
-            value = PyBytes_FromStringAndSize(a, alen);
-            break;
-        case 'W':
-        case 'X':
-        case 'Z':
-        case 'b':
-            if (alen != 0) {
-                goto bad_flag;
-            }
-            value = Py_NewRef(Py_True);
-            break;
-        case 't': {
-            /* -?[0-9]{1,11}, and not below -1 */
-            const int negative = alen > 0 && a[0] == '-';
-            const char *d = a + negative;
-            const Py_ssize_t dlen = alen - negative;
-            if (!all_digits(d, dlen) || dlen > 11) {
-                goto bad_flag;
-            }
-            int64_t v = (int64_t)digits_value(d, dlen);
-            if (negative) {
-                v = -v;
-            }
-            if (v < -1) {
-                goto bad_flag;
-            }
-            value = PyLong_FromLongLong((long long)v);
-            break;
-        }
-        default: /* h */
-            if (alen != 1 || (a[0] != '0' && a[0] != '1')) {
-                goto bad_flag;
-            }
-            value = Py_NewRef(a[0] == '1' ? Py_True : Py_False);
-            break;
-        }
+    for (int j = 0; j < h.count; j++) {
+        const int x = h.order[j];
+        PyObject *value = head_value(&h, x);
         if (value == NULL) {
             goto error;
         }
-        int ok = PyDict_SetItem(fields, flag_key[f], value);
+        int ok = PyDict_SetItem(fields, flag_key[(unsigned char)KNOWN_FLAGS[x]], value);
         Py_DECREF(value);
         if (ok < 0) {
             goto error;
         }
-        continue;
-    bad_flag:
-        msg = head_error("bad '%c' flag in meta reply %R", s, n, 300, f);
-        goto out;
-    }
-    if (code == code_MN && tokens) {
-        msg = head_error("malformed MN line %R", s, n, 100, 0);
-        goto out;
-    }
-    if (key != NULL) {
-        if (seen & (1u << (strchr(KNOWN_FLAGS, 'b') - KNOWN_FLAGS))) {
-            int bad;
-            PyObject *decoded = b64_key(key, key_len, &bad);
-            if (decoded == NULL) {
-                if (!bad) {
-                    goto error;
-                }
-                msg = head_error("a base64 key that is not base64 in %R", s, n, 300, 0);
-                goto out;
-            }
-            int ok = PyDict_SetItem(fields, flag_key['k'], decoded);
-            Py_DECREF(decoded);
-            if (ok < 0) {
-                goto error;
-            }
-        }
-        else if (key_len == 0) {
-            msg = head_error("an empty key in meta reply %R", s, n, 300, 0);
-            goto out;
-        }
     }
     {
-        PyObject *call[3] = {code, size, fields};
+        PyObject *call[3] = {*code_objects[h.code], size, fields};
         PyObject *head = PyObject_Vectorcall(make, call, 3, NULL);
         Py_DECREF(size);
         Py_DECREF(fields);
         return head;
     }
-out: /* malformed: msg is the message, or NULL after a failed allocation */
-    Py_DECREF(size);
-    Py_DECREF(fields);
-    return msg;
 error:
     Py_DECREF(size);
     Py_DECREF(fields);
