@@ -41,6 +41,7 @@ __all__ = [
     "LONG_KEY_TAG",
     "MAX_OPAQUE_LENGTH",
     "META_STATUSES",
+    "OPAQUE_MASK",
     "RESERVED_KEY_START",
     "ExpectMeta",
     "ExpectMetaEach",
@@ -52,6 +53,7 @@ __all__ = [
     "encode_meta_get",
     "encode_meta_noop",
     "encode_meta_set",
+    "encode_quiet_gets",
     "flags_vivify",
     "lease_get_template",
     "lease_key",
@@ -924,10 +926,39 @@ class ExpectMetaQuiet(Expect):
         self.results: Dict[bytes, MetaResult] = {}
         self.errors: List[ErrorReply] = []
 
+    @classmethod
+    def gets(cls, opaques: Sequence[bytes]) -> ExpectMetaQuiet:
+        """``ExpectMetaQuiet([(opaque, b"mg") for opaque in opaques])``, built without a
+        Python turn per request (the reader of :func:`encode_quiet_gets`)."""
+        index = dict(zip(opaques, range(len(opaques))))
+        if len(index) != len(opaques) or not set(map(type, index)) <= {bytes}:
+            return cls([(opaque, b"mg") for opaque in opaques])  # (which says what is wrong)
+        self = cls.__new__(cls)
+        self._index = index
+        self._sent = [_MG] * len(opaques)
+        self._last = -1
+        self._head = None
+        self.results = {}
+        self.errors = []
+        return self
+
     def step(self, reader: Reader) -> object:
+        scan = _scan_quiet
         while True:
             head = self._head
             if head is None:
+                if scan is not None:
+                    # The common replies in one go (see _scan_quiet), up to MN or to the
+                    # first reply this loop must read: an error line, a malformed or
+                    # unmatched reply, an incomplete one.
+                    scanned = reader.scan(
+                        scan, self._index, self._last, self._sent, self.results, MetaResult
+                    )
+                    if scanned is NEED_DATA:
+                        return NEED_DATA
+                    _, self._last, done = scanned
+                    if done:
+                        return self.errors[0] if self.errors else self.results
                 line = reader.next_line()
                 if line is NEED_DATA:
                     return NEED_DATA
@@ -969,6 +1000,47 @@ class ExpectMetaQuiet(Expect):
             command, key = self._sent[n]
             assert isinstance(opaque, bytes)
             self.results[opaque] = _result(reader, head, command, data, opaque, key)
+
+
+_MG: Final = (b"mg", None)
+
+# pymc/speedups.c's scan_meta_quiet: ExpectMetaQuiet's loop for the replies it takes
+# whole (well-formed, complete, matched, answers their request can get), making of each
+# the MetaResult _result makes; it stops before any other, which the loop above reads
+# (and judges). None: every reply goes through the loop (the pure reader, the reference;
+# tests/test_speedups_quiet.py checks that the two agree).
+_scan_quiet: Optional[Any] = None
+#: pymc/speedups.c's encode_meta_quiet (see :func:`encode_quiet_gets`), or None.
+_encode_quiet: Optional[Any] = None
+if SPEEDUPS:
+    from . import speedups
+
+    _scan_quiet = getattr(speedups, "scan_meta_quiet", None)
+    _encode_quiet = getattr(speedups, "encode_meta_quiet", None)
+
+#: The opaques of :func:`encode_quiet_gets` count modulo this (+1).
+OPAQUE_MASK: Final = 0xFFFFFFF
+
+
+def encode_quiet_gets(wires: Sequence[bytes], first: int) -> Tuple[bytes, List[bytes]]:
+    """``(request, opaques)``: a quiet ``mg`` pipeline of text keys (no base64 one), each
+    ``mg <wire> v f O<opaque> q`` (the bytes of :func:`encode_meta_get` with ``value``,
+    ``return_client_flags``, ``opaque`` and ``quiet``), then ``mn``. The opaques are
+    ``first``, ``first + 1``, ... modulo 2**28 in lowercase hex (``b"%x"``), one per wire.
+    Read its replies with :meth:`ExpectMetaQuiet.gets`."""
+    if type(first) is not int or first < 0:
+        raise ValueError(f"first must be a non-negative int, not {first!r}")
+    wires = wires if type(wires) is list else list(wires)
+    if _encode_quiet is not None:
+        built = _encode_quiet(b"mg", wires, b" v f", first, OPAQUE_MASK)
+        if built is not None:
+            return built  # type: ignore[no-any-return]
+    for wire in wires:
+        _wire_key(wire, False)
+    opaques = [b"%x" % ((first + n) & OPAQUE_MASK) for n in range(len(wires))]
+    lines = [b"mg %s v f O%s q\r\n" % pair for pair in zip(wires, opaques)]
+    lines.append(b"mn\r\n")
+    return b"".join(lines), opaques
 
 
 class ExpectMetaEach(Expect):

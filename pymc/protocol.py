@@ -828,6 +828,25 @@ class PyReader:
                 break  # (what follows may be a data block: never looked at)
         return lines, pos < len(buf)
 
+    def scan(self, scanner: Callable[..., Tuple[Any, ...]], *args: Any) -> Any:
+        """Hand the unread bytes to a reader of many replies at once (meta.py's quiet
+        pipeline): ``scanner(buf, pos, max_block, *args)`` consumes the complete replies it
+        takes from offset ``pos`` of ``buf`` and returns a tuple whose first item is the
+        offset after them; the reader moves there and returns that tuple. It takes only
+        whole replies, and leaves anything else (an incomplete or malformed one) to
+        :meth:`next_line` and :meth:`next_block`. :data:`NEED_DATA`, without calling the
+        scanner, while the reader waits for more bytes."""
+        if self._need:
+            if self._broken is not None:
+                raise self._poisoned()
+            return NEED_DATA
+        buf = self._joined() if self._parts else self._buf
+        out = scanner(buf, self._pos, self._max_block, *args)
+        if not self._pos <= out[0] <= len(buf):
+            raise ValueError(f"a scanner moved the reader to {out[0]!r}")
+        self._pos = out[0]
+        return out
+
     def fail(self, message: str) -> MemcacheProtocolError:
         """Poison the reader (every later call raises) and return the error to raise: for
         readers built on :meth:`next_line` / :meth:`next_block` that find a reply malformed."""

@@ -865,6 +865,428 @@ error:
     return NULL;
 }
 
+/* ------------------------------------------------------------------ the quiet meta pipeline
+ *
+ *   scan_meta_quiet(buf, pos, cap, index, last, sent, results, result_type)
+ *       -> (pos, last, done)
+ *       The common replies of a quiet meta pipeline (pymc/meta.py's ExpectMetaQuiet),
+ *       from offset ``pos`` of the bytes ``buf``: each complete, well-formed reply whose
+ *       opaque is in ``index`` ({opaque: position in ``sent``}) after ``last``, and which
+ *       its request (``sent[n]``: (command, expected key or None)) can get, goes into
+ *       ``results`` as {opaque: result_type(...)} (the MetaResult meta.py's _result
+ *       makes). It stops at ``MN`` (consumed: done is True), or before the first reply it
+ *       does not take (done False): an incomplete one, an error line, a malformed or
+ *       unmatched one, a block over ``cap``. meta.py reads that one with its pure code,
+ *       which decides what it means (and poisons the reader with the message), then calls
+ *       this again. So this block decides nothing of its own: it only takes the replies
+ *       the pure code would take, and makes of them what the pure code makes.
+ *
+ *   encode_meta_quiet(command, wires, flags, first, mask) -> (request, opaques) | None
+ *       ``<command> <wire><flags> O<opaque> q\r\n`` for each wire, then ``mn\r\n``; the
+ *       opaques are ``(first + i) & mask`` in lowercase hex. None when a wire is not a
+ *       text key meta.py's _wire_key takes (meta.py then finds the error).
+ */
+
+enum { CMD_MG, CMD_MS, CMD_MD, CMD_MA, CMD_MN, N_CMD };
+/* The status strings of meta.py's _STATUS, and which (command, code) pairs have one. */
+static PyObject *st_hit, *st_miss, *st_stored, *st_deleted, *st_not_stored, *st_exists,
+    *st_not_found, *st_noop;
+static PyObject **status_of[N_CMD][7];
+
+static int
+command_id(PyObject *command)
+{
+    if (!PyBytes_CheckExact(command) || PyBytes_GET_SIZE(command) != 2) {
+        return -1;
+    }
+    const char *c = PyBytes_AS_STRING(command);
+    if (c[0] != 'm') {
+        return -1;
+    }
+    switch (c[1]) {
+    case 'g':
+        return CMD_MG;
+    case 's':
+        return CMD_MS;
+    case 'd':
+        return CMD_MD;
+    case 'a':
+        return CMD_MA;
+    case 'n':
+        return CMD_MN;
+    default:
+        return -1;
+    }
+}
+
+/* The MetaResult of a checked reply (see meta.py's _result); NULL with no exception set
+ * when the pure code would refuse it, NULL with one on a failed allocation. */
+static PyObject *
+quiet_result(PyTypeObject *type, const meta_head *h, int cmd, PyObject *opaque, PyObject *key,
+             const char *data, Py_ssize_t data_len)
+{
+    PyObject **status = status_of[cmd][h->code];
+    if (status == NULL) {
+        return NULL;
+    }
+    const int xk = flag_index('k');
+    PyObject *got_key = NULL;
+    if (h->seen & (1u << xk)) {
+        got_key = head_value(h, xk);
+        if (got_key == NULL) {
+            return NULL;
+        }
+    }
+    if (key != Py_None) {
+        /* (a reply with an opaque is never bare: the key must match) */
+        int same = got_key != NULL && PyBytes_CheckExact(key) &&
+                   PyBytes_GET_SIZE(key) == PyBytes_GET_SIZE(got_key) &&
+                   memcmp(PyBytes_AS_STRING(key), PyBytes_AS_STRING(got_key),
+                          (size_t)PyBytes_GET_SIZE(key)) == 0;
+        if (!same) {
+            Py_XDECREF(got_key);
+            return NULL;
+        }
+    }
+    PyObject *number = NULL;
+    if (cmd == CMD_MA && data != NULL) {
+        uint64_t v;
+        if (!all_digits(data, data_len) || data_len > 20 || !digits_u64(data, data_len, &v)) {
+            Py_XDECREF(got_key);
+            return NULL;
+        }
+        number = PyLong_FromUnsignedLongLong((unsigned long long)v);
+        if (number == NULL) {
+            Py_XDECREF(got_key);
+            return NULL;
+        }
+    }
+    const unsigned int seen = h->seen;
+    const int xf = flag_index('f');
+    if (data != NULL && data_len == 0 && cmd == CMD_MG) {
+        /* _placeholder, for a request without N: no f (or f0), no X, and Z. */
+        const int no_flags = !(seen & (1u << xf)) || h->num[xf] == 0;
+        if (no_flags && !(seen & (1u << flag_index('X'))) && (seen & (1u << flag_index('Z')))) {
+            status = &st_miss;
+            data = NULL;
+        }
+    }
+    PyObject *out = type->tp_alloc(type, 14);
+    if (out == NULL) {
+        Py_XDECREF(got_key);
+        Py_XDECREF(number);
+        return NULL;
+    }
+    PyObject *value = data != NULL ? PyBytes_FromStringAndSize(data, data_len) : Py_NewRef(Py_None);
+    PyTuple_SET_ITEM(out, 0, Py_NewRef(*status));
+    PyTuple_SET_ITEM(out, 1, value);
+    static const char numeric[] = "ctfshl"; /* the fields 2 to 7, in MetaResult's order */
+    int failed = value == NULL;
+    for (int j = 0; j < 6; j++) {
+        const int x = flag_index((unsigned char)numeric[j]);
+        PyObject *v = (seen & (1u << x)) ? head_value(h, x) : Py_NewRef(Py_None);
+        failed |= v == NULL;
+        PyTuple_SET_ITEM(out, 2 + j, v);
+    }
+    PyTuple_SET_ITEM(out, 8, PyBool_FromLong(seen & (1u << flag_index('W'))));
+    PyTuple_SET_ITEM(out, 9, PyBool_FromLong(seen & (1u << flag_index('X'))));
+    PyTuple_SET_ITEM(out, 10, PyBool_FromLong(seen & (1u << flag_index('Z'))));
+    PyTuple_SET_ITEM(out, 11, Py_NewRef(opaque));
+    PyTuple_SET_ITEM(out, 12, got_key != NULL ? got_key : Py_NewRef(Py_None));
+    PyTuple_SET_ITEM(out, 13, number != NULL ? number : Py_NewRef(Py_None));
+    if (failed) { /* (every slot is set, a NULL one included: the tuple frees them) */
+        Py_DECREF(out);
+        if (!PyErr_Occurred()) {
+            PyErr_NoMemory();
+        }
+        return NULL;
+    }
+    return out;
+}
+
+static PyObject *
+scan_meta_quiet(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)module;
+    if (nargs != 8) {
+        PyErr_SetString(PyExc_TypeError, "scan_meta_quiet takes 8 arguments");
+        return NULL;
+    }
+    PyObject *bufobj = args[0];
+    PyObject *index = args[3];
+    PyObject *sent = args[5];
+    PyObject *results = args[6];
+    PyObject *typeobj = args[7];
+    if (!PyBytes_CheckExact(bufobj) || !PyDict_CheckExact(index) || !PyList_CheckExact(sent) ||
+        !PyDict_CheckExact(results) || !PyType_Check(typeobj) ||
+        !PyType_IsSubtype((PyTypeObject *)typeobj, &PyTuple_Type) ||
+        ((PyTypeObject *)typeobj)->tp_basicsize != PyTuple_Type.tp_basicsize ||
+        ((PyTypeObject *)typeobj)->tp_itemsize != PyTuple_Type.tp_itemsize) {
+        PyErr_SetString(PyExc_TypeError,
+                        "scan_meta_quiet takes bytes, int, int|None, dict, int, list, dict, "
+                        "a tuple type");
+        return NULL;
+    }
+    PyTypeObject *type = (PyTypeObject *)typeobj;
+    Py_ssize_t pos = PyLong_AsSsize_t(args[1]);
+    if (pos == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    Py_ssize_t last = PyLong_AsSsize_t(args[4]);
+    if (last == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    int64_t cap = -1; /* none */
+    if (args[2] != Py_None) {
+        int overflow = 0;
+        long long c = PyLong_AsLongLongAndOverflow(args[2], &overflow);
+        if (c == -1 && PyErr_Occurred()) {
+            return NULL;
+        }
+        if (overflow < 0 || (overflow == 0 && c < 0)) {
+            PyErr_SetString(PyExc_ValueError, "scan_meta_quiet: negative cap");
+            return NULL;
+        }
+        cap = overflow > 0 ? -1 : (int64_t)c;
+    }
+    const char *buf = PyBytes_AS_STRING(bufobj);
+    const Py_ssize_t len = PyBytes_GET_SIZE(bufobj);
+    if (pos < 0 || pos > len) {
+        PyErr_SetString(PyExc_ValueError, "scan_meta_quiet: a position outside the buffer");
+        return NULL;
+    }
+    int done = 0;
+    for (;;) {
+        /* The line: up to the first CRLF, if it is at most MAX_LINE_LENGTH long. */
+        Py_ssize_t end = -1;
+        {
+            Py_ssize_t stop = len - 2; /* the last offset a CRLF can start at */
+            if (stop > pos + MAX_LINE_LENGTH) {
+                stop = pos + MAX_LINE_LENGTH;
+            }
+            const char *p = buf + pos;
+            while (p <= buf + stop) {
+                const char *cr = memchr(p, '\r', (size_t)(buf + stop - p + 1));
+                if (cr == NULL) {
+                    break;
+                }
+                if (cr[1] == '\n') {
+                    end = cr - buf;
+                    break;
+                }
+                p = cr + 1;
+            }
+        }
+        if (end < 0) {
+            break;
+        }
+        meta_head h;
+        int flag;
+        if (parse_head_core(buf + pos, end - pos, &h, &flag) != HE_OK) {
+            break;
+        }
+        if (h.code == MC_MN) {
+            pos = end + 2;
+            done = 1;
+            break;
+        }
+        const int xo = flag_index('O');
+        if (!(h.seen & (1u << xo))) {
+            break;
+        }
+        /* A VA's block: complete, within the cap, followed by CRLF. */
+        const char *data = NULL;
+        Py_ssize_t data_len = 0;
+        Py_ssize_t next = end + 2;
+        if (h.code == MC_VA) {
+            uint64_t size;
+            if (!digits_u64(h.size, h.size_len, &size) || size > (uint64_t)INT64_MAX / 2 ||
+                (cap >= 0 && size > (uint64_t)cap)) {
+                break;
+            }
+            if ((int64_t)len - (int64_t)next < (int64_t)size + 2) {
+                break;
+            }
+            const Py_ssize_t stop = next + (Py_ssize_t)size;
+            if (buf[stop] != '\r' || buf[stop + 1] != '\n') {
+                break;
+            }
+            data = buf + next;
+            data_len = (Py_ssize_t)size;
+            next = stop + 2;
+        }
+        PyObject *opaque = PyBytes_FromStringAndSize(h.arg[xo], h.arg_len[xo]);
+        if (opaque == NULL) {
+            return NULL;
+        }
+        PyObject *at = PyDict_GetItemWithError(index, opaque); /* borrowed */
+        if (at == NULL) {
+            Py_DECREF(opaque);
+            if (PyErr_Occurred()) {
+                return NULL;
+            }
+            break;
+        }
+        const Py_ssize_t n = PyLong_AsSsize_t(at);
+        if (n == -1 && PyErr_Occurred()) {
+            Py_DECREF(opaque);
+            return NULL;
+        }
+        if (n <= last || n >= PyList_GET_SIZE(sent)) {
+            Py_DECREF(opaque);
+            break;
+        }
+        PyObject *entry = PyList_GET_ITEM(sent, n);
+        if (!PyTuple_CheckExact(entry) || PyTuple_GET_SIZE(entry) != 2) {
+            Py_DECREF(opaque);
+            break;
+        }
+        Py_INCREF(entry);
+        const int cmd = command_id(PyTuple_GET_ITEM(entry, 0));
+        PyObject *out = NULL;
+        if (cmd >= 0) {
+            out = quiet_result(type, &h, cmd, opaque, PyTuple_GET_ITEM(entry, 1), data, data_len);
+        }
+        Py_DECREF(entry);
+        if (out == NULL) {
+            Py_DECREF(opaque);
+            if (PyErr_Occurred()) {
+                return NULL;
+            }
+            break;
+        }
+        const int ok = PyDict_SetItem(results, opaque, out);
+        Py_DECREF(out);
+        Py_DECREF(opaque);
+        if (ok < 0) {
+            return NULL;
+        }
+        last = n;
+        pos = next;
+    }
+    return Py_BuildValue("(nnO)", pos, last, done ? Py_True : Py_False);
+}
+
+static PyObject *
+encode_meta_quiet(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)module;
+    if (nargs != 5) {
+        PyErr_SetString(PyExc_TypeError, "encode_meta_quiet takes 5 arguments");
+        return NULL;
+    }
+    PyObject *command = args[0];
+    PyObject *wires = args[1];
+    PyObject *flags = args[2];
+    if (!PyBytes_CheckExact(command) || !PyList_CheckExact(wires) || !PyBytes_CheckExact(flags)) {
+        PyErr_SetString(PyExc_TypeError, "encode_meta_quiet takes bytes, a list, bytes");
+        return NULL;
+    }
+    const unsigned long long first = PyLong_AsUnsignedLongLong(args[3]);
+    if (first == (unsigned long long)-1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    const unsigned long long mask = PyLong_AsUnsignedLongLong(args[4]);
+    if (mask == (unsigned long long)-1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    const Py_ssize_t count = PyList_GET_SIZE(wires);
+    PyObject *opaques = PyList_New(count);
+    if (opaques == NULL) {
+        return NULL;
+    }
+    const Py_ssize_t clen = PyBytes_GET_SIZE(command);
+    const Py_ssize_t flen = PyBytes_GET_SIZE(flags);
+    /* <command> <wire><flags> O<opaque> q\r\n, and mn\r\n */
+    Py_ssize_t total = 4;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *wire = PyList_GET_ITEM(wires, i);
+        if (!PyBytes_CheckExact(wire) || PyBytes_GET_SIZE(wire) < 1 ||
+            PyBytes_GET_SIZE(wire) > 250 ||
+            any_bad_byte(PyBytes_AS_STRING(wire), PyBytes_GET_SIZE(wire))) {
+            Py_DECREF(opaques);
+            Py_RETURN_NONE;
+        }
+        char hex[20];
+        const int hlen = snprintf(hex, sizeof(hex), "%llx", (first + (unsigned long long)i) & mask);
+        PyObject *opaque = PyBytes_FromStringAndSize(hex, hlen);
+        if (opaque == NULL) {
+            Py_DECREF(opaques);
+            return NULL;
+        }
+        PyList_SET_ITEM(opaques, i, opaque);
+        total += clen + 1 + PyBytes_GET_SIZE(wire) + flen + 2 + hlen + 4;
+    }
+    PyObject *request = PyBytes_FromStringAndSize(NULL, total);
+    if (request == NULL) {
+        Py_DECREF(opaques);
+        return NULL;
+    }
+    char *w = PyBytes_AS_STRING(request);
+    for (Py_ssize_t i = 0; i < count; i++) {
+        /* (the list may not have changed: nothing above ran Python code) */
+        PyObject *wire = PyList_GET_ITEM(wires, i);
+        PyObject *opaque = PyList_GET_ITEM(opaques, i);
+        memcpy(w, PyBytes_AS_STRING(command), (size_t)clen);
+        w += clen;
+        *w++ = ' ';
+        memcpy(w, PyBytes_AS_STRING(wire), (size_t)PyBytes_GET_SIZE(wire));
+        w += PyBytes_GET_SIZE(wire);
+        memcpy(w, PyBytes_AS_STRING(flags), (size_t)flen);
+        w += flen;
+        *w++ = ' ';
+        *w++ = 'O';
+        memcpy(w, PyBytes_AS_STRING(opaque), (size_t)PyBytes_GET_SIZE(opaque));
+        w += PyBytes_GET_SIZE(opaque);
+        memcpy(w, " q\r\n", 4);
+        w += 4;
+    }
+    memcpy(w, "mn\r\n", 4);
+    PyObject *out = PyTuple_Pack(2, request, opaques);
+    Py_DECREF(request);
+    Py_DECREF(opaques);
+    return out;
+}
+
+static int
+init_quiet(void)
+{
+    struct {
+        PyObject **slot;
+        const char *text;
+    } strings[] = {
+        {&st_hit, "hit"},           {&st_miss, "miss"},       {&st_stored, "stored"},
+        {&st_deleted, "deleted"},   {&st_not_stored, "not_stored"},
+        {&st_exists, "exists"},     {&st_not_found, "not_found"}, {&st_noop, "noop"},
+    };
+    for (size_t i = 0; i < sizeof(strings) / sizeof(strings[0]); i++) {
+        if (*strings[i].slot == NULL) {
+            *strings[i].slot = PyUnicode_InternFromString(strings[i].text);
+            if (*strings[i].slot == NULL) {
+                return -1;
+            }
+        }
+    }
+    /* meta.py's _STATUS */
+    status_of[CMD_MG][MC_VA] = &st_hit;
+    status_of[CMD_MG][MC_HD] = &st_hit;
+    status_of[CMD_MG][MC_EN] = &st_miss;
+    status_of[CMD_MS][MC_HD] = &st_stored;
+    status_of[CMD_MS][MC_NS] = &st_not_stored;
+    status_of[CMD_MS][MC_EX] = &st_exists;
+    status_of[CMD_MS][MC_NF] = &st_not_found;
+    status_of[CMD_MD][MC_HD] = &st_deleted;
+    status_of[CMD_MD][MC_EX] = &st_exists;
+    status_of[CMD_MD][MC_NF] = &st_not_found;
+    status_of[CMD_MA][MC_VA] = &st_hit;
+    status_of[CMD_MA][MC_HD] = &st_hit;
+    status_of[CMD_MA][MC_NS] = &st_not_stored;
+    status_of[CMD_MA][MC_EX] = &st_exists;
+    status_of[CMD_MA][MC_NF] = &st_not_found;
+    status_of[CMD_MN][MC_MN] = &st_noop;
+    return 0;
+}
+
 static int
 init_meta(void)
 {
@@ -899,6 +1321,12 @@ static PyMethodDef methods[] = {
     {"parse_meta_head", (PyCFunction)(void (*)(void))parse_meta_head, METH_FASTCALL,
      "parse_meta_head(line, make) -> make(code, size, fields) | str: pymc.meta's "
      "_parse_head; a str is the message of a malformed line."},
+    {"scan_meta_quiet", (PyCFunction)(void (*)(void))scan_meta_quiet, METH_FASTCALL,
+     "scan_meta_quiet(buf, pos, cap, index, last, sent, results, result_type) -> (pos, last, "
+     "done): the common replies of pymc.meta.ExpectMetaQuiet."},
+    {"encode_meta_quiet", (PyCFunction)(void (*)(void))encode_meta_quiet, METH_FASTCALL,
+     "encode_meta_quiet(command, wires, flags, first, mask) -> (request, opaques) | None: "
+     "pymc.meta's quiet pipeline of text keys."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -918,7 +1346,7 @@ static struct PyModuleDef module_def = {
 PyMODINIT_FUNC
 PyInit_speedups(void)
 {
-    if (init_meta() < 0) {
+    if (init_meta() < 0 || init_quiet() < 0) {
         return NULL;
     }
     PyObject *m = PyModule_Create(&module_def);
