@@ -81,6 +81,7 @@ from .meta import (
 )
 from .protocol import (
     END,
+    MAX_KEY_LENGTH,
     NEED_DATA,
     RULES,
     STORED,
@@ -2571,7 +2572,10 @@ class Client:
             text = validate_keys(keys, self._prefix, True)  # (what meta_key sends as it is)
         except MemcacheIllegalInputError:
             text = None  # a key that goes base64 (or a bad one: meta_wires says which)
-        if text is not None and sum(map(len, text)) + 40 * len(text) < QUIET_BATCH_BYTES:
+        if text is not None and (
+            len(text) * (MAX_KEY_LENGTH + 40) < QUIET_BATCH_BYTES  # (no need to add up)
+            or sum(map(len, text)) + 40 * len(text) < QUIET_BATCH_BYTES
+        ):
             # One batch of text keys (meta_batches would make one): encoded, read and
             # matched without a Python turn per key where the compiled module is in use.
             if not text:
@@ -2601,7 +2605,8 @@ class Client:
     ) -> Dict[Any, Any]:
         """``{key: value}`` (deserialized) of the hits of a quiet ``mg`` pipeline."""
         if self._raw_values:  # (the default serde returns the bytes, whatever the flags)
-            return {key_of[token]: r.value for token, r in found.items() if r.status == "hit"}
+            # (r[0], r[1]: status and value, read without the named tuple's descriptors)
+            return {key_of[token]: r[1] for token, r in found.items() if r[0] == "hit"}
         out: Dict[Any, Any] = {}
         for token, result in found.items():
             if result.status == "hit":

@@ -902,7 +902,7 @@ class ExpectMetaQuiet(Expect):
     the reader is poisoned: the connection must be closed.
     """
 
-    __slots__ = ("_head", "_index", "_last", "_sent", "errors", "results")
+    __slots__ = ("_head", "_index", "_last", "_opaques", "_sent", "errors", "results")
 
     def __init__(self, sent: Sequence[Tuple[bytes, ...]]) -> None:
         index: Dict[bytes, int] = {}
@@ -920,6 +920,7 @@ class ExpectMetaQuiet(Expect):
             key = _expected_key(entry[2], entry[3:] == (b"b",)) if len(entry) > 2 else None
             parsed.append((command, key))
         self._index = index
+        self._opaques = list(index)
         self._sent = parsed
         self._last = -1
         self._head: Optional[_Head] = None
@@ -935,6 +936,7 @@ class ExpectMetaQuiet(Expect):
             return cls([(opaque, b"mg") for opaque in opaques])  # (which says what is wrong)
         self = cls.__new__(cls)
         self._index = index
+        self._opaques = list(index)
         self._sent = [_MG] * len(opaques)
         self._last = -1
         self._head = None
@@ -952,7 +954,7 @@ class ExpectMetaQuiet(Expect):
                     # first reply this loop must read: an error line, a malformed or
                     # unmatched reply, an incomplete one.
                     scanned = reader.scan(
-                        scan, self._index, self._last, self._sent, self.results, MetaResult
+                        scan, self._opaques, self._last, self._sent, self.results, MetaResult
                     )
                     if scanned is NEED_DATA:
                         return NEED_DATA

@@ -548,12 +548,11 @@ typedef struct {
     int64_t t_value;
 } meta_head;
 
-static int
-flag_index(unsigned char f)
-{
-    const char *at = strchr(KNOWN_FLAGS, f);
-    return (int)(at - KNOWN_FLAGS);
-}
+/* The KNOWN_FLAGS index of each flag byte (set by init_meta, for the known ones). */
+static signed char flag_at[128];
+#define FLAG_INDEX(f) (flag_at[(unsigned char)(f)])
+/* The same, for the letters named in the code (KNOWN_FLAGS is "cfsltWXZbOkh"). */
+enum { XC, XF, XS, XL, XT, XW, XX, XZ, XB, XO, XK, XH };
 
 /* Whether p[0:n] is base64 as meta.py reads it (see b64_key). */
 static int
@@ -656,7 +655,7 @@ parse_head_core(const char *s, Py_ssize_t n, meta_head *h, int *flag)
         if (f >= 128 || flag_key[f] == NULL) {
             continue; /* a flag a newer server added */
         }
-        const int x = flag_index(f);
+        const int x = FLAG_INDEX(f);
         const unsigned int bit = 1u << x;
         *flag = f;
         if (h->seen & bit) {
@@ -730,14 +729,14 @@ parse_head_core(const char *s, Py_ssize_t n, meta_head *h, int *flag)
     if (h->code == MC_MN && tokens) {
         return HE_MN;
     }
-    const unsigned int kbit = 1u << flag_index('k');
+    const unsigned int kbit = 1u << XK;
     if (h->seen & kbit) {
-        if (h->seen & (1u << flag_index('b'))) {
-            if (!b64_valid(h->arg[flag_index('k')], h->arg_len[flag_index('k')])) {
+        if (h->seen & (1u << XB)) {
+            if (!b64_valid(h->arg[XK], h->arg_len[XK])) {
                 return HE_BASE64;
             }
         }
-        else if (h->arg_len[flag_index('k')] == 0) {
+        else if (h->arg_len[XK] == 0) {
             return HE_EMPTY_KEY;
         }
     }
@@ -785,7 +784,7 @@ head_value(const meta_head *h, int x)
     case 'O':
         return PyBytes_FromStringAndSize(a, alen);
     case 'k':
-        if (h->seen & (1u << flag_index('b'))) {
+        if (h->seen & (1u << XB)) {
             int bad;
             PyObject *decoded = b64_key(a, alen, &bad);
             if (decoded == NULL && bad) { /* (checked by parse_head_core: never) */
@@ -867,14 +866,14 @@ error:
 
 /* ------------------------------------------------------------------ the quiet meta pipeline
  *
- *   scan_meta_quiet(buf, pos, cap, index, last, sent, results, result_type)
+ *   scan_meta_quiet(buf, pos, cap, opaques, last, sent, results, result_type)
  *       -> (pos, last, done)
  *       The common replies of a quiet meta pipeline (pymc/meta.py's ExpectMetaQuiet),
  *       from offset ``pos`` of the bytes ``buf``: each complete, well-formed reply whose
- *       opaque is in ``index`` ({opaque: position in ``sent``}) after ``last``, and which
- *       its request (``sent[n]``: (command, expected key or None)) can get, goes into
- *       ``results`` as {opaque: result_type(...)} (the MetaResult meta.py's _result
- *       makes). It stops at ``MN`` (consumed: done is True), or before the first reply it
+ *       opaque is ``opaques[n]`` (the requests' unique opaques, in the order sent) for an
+ *       n after ``last``, and which its request (``sent[n]``: (command, expected key or
+ *       None)) can get, goes into ``results`` as {opaques[n]: result_type(...)} (the
+ *       MetaResult meta.py's _result makes). It stops at ``MN`` (consumed: done is True), or before the first reply it
  *       does not take (done False): an incomplete one, an error line, a malformed or
  *       unmatched one, a block over ``cap``. meta.py reads that one with its pure code,
  *       which decides what it means (and poisons the reader with the message), then calls
@@ -929,7 +928,7 @@ quiet_result(PyTypeObject *type, const meta_head *h, int cmd, PyObject *opaque, 
     if (status == NULL) {
         return NULL;
     }
-    const int xk = flag_index('k');
+    const int xk = XK;
     PyObject *got_key = NULL;
     if (h->seen & (1u << xk)) {
         got_key = head_value(h, xk);
@@ -962,11 +961,11 @@ quiet_result(PyTypeObject *type, const meta_head *h, int cmd, PyObject *opaque, 
         }
     }
     const unsigned int seen = h->seen;
-    const int xf = flag_index('f');
+    const int xf = XF;
     if (data != NULL && data_len == 0 && cmd == CMD_MG) {
         /* _placeholder, for a request without N: no f (or f0), no X, and Z. */
         const int no_flags = !(seen & (1u << xf)) || h->num[xf] == 0;
-        if (no_flags && !(seen & (1u << flag_index('X'))) && (seen & (1u << flag_index('Z')))) {
+        if (no_flags && !(seen & (1u << XX)) && (seen & (1u << XZ))) {
             status = &st_miss;
             data = NULL;
         }
@@ -983,14 +982,14 @@ quiet_result(PyTypeObject *type, const meta_head *h, int cmd, PyObject *opaque, 
     static const char numeric[] = "ctfshl"; /* the fields 2 to 7, in MetaResult's order */
     int failed = value == NULL;
     for (int j = 0; j < 6; j++) {
-        const int x = flag_index((unsigned char)numeric[j]);
+        const int x = FLAG_INDEX(numeric[j]);
         PyObject *v = (seen & (1u << x)) ? head_value(h, x) : Py_NewRef(Py_None);
         failed |= v == NULL;
         PyTuple_SET_ITEM(out, 2 + j, v);
     }
-    PyTuple_SET_ITEM(out, 8, PyBool_FromLong(seen & (1u << flag_index('W'))));
-    PyTuple_SET_ITEM(out, 9, PyBool_FromLong(seen & (1u << flag_index('X'))));
-    PyTuple_SET_ITEM(out, 10, PyBool_FromLong(seen & (1u << flag_index('Z'))));
+    PyTuple_SET_ITEM(out, 8, PyBool_FromLong(seen & (1u << XW)));
+    PyTuple_SET_ITEM(out, 9, PyBool_FromLong(seen & (1u << XX)));
+    PyTuple_SET_ITEM(out, 10, PyBool_FromLong(seen & (1u << XZ)));
     PyTuple_SET_ITEM(out, 11, Py_NewRef(opaque));
     PyTuple_SET_ITEM(out, 12, got_key != NULL ? got_key : Py_NewRef(Py_None));
     PyTuple_SET_ITEM(out, 13, number != NULL ? number : Py_NewRef(Py_None));
@@ -1013,17 +1012,17 @@ scan_meta_quiet(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     }
     PyObject *bufobj = args[0];
-    PyObject *index = args[3];
+    PyObject *opaques = args[3];
     PyObject *sent = args[5];
     PyObject *results = args[6];
     PyObject *typeobj = args[7];
-    if (!PyBytes_CheckExact(bufobj) || !PyDict_CheckExact(index) || !PyList_CheckExact(sent) ||
+    if (!PyBytes_CheckExact(bufobj) || !PyList_CheckExact(opaques) || !PyList_CheckExact(sent) ||
         !PyDict_CheckExact(results) || !PyType_Check(typeobj) ||
         !PyType_IsSubtype((PyTypeObject *)typeobj, &PyTuple_Type) ||
         ((PyTypeObject *)typeobj)->tp_basicsize != PyTuple_Type.tp_basicsize ||
         ((PyTypeObject *)typeobj)->tp_itemsize != PyTuple_Type.tp_itemsize) {
         PyErr_SetString(PyExc_TypeError,
-                        "scan_meta_quiet takes bytes, int, int|None, dict, int, list, dict, "
+                        "scan_meta_quiet takes bytes, int, int|None, list, int, list, dict, "
                         "a tuple type");
         return NULL;
     }
@@ -1090,7 +1089,7 @@ scan_meta_quiet(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             done = 1;
             break;
         }
-        const int xo = flag_index('O');
+        const int xo = XO;
         if (!(h.seen & (1u << xo))) {
             break;
         }
@@ -1115,27 +1114,24 @@ scan_meta_quiet(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             data_len = (Py_ssize_t)size;
             next = stop + 2;
         }
-        PyObject *opaque = PyBytes_FromStringAndSize(h.arg[xo], h.arg_len[xo]);
-        if (opaque == NULL) {
-            return NULL;
-        }
-        PyObject *at = PyDict_GetItemWithError(index, opaque); /* borrowed */
-        if (at == NULL) {
-            Py_DECREF(opaque);
-            if (PyErr_Occurred()) {
-                return NULL;
+        /* Its request: the first one after ``last`` with its opaque (opaques are unique,
+         * so this is the one index[opaque] names, if after last; ``last`` only grows, so
+         * a pipeline's search is one pass over the list, and a reply not found stops). */
+        const char *op = h.arg[xo];
+        const Py_ssize_t op_len = h.arg_len[xo];
+        const Py_ssize_t count = PyList_GET_SIZE(opaques);
+        Py_ssize_t n = last + 1;
+        for (; n < count; n++) {
+            PyObject *o = PyList_GET_ITEM(opaques, n);
+            if (PyBytes_CheckExact(o) && PyBytes_GET_SIZE(o) == op_len &&
+                memcmp(PyBytes_AS_STRING(o), op, (size_t)op_len) == 0) {
+                break;
             }
+        }
+        if (n >= count || n >= PyList_GET_SIZE(sent)) {
             break;
         }
-        const Py_ssize_t n = PyLong_AsSsize_t(at);
-        if (n == -1 && PyErr_Occurred()) {
-            Py_DECREF(opaque);
-            return NULL;
-        }
-        if (n <= last || n >= PyList_GET_SIZE(sent)) {
-            Py_DECREF(opaque);
-            break;
-        }
+        PyObject *opaque = Py_NewRef(PyList_GET_ITEM(opaques, n));
         PyObject *entry = PyList_GET_ITEM(sent, n);
         if (!PyTuple_CheckExact(entry) || PyTuple_GET_SIZE(entry) != 2) {
             Py_DECREF(opaque);
@@ -1207,9 +1203,14 @@ encode_meta_quiet(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             Py_DECREF(opaques);
             Py_RETURN_NONE;
         }
-        char hex[20];
-        const int hlen = snprintf(hex, sizeof(hex), "%llx", (first + (unsigned long long)i) & mask);
-        PyObject *opaque = PyBytes_FromStringAndSize(hex, hlen);
+        char hex[16];
+        unsigned long long v = (first + (unsigned long long)i) & mask;
+        int hlen = 0;
+        do { /* lowercase hex, from the last digit */
+            hex[sizeof(hex) - 1 - hlen++] = "0123456789abcdef"[v & 15];
+            v >>= 4;
+        } while (v != 0);
+        PyObject *opaque = PyBytes_FromStringAndSize(hex + sizeof(hex) - hlen, hlen);
         if (opaque == NULL) {
             Py_DECREF(opaques);
             return NULL;
@@ -1301,6 +1302,7 @@ init_meta(void)
         }
     }
     for (const char *f = KNOWN_FLAGS; *f; f++) {
+        flag_at[(unsigned char)*f] = (signed char)(f - KNOWN_FLAGS);
         if (flag_key[(unsigned char)*f] == NULL) {
             flag_key[(unsigned char)*f] = PyUnicode_InternFromString((char[]){*f, '\0'});
             if (flag_key[(unsigned char)*f] == NULL) {
@@ -1322,7 +1324,7 @@ static PyMethodDef methods[] = {
      "parse_meta_head(line, make) -> make(code, size, fields) | str: pymc.meta's "
      "_parse_head; a str is the message of a malformed line."},
     {"scan_meta_quiet", (PyCFunction)(void (*)(void))scan_meta_quiet, METH_FASTCALL,
-     "scan_meta_quiet(buf, pos, cap, index, last, sent, results, result_type) -> (pos, last, "
+     "scan_meta_quiet(buf, pos, cap, opaques, last, sent, results, result_type) -> (pos, last, "
      "done): the common replies of pymc.meta.ExpectMetaQuiet."},
     {"encode_meta_quiet", (PyCFunction)(void (*)(void))encode_meta_quiet, METH_FASTCALL,
      "encode_meta_quiet(command, wires, flags, first, mask) -> (request, opaques) | None: "
