@@ -21,7 +21,9 @@ skipped when the compiled module is not in use.
 from __future__ import annotations
 
 import base64
+import gc
 import random
+import tracemalloc
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import pytest
@@ -431,3 +433,45 @@ def test_quiet_gets_refuse_what_encode_meta_get_refuses(bad: Any) -> None:
 def test_quiet_gets_take_a_base64_wire_as_plain_text_only() -> None:
     wire = base64.b64encode(b"a b")
     assert encode_quiet_gets([wire], 1)[0] == _reference([wire], 1)[0]  # (no b flag)
+
+
+@compiled
+def test_the_compiled_reader_and_encoder_leak_nothing() -> None:
+    """Every path (taken replies of each kind, each reason to stop, the encoder's refusal)
+    run many times: a leaked reference per call would grow the heap by megabytes."""
+    opaques = [b"%x" % n for n in range(8)]
+    sent = [(b"mg", None), (b"mg", b"foo"), (b"ms", None), (b"ma", None)] * 2
+    pipelines = [
+        b"VA 2 O0 f1 c2 t3 s4 l5 h1 W X Z\r\nab\r\nVA 1 O1 kfoo\r\nx\r\n"
+        b"NS O2\r\nVA 2 O3\r\n42\r\nMN\r\n",
+        b"VA 1 O1 kZm9v b\r\nx\r\nMN\r\n",  # a key that does not match
+        b"VA 0 O0 Z\r\n\r\nHD O1 kbar\r\n",  # a placeholder; a key that does not match
+        b"VA 2 O3\r\nab\r\n",  # ma: not a number
+        b"VA 1 O9\r\nx\r\n",  # an opaque not sent
+        b"SERVER_ERROR x\r\n",
+        b"VA 9 O0\r\nx",  # incomplete
+        b"VA 1 O0 c1 c2\r\nx\r\n",  # malformed
+    ]
+    scan: Any = SCAN
+
+    def run() -> None:
+        for _ in range(300):
+            for data in pipelines:
+                scan(data, 0, 1 << 30, opaques, -1, sent, {}, MetaResult)
+            encode_quiet_gets([b"a", b"bb", b"ccc"], 7)
+            try:
+                encode_quiet_gets([b"a", b"b c"], 7)
+            except MemcacheIllegalInputError:
+                pass
+
+    run()  # (warm-up)
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        run()
+        gc.collect()
+        grown = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert grown < 64 * 1024, grown
