@@ -958,9 +958,11 @@ class ExpectMetaQuiet(Expect):
                     )
                     if scanned is NEED_DATA:
                         return NEED_DATA
-                    _, self._last, done = scanned
+                    _, need, self._last, done = scanned
                     if done:
                         return self.errors[0] if self.errors else self.results
+                    if need:  # (a reply not whole yet: the reader waits for it)
+                        return NEED_DATA
                 line = reader.next_line()
                 if line is NEED_DATA:
                     return NEED_DATA

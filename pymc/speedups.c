@@ -867,18 +867,21 @@ error:
 /* ------------------------------------------------------------------ the quiet meta pipeline
  *
  *   scan_meta_quiet(buf, pos, cap, opaques, last, sent, results, result_type)
- *       -> (pos, last, done)
+ *       -> (pos, need, last, done)
  *       The common replies of a quiet meta pipeline (pymc/meta.py's ExpectMetaQuiet),
  *       from offset ``pos`` of the bytes ``buf``: each complete, well-formed reply whose
  *       opaque is ``opaques[n]`` (the requests' unique opaques, in the order sent) for an
  *       n after ``last``, and which its request (``sent[n]``: (command, expected key or
  *       None)) can get, goes into ``results`` as {opaques[n]: result_type(...)} (the
- *       MetaResult meta.py's _result makes). It stops at ``MN`` (consumed: done is True), or before the first reply it
- *       does not take (done False): an incomplete one, an error line, a malformed or
+ *       MetaResult meta.py's _result makes). It stops at ``MN`` (consumed: done is
+ *       True); or at a reply that is not whole yet where the pure reader would wait for
+ *       it too (``need``: how many bytes from ``pos`` to wait for); or before the first
+ *       reply it does not take (need 0, done False): an error line, a malformed or
  *       unmatched one, a block over ``cap``. meta.py reads that one with its pure code,
  *       which decides what it means (and poisons the reader with the message), then calls
  *       this again. So this block decides nothing of its own: it only takes the replies
- *       the pure code would take, and makes of them what the pure code makes.
+ *       the pure code would take, makes of them what the pure code makes, and waits only
+ *       where the pure code waits.
  *
  *   encode_meta_quiet(command, wires, flags, first, mask) -> (request, opaques) | None
  *       ``<command> <wire><flags> O<opaque> q\r\n`` for each wire, then ``mn\r\n``; the
@@ -1055,6 +1058,7 @@ scan_meta_quiet(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     }
     int done = 0;
+    Py_ssize_t need = 0;
     for (;;) {
         /* The line: up to the first CRLF, if it is at most MAX_LINE_LENGTH long. */
         Py_ssize_t end = -1;
@@ -1077,6 +1081,12 @@ scan_meta_quiet(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             }
         }
         if (end < 0) {
+            /* No whole line yet. The pure reader waits for one more byte, unless the
+             * bytes held are already too long for a line (then it fails: left to it). */
+            const Py_ssize_t pending = len - pos;
+            if (pending - (pending > 0 && buf[len - 1] == '\r') <= MAX_LINE_LENGTH) {
+                need = pending + 1;
+            }
             break;
         }
         meta_head h;
@@ -1087,10 +1097,6 @@ scan_meta_quiet(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         if (h.code == MC_MN) {
             pos = end + 2;
             done = 1;
-            break;
-        }
-        const int xo = XO;
-        if (!(h.seen & (1u << xo))) {
             break;
         }
         /* A VA's block: complete, within the cap, followed by CRLF. */
@@ -1104,6 +1110,9 @@ scan_meta_quiet(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
                 break;
             }
             if ((int64_t)len - (int64_t)next < (int64_t)size + 2) {
+                /* A well-formed head within the cap: the pure reader waits for the
+                 * block too (and judges the reply once it is whole). */
+                need = next + (Py_ssize_t)size + 2 - pos;
                 break;
             }
             const Py_ssize_t stop = next + (Py_ssize_t)size;
@@ -1113,6 +1122,10 @@ scan_meta_quiet(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             data = buf + next;
             data_len = (Py_ssize_t)size;
             next = stop + 2;
+        }
+        const int xo = XO;
+        if (!(h.seen & (1u << xo))) {
+            break;
         }
         /* Its request: the first one after ``last`` with its opaque (opaques are unique,
          * so this is the one index[opaque] names, if after last; ``last`` only grows, so
@@ -1160,7 +1173,7 @@ scan_meta_quiet(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         last = n;
         pos = next;
     }
-    return Py_BuildValue("(nnO)", pos, last, done ? Py_True : Py_False);
+    return Py_BuildValue("(nnnO)", pos, need, last, done ? Py_True : Py_False);
 }
 
 static PyObject *
@@ -1324,8 +1337,8 @@ static PyMethodDef methods[] = {
      "parse_meta_head(line, make) -> make(code, size, fields) | str: pymc.meta's "
      "_parse_head; a str is the message of a malformed line."},
     {"scan_meta_quiet", (PyCFunction)(void (*)(void))scan_meta_quiet, METH_FASTCALL,
-     "scan_meta_quiet(buf, pos, cap, opaques, last, sent, results, result_type) -> (pos, last, "
-     "done): the common replies of pymc.meta.ExpectMetaQuiet."},
+     "scan_meta_quiet(buf, pos, cap, opaques, last, sent, results, result_type) -> (pos, need, "
+     "last, done): the common replies of pymc.meta.ExpectMetaQuiet."},
     {"encode_meta_quiet", (PyCFunction)(void (*)(void))encode_meta_quiet, METH_FASTCALL,
      "encode_meta_quiet(command, wires, flags, first, mask) -> (request, opaques) | None: "
      "pymc.meta's quiet pipeline of text keys."},
