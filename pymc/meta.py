@@ -28,6 +28,7 @@ from typing import Any, Dict, Final, List, NamedTuple, Optional, Sequence, Tuple
 from .exceptions import MemcacheIllegalInputError
 from .protocol import (
     MAX_KEY_LENGTH,
+    MAX_LINE_LENGTH,
     NEED_DATA,
     SPEEDUPS,
     ErrorReply,
@@ -1007,19 +1008,75 @@ class ExpectMetaQuiet(Expect):
 
 
 _MG: Final = (b"mg", None)
+# The one reply shape of a quiet get's hit (``mg <key> v f O<opaque> q``), as _parse_head
+# reads it: a size, the client flags, the opaque, and nothing else on the line.
+_QUIET_HIT = re.compile(rb"VA ([0-9]{1,20}) f([0-9]{1,20}) O([^ \r\n]+)\r\n").match
 
-# pymc/speedups.c's scan_meta_quiet: ExpectMetaQuiet's loop for the replies it takes
-# whole (well-formed, complete, matched, answers their request can get), making of each
-# the MetaResult _result makes; it stops before any other, which the loop above reads
-# (and judges). None: every reply goes through the loop (the pure reader, the reference;
-# tests/test_speedups_quiet.py checks that the two agree).
-_scan_quiet: Optional[Any] = None
+
+def _scan_quiet_py(
+    buf: bytes,
+    pos: int,
+    cap: Optional[int],
+    opaques: List[bytes],
+    last: int,
+    sent: List[Tuple[bytes, Optional[bytes]]],
+    results: Dict[bytes, MetaResult],
+    make: Any,
+) -> Tuple[int, int, int, bool]:
+    """The pure twin of pymc/speedups.c's ``scan_meta_quiet`` (see there), for the hits of
+    a quiet get only (``VA <size> f<flags> O<opaque>`` to an ``mg`` that asked for no key
+    back): ``(pos, need, last, done)``. Any other reply is left to ExpectMetaQuiet's loop,
+    which judges it; a reply not whole yet is waited for where the loop would wait."""
+    count = len(opaques)
+    while True:
+        hit = _QUIET_HIT(buf, pos)
+        if hit is None:
+            if buf.startswith(b"MN\r\n", pos):
+                return pos + 4, 0, last, True
+            if buf.find(b"\r\n", pos) < 0:  # no whole line: wait, unless one is too long
+                pending = len(buf) - pos
+                if pending - buf.endswith(b"\r") <= MAX_LINE_LENGTH:
+                    return pos, pending + 1, last, False
+            return pos, 0, last, False
+        start = hit.end()
+        size = int(hit[1])
+        flags = int(hit[2])
+        if start - 2 - pos > MAX_LINE_LENGTH or flags >= _UINT32:
+            return pos, 0, last, False
+        if cap is not None and size > cap:
+            return pos, 0, last, False
+        stop = start + size
+        if len(buf) < stop + 2:
+            return pos, stop + 2 - pos, last, False
+        if buf[stop : stop + 2] != b"\r\n":
+            return pos, 0, last, False
+        opaque = hit[3]
+        n = last + 1
+        while n < count and opaques[n] != opaque:
+            n += 1
+        if n >= count or sent[n] != _MG:
+            return pos, 0, last, False
+        opaque = opaques[n]
+        # (the fields of MetaResult, in order: status, value, cas, ttl, client_flags, size,
+        # hit_before, last_access, win, stale, won_elsewhere, opaque, key, number)
+        fields = ("hit", buf[start:stop], None, None, flags, None, None, None, False, False)
+        results[opaque] = _new_tuple(make, (*fields, False, opaque, None, None))
+        last = n
+        pos = stop + 2
+
+
+# The reader ExpectMetaQuiet's loop runs first: pymc/speedups.c's scan_meta_quiet, or
+# its pure twin. Each takes the replies it can take whole (well-formed, complete,
+# matched, answers their request can get), making of each the MetaResult _result makes,
+# and stops before any other, which the loop reads (and judges). None: every reply goes
+# through the loop (the reference; tests/test_speedups_quiet.py checks that all agree).
+_scan_quiet: Optional[Any] = _scan_quiet_py
 #: pymc/speedups.c's encode_meta_quiet (see :func:`encode_quiet_gets`), or None.
 _encode_quiet: Optional[Any] = None
 if SPEEDUPS:
     from . import speedups
 
-    _scan_quiet = getattr(speedups, "scan_meta_quiet", None)
+    _scan_quiet = getattr(speedups, "scan_meta_quiet", _scan_quiet_py)
     _encode_quiet = getattr(speedups, "encode_meta_quiet", None)
 
 #: The opaques of :func:`encode_quiet_gets` count modulo this (+1).

@@ -42,8 +42,10 @@ from pymc.meta import (
 )
 from pymc.protocol import NEED_DATA, ErrorReply, PyReader
 
-SCAN = meta._scan_quiet
+SCAN = meta._scan_quiet if meta._scan_quiet is not meta._scan_quiet_py else None
 compiled = pytest.mark.skipif(SCAN is None, reason="the compiled quiet reader is not in use")
+#: Every reader of many replies at once in use here: the compiled one, and the pure twin.
+SCANNERS = [scan for scan in (SCAN, meta._scan_quiet_py) if scan is not None]
 MANY = settings(max_examples=400, deadline=None, suppress_health_check=list(HealthCheck))
 
 Sent = List[Tuple[bytes, ...]]
@@ -130,9 +132,9 @@ def _same(sent: Sent, data: bytes, cap: Optional[int] = None, seed: int = 0) -> 
     outcome = None
     for pieces in _pieces(data, random.Random(seed)):
         pure = _run(make, data, pieces, None, cap)
-        if SCAN is not None:
-            fast = _run(make, data, pieces, SCAN, cap)
-            assert fast == pure, (sent, data, pieces)
+        for scan in SCANNERS:
+            fast = _run(make, data, pieces, scan, cap)
+            assert fast == pure, (scan, sent, data, pieces)
         if outcome is None:
             outcome = pure
     return outcome
@@ -143,9 +145,9 @@ def _same(sent: Sent, data: bytes, cap: Optional[int] = None, seed: int = 0) -> 
 
 def test_the_compiled_quiet_reader_is_chosen_with_the_compiled_module() -> None:
     if protocol.SPEEDUPS:
-        assert meta._scan_quiet is not None and meta._encode_quiet is not None
+        assert meta._scan_quiet is not meta._scan_quiet_py and meta._encode_quiet is not None
     else:
-        assert meta._scan_quiet is None and meta._encode_quiet is None
+        assert meta._scan_quiet is meta._scan_quiet_py and meta._encode_quiet is None
 
 
 # --------------------------------------------------------------------------- named cases
@@ -204,11 +206,27 @@ SENT: Sent = [(b"1", b"mg"), (b"2", b"mg"), (b"3", b"ms"), (b"4", b"md"), (b"5",
         b"X" * 9000 + b"\r\nMN\r\n",
         b"VA 1 O1 " + b"q" * 8200 + b"\r\nx\r\nMN\r\n",
         b"va 1 O1\r\nx\r\nMN\r\n",
+        # A quiet get's hits (the shape the pure twin reads), out of order, twice, etc.
+        b"VA 1 f0 O2\r\nx\r\nVA 1 f0 O1\r\nx\r\nMN\r\n",
+        b"VA 1 f0 O1\r\nx\r\nVA 1 f0 O1\r\nx\r\nMN\r\n",
+        b"VA 1 f0 O1\r\nx\r\nVA 1 f7 O2\r\ny\r\nVA 1 f0 O1\r\nx\r\nMN\r\n",
+        b"VA 1 f0 O3\r\nx\r\nMN\r\n",  # a hit to ms
+        b"VA 1 f0 O5\r\nx\r\nMN\r\n",  # ma
+        b"VA 1 f0 O1 \r\nx\r\nMN\r\n",
+        b"VA 1 f0 O1\r\nx\nMN\r\n",
+        b"VA 01 f00 O1\r\nx\r\nMN\r\n",
         b"VA 1 O1\n\r\nx\r\nMN\r\n",
     ],
 )
 def test_every_reply_kind_reads_the_same(data: bytes) -> None:
     _same(SENT, data)
+
+
+def test_a_hit_line_longer_than_a_line_may_be_is_refused() -> None:
+    long = b"o" * 8190
+    for opaque in (long[:8180], long):  # (the line: 8192 bytes, then 8202)
+        outcome = _same([(opaque, b"mg")], b"VA 1 f0 O%s\r\nx\r\nMN\r\n" % opaque)
+        assert outcome[0] == ("returned" if len(opaque) < 8190 else "raised")
 
 
 @pytest.mark.parametrize("cap", [0, 1, 2, None])
@@ -233,15 +251,15 @@ def test_a_hundred_hits_are_read_in_one_scan() -> None:
     data = b"".join(b"VA 3 f%d O%s\r\nv%02d\r\n" % (n, o, n) for n, o in enumerate(opaques))
     outcome = _same([(o, b"mg") for o in opaques], data + b"MN\r\n")
     assert outcome[0] == "returned" and len(outcome[2][1]) == 100
-    if SCAN is not None:
+    for scan in SCANNERS:
         reader = PyReader()
         reader.feed(data + b"MN\r\n")
         expect = ExpectMetaQuiet.gets(opaques)
-        calls = []
+        calls: List[int] = []
 
-        def counted(*args: Any) -> Any:
+        def counted(*args: Any, scan: Any = scan, calls: List[int] = calls) -> Any:
             calls.append(1)
-            return SCAN(*args)
+            return scan(*args)
 
         meta._scan_quiet, saved = counted, meta._scan_quiet
         try:
@@ -259,7 +277,7 @@ def test_gets_is_the_long_form() -> None:
     opaques = [b"a", b"b", b"c"]
     data = b"VA 1 O1\r\nx\r\nVA 1 Ob f2\r\ny\r\nSERVER_ERROR no\r\nHD Oc\r\nMN\r\n"
     for tail in (b"", b"VA 1 Oa\r\nx\r\nMN\r\n"):
-        for scan in (None, SCAN):
+        for scan in (None, *SCANNERS):
             long = _run(
                 lambda: ExpectMetaQuiet([(o, b"mg") for o in opaques]), data + tail, [], scan, None
             )
@@ -324,8 +342,20 @@ def pipelines(draw: Any) -> Tuple[Sent, bytes, Optional[int]]:
         ordered = []
         for entry in sent:
             if draw(st.booleans()):
-                flags = b" f1" if draw(st.booleans()) else b""
-                ordered.append(b"VA 2 O%s%s\r\nhi\r\n" % (entry[0], flags))
+                shape = draw(
+                    st.sampled_from(
+                        [
+                            b"VA 2 O%s\r\n",
+                            b"VA 2 O%s f1\r\n",
+                            b"VA 2 f1 O%s\r\n",
+                            b"VA 0 f0 O%s\r\n",
+                            b"VA 2 f4294967296 O%s\r\n",
+                        ]
+                    )
+                )
+                ordered.append(
+                    shape % entry[0] + (b"\r\n" if shape.startswith(b"VA 0") else b"hi\r\n")
+                )
         replies = ordered + replies
     data = b"".join(replies)
     if draw(st.integers(0, 3)):
@@ -343,15 +373,16 @@ def pipelines(draw: Any) -> Tuple[Sent, bytes, Optional[int]]:
     return sent, data, cap
 
 
-@compiled
 @MANY
 @given(pipelines(), st.integers(0, 1000))
-def test_the_compiled_reader_agrees_with_the_pure_loop(case: Any, seed: int) -> None:
+def test_the_compiled_reader_and_the_pure_twin_agree_with_the_pure_loop(
+    case: Any, seed: int
+) -> None:
     sent, data, cap = case
     _same(sent, data, cap, seed)
 
 
-@compiled
+@pytest.mark.parametrize("scan", SCANNERS)
 @MANY
 @given(
     st.one_of(st.binary(max_size=200), pipelines().map(lambda case: case[1])),
@@ -359,13 +390,12 @@ def test_the_compiled_reader_agrees_with_the_pure_loop(case: Any, seed: int) -> 
     st.integers(0, 300),
 )
 def test_the_scanner_never_takes_what_the_pure_loop_would_not(
-    data: bytes, last: int, pos: int
+    scan: Any, data: bytes, last: int, pos: int
 ) -> None:
     """Any bytes, any start: what the scanner takes, the pure loop takes the same way."""
     sent: Sent = [(b"%x" % n, b"mg") for n in range(7)]
     pos = min(pos, len(data))
     results: Dict[bytes, Any] = {}
-    scan: Any = SCAN
     end, need, got_last, done = scan(
         data, pos, None, [e[0] for e in sent], last, [(b"mg", None)] * 7, results, MetaResult
     )
