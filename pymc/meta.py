@@ -1096,8 +1096,14 @@ def encode_quiet_gets(wires: Sequence[bytes], first: int) -> Tuple[bytes, List[b
         built = _encode_quiet(b"mg", wires, b" v f", first, OPAQUE_MASK)
         if built is not None:
             return built  # type: ignore[no-any-return]
-    for wire in wires:
-        _wire_key(wire, False)
+    if wires and not (  # (all checked at once; else one by one, for the error)
+        set(map(type, wires)) == {bytes}
+        and min(map(len, wires)) > 0
+        and max(map(len, wires)) <= MAX_KEY_LENGTH
+        and _BAD_BYTE(b"".join(wires)) is None
+    ):
+        for wire in wires:
+            _wire_key(wire, False)
     opaques = [b"%x" % ((first + n) & OPAQUE_MASK) for n in range(len(wires))]
     lines = [b"mg %s v f O%s q\r\n" % pair for pair in zip(wires, opaques)]
     lines.append(b"mn\r\n")
