@@ -20,6 +20,10 @@
  *   parse_meta_head(line, make) -> make(code, size, fields) | str
  *       meta.py's _parse_head (see its section below); a str is a malformed line's message.
  *
+ *   scan_meta_quiet(...), encode_meta_quiet(...)
+ *       The reader of a quiet meta pipeline's common replies (ExpectMetaQuiet's loop) and
+ *       the encoder of a quiet get pipeline: see their section below.
+ *
  * Memory safety: every read is bounds-checked against the buffer's length before it is
  * made; sizes are at most 18 decimal digits, so they fit an int64 with room to add a
  * buffer offset; no arithmetic on a size is done before its digits are checked.

@@ -20,3 +20,17 @@ def check_keys(
 def parse_meta_head(
     line: bytes, make: Callable[[bytes, Optional[int], Dict[str, object]], _T], /
 ) -> Union[_T, str]: ...
+def scan_meta_quiet(
+    buf: bytes,
+    pos: int,
+    cap: Optional[int],
+    opaques: List[bytes],
+    last: int,
+    sent: List[Tuple[bytes, Optional[bytes]]],
+    results: Dict[bytes, Any],
+    result_type: type,
+    /,
+) -> Tuple[int, int, int, bool]: ...
+def encode_meta_quiet(
+    command: bytes, wires: List[bytes], flags: bytes, first: int, mask: int, /
+) -> Optional[Tuple[bytes, List[bytes]]]: ...
