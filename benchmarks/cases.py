@@ -109,6 +109,16 @@ def single_server(address: Address) -> Cases:
     # instrumentation and no SDK (its spans are non-recording).
     cases["Client.get on_command"] = on_command_cases(address, clients["pymc"])
     cases["Client.get"]["bare socket"] = bare_exchange(address, b"get bench:one\r\n", b"END\r\n")
+    # The floors of the two multi-gets: memcached answers 100 mg requests (it yields every
+    # -R, by default 20, requests of a connection, flushing what it has) far slower than one
+    # get of 100 keys, whatever the client does.
+    raws = [key.encode() for key in keys]
+    get_request = b"get " + b" ".join(raws) + b"\r\n"
+    cases["Client.get_many(100)"]["bare socket"] = bare_exchange(address, get_request, b"END\r\n")
+    mg_request = b"".join(b"mg %s v f O%x q\r\n" % (raw, n) for n, raw in enumerate(raws))
+    cases["Client.meta_get_many(100)"]["bare socket"] = bare_exchange(
+        address, mg_request + b"mn\r\n", b"MN\r\n"
+    )
     set_request = b"set bench:one 0 0 %d\r\n%s\r\n" % (len(VALUE), VALUE)
     cases["Client.set"]["bare socket"] = bare_exchange(address, set_request, b"\r\n")
     return cases

@@ -28,6 +28,7 @@ from typing import Any, Dict, Final, List, NamedTuple, Optional, Sequence, Tuple
 from .exceptions import MemcacheIllegalInputError
 from .protocol import (
     MAX_KEY_LENGTH,
+    MAX_LINE_LENGTH,
     NEED_DATA,
     SPEEDUPS,
     ErrorReply,
@@ -41,6 +42,7 @@ __all__ = [
     "LONG_KEY_TAG",
     "MAX_OPAQUE_LENGTH",
     "META_STATUSES",
+    "OPAQUE_MASK",
     "RESERVED_KEY_START",
     "ExpectMeta",
     "ExpectMetaEach",
@@ -52,6 +54,7 @@ __all__ = [
     "encode_meta_get",
     "encode_meta_noop",
     "encode_meta_set",
+    "encode_quiet_gets",
     "flags_vivify",
     "lease_get_template",
     "lease_key",
@@ -900,7 +903,7 @@ class ExpectMetaQuiet(Expect):
     the reader is poisoned: the connection must be closed.
     """
 
-    __slots__ = ("_head", "_index", "_last", "_sent", "errors", "results")
+    __slots__ = ("_head", "_index", "_last", "_opaques", "_sent", "errors", "results")
 
     def __init__(self, sent: Sequence[Tuple[bytes, ...]]) -> None:
         index: Dict[bytes, int] = {}
@@ -918,16 +921,49 @@ class ExpectMetaQuiet(Expect):
             key = _expected_key(entry[2], entry[3:] == (b"b",)) if len(entry) > 2 else None
             parsed.append((command, key))
         self._index = index
+        self._opaques = list(index)
         self._sent = parsed
         self._last = -1
         self._head: Optional[_Head] = None
         self.results: Dict[bytes, MetaResult] = {}
         self.errors: List[ErrorReply] = []
 
+    @classmethod
+    def gets(cls, opaques: Sequence[bytes]) -> ExpectMetaQuiet:
+        """``ExpectMetaQuiet([(opaque, b"mg") for opaque in opaques])``, built without a
+        Python turn per request (the reader of :func:`encode_quiet_gets`)."""
+        index = dict(zip(opaques, range(len(opaques))))
+        if len(index) != len(opaques) or not set(map(type, index)) <= {bytes}:
+            return cls([(opaque, b"mg") for opaque in opaques])  # (which says what is wrong)
+        self = cls.__new__(cls)
+        self._index = index
+        self._opaques = list(index)
+        self._sent = [_MG] * len(opaques)
+        self._last = -1
+        self._head = None
+        self.results = {}
+        self.errors = []
+        return self
+
     def step(self, reader: Reader) -> object:
+        scan = _scan_quiet
         while True:
             head = self._head
             if head is None:
+                if scan is not None:
+                    # The common replies in one go (see _scan_quiet), up to MN or to the
+                    # first reply this loop must read: an error line, a malformed or
+                    # unmatched reply, an incomplete one.
+                    scanned = reader.scan(
+                        scan, self._opaques, self._last, self._sent, self.results, MetaResult
+                    )
+                    if scanned is NEED_DATA:
+                        return NEED_DATA
+                    _, need, self._last, done = scanned
+                    if done:
+                        return self.errors[0] if self.errors else self.results
+                    if need:  # (a reply not whole yet: the reader waits for it)
+                        return NEED_DATA
                 line = reader.next_line()
                 if line is NEED_DATA:
                     return NEED_DATA
@@ -969,6 +1005,109 @@ class ExpectMetaQuiet(Expect):
             command, key = self._sent[n]
             assert isinstance(opaque, bytes)
             self.results[opaque] = _result(reader, head, command, data, opaque, key)
+
+
+_MG: Final = (b"mg", None)
+# The one reply shape of a quiet get's hit (``mg <key> v f O<opaque> q``), as _parse_head
+# reads it: a size, the client flags, the opaque, and nothing else on the line.
+_QUIET_HIT = re.compile(rb"VA ([0-9]{1,20}) f([0-9]{1,20}) O([^ \r\n]+)\r\n").match
+
+
+def _scan_quiet_py(
+    buf: bytes,
+    pos: int,
+    cap: Optional[int],
+    opaques: List[bytes],
+    last: int,
+    sent: List[Tuple[bytes, Optional[bytes]]],
+    results: Dict[bytes, MetaResult],
+    make: Any,
+) -> Tuple[int, int, int, bool]:
+    """The pure twin of pymc/speedups.c's ``scan_meta_quiet`` (see there), for the hits of
+    a quiet get only (``VA <size> f<flags> O<opaque>`` to an ``mg`` that asked for no key
+    back): ``(pos, need, last, done)``. Any other reply is left to ExpectMetaQuiet's loop,
+    which judges it; a reply not whole yet is waited for where the loop would wait."""
+    count = len(opaques)
+    while True:
+        hit = _QUIET_HIT(buf, pos)
+        if hit is None:
+            if buf.startswith(b"MN\r\n", pos):
+                return pos + 4, 0, last, True
+            if buf.find(b"\r\n", pos) < 0:  # no whole line: wait, unless one is too long
+                pending = len(buf) - pos
+                if pending - buf.endswith(b"\r") <= MAX_LINE_LENGTH:
+                    return pos, pending + 1, last, False
+            return pos, 0, last, False
+        start = hit.end()
+        size = int(hit[1])
+        flags = int(hit[2])
+        if start - 2 - pos > MAX_LINE_LENGTH or flags >= _UINT32:
+            return pos, 0, last, False
+        if cap is not None and size > cap:
+            return pos, 0, last, False
+        stop = start + size
+        if len(buf) < stop + 2:
+            return pos, stop + 2 - pos, last, False
+        if buf[stop : stop + 2] != b"\r\n":
+            return pos, 0, last, False
+        opaque = hit[3]
+        n = last + 1
+        while n < count and opaques[n] != opaque:
+            n += 1
+        if n >= count or sent[n] != _MG:
+            return pos, 0, last, False
+        opaque = opaques[n]
+        # (the fields of MetaResult, in order: status, value, cas, ttl, client_flags, size,
+        # hit_before, last_access, win, stale, won_elsewhere, opaque, key, number)
+        fields = ("hit", buf[start:stop], None, None, flags, None, None, None, False, False)
+        results[opaque] = _new_tuple(make, (*fields, False, opaque, None, None))
+        last = n
+        pos = stop + 2
+
+
+# The reader ExpectMetaQuiet's loop runs first: pymc/speedups.c's scan_meta_quiet, or
+# its pure twin. Each takes the replies it can take whole (well-formed, complete,
+# matched, answers their request can get), making of each the MetaResult _result makes,
+# and stops before any other, which the loop reads (and judges). None: every reply goes
+# through the loop (the reference; tests/test_speedups_quiet.py checks that all agree).
+_scan_quiet: Optional[Any] = _scan_quiet_py
+#: pymc/speedups.c's encode_meta_quiet (see :func:`encode_quiet_gets`), or None.
+_encode_quiet: Optional[Any] = None
+if SPEEDUPS:
+    from . import speedups
+
+    _scan_quiet = getattr(speedups, "scan_meta_quiet", _scan_quiet_py)
+    _encode_quiet = getattr(speedups, "encode_meta_quiet", None)
+
+#: The opaques of :func:`encode_quiet_gets` count modulo this (+1).
+OPAQUE_MASK: Final = 0xFFFFFFF
+
+
+def encode_quiet_gets(wires: Sequence[bytes], first: int) -> Tuple[bytes, List[bytes]]:
+    """``(request, opaques)``: a quiet ``mg`` pipeline of text keys (no base64 one), each
+    ``mg <wire> v f O<opaque> q`` (the bytes of :func:`encode_meta_get` with ``value``,
+    ``return_client_flags``, ``opaque`` and ``quiet``), then ``mn``. The opaques are
+    ``first``, ``first + 1``, ... modulo 2**28 in lowercase hex (``b"%x"``), one per wire.
+    Read its replies with :meth:`ExpectMetaQuiet.gets`."""
+    if type(first) is not int or first < 0:
+        raise ValueError(f"first must be a non-negative int, not {first!r}")
+    wires = wires if type(wires) is list else list(wires)
+    if _encode_quiet is not None:
+        built = _encode_quiet(b"mg", wires, b" v f", first, OPAQUE_MASK)
+        if built is not None:
+            return built  # type: ignore[no-any-return]
+    if wires and not (  # (all checked at once; else one by one, for the error)
+        set(map(type, wires)) == {bytes}
+        and min(map(len, wires)) > 0
+        and max(map(len, wires)) <= MAX_KEY_LENGTH
+        and _BAD_BYTE(b"".join(wires)) is None
+    ):
+        for wire in wires:
+            _wire_key(wire, False)
+    opaques = [b"%x" % ((first + n) & OPAQUE_MASK) for n in range(len(wires))]
+    lines = [b"mg %s v f O%s q\r\n" % pair for pair in zip(wires, opaques)]
+    lines.append(b"mn\r\n")
+    return b"".join(lines), opaques
 
 
 class ExpectMetaEach(Expect):

@@ -828,6 +828,28 @@ class PyReader:
                 break  # (what follows may be a data block: never looked at)
         return lines, pos < len(buf)
 
+    def scan(self, scanner: Callable[..., Tuple[Any, ...]], *args: Any) -> Any:
+        """Hand the unread bytes to a reader of many replies at once (meta.py's quiet
+        pipeline): ``scanner(buf, pos, max_block, *args)`` consumes the complete replies it
+        takes from offset ``pos`` of ``buf`` and returns a tuple ``(pos, need, ...)``: the
+        offset after them, and how many bytes from there the next reply needs before it
+        is worth looking again (0: none; it is left to :meth:`next_line` and
+        :meth:`next_block`, which judge it). The reader moves to ``pos`` (and waits for
+        ``need`` bytes) and returns the tuple; :data:`NEED_DATA`, without calling the
+        scanner, while the reader waits."""
+        if self._need:
+            if self._broken is not None:
+                raise self._poisoned()
+            return NEED_DATA
+        buf = self._joined() if self._parts else self._buf
+        out = scanner(buf, self._pos, self._max_block, *args)
+        pos, need = out[0], out[1]
+        if not self._pos <= pos <= len(buf) or (need and need <= len(buf) - pos):
+            raise ValueError(f"a scanner moved the reader to {pos!r} and asked for {need!r}")
+        self._pos = pos
+        self._need = need
+        return out
+
     def fail(self, message: str) -> MemcacheProtocolError:
         """Poison the reader (every later call raises) and return the error to raise: for
         readers built on :meth:`next_line` / :meth:`next_block` that find a reply malformed."""

@@ -20,6 +20,10 @@
  *   parse_meta_head(line, make) -> make(code, size, fields) | str
  *       meta.py's _parse_head (see its section below); a str is a malformed line's message.
  *
+ *   scan_meta_quiet(...), encode_meta_quiet(...)
+ *       The reader of a quiet meta pipeline's common replies (ExpectMetaQuiet's loop) and
+ *       the encoder of a quiet get pipeline: see their section below.
+ *
  * Memory safety: every read is bounds-checked against the buffer's length before it is
  * made; sizes are at most 18 decimal digits, so they fit an int64 with room to add a
  * buffer offset; no arithmetic on a size is done before its digits are checked.
@@ -517,6 +521,297 @@ b64_key(const char *p, Py_ssize_t n, int *bad)
     return out;
 }
 
+/* The codes of a meta reply line, in the order of the code_* objects. */
+enum { MC_VA, MC_HD, MC_EN, MC_NS, MC_EX, MC_NF, MC_MN };
+/* Why a line is malformed (each is one message of meta.py's _parse_head). */
+enum {
+    HE_OK,
+    HE_UNEXPECTED,   /* unexpected meta reply */
+    HE_VA,           /* malformed VA line */
+    HE_EMPTY_TOKEN,  /* malformed meta reply */
+    HE_TWICE,        /* flag '%c' twice */
+    HE_BAD_FLAG,     /* bad '%c' flag */
+    HE_MN,           /* malformed MN line */
+    HE_BASE64,       /* a base64 key that is not base64 */
+    HE_EMPTY_KEY,    /* an empty key */
+};
+#define N_KNOWN 12 /* strlen(KNOWN_FLAGS) */
+
+/* A parsed meta reply line: pointers into the line, every argument checked. */
+typedef struct {
+    int code;                  /* MC_* (OK is MC_HD) */
+    const char *size;          /* VA: the size's digits (1 to 20) */
+    Py_ssize_t size_len;
+    unsigned int seen;         /* a bit per KNOWN_FLAGS index */
+    int order[N_KNOWN];        /* the KNOWN_FLAGS indexes seen, in the line's order */
+    int count;                 /* how many */
+    const char *arg[N_KNOWN];  /* each flag's argument (after its letter), by index */
+    Py_ssize_t arg_len[N_KNOWN];
+    uint64_t num[N_KNOWN];     /* c f s l: the value, when num_fits; t: see t_value */
+    unsigned int num_fits;     /* a bit per index: the number fit a uint64 */
+    int64_t t_value;
+} meta_head;
+
+/* The KNOWN_FLAGS index of each flag byte (set by init_meta, for the known ones). */
+static signed char flag_at[128];
+#define FLAG_INDEX(f) (flag_at[(unsigned char)(f)])
+/* The same, for the letters named in the code (KNOWN_FLAGS is "cfsltWXZbOkh"). */
+enum { XC, XF, XS, XL, XT, XW, XX, XZ, XB, XO, XK, XH };
+
+/* Whether p[0:n] is base64 as meta.py reads it (see b64_key). */
+static int
+b64_valid(const char *p, Py_ssize_t n)
+{
+    if (n == 0 || n % 4 != 0) {
+        return 0;
+    }
+    Py_ssize_t data = n;
+    while (data > 0 && p[data - 1] == '=' && n - data < 2) {
+        data--;
+    }
+    if (data == 0) {
+        return 0;
+    }
+    for (Py_ssize_t i = 0; i < data; i++) {
+        if (b64_value((unsigned char)p[i]) < 0) {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+/* Parse the line s[0:n] into h: HE_OK, or why it is malformed (*flag: the flag byte the
+ * message names). The checks run in _parse_head's order, so the first failure is its. */
+static int
+parse_head_core(const char *s, Py_ssize_t n, meta_head *h, int *flag)
+{
+    h->seen = 0;
+    h->count = 0;
+    h->num_fits = 0;
+    h->t_value = 0;
+    h->size = NULL;
+    h->size_len = 0;
+    *flag = 0;
+    /* The first token: s[0:i]. */
+    Py_ssize_t i = 0;
+    while (i < n && s[i] != ' ') {
+        i++;
+    }
+    if (i != 2) {
+        return HE_UNEXPECTED;
+    }
+    const char a0 = s[0], a1 = s[1];
+    if (a0 == 'V' && a1 == 'A') {
+        /* VA <size>: the second token must be 1 to 20 digits. */
+        if (i >= n) {
+            return HE_VA;
+        }
+        const Py_ssize_t j = i + 1;
+        Py_ssize_t k = j;
+        while (k < n && s[k] != ' ') {
+            k++;
+        }
+        if (!all_digits(s + j, k - j) || k - j > 20) {
+            return HE_VA;
+        }
+        h->code = MC_VA;
+        h->size = s + j;
+        h->size_len = k - j;
+        i = k;
+    }
+    else if (a0 == 'H' && a1 == 'D') {
+        h->code = MC_HD;
+    }
+    else if (a0 == 'E' && a1 == 'N') {
+        h->code = MC_EN;
+    }
+    else if (a0 == 'N' && a1 == 'S') {
+        h->code = MC_NS;
+    }
+    else if (a0 == 'E' && a1 == 'X') {
+        h->code = MC_EX;
+    }
+    else if (a0 == 'N' && a1 == 'F') {
+        h->code = MC_NF;
+    }
+    else if (a0 == 'M' && a1 == 'N') {
+        h->code = MC_MN;
+    }
+    else if (a0 == 'O' && a1 == 'K') { /* memcached 1.6.6 */
+        h->code = MC_HD;
+    }
+    else {
+        return HE_UNEXPECTED;
+    }
+    const int tokens = i < n; /* any token after the code (and size) */
+    /* Each token after s[i] == ' ': s[p:q]. */
+    while (i < n) {
+        const Py_ssize_t p = i + 1;
+        Py_ssize_t q = p;
+        while (q < n && s[q] != ' ') {
+            q++;
+        }
+        i = q;
+        if (q == p) {
+            return HE_EMPTY_TOKEN;
+        }
+        const unsigned char f = (unsigned char)s[p];
+        if (f >= 128 || flag_key[f] == NULL) {
+            continue; /* a flag a newer server added */
+        }
+        const int x = FLAG_INDEX(f);
+        const unsigned int bit = 1u << x;
+        *flag = f;
+        if (h->seen & bit) {
+            return HE_TWICE;
+        }
+        h->seen |= bit;
+        h->order[h->count++] = x;
+        const char *a = s + p + 1;
+        const Py_ssize_t alen = q - p - 1;
+        h->arg[x] = a;
+        h->arg_len[x] = alen;
+        switch (f) {
+        case 'c':
+        case 'f':
+        case 's':
+        case 'l': {
+            uint64_t v = 0;
+            if (!all_digits(a, alen) || alen > 20) {
+                return HE_BAD_FLAG;
+            }
+            const int fits = digits_u64(a, alen, &v);
+            if ((f == 'c' || f == 's') && !fits) {
+                return HE_BAD_FLAG;
+            }
+            if (f == 'f' && (!fits || v >= ((uint64_t)1 << 32))) {
+                return HE_BAD_FLAG;
+            }
+            h->num[x] = v;
+            if (fits) {
+                h->num_fits |= bit;
+            }
+            break;
+        }
+        case 'O':
+        case 'k':
+            break;
+        case 'W':
+        case 'X':
+        case 'Z':
+        case 'b':
+            if (alen != 0) {
+                return HE_BAD_FLAG;
+            }
+            break;
+        case 't': {
+            /* -?[0-9]{1,11}, and not below -1 */
+            const int negative = alen > 0 && a[0] == '-';
+            const char *d = a + negative;
+            const Py_ssize_t dlen = alen - negative;
+            if (!all_digits(d, dlen) || dlen > 11) {
+                return HE_BAD_FLAG;
+            }
+            int64_t v = (int64_t)digits_value(d, dlen);
+            if (negative) {
+                v = -v;
+            }
+            if (v < -1) {
+                return HE_BAD_FLAG;
+            }
+            h->t_value = v;
+            break;
+        }
+        default: /* h */
+            if (alen != 1 || (a[0] != '0' && a[0] != '1')) {
+                return HE_BAD_FLAG;
+            }
+            break;
+        }
+    }
+    *flag = 0;
+    if (h->code == MC_MN && tokens) {
+        return HE_MN;
+    }
+    const unsigned int kbit = 1u << XK;
+    if (h->seen & kbit) {
+        if (h->seen & (1u << XB)) {
+            if (!b64_valid(h->arg[XK], h->arg_len[XK])) {
+                return HE_BASE64;
+            }
+        }
+        else if (h->arg_len[XK] == 0) {
+            return HE_EMPTY_KEY;
+        }
+    }
+    return HE_OK;
+}
+
+/* The message _parse_head poisons the reader with for a malformed line. */
+static PyObject *
+head_message(int why, int flag, const char *s, Py_ssize_t n)
+{
+    switch (why) {
+    case HE_UNEXPECTED:
+        return head_error("unexpected meta reply %R", s, n, 100, 0);
+    case HE_VA:
+        return head_error("malformed VA line %R", s, n, 300, 0);
+    case HE_EMPTY_TOKEN:
+        return head_error("malformed meta reply %R", s, n, 300, 0);
+    case HE_TWICE:
+        return head_error("flag '%c' twice in meta reply %R", s, n, 300, flag);
+    case HE_BAD_FLAG:
+        return head_error("bad '%c' flag in meta reply %R", s, n, 300, flag);
+    case HE_MN:
+        return head_error("malformed MN line %R", s, n, 100, 0);
+    case HE_BASE64:
+        return head_error("a base64 key that is not base64 in %R", s, n, 300, 0);
+    default: /* HE_EMPTY_KEY */
+        return head_error("an empty key in meta reply %R", s, n, 300, 0);
+    }
+}
+
+/* The value meta.py keeps for flag index x of a parsed line (a new reference). */
+static PyObject *
+head_value(const meta_head *h, int x)
+{
+    const char f = KNOWN_FLAGS[x];
+    const char *a = h->arg[x];
+    const Py_ssize_t alen = h->arg_len[x];
+    switch (f) {
+    case 'c':
+    case 'f':
+    case 's':
+    case 'l':
+        return (h->num_fits & (1u << x)) ? PyLong_FromUnsignedLongLong(h->num[x])
+                                          : digits_long(a, alen);
+    case 'O':
+        return PyBytes_FromStringAndSize(a, alen);
+    case 'k':
+        if (h->seen & (1u << XB)) {
+            int bad;
+            PyObject *decoded = b64_key(a, alen, &bad);
+            if (decoded == NULL && bad) { /* (checked by parse_head_core: never) */
+                PyErr_SetString(PyExc_ValueError, "parse_meta_head: a bad base64 key");
+            }
+            return decoded;
+        }
+        return PyBytes_FromStringAndSize(a, alen);
+    case 'W':
+    case 'X':
+    case 'Z':
+    case 'b':
+        return Py_NewRef(Py_True);
+    case 't':
+        return PyLong_FromLongLong((long long)h->t_value);
+    default: /* h */
+        return Py_NewRef(a[0] == '1' ? Py_True : Py_False);
+    }
+}
+
+static PyObject **const code_objects[] = {&code_VA, &code_HD, &code_EN, &code_NS,
+                                          &code_EX, &code_NF, &code_MN};
+
 static PyObject *
 parse_meta_head(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -533,212 +828,481 @@ parse_meta_head(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     }
     const char *s = PyBytes_AS_STRING(lineobj);
     const Py_ssize_t n = PyBytes_GET_SIZE(lineobj);
-
-    /* The first token: s[0:i]. */
-    Py_ssize_t i = 0;
-    while (i < n && s[i] != ' ') {
-        i++;
+    meta_head h;
+    int flag;
+    const int why = parse_head_core(s, n, &h, &flag);
+    if (why != HE_OK) {
+        return head_message(why, flag, s, n);
     }
-    PyObject *code;
-    PyObject *size = NULL;
-    if (i == 2 && s[0] == 'V' && s[1] == 'A') {
-        /* VA <size>: the second token must be 1 to 20 digits. */
-        if (i >= n) {
-            return head_error("malformed VA line %R", s, n, 300, 0);
-        }
-        const Py_ssize_t j = i + 1;
-        Py_ssize_t k = j;
-        while (k < n && s[k] != ' ') {
-            k++;
-        }
-        if (!all_digits(s + j, k - j) || k - j > 20) {
-            return head_error("malformed VA line %R", s, n, 300, 0);
-        }
-        size = digits_long(s + j, k - j);
-        if (size == NULL) {
-            return NULL;
-        }
-        code = code_VA;
-        i = k;
-    }
-    else if (i == 2 && s[0] == 'H' && s[1] == 'D') {
-        code = code_HD;
-    }
-    else if (i == 2 && s[0] == 'E' && s[1] == 'N') {
-        code = code_EN;
-    }
-    else if (i == 2 && s[0] == 'N' && s[1] == 'S') {
-        code = code_NS;
-    }
-    else if (i == 2 && s[0] == 'E' && s[1] == 'X') {
-        code = code_EX;
-    }
-    else if (i == 2 && s[0] == 'N' && s[1] == 'F') {
-        code = code_NF;
-    }
-    else if (i == 2 && s[0] == 'M' && s[1] == 'N') {
-        code = code_MN;
-    }
-    else if (i == 2 && s[0] == 'O' && s[1] == 'K') { /* memcached 1.6.6 */
-        code = code_HD;
-    }
-    else {
-        return head_error("unexpected meta reply %R", s, n, 100, 0);
-    }
+    PyObject *size = h.size != NULL ? digits_long(h.size, h.size_len) : Py_NewRef(Py_None);
     if (size == NULL) {
-        size = Py_NewRef(Py_None);
+        return NULL;
     }
     PyObject *fields = PyDict_New();
     if (fields == NULL) {
         Py_DECREF(size);
         return NULL;
     }
-    PyObject *msg = NULL; /* the failure, when the line is malformed */
-    unsigned int seen = 0;  /* a bit per KNOWN_FLAGS index */
-    const int tokens = i < n; /* any token after the code (and size) */
-    const char *key = NULL;   /* the k flag's argument, and its length */
-    Py_ssize_t key_len = 0;
-    /* Each token after s[i] == ' ': s[p:q]. */
-    while (i < n) {
-        const Py_ssize_t p = i + 1;
-        Py_ssize_t q = p;
-        while (q < n && s[q] != ' ') {
-            q++;
-        }
-        i = q;
-        if (q == p) {
-            msg = head_error("malformed meta reply %R", s, n, 300, 0);
-            goto out;
-        }
-        const unsigned char f = (unsigned char)s[p];
-        if (f >= 128 || flag_key[f] == NULL) {
-            continue; /* a flag a newer server added */
-        }
-        const unsigned int bit = 1u << (strchr(KNOWN_FLAGS, f) - KNOWN_FLAGS);
-        if (seen & bit) {
-            msg = head_error("flag '%c' twice in meta reply %R", s, n, 300, f);
-            goto out;
-        }
-        seen |= bit;
-        const char *a = s + p + 1;
-        const Py_ssize_t alen = q - p - 1;
-        PyObject *value;
-        switch (f) {
-        case 'c':
-        case 'f':
-        case 's':
-        case 'l': {
-            uint64_t v;
-            if (!all_digits(a, alen) || alen > 20) {
-                goto bad_flag;
-            }
-            int fits = digits_u64(a, alen, &v);
-            if ((f == 'c' || f == 's') && !fits) {
-                goto bad_flag;
-            }
-            if (f == 'f' && (!fits || v >= ((uint64_t)1 << 32))) {
-                goto bad_flag;
-            }
-            value = fits ? PyLong_FromUnsignedLongLong((unsigned long long)v)
-                         : digits_long(a, alen);
-            break;
-        }
-        case 'O':
-        case 'k':
-            if (f == 'k') {
-                key = a;
-                key_len = alen;
-            }
-            value = PyBytes_FromStringAndSize(a, alen);
-            break;
-        case 'W':
-        case 'X':
-        case 'Z':
-        case 'b':
-            if (alen != 0) {
-                goto bad_flag;
-            }
-            value = Py_NewRef(Py_True);
-            break;
-        case 't': {
-            /* -?[0-9]{1,11}, and not below -1 */
-            const int negative = alen > 0 && a[0] == '-';
-            const char *d = a + negative;
-            const Py_ssize_t dlen = alen - negative;
-            if (!all_digits(d, dlen) || dlen > 11) {
-                goto bad_flag;
-            }
-            int64_t v = (int64_t)digits_value(d, dlen);
-            if (negative) {
-                v = -v;
-            }
-            if (v < -1) {
-                goto bad_flag;
-            }
-            value = PyLong_FromLongLong((long long)v);
-            break;
-        }
-        default: /* h */
-            if (alen != 1 || (a[0] != '0' && a[0] != '1')) {
-                goto bad_flag;
-            }
-            value = Py_NewRef(a[0] == '1' ? Py_True : Py_False);
-            break;
-        }
+    for (int j = 0; j < h.count; j++) {
+        const int x = h.order[j];
+        PyObject *value = head_value(&h, x);
         if (value == NULL) {
             goto error;
         }
-        int ok = PyDict_SetItem(fields, flag_key[f], value);
+        int ok = PyDict_SetItem(fields, flag_key[(unsigned char)KNOWN_FLAGS[x]], value);
         Py_DECREF(value);
         if (ok < 0) {
             goto error;
         }
-        continue;
-    bad_flag:
-        msg = head_error("bad '%c' flag in meta reply %R", s, n, 300, f);
-        goto out;
-    }
-    if (code == code_MN && tokens) {
-        msg = head_error("malformed MN line %R", s, n, 100, 0);
-        goto out;
-    }
-    if (key != NULL) {
-        if (seen & (1u << (strchr(KNOWN_FLAGS, 'b') - KNOWN_FLAGS))) {
-            int bad;
-            PyObject *decoded = b64_key(key, key_len, &bad);
-            if (decoded == NULL) {
-                if (!bad) {
-                    goto error;
-                }
-                msg = head_error("a base64 key that is not base64 in %R", s, n, 300, 0);
-                goto out;
-            }
-            int ok = PyDict_SetItem(fields, flag_key['k'], decoded);
-            Py_DECREF(decoded);
-            if (ok < 0) {
-                goto error;
-            }
-        }
-        else if (key_len == 0) {
-            msg = head_error("an empty key in meta reply %R", s, n, 300, 0);
-            goto out;
-        }
     }
     {
-        PyObject *call[3] = {code, size, fields};
+        PyObject *call[3] = {*code_objects[h.code], size, fields};
         PyObject *head = PyObject_Vectorcall(make, call, 3, NULL);
         Py_DECREF(size);
         Py_DECREF(fields);
         return head;
     }
-out: /* malformed: msg is the message, or NULL after a failed allocation */
-    Py_DECREF(size);
-    Py_DECREF(fields);
-    return msg;
 error:
     Py_DECREF(size);
     Py_DECREF(fields);
     return NULL;
+}
+
+/* ------------------------------------------------------------------ the quiet meta pipeline
+ *
+ *   scan_meta_quiet(buf, pos, cap, opaques, last, sent, results, result_type)
+ *       -> (pos, need, last, done)
+ *       The common replies of a quiet meta pipeline (pymc/meta.py's ExpectMetaQuiet),
+ *       from offset ``pos`` of the bytes ``buf``: each complete, well-formed reply whose
+ *       opaque is ``opaques[n]`` (the requests' unique opaques, in the order sent) for an
+ *       n after ``last``, and which its request (``sent[n]``: (command, expected key or
+ *       None)) can get, goes into ``results`` as {opaques[n]: result_type(...)} (the
+ *       MetaResult meta.py's _result makes). It stops at ``MN`` (consumed: done is
+ *       True); or at a reply that is not whole yet where the pure reader would wait for
+ *       it too (``need``: how many bytes from ``pos`` to wait for); or before the first
+ *       reply it does not take (need 0, done False): an error line, a malformed or
+ *       unmatched one, a block over ``cap``. meta.py reads that one with its pure code,
+ *       which decides what it means (and poisons the reader with the message), then calls
+ *       this again. So this block decides nothing of its own: it only takes the replies
+ *       the pure code would take, makes of them what the pure code makes, and waits only
+ *       where the pure code waits.
+ *
+ *   encode_meta_quiet(command, wires, flags, first, mask) -> (request, opaques) | None
+ *       ``<command> <wire><flags> O<opaque> q\r\n`` for each wire, then ``mn\r\n``; the
+ *       opaques are ``(first + i) & mask`` in lowercase hex. None when a wire is not a
+ *       text key meta.py's _wire_key takes (meta.py then finds the error).
+ */
+
+enum { CMD_MG, CMD_MS, CMD_MD, CMD_MA, CMD_MN, N_CMD };
+/* The status strings of meta.py's _STATUS, and which (command, code) pairs have one. */
+static PyObject *st_hit, *st_miss, *st_stored, *st_deleted, *st_not_stored, *st_exists,
+    *st_not_found, *st_noop;
+static PyObject **status_of[N_CMD][7];
+
+static int
+command_id(PyObject *command)
+{
+    if (!PyBytes_CheckExact(command) || PyBytes_GET_SIZE(command) != 2) {
+        return -1;
+    }
+    const char *c = PyBytes_AS_STRING(command);
+    if (c[0] != 'm') {
+        return -1;
+    }
+    switch (c[1]) {
+    case 'g':
+        return CMD_MG;
+    case 's':
+        return CMD_MS;
+    case 'd':
+        return CMD_MD;
+    case 'a':
+        return CMD_MA;
+    case 'n':
+        return CMD_MN;
+    default:
+        return -1;
+    }
+}
+
+/* The MetaResult of a checked reply (see meta.py's _result); NULL with no exception set
+ * when the pure code would refuse it, NULL with one on a failed allocation. */
+static PyObject *
+quiet_result(PyTypeObject *type, const meta_head *h, int cmd, PyObject *opaque, PyObject *key,
+             const char *data, Py_ssize_t data_len)
+{
+    PyObject **status = status_of[cmd][h->code];
+    if (status == NULL) {
+        return NULL;
+    }
+    const int xk = XK;
+    PyObject *got_key = NULL;
+    if (h->seen & (1u << xk)) {
+        got_key = head_value(h, xk);
+        if (got_key == NULL) {
+            return NULL;
+        }
+    }
+    if (key != Py_None) {
+        /* (a reply with an opaque is never bare: the key must match) */
+        int same = got_key != NULL && PyBytes_CheckExact(key) &&
+                   PyBytes_GET_SIZE(key) == PyBytes_GET_SIZE(got_key) &&
+                   memcmp(PyBytes_AS_STRING(key), PyBytes_AS_STRING(got_key),
+                          (size_t)PyBytes_GET_SIZE(key)) == 0;
+        if (!same) {
+            Py_XDECREF(got_key);
+            return NULL;
+        }
+    }
+    PyObject *number = NULL;
+    if (cmd == CMD_MA && data != NULL) {
+        uint64_t v;
+        if (!all_digits(data, data_len) || data_len > 20 || !digits_u64(data, data_len, &v)) {
+            Py_XDECREF(got_key);
+            return NULL;
+        }
+        number = PyLong_FromUnsignedLongLong((unsigned long long)v);
+        if (number == NULL) {
+            Py_XDECREF(got_key);
+            return NULL;
+        }
+    }
+    const unsigned int seen = h->seen;
+    const int xf = XF;
+    if (data != NULL && data_len == 0 && cmd == CMD_MG) {
+        /* _placeholder, for a request without N: no f (or f0), no X, and Z. */
+        const int no_flags = !(seen & (1u << xf)) || h->num[xf] == 0;
+        if (no_flags && !(seen & (1u << XX)) && (seen & (1u << XZ))) {
+            status = &st_miss;
+            data = NULL;
+        }
+    }
+    PyObject *out = type->tp_alloc(type, 14);
+    if (out == NULL) {
+        Py_XDECREF(got_key);
+        Py_XDECREF(number);
+        return NULL;
+    }
+    PyObject *value = data != NULL ? PyBytes_FromStringAndSize(data, data_len) : Py_NewRef(Py_None);
+    PyTuple_SET_ITEM(out, 0, Py_NewRef(*status));
+    PyTuple_SET_ITEM(out, 1, value);
+    static const char numeric[] = "ctfshl"; /* the fields 2 to 7, in MetaResult's order */
+    int failed = value == NULL;
+    for (int j = 0; j < 6; j++) {
+        const int x = FLAG_INDEX(numeric[j]);
+        PyObject *v = (seen & (1u << x)) ? head_value(h, x) : Py_NewRef(Py_None);
+        failed |= v == NULL;
+        PyTuple_SET_ITEM(out, 2 + j, v);
+    }
+    PyTuple_SET_ITEM(out, 8, PyBool_FromLong(seen & (1u << XW)));
+    PyTuple_SET_ITEM(out, 9, PyBool_FromLong(seen & (1u << XX)));
+    PyTuple_SET_ITEM(out, 10, PyBool_FromLong(seen & (1u << XZ)));
+    PyTuple_SET_ITEM(out, 11, Py_NewRef(opaque));
+    PyTuple_SET_ITEM(out, 12, got_key != NULL ? got_key : Py_NewRef(Py_None));
+    PyTuple_SET_ITEM(out, 13, number != NULL ? number : Py_NewRef(Py_None));
+    if (failed) { /* (every slot is set, a NULL one included: the tuple frees them) */
+        Py_DECREF(out);
+        if (!PyErr_Occurred()) {
+            PyErr_NoMemory();
+        }
+        return NULL;
+    }
+    return out;
+}
+
+static PyObject *
+scan_meta_quiet(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)module;
+    if (nargs != 8) {
+        PyErr_SetString(PyExc_TypeError, "scan_meta_quiet takes 8 arguments");
+        return NULL;
+    }
+    PyObject *bufobj = args[0];
+    PyObject *opaques = args[3];
+    PyObject *sent = args[5];
+    PyObject *results = args[6];
+    PyObject *typeobj = args[7];
+    if (!PyBytes_CheckExact(bufobj) || !PyList_CheckExact(opaques) || !PyList_CheckExact(sent) ||
+        !PyDict_CheckExact(results) || !PyType_Check(typeobj) ||
+        !PyType_IsSubtype((PyTypeObject *)typeobj, &PyTuple_Type) ||
+        ((PyTypeObject *)typeobj)->tp_basicsize != PyTuple_Type.tp_basicsize ||
+        ((PyTypeObject *)typeobj)->tp_itemsize != PyTuple_Type.tp_itemsize) {
+        PyErr_SetString(PyExc_TypeError,
+                        "scan_meta_quiet takes bytes, int, int|None, list, int, list, dict, "
+                        "a tuple type");
+        return NULL;
+    }
+    PyTypeObject *type = (PyTypeObject *)typeobj;
+    Py_ssize_t pos = PyLong_AsSsize_t(args[1]);
+    if (pos == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    Py_ssize_t last = PyLong_AsSsize_t(args[4]);
+    if (last == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    int64_t cap = -1; /* none */
+    if (args[2] != Py_None) {
+        int overflow = 0;
+        long long c = PyLong_AsLongLongAndOverflow(args[2], &overflow);
+        if (c == -1 && PyErr_Occurred()) {
+            return NULL;
+        }
+        if (overflow < 0 || (overflow == 0 && c < 0)) {
+            PyErr_SetString(PyExc_ValueError, "scan_meta_quiet: negative cap");
+            return NULL;
+        }
+        cap = overflow > 0 ? -1 : (int64_t)c;
+    }
+    const char *buf = PyBytes_AS_STRING(bufobj);
+    const Py_ssize_t len = PyBytes_GET_SIZE(bufobj);
+    if (pos < 0 || pos > len) {
+        PyErr_SetString(PyExc_ValueError, "scan_meta_quiet: a position outside the buffer");
+        return NULL;
+    }
+    int done = 0;
+    Py_ssize_t need = 0;
+    for (;;) {
+        /* The line: up to the first CRLF, if it is at most MAX_LINE_LENGTH long. */
+        Py_ssize_t end = -1;
+        {
+            Py_ssize_t stop = len - 2; /* the last offset a CRLF can start at */
+            if (stop > pos + MAX_LINE_LENGTH) {
+                stop = pos + MAX_LINE_LENGTH;
+            }
+            const char *p = buf + pos;
+            while (p <= buf + stop) {
+                const char *cr = memchr(p, '\r', (size_t)(buf + stop - p + 1));
+                if (cr == NULL) {
+                    break;
+                }
+                if (cr[1] == '\n') {
+                    end = cr - buf;
+                    break;
+                }
+                p = cr + 1;
+            }
+        }
+        if (end < 0) {
+            /* No whole line yet. The pure reader waits for one more byte, unless the
+             * bytes held are already too long for a line (then it fails: left to it). */
+            const Py_ssize_t pending = len - pos;
+            if (pending - (pending > 0 && buf[len - 1] == '\r') <= MAX_LINE_LENGTH) {
+                need = pending + 1;
+            }
+            break;
+        }
+        meta_head h;
+        int flag;
+        if (parse_head_core(buf + pos, end - pos, &h, &flag) != HE_OK) {
+            break;
+        }
+        if (h.code == MC_MN) {
+            pos = end + 2;
+            done = 1;
+            break;
+        }
+        /* A VA's block: complete, within the cap, followed by CRLF. */
+        const char *data = NULL;
+        Py_ssize_t data_len = 0;
+        Py_ssize_t next = end + 2;
+        if (h.code == MC_VA) {
+            uint64_t size;
+            if (!digits_u64(h.size, h.size_len, &size) || size > (uint64_t)INT64_MAX / 2 ||
+                (cap >= 0 && size > (uint64_t)cap)) {
+                break;
+            }
+            if ((int64_t)len - (int64_t)next < (int64_t)size + 2) {
+                /* A well-formed head within the cap: the pure reader waits for the
+                 * block too (and judges the reply once it is whole). */
+                need = next + (Py_ssize_t)size + 2 - pos;
+                break;
+            }
+            const Py_ssize_t stop = next + (Py_ssize_t)size;
+            if (buf[stop] != '\r' || buf[stop + 1] != '\n') {
+                break;
+            }
+            data = buf + next;
+            data_len = (Py_ssize_t)size;
+            next = stop + 2;
+        }
+        const int xo = XO;
+        if (!(h.seen & (1u << xo))) {
+            break;
+        }
+        /* Its request: the first one after ``last`` with its opaque (opaques are unique,
+         * so this is the one index[opaque] names, if after last; ``last`` only grows, so
+         * a pipeline's search is one pass over the list, and a reply not found stops). */
+        const char *op = h.arg[xo];
+        const Py_ssize_t op_len = h.arg_len[xo];
+        const Py_ssize_t count = PyList_GET_SIZE(opaques);
+        Py_ssize_t n = last + 1;
+        for (; n < count; n++) {
+            PyObject *o = PyList_GET_ITEM(opaques, n);
+            if (PyBytes_CheckExact(o) && PyBytes_GET_SIZE(o) == op_len &&
+                memcmp(PyBytes_AS_STRING(o), op, (size_t)op_len) == 0) {
+                break;
+            }
+        }
+        if (n >= count || n >= PyList_GET_SIZE(sent)) {
+            break;
+        }
+        PyObject *opaque = Py_NewRef(PyList_GET_ITEM(opaques, n));
+        PyObject *entry = PyList_GET_ITEM(sent, n);
+        if (!PyTuple_CheckExact(entry) || PyTuple_GET_SIZE(entry) != 2) {
+            Py_DECREF(opaque);
+            break;
+        }
+        Py_INCREF(entry);
+        const int cmd = command_id(PyTuple_GET_ITEM(entry, 0));
+        PyObject *out = NULL;
+        if (cmd >= 0) {
+            out = quiet_result(type, &h, cmd, opaque, PyTuple_GET_ITEM(entry, 1), data, data_len);
+        }
+        Py_DECREF(entry);
+        if (out == NULL) {
+            Py_DECREF(opaque);
+            if (PyErr_Occurred()) {
+                return NULL;
+            }
+            break;
+        }
+        const int ok = PyDict_SetItem(results, opaque, out);
+        Py_DECREF(out);
+        Py_DECREF(opaque);
+        if (ok < 0) {
+            return NULL;
+        }
+        last = n;
+        pos = next;
+    }
+    return Py_BuildValue("(nnnO)", pos, need, last, done ? Py_True : Py_False);
+}
+
+static PyObject *
+encode_meta_quiet(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)module;
+    if (nargs != 5) {
+        PyErr_SetString(PyExc_TypeError, "encode_meta_quiet takes 5 arguments");
+        return NULL;
+    }
+    PyObject *command = args[0];
+    PyObject *wires = args[1];
+    PyObject *flags = args[2];
+    if (!PyBytes_CheckExact(command) || !PyList_CheckExact(wires) || !PyBytes_CheckExact(flags)) {
+        PyErr_SetString(PyExc_TypeError, "encode_meta_quiet takes bytes, a list, bytes");
+        return NULL;
+    }
+    const unsigned long long first = PyLong_AsUnsignedLongLong(args[3]);
+    if (first == (unsigned long long)-1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    const unsigned long long mask = PyLong_AsUnsignedLongLong(args[4]);
+    if (mask == (unsigned long long)-1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    const Py_ssize_t count = PyList_GET_SIZE(wires);
+    PyObject *opaques = PyList_New(count);
+    if (opaques == NULL) {
+        return NULL;
+    }
+    const Py_ssize_t clen = PyBytes_GET_SIZE(command);
+    const Py_ssize_t flen = PyBytes_GET_SIZE(flags);
+    /* <command> <wire><flags> O<opaque> q\r\n, and mn\r\n */
+    Py_ssize_t total = 4;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *wire = PyList_GET_ITEM(wires, i);
+        if (!PyBytes_CheckExact(wire) || PyBytes_GET_SIZE(wire) < 1 ||
+            PyBytes_GET_SIZE(wire) > 250 ||
+            any_bad_byte(PyBytes_AS_STRING(wire), PyBytes_GET_SIZE(wire))) {
+            Py_DECREF(opaques);
+            Py_RETURN_NONE;
+        }
+        char hex[16];
+        unsigned long long v = (first + (unsigned long long)i) & mask;
+        int hlen = 0;
+        do { /* lowercase hex, from the last digit */
+            hex[sizeof(hex) - 1 - hlen++] = "0123456789abcdef"[v & 15];
+            v >>= 4;
+        } while (v != 0);
+        PyObject *opaque = PyBytes_FromStringAndSize(hex + sizeof(hex) - hlen, hlen);
+        if (opaque == NULL) {
+            Py_DECREF(opaques);
+            return NULL;
+        }
+        PyList_SET_ITEM(opaques, i, opaque);
+        total += clen + 1 + PyBytes_GET_SIZE(wire) + flen + 2 + hlen + 4;
+    }
+    PyObject *request = PyBytes_FromStringAndSize(NULL, total);
+    if (request == NULL) {
+        Py_DECREF(opaques);
+        return NULL;
+    }
+    char *w = PyBytes_AS_STRING(request);
+    for (Py_ssize_t i = 0; i < count; i++) {
+        /* (the list may not have changed: nothing above ran Python code) */
+        PyObject *wire = PyList_GET_ITEM(wires, i);
+        PyObject *opaque = PyList_GET_ITEM(opaques, i);
+        memcpy(w, PyBytes_AS_STRING(command), (size_t)clen);
+        w += clen;
+        *w++ = ' ';
+        memcpy(w, PyBytes_AS_STRING(wire), (size_t)PyBytes_GET_SIZE(wire));
+        w += PyBytes_GET_SIZE(wire);
+        memcpy(w, PyBytes_AS_STRING(flags), (size_t)flen);
+        w += flen;
+        *w++ = ' ';
+        *w++ = 'O';
+        memcpy(w, PyBytes_AS_STRING(opaque), (size_t)PyBytes_GET_SIZE(opaque));
+        w += PyBytes_GET_SIZE(opaque);
+        memcpy(w, " q\r\n", 4);
+        w += 4;
+    }
+    memcpy(w, "mn\r\n", 4);
+    PyObject *out = PyTuple_Pack(2, request, opaques);
+    Py_DECREF(request);
+    Py_DECREF(opaques);
+    return out;
+}
+
+static int
+init_quiet(void)
+{
+    struct {
+        PyObject **slot;
+        const char *text;
+    } strings[] = {
+        {&st_hit, "hit"},           {&st_miss, "miss"},       {&st_stored, "stored"},
+        {&st_deleted, "deleted"},   {&st_not_stored, "not_stored"},
+        {&st_exists, "exists"},     {&st_not_found, "not_found"}, {&st_noop, "noop"},
+    };
+    for (size_t i = 0; i < sizeof(strings) / sizeof(strings[0]); i++) {
+        if (*strings[i].slot == NULL) {
+            *strings[i].slot = PyUnicode_InternFromString(strings[i].text);
+            if (*strings[i].slot == NULL) {
+                return -1;
+            }
+        }
+    }
+    /* meta.py's _STATUS */
+    status_of[CMD_MG][MC_VA] = &st_hit;
+    status_of[CMD_MG][MC_HD] = &st_hit;
+    status_of[CMD_MG][MC_EN] = &st_miss;
+    status_of[CMD_MS][MC_HD] = &st_stored;
+    status_of[CMD_MS][MC_NS] = &st_not_stored;
+    status_of[CMD_MS][MC_EX] = &st_exists;
+    status_of[CMD_MS][MC_NF] = &st_not_found;
+    status_of[CMD_MD][MC_HD] = &st_deleted;
+    status_of[CMD_MD][MC_EX] = &st_exists;
+    status_of[CMD_MD][MC_NF] = &st_not_found;
+    status_of[CMD_MA][MC_VA] = &st_hit;
+    status_of[CMD_MA][MC_HD] = &st_hit;
+    status_of[CMD_MA][MC_NS] = &st_not_stored;
+    status_of[CMD_MA][MC_EX] = &st_exists;
+    status_of[CMD_MA][MC_NF] = &st_not_found;
+    status_of[CMD_MN][MC_MN] = &st_noop;
+    return 0;
 }
 
 static int
@@ -755,6 +1319,7 @@ init_meta(void)
         }
     }
     for (const char *f = KNOWN_FLAGS; *f; f++) {
+        flag_at[(unsigned char)*f] = (signed char)(f - KNOWN_FLAGS);
         if (flag_key[(unsigned char)*f] == NULL) {
             flag_key[(unsigned char)*f] = PyUnicode_InternFromString((char[]){*f, '\0'});
             if (flag_key[(unsigned char)*f] == NULL) {
@@ -1172,6 +1737,12 @@ static PyMethodDef methods[] = {
      "place_keys(checked, cache) -> (placed, unseen): pymc.cluster's place_keys_py."},
     {"merge_values", (PyCFunction)(void (*)(void))merge_values, METH_FASTCALL,
      "merge_values(parts, wanted) -> dict: pymc.client's merge_values_py."},
+    {"scan_meta_quiet", (PyCFunction)(void (*)(void))scan_meta_quiet, METH_FASTCALL,
+     "scan_meta_quiet(buf, pos, cap, opaques, last, sent, results, result_type) -> (pos, need, "
+     "last, done): the common replies of pymc.meta.ExpectMetaQuiet."},
+    {"encode_meta_quiet", (PyCFunction)(void (*)(void))encode_meta_quiet, METH_FASTCALL,
+     "encode_meta_quiet(command, wires, flags, first, mask) -> (request, opaques) | None: "
+     "pymc.meta's quiet pipeline of text keys."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -1191,7 +1762,7 @@ static struct PyModuleDef module_def = {
 PyMODINIT_FUNC
 PyInit_speedups(void)
 {
-    if (init_meta() < 0) {
+    if (init_meta() < 0 || init_quiet() < 0) {
         return NULL;
     }
     PyObject *m = PyModule_Create(&module_def);

@@ -31,3 +31,17 @@ def place_keys(
 def merge_values(
     parts: List[Dict[bytes, Tuple[int, bytes, Optional[bytes]]]], wanted: Dict[bytes, Any], /
 ) -> Dict[Any, bytes]: ...
+def scan_meta_quiet(
+    buf: bytes,
+    pos: int,
+    cap: Optional[int],
+    opaques: List[bytes],
+    last: int,
+    sent: List[Tuple[bytes, Optional[bytes]]],
+    results: Dict[bytes, Any],
+    result_type: type,
+    /,
+) -> Tuple[int, int, int, bool]: ...
+def encode_meta_quiet(
+    command: bytes, wires: List[bytes], flags: bytes, first: int, mask: int, /
+) -> Optional[Tuple[bytes, List[bytes]]]: ...
