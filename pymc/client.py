@@ -14,6 +14,7 @@ and judged by ``protocol``'s ``Expect*`` readers and ``RULES``.
 
 from __future__ import annotations
 
+import _socket
 import dataclasses
 import errno
 import functools
@@ -552,7 +553,54 @@ def _sender_for(sock: Any) -> Sender:
         sleep = getattr(sys.modules.get(module.partition(".")[0]), "sleep", None)
         if not callable(sleep):
             return plain
+    if plain is _send:
+        raw = _wrapped_socket(sock)
+        if raw is not None:
+            return _raw_yielding_sender(sock, raw.send, sleep)
     return _yielding_sender(plain, sleep)
+
+
+def _wrapped_socket(sock: Any) -> Any:
+    """The stdlib socket a gevent socket wraps (gevent keeps it as ``_sock``, for code that
+    needs the socket not tied to the hub), when it is a plain non-blocking one on the same
+    descriptor; else None."""
+    raw = getattr(sock, "_sock", None)
+    if (
+        isinstance(raw, _socket.socket)
+        and raw.gettimeout() == 0.0
+        and raw.fileno() == sock.fileno()
+    ):
+        return raw
+    return None
+
+
+def _raw_yielding_sender(
+    own: Any, raw_send: Callable[[bytes], int], sleep: Callable[[float], Any]
+) -> Sender:
+    """:func:`_yielding_sender` for the gevent socket ``own``, which wraps a non-blocking
+    stdlib socket: the first ``send()`` goes straight to that socket (``raw_send``, its
+    bound method), skipping gevent's layer of Python. Only what it could not take goes
+    through the gevent socket (:func:`_send_rest`: it waits in the hub, by the command's
+    deadline). Then the same ``sleep(0)``. (Another socket in ``own``'s place -- a
+    wrapper put there by a test -- is sent to as it is.)"""
+
+    def send_then_yield(sock: Any, request: bytes, started: float) -> bool:
+        if sock is not own:
+            slow = _send(sock, request, started)
+            sleep(0)
+            return slow
+        try:
+            sent = raw_send(request)
+        except BlockingIOError:  # (the socket's buffer is full: wait, in the hub)
+            sent = 0
+        if sent < len(request):
+            _send_rest(sock, memoryview(request)[sent:], started)
+            sleep(0)
+            return True
+        sleep(0)
+        return False
+
+    return send_then_yield
 
 
 #: Patched ``select.poll`` -> the original it replaced (see :func:`_unpatched_poll`).
