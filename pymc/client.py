@@ -560,6 +560,18 @@ def _sender_for(sock: Any) -> Sender:
     return _yielding_sender(plain, sleep)
 
 
+def _recv_now_for(sock: Any) -> Optional[Tuple[Any, Callable[[int], bytes]]]:
+    """For a gevent socket (not TLS) whose sender yields once per command, ``(sock, the
+    recv of the stdlib socket it wraps)``: after that turn the reply has usually arrived,
+    and the wrapped socket's own ``recv`` takes it without gevent's layer of Python (when
+    it has not, it fails with BlockingIOError at once, and gevent's ``recv`` waits for it,
+    in the hub). Else None."""
+    if _is_tls(sock):
+        return None
+    raw = _wrapped_socket(sock)
+    return None if raw is None else (sock, raw.recv)
+
+
 def _wrapped_socket(sock: Any) -> Any:
     """The stdlib socket a gevent socket wraps (gevent keeps it as ``_sock``, for code that
     needs the socket not tied to the hub), when it is a plain non-blocking one on the same
@@ -1031,6 +1043,9 @@ class Client:
         # How requests go out on this connection (chosen again at each connect): on a
         # cooperative socket, one turn for the other greenlets after each send.
         self._send: Sender = _send
+        # On a gevent socket: (the socket, the recv of the stdlib socket it wraps), for the
+        # first recv of a get, whose reply has usually arrived by then (see _recv_now_for).
+        self._recv_now: Optional[Tuple[Any, Callable[[int], bytes]]] = None
         # When the last request went out (a time.monotonic() value; the deadline of a
         # reply read by receive() counts from it), and whether that send was slow.
         self._sent_at = 0.0
@@ -1104,6 +1119,7 @@ class Client:
                 sock = opts.tls_context.wrap_socket(sock, server_hostname=hostname)
             _set_timeout(sock, opts.timeout)
             self._send = _sender_for(sock)
+            self._recv_now = _recv_now_for(sock)
             self._tls = _is_tls(sock)
             self.sock = sock
             self._reader = Reader()
@@ -1897,7 +1913,14 @@ class Client:
                     found = {}
                     status: object = NEED_DATA
                     if not slow:
-                        data = sock.recv(RECV_SIZE)
+                        now = self._recv_now
+                        if now is not None and now[0] is sock:
+                            try:
+                                data = now[1](RECV_SIZE)
+                            except BlockingIOError:  # not there yet: gevent's recv waits
+                                data = sock.recv(RECV_SIZE)
+                        else:
+                            data = sock.recv(RECV_SIZE)
                         if not data:
                             raise self._closed_mid_reply()
                         status = reader.feed_values(data, (raw,), found)
