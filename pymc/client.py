@@ -575,7 +575,12 @@ def _recv_now_for(sock: Any) -> Optional[Tuple[Any, Callable[[int], bytes]]]:
 def _wrapped_socket(sock: Any) -> Any:
     """The stdlib socket a gevent socket wraps (gevent keeps it as ``_sock``, for code that
     needs the socket not tied to the hub), when it is a plain non-blocking one on the same
-    descriptor; else None."""
+    descriptor and the gevent socket's ``send`` and ``recv`` are gevent's own (a subclass
+    that changes them is used as it is); else None."""
+    cls = type(sock)
+    for name in ("send", "recv"):
+        if not (getattr(getattr(cls, name, None), "__module__", None) or "").startswith("gevent."):
+            return None
     raw = getattr(sock, "_sock", None)
     if (
         isinstance(raw, _socket.socket)
