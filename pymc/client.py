@@ -14,6 +14,7 @@ and judged by ``protocol``'s ``Expect*`` readers and ``RULES``.
 
 from __future__ import annotations
 
+import _socket
 import dataclasses
 import errno
 import functools
@@ -588,7 +589,71 @@ def _sender_for(sock: Any) -> Sender:
         sleep = getattr(sys.modules.get(module.partition(".")[0]), "sleep", None)
         if not callable(sleep):
             return plain
+    if plain is _send:
+        raw = _wrapped_socket(sock)
+        if raw is not None:
+            return _raw_yielding_sender(sock, raw.send, sleep)
     return _yielding_sender(plain, sleep)
+
+
+def _recv_now_for(sock: Any) -> Optional[Tuple[Any, Callable[[int], bytes]]]:
+    """For a gevent socket (not TLS) whose sender yields once per command, ``(sock, the
+    recv of the stdlib socket it wraps)``: after that turn the reply has usually arrived,
+    and the wrapped socket's own ``recv`` takes it without gevent's layer of Python (when
+    it has not, it fails with BlockingIOError at once, and gevent's ``recv`` waits for it,
+    in the hub). Else None."""
+    if _is_tls(sock):
+        return None
+    raw = _wrapped_socket(sock)
+    return None if raw is None else (sock, raw.recv)
+
+
+def _wrapped_socket(sock: Any) -> Any:
+    """The stdlib socket a gevent socket wraps (gevent keeps it as ``_sock``, for code that
+    needs the socket not tied to the hub), when it is a plain non-blocking one on the same
+    descriptor and the gevent socket's ``send`` and ``recv`` are gevent's own (a subclass
+    that changes them is used as it is); else None."""
+    cls = type(sock)
+    for name in ("send", "recv"):
+        if not (getattr(getattr(cls, name, None), "__module__", None) or "").startswith("gevent."):
+            return None
+    raw = getattr(sock, "_sock", None)
+    if (
+        isinstance(raw, _socket.socket)
+        and raw.gettimeout() == 0.0
+        and raw.fileno() == sock.fileno()
+    ):
+        return raw
+    return None
+
+
+def _raw_yielding_sender(
+    own: Any, raw_send: Callable[[bytes], int], sleep: Callable[[float], Any]
+) -> Sender:
+    """:func:`_yielding_sender` for the gevent socket ``own``, which wraps a non-blocking
+    stdlib socket: the first ``send()`` goes straight to that socket (``raw_send``, its
+    bound method), skipping gevent's layer of Python. Only what it could not take goes
+    through the gevent socket (:func:`_send_rest`: it waits in the hub, by the command's
+    deadline). Then the same ``sleep(0)``. (Another socket in ``own``'s place -- a
+    wrapper put there by a test -- is sent to as it is.)"""
+
+    def send_then_yield(sock: Any, request: bytes, started: float) -> bool:
+        if sock is not own:
+            slow = _send(sock, request, started)
+            sleep(0)
+            return slow
+        try:
+            sent = raw_send(request)
+        except BlockingIOError:  # (the socket's buffer is full: wait, in the hub)
+            sent = 0
+        if sent < len(request):
+            _send_rest(sock, memoryview(request)[sent:], started)
+            sleep(0)
+            return True
+        sleep(0)
+        return False
+
+    return send_then_yield
 
 
 #: Patched ``select.poll`` -> the original it replaced (see :func:`_unpatched_poll`).
@@ -1099,6 +1164,9 @@ class Client:
         # command compares it with the socket it is about to use, which may be another
         # object standing in for it.)
         self._exchange_sock: Optional[socket.socket] = None
+        # On a gevent socket: (the socket, the recv of the stdlib socket it wraps), for the
+        # first recv of a get, whose reply has usually arrived by then (see _recv_now_for).
+        self._recv_now: Optional[Tuple[Any, Callable[[int], bytes]]] = None
         # When the last request went out (a time.monotonic() value; the deadline of a
         # reply read by receive() counts from it), and whether that send was slow.
         self._sent_at = 0.0
@@ -1174,6 +1242,7 @@ class Client:
             self._send = _sender_for(sock)
             plain = _COMPILED_EXCHANGE is not None and self._send is _send and _kernel_timed(sock)
             self._exchange_sock = sock if plain else None
+            self._recv_now = _recv_now_for(sock)
             self._tls = _is_tls(sock)
             self.sock = sock
             self._reader = Reader()
@@ -1997,7 +2066,14 @@ class Client:
                     elif self._send(sock, request, started):
                         data = None  # (a slow send: the whole reply by the deadline)
                     else:
-                        data = sock.recv(RECV_SIZE)
+                        now = self._recv_now
+                        if now is not None and now[0] is sock:
+                            try:
+                                data = now[1](RECV_SIZE)
+                            except BlockingIOError:  # not there yet: gevent's recv waits
+                                data = sock.recv(RECV_SIZE)
+                        else:
+                            data = sock.recv(RECV_SIZE)
                     if data is not None:
                         if not data:
                             raise self._closed_mid_reply()

@@ -30,8 +30,10 @@ import contextlib
 import functools
 import inspect
 import os
+import sys
 import threading
 import time
+import types
 from typing import (
     Any,
     Callable,
@@ -99,6 +101,26 @@ if hasattr(os, "register_at_fork"):
 #   between leaving that call and letting go;
 # * callers nest two handlers, so an exception landing in the first handler (while it
 #   handles another) is caught by the second, which gives back what is still held.
+
+
+def _state_lock() -> Any:
+    """A new lock for a pool's state: ``threading.Lock()``, but when that is gevent's (under
+    ``patch_all``), the operating system's lock it replaced (found through
+    ``gevent.monkey.get_original``; pymc imports no gevent).
+    Nothing done under it waits or switches greenlets (a checkout that must wait does so on
+    its own waiter, made from ``threading.Lock`` as it is, after letting go), so greenlets
+    of one thread never find it taken, and gevent's lock would only add its layer of Python
+    to every checkout and return. Threads wait for it as for any lock."""
+    make: Any = threading.Lock
+    if (getattr(make, "__module__", None) or "").startswith("gevent."):
+        get_original = getattr(sys.modules.get("gevent.monkey"), "get_original", None)
+        try:
+            original = get_original("_thread", "allocate_lock") if get_original else None
+        except Exception:  # an unexpected gevent: keep what threading has
+            original = None
+        if isinstance(original, types.BuiltinFunctionType):
+            make = original
+    return make()
 
 
 def _locked(lock: Any, fn: Callable[..., Any], *args: Any) -> Any:
@@ -220,7 +242,7 @@ class ObjectPool(Generic[T]):
 
     def _new_state(self) -> _State:
         if self._lock_generator is None:
-            return _State(threading.Lock(), threading.Lock)
+            return _State(_state_lock(), threading.Lock)
         return _State(self._lock_generator(), _waiter_factory(self._lock_generator))
 
     def _state(self) -> _State:
