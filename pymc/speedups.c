@@ -1330,7 +1330,8 @@ init_meta(void)
     return 0;
 }
 
-/* ============================================================================ * exchange: one request/reply round trip with the GIL released once (pymc/client.py).
+/* ===================================================================================
+ * exchange: one request/reply round trip with the GIL released once (pymc/client.py).
  *
  *   exchange(sock, request, started) -> bytes
  *       Send all of ``request`` on ``sock`` (a plain blocking stdlib socket whose timeouts
@@ -1575,7 +1576,6 @@ init_exchange(void)
 }
 #endif /* __linux__: exchange */
 /* ================================================================= end of exchange */
-=======
 /* ---------------------------------------------------------------------- cluster fan-out
  *
  * Two per-key loops of a HashClient multi-get (pymc/cluster.py and pymc/client.py hold
