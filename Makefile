@@ -10,16 +10,16 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
 # Reinstall whenever the declared dependencies change.
-$(VENV)/.test-deps: setup.cfg setup.py pymc/speedups.c | $(BIN)/python
+$(VENV)/.test-deps: setup.cfg setup.py pymc/protocol/speedups.c | $(BIN)/python
 	$(PIP) install -e '.[test]'
 	touch $@
 
 # mypy checks tests/ and benchmarks/ too, so it needs what they import (pytest, hypothesis, ...).
-$(VENV)/.lint-deps: setup.cfg setup.py pymc/speedups.c | $(BIN)/python
+$(VENV)/.lint-deps: setup.cfg setup.py pymc/protocol/speedups.c | $(BIN)/python
 	$(PIP) install -e '.[test,lint]'
 	touch $@
 
-$(VENV)/.bench-deps: setup.cfg setup.py pymc/speedups.c | $(BIN)/python
+$(VENV)/.bench-deps: setup.cfg setup.py pymc/protocol/speedups.c | $(BIN)/python
 	$(PIP) install -e '.[bench]'
 	touch $@
 

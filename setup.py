@@ -1,6 +1,6 @@
 """The build of pymc: pure Python, plus an optional compiled reader where it can be built.
 
-``pymc/speedups.c`` is compiled when a C compiler and the Python headers exist. When they
+``pymc/protocol/speedups.c`` is compiled when a C compiler and the Python headers exist. When they
 do not, or the compilation fails for any reason, the build says so and goes on without it:
 pymc then runs its pure-Python reader, which is the reference. ``PYMC_NO_EXTENSIONS=1``
 (any value but empty or ``0``) skips the extension at build time; at run time the same
@@ -44,7 +44,7 @@ class OptionalBuildExt(build_ext):
 ext_modules = []
 if not _no_extensions() and sys.implementation.name == "cpython":
     ext_modules.append(
-        Extension("pymc.speedups", sources=["pymc/speedups.c"], optional=True)
+        Extension("pymc.protocol.speedups", sources=["pymc/protocol/speedups.c"], optional=True)
     )
 
 setup(ext_modules=ext_modules, cmdclass={"build_ext": OptionalBuildExt})

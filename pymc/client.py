@@ -63,23 +63,6 @@ from .exceptions import (
     MemcacheUnsupportedCommandError,
     network_error,
 )
-from .meta import (
-    OPAQUE_MASK,
-    ExpectMeta,
-    ExpectMetaEach,
-    ExpectMetaQuiet,
-    MetaResult,
-    encode_meta_arithmetic,
-    encode_meta_delete,
-    encode_meta_get,
-    encode_meta_noop,
-    encode_meta_set,
-    encode_quiet_gets,
-    flags_vivify,
-    lease_get_template,
-    lease_key,
-    meta_key,
-)
 from .protocol import (
     END,
     MAX_KEY_LENGTH,
@@ -117,6 +100,23 @@ from .protocol import (
     expect_auth_probe,
     validate_key,
     validate_keys,
+)
+from .protocol.meta import (
+    OPAQUE_MASK,
+    ExpectMeta,
+    ExpectMetaEach,
+    ExpectMetaQuiet,
+    MetaResult,
+    encode_meta_arithmetic,
+    encode_meta_delete,
+    encode_meta_get,
+    encode_meta_noop,
+    encode_meta_set,
+    encode_quiet_gets,
+    flags_vivify,
+    lease_get_template,
+    lease_key,
+    meta_key,
 )
 from .serde import DefaultSerde, LegacyWrappingSerde, Serde, coerce_to_bytes
 
@@ -446,7 +446,7 @@ def _compiled_exchange() -> Optional[Exchange]:
     :func:`_kernel_timed`); TLS, gevent and other sockets keep the Python calls."""
     if not (SPEEDUPS and _KERNEL_TIMEOUTS):
         return None
-    from . import speedups
+    from .protocol import speedups
 
     if getattr(speedups, "EXCHANGE_RECV_SIZE", None) != RECV_SIZE:
         return None  # (a build older than this file, or another platform)
@@ -907,7 +907,7 @@ def merge_values_py(
 
 merge_values: Callable[[Any, Any], Dict[Any, Any]] = merge_values_py
 if SPEEDUPS:
-    from . import speedups
+    from .protocol import speedups
 
     if hasattr(speedups, "merge_values"):  # (else a build older than this file)
         merge_values = speedups.merge_values

@@ -15,7 +15,7 @@ from types import FrameType
 from typing import Any, Callable, Dict, List
 
 import pytest
-from support.helpers import Interrupt, tcp
+from support.helpers import Interrupt, source_files, tcp
 from support.servers import MemcachedProcess
 
 import pymc.client
@@ -24,7 +24,7 @@ from pymc import Client, HashClient, PooledClient
 
 pytestmark = pytest.mark.timeout(180)
 
-TRACED = {pymc.client.__file__, pymc.protocol.__file__}
+TRACED = source_files(pymc.client, pymc.protocol)
 MAX_LINES = 3000
 
 

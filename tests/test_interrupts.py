@@ -14,7 +14,7 @@ from types import FrameType
 from typing import Any, Callable, Dict, List, Optional
 
 import pytest
-from support.helpers import Interrupt, tcp
+from support.helpers import Interrupt, source_files, tcp
 from support.servers import MemcachedProcess
 
 import pymc.client
@@ -22,7 +22,7 @@ import pymc.cluster
 import pymc.protocol
 from pymc import Client, HashClient, PooledClient
 
-FILES = {pymc.client.__file__, pymc.cluster.__file__, pymc.protocol.__file__}
+FILES = source_files(pymc.client, pymc.cluster, pymc.protocol)
 MAX_LINES = 20000  # a bound on the runs: no scenario executes more lines than this
 
 Tracer = Callable[[FrameType, str, Any], Any]

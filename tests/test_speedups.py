@@ -82,7 +82,7 @@ def test_no_extensions_forces_pure_python_at_run_time(value: str) -> None:
     code = (
         "import sys, pymc, pymc.protocol as p; "
         "print(pymc.__speedups__, p.Reader.__name__, p.validate_keys.__name__, "
-        "'pymc.speedups' in sys.modules)"
+        "'pymc.protocol.speedups' in sys.modules)"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=50
@@ -481,7 +481,7 @@ def test_build_without_a_compiler_succeeds_with_pure_python(tmp_path: Path) -> N
 def test_no_extensions_at_build_time_builds_nothing(tmp_path: Path) -> None:
     code, output, speedups = _build_in_copy(tmp_path, {"PYMC_NO_EXTENSIONS": "1"})
     assert code == 0, output
-    assert list((tmp_path / "pymc").glob("speedups*.so")) == []
+    assert list((tmp_path / "pymc" / "protocol").glob("speedups*.so")) == []
     assert speedups == "False"
 
 

@@ -23,9 +23,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pymc import meta, protocol
+from pymc import protocol
 from pymc.exceptions import MemcacheProtocolError
-from pymc.protocol import PyReader
+from pymc.protocol import PyReader, meta
 
 SPEEDUPS_META = protocol.SPEEDUPS and meta._parse_head is not meta._parse_head_py
 compiled = pytest.mark.skipif(not SPEEDUPS_META, reason="the compiled meta parser is not in use")
@@ -408,7 +408,7 @@ def test_compiled_meta_parser_matches_on_random_bytes(line: bytes) -> None:
 
 @compiled
 def test_compiled_meta_parser_refuses_what_is_not_bytes() -> None:
-    from pymc import speedups
+    from pymc.protocol import speedups
 
     with pytest.raises(TypeError):
         speedups.parse_meta_head(bytearray(b"HD"), meta._Head)  # type: ignore[arg-type]
@@ -418,7 +418,7 @@ def test_compiled_meta_parser_refuses_what_is_not_bytes() -> None:
 
 @compiled
 def test_compiled_meta_parser_passes_on_an_error_of_make() -> None:
-    from pymc import speedups
+    from pymc.protocol import speedups
 
     def make(*args: object) -> object:
         raise KeyError("from make")

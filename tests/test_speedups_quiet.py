@@ -30,7 +30,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pymc import meta, protocol
+from pymc import protocol
 from pymc.exceptions import MemcacheIllegalInputError
 from pymc.meta import (
     OPAQUE_MASK,
@@ -40,7 +40,7 @@ from pymc.meta import (
     encode_meta_noop,
     encode_quiet_gets,
 )
-from pymc.protocol import NEED_DATA, ErrorReply, PyReader
+from pymc.protocol import NEED_DATA, ErrorReply, PyReader, meta
 
 SCAN = meta._scan_quiet if meta._scan_quiet is not meta._scan_quiet_py else None
 compiled = pytest.mark.skipif(SCAN is None, reason="the compiled quiet reader is not in use")

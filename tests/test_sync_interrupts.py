@@ -18,7 +18,7 @@ from types import FrameType
 from typing import Any, Callable, List, Optional
 
 import pytest
-from support.helpers import Interrupt, tcp, wait_until
+from support.helpers import Interrupt, source_files, tcp, wait_until
 from support.nutcracker import NutcrackerProcess, down_address
 from support.oldserver import OldServer
 from support.servers import MemcachedProcess
@@ -30,7 +30,7 @@ import pymc.protocol
 
 pytestmark = pytest.mark.timeout(180)
 
-TRACED = {pymc.client.__file__, pymc.protocol.__file__, pymc.meta.__file__}
+TRACED = source_files(pymc.client, pymc.protocol)
 MAX_LINES = 2000
 _counter = itertools.count()
 

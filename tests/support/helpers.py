@@ -7,12 +7,27 @@ import os
 import select
 import socket
 import time
-from typing import Any, Callable, Dict, Optional, Protocol, Tuple
+import types
+from pathlib import Path
+from typing import Any, Callable, Dict, Optional, Protocol, Set, Tuple
 
 
 class Interrupt(BaseException):
     """Stands for ``gevent.Timeout``, ``KeyboardInterrupt``, ``SystemExit``: not an
     ``Exception``, so only ``except BaseException`` cleanup sees it."""
+
+
+def source_files(*modules: types.ModuleType) -> Set[str]:
+    """The source files of ``modules``: a module's own file, every ``.py`` file of a package
+    (so a tracer that fires in "the client's code" keeps covering it when it is split)."""
+    files: Set[str] = set()
+    for module in modules:
+        path = Path(module.__file__ or "")
+        if path.name == "__init__.py":
+            files.update(str(p) for p in path.parent.rglob("*.py"))
+        else:
+            files.add(str(path))
+    return files
 
 
 def tcp(server: Any) -> Tuple[str, int]:

@@ -47,7 +47,7 @@ import time
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Deque, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
-from .protocol import ClusterNode
+from ..protocol import ClusterNode
 
 __all__ = ["MODES", "ConfigEndpoint", "NodeSpec", "config_reply"]
 

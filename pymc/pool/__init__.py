@@ -46,7 +46,7 @@ from typing import (
     TypeVar,
 )
 
-from .client import (
+from ..client import (
     Client,
     ClientOptions,
     Commands,
@@ -55,9 +55,9 @@ from .client import (
     server_name,
     warn_if_config_endpoint,
 )
-from .exceptions import MemcachePoolTimeoutError
-from .protocol import validate_key
-from .retry import RetryPolicy, call_with_retry, replayable
+from ..exceptions import MemcachePoolTimeoutError
+from ..protocol import validate_key
+from ..retry import RetryPolicy, call_with_retry, replayable
 
 __all__ = ["DEFAULT_POOL_TIMEOUT", "Lease", "ObjectPool", "PooledClient"]
 

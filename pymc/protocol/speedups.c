@@ -1,5 +1,5 @@
 /*
- * pymc.speedups: the compiled twins of two hot loops of pymc/protocol.py and of the meta
+ * pymc.protocol.speedups: the compiled twins of two hot loops of pymc/protocol.py and of the meta
  * reply-line parser of pymc/meta.py.
  *
  * The pure-Python code in protocol.py and meta.py is the reference; these functions only
@@ -1748,7 +1748,7 @@ static PyMethodDef methods[] = {
 
 static struct PyModuleDef module_def = {
     PyModuleDef_HEAD_INIT,
-    "pymc.speedups",
+    "pymc.protocol.speedups",
     "Compiled twins of pymc.protocol's value loop and key check; protocol.py is the "
     "reference.",
     -1,

@@ -52,7 +52,7 @@ from typing import (
     Union,
 )
 
-from .client import (
+from ..client import (
     Client,
     ClientOptions,
     CommandEnd,
@@ -77,7 +77,7 @@ from .client import (
     server_name,
     warn_if_config_endpoint,
 )
-from .exceptions import (
+from ..exceptions import (
     AllNodesDownError,
     MemcacheError,
     MemcacheIllegalInputError,
@@ -89,10 +89,8 @@ from .exceptions import (
     NodeRestingError,
     network_error,
 )
-from .hashing import RendezvousHash, build_locator
-from .meta import ExpectMetaQuiet, MetaResult, encode_meta_noop, encode_meta_set, meta_key
-from .pool import DEFAULT_POOL_TIMEOUT, Lease, PooledClient
-from .protocol import (
+from ..pool import DEFAULT_POOL_TIMEOUT, Lease, PooledClient
+from ..protocol import (
     NEED_DATA,
     RULES,
     SPEEDUPS,
@@ -108,8 +106,10 @@ from .protocol import (
     validate_key,
     validate_keys,
 )
-from .retry import RetryPolicy, call_with_retry
-from .serde import coerce_to_bytes
+from ..protocol.meta import ExpectMetaQuiet, MetaResult, encode_meta_noop, encode_meta_set, meta_key
+from ..retry import RetryPolicy, call_with_retry
+from ..serde import coerce_to_bytes
+from .hashing import RendezvousHash, build_locator
 
 __all__ = ["AllNodesDownError", "HashClient", "NodeSet"]
 
@@ -355,7 +355,7 @@ def place_keys_py(
 
 place_keys: Callable[[Any, Any], Any] = place_keys_py
 if SPEEDUPS:
-    from . import speedups
+    from ..protocol import speedups
 
     if hasattr(speedups, "place_keys"):  # (else a build older than this file)
         place_keys = speedups.place_keys

@@ -34,7 +34,7 @@ from typing import (
     Union,
 )
 
-from .exceptions import (
+from ..exceptions import (
     MemcacheClientError,
     MemcacheError,
     MemcacheIllegalInputError,

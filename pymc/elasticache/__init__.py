@@ -49,9 +49,9 @@ import traceback
 import weakref
 from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
-from .client import ServerSpec, normalize_server_spec, server_name
-from .cluster import HashClient
-from .exceptions import (
+from ..client import ServerSpec, normalize_server_spec, server_name
+from ..cluster import HashClient
+from ..exceptions import (
     AllNodesDownError,
     ClusterNotReadyError,
     MemcacheError,
@@ -62,7 +62,7 @@ from .exceptions import (
     MemcacheUnknownCommandError,
     network_error,
 )
-from .protocol import (
+from ..protocol import (
     MAX_CONFIG_BYTES,
     NEED_DATA,
     ClusterConfig,
