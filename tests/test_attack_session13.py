@@ -22,6 +22,8 @@ from support.servers import MemcachedProcess
 import pymc
 import pymc.cluster
 import pymc.pool
+import pymc.pool.objectpool
+import pymc.pool.pooled
 from pymc import Client, HashClient, MemcacheIllegalInputError, RetryingClient, RetryPolicy
 
 ProxyFactory = Callable[[Tuple[str, int]], FaultProxy]
@@ -406,7 +408,7 @@ def test_a_fan_out_counts_a_failed_node_once_and_still_answers_from_the_others(
 
 # -- an exception at every line of the failure paths ----------------------------------------------
 
-_TRACED = {pymc.pool.__file__, pymc.cluster.__file__}
+_TRACED = {pymc.pool.objectpool.__file__, pymc.pool.pooled.__file__, pymc.cluster.__file__}
 
 
 class Injected(Interrupt):

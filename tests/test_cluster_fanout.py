@@ -19,6 +19,8 @@ from support.servers import MemcachedProcess
 import pymc.client
 import pymc.cluster
 import pymc.pool
+import pymc.pool.objectpool
+import pymc.pool.pooled
 from pymc import Client, HashClient, MemcachePoolTimeoutError, MemcacheTimeoutError
 from pymc.client import server_name
 
@@ -131,7 +133,8 @@ def test_the_fan_out_reads_end_by_the_timeout_deadline(
 # -- an exception at every line of the fan-out --------------------------------------------------
 
 _TRACED: Dict[str, Optional[Set[str]]] = {
-    pymc.pool.__file__: None,  # every function
+    pymc.pool.objectpool.__file__: None,  # every function
+    pymc.pool.pooled.__file__: None,
     pymc.cluster.__file__: {
         "_fan_out",
         "_take_and_exchange",

@@ -16,6 +16,7 @@ from support.helpers import tcp
 from support.servers import MemcachedProcess
 
 import pymc.pool
+import pymc.pool.objectpool
 from pymc import Client, HashClient
 from pymc.client import quiet_connections, server_name
 
@@ -73,7 +74,7 @@ def test_quiet_connections_one_poll_over_all(memcached: MemcachedProcess) -> Non
 def no_idle_look(monkeypatch: pytest.MonkeyPatch) -> None:
     """Pools reuse an idle connection without their own look (see CHECK_IDLE_AFTER), so
     only the fan-out's look before sending can find what waits on it."""
-    monkeypatch.setattr(pymc.pool, "CHECK_IDLE_AFTER", 3600.0)
+    monkeypatch.setattr(pymc.pool.objectpool, "CHECK_IDLE_AFTER", 3600.0)
 
 
 @pytest.mark.timeout(60)

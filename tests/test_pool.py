@@ -23,6 +23,7 @@ from support.servers import MemcachedProcess, request
 
 import pymc
 import pymc.pool
+import pymc.pool.objectpool
 from pymc import (
     Client,
     KeepaliveOpts,
@@ -462,7 +463,7 @@ def test_without_the_checkout_check_incr_would_fail(
     (whose hot path looks at nothing before sending) relies on it alone: every other
     command looks for bytes or a close on its connection before sending (issue 18 item
     17), so an incr goes out on a new connection even without the pool's check."""
-    monkeypatch.setattr(pymc.pool, "CHECK_IDLE_AFTER", 1e9)
+    monkeypatch.setattr(pymc.pool.objectpool, "CHECK_IDLE_AFTER", 1e9)
     proxy = fault_proxy(tcp(memcached))
     client = PooledClient(proxy.address, max_pool_size=1)
     assert client.set("n", b"10")

@@ -1,6 +1,6 @@
 """A BaseException landing anywhere in the pool's bookkeeping loses no slot and leaks no object.
 
-Two ways: an exception injected with ``sys.settrace`` at every line of ``pymc/pool.py`` in
+Two ways: an exception injected with ``sys.settrace`` at every line of ``pymc/pool/`` in
 turn (the 1st line event of a call, the 2nd, ... until a call runs clean), and a signal
 handler's exception (as SIGALRM deadlines and Ctrl-C raise) landing while a thread waits for
 the pool's lock, held by another thread. The gevent variants are in tests/test_pool_gevent.py.
@@ -21,6 +21,8 @@ from support.helpers import Interrupt, tcp, wait_until
 from support.servers import MemcachedProcess
 
 import pymc.pool
+import pymc.pool.objectpool
+import pymc.pool.pooled
 from pymc import (
     Client,
     HashClient,
@@ -32,7 +34,7 @@ from pymc import (
 
 pytestmark = pytest.mark.timeout(120)
 
-POOL_FILE = pymc.pool.__file__
+POOL_FILES = {pymc.pool.objectpool.__file__, pymc.pool.pooled.__file__}
 MAX_LINES = 3000  # no call through the pool runs this many of its lines
 
 
@@ -41,7 +43,7 @@ class Injected(Interrupt):
 
 
 class Injector:
-    """Raises :class:`Injected` at the ``n``-th line event inside pymc/pool.py."""
+    """Raises :class:`Injected` at the ``n``-th line event inside pymc/pool/."""
 
     def __init__(self, n: int) -> None:
         self.n = n
@@ -49,7 +51,7 @@ class Injector:
         self.where = ""
 
     def _global(self, frame: FrameType, event: str, arg: Any) -> Any:
-        return self._local if frame.f_code.co_filename == POOL_FILE else None
+        return self._local if frame.f_code.co_filename in POOL_FILES else None
 
     def _local(self, frame: FrameType, event: str, arg: Any) -> Any:
         if event == "line":
@@ -492,4 +494,13 @@ def test_deadline_while_waiting_for_a_slot_frees_nothing_and_wakes_the_next(
 
 
 def test_pool_file_is_what_the_tracer_watches() -> None:
-    assert os.path.samefile(POOL_FILE, pymc.pool.ObjectPool.get.__code__.co_filename)
+    # The pool's checkout and checkin, Lease, PooledClient.run and its _once: all watched.
+    for code in (
+        pymc.pool.ObjectPool.get.__code__,
+        pymc.pool.ObjectPool._settle.__code__,
+        pymc.pool.Lease.take.__code__,
+        pymc.pool.PooledClient.run.__code__,
+        pymc.pool.PooledClient._once.__code__,
+        pymc.pool.PooledClient.__init__.__code__,
+    ):
+        assert any(os.path.samefile(f, code.co_filename) for f in POOL_FILES), code
