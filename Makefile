@@ -108,10 +108,23 @@ test-all: memcached nutcracker libmemcached-dev
 	if [ -z "$$passed$$failed" ]; then echo "test-all: no Python of $(PYTHONS) is installed" >&2; exit 2; fi; \
 	[ -z "$$failed" ]
 
+# The layers (and what else may import what) are import-linter's contracts, in setup.cfg.
+# What it cannot check: no module uses another module's private names (PRIVATE_REACH counts
+# them; the count must be 0).
+PRIVATE_REACH ?= /work/shared/tools/private_reach.py
+
 lint: $(VENV)/.lint-deps
 	$(BIN)/ruff check pymc tests benchmarks
 	$(BIN)/ruff format --check pymc tests benchmarks
 	$(BIN)/mypy
+	$(BIN)/lint-imports --no-cache --no-logo
+	@[ -f "$(PRIVATE_REACH)" ] || { echo "make lint: $(PRIVATE_REACH) not found (PRIVATE_REACH=path/to/private_reach.py)" >&2; exit 2; }
+	@out=$$($(BIN)/python "$(PRIVATE_REACH)" pymc) || exit 1; \
+	if [ "$$(printf '%s\n' "$$out" | tail -n 1)" != 0 ]; then \
+	  printf '%s\n' "$$out" >&2; \
+	  echo "make lint: modules use other modules' private names (above); make them public or move them" >&2; \
+	  exit 1; \
+	fi; echo "private names used across modules: 0"
 
 bench: $(VENV)/.bench-deps memcached
 	$(BIN)/python -m benchmarks $(BENCH_ARGS)
