@@ -403,3 +403,4 @@ class Commands:
     ) -> Any:
         """As :meth:`Client.fetch`; each step takes a connection of its own, so none is
         held while this caller waits for another's lease."""
+        return read_through(self, key, compute, ttl, lease_ttl, recache_ttl, wait)
