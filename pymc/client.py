@@ -17,41 +17,59 @@ Every name importable from here before the split still is (re-exported).
 
 from __future__ import annotations
 
-import dataclasses
-import errno
+import dataclasses as dataclasses
+import errno as errno
 import functools
-import importlib
-import logging
-import select
-import selectors
+import importlib as importlib
+import logging as logging
+import select as select
+import selectors as selectors
 import socket
 import ssl
-import struct
-import sys
-import time
-import types
+import struct as struct
+import sys as sys
+import time as time
+import types as types
 from typing import (
     Any,
     Callable,
     Concatenate,
-    Container,
     Dict,
-    Final,
-    Iterable,
-    List,
-    Mapping,
-    NoReturn,
     Optional,
     ParamSpec,
-    Sequence,
     Tuple,
     TypeVar,
     Union,
 )
+from typing import (
+    Container as Container,
+)
+from typing import (
+    Final as Final,
+)
+from typing import (
+    Iterable as Iterable,
+)
+from typing import (
+    List as List,
+)
+from typing import (
+    Mapping as Mapping,
+)
+from typing import (
+    NoReturn as NoReturn,
+)
+from typing import (
+    Sequence as Sequence,
+)
 
 from .commands import (
-    COMMANDS,
-    LEASE_TEMPLATES,
+    COMMANDS as COMMANDS,
+)
+from .commands import (
+    LEASE_TEMPLATES as LEASE_TEMPLATES,
+)
+from .commands import (
     LeaseCommands,
     MetaCommands,
     TextCommands,
@@ -61,20 +79,46 @@ from .commands import (
     read_through,
 )
 from .exceptions import (
-    MemcacheAuthenticationError,
-    MemcacheAuthNotRequiredError,
-    MemcacheConnectError,
-    MemcacheConnectTimeoutError,
-    MemcacheError,
-    MemcacheIllegalInputError,
-    MemcacheLeaseTimeoutError,
-    MemcacheNetworkError,
-    MemcacheProtocolError,
-    MemcacheTimeoutError,
-    MemcacheUnexpectedCloseError,
-    MemcacheUnknownCommandError,
-    MemcacheUnsupportedCommandError,
-    network_error,
+    MemcacheAuthenticationError as MemcacheAuthenticationError,
+)
+from .exceptions import (
+    MemcacheAuthNotRequiredError as MemcacheAuthNotRequiredError,
+)
+from .exceptions import (
+    MemcacheConnectError as MemcacheConnectError,
+)
+from .exceptions import (
+    MemcacheConnectTimeoutError as MemcacheConnectTimeoutError,
+)
+from .exceptions import (
+    MemcacheError as MemcacheError,
+)
+from .exceptions import (
+    MemcacheIllegalInputError as MemcacheIllegalInputError,
+)
+from .exceptions import (
+    MemcacheLeaseTimeoutError as MemcacheLeaseTimeoutError,
+)
+from .exceptions import (
+    MemcacheNetworkError as MemcacheNetworkError,
+)
+from .exceptions import (
+    MemcacheProtocolError as MemcacheProtocolError,
+)
+from .exceptions import (
+    MemcacheTimeoutError as MemcacheTimeoutError,
+)
+from .exceptions import (
+    MemcacheUnexpectedCloseError as MemcacheUnexpectedCloseError,
+)
+from .exceptions import (
+    MemcacheUnknownCommandError as MemcacheUnknownCommandError,
+)
+from .exceptions import (
+    MemcacheUnsupportedCommandError as MemcacheUnsupportedCommandError,
+)
+from .exceptions import (
+    network_error as network_error,
 )
 from .options import (
     DEFAULT_CONNECT_TIMEOUT,
@@ -84,96 +128,223 @@ from .options import (
     CommandEnd,
     CommandHook,
     KeepaliveOpts,
-    Key,
-    ServerSpec,
-    logger,
     normalize_server_spec,
-    server_name,
     warn_if_config_endpoint,
 )
+from .options import (
+    Key as Key,
+)
+from .options import (
+    ServerSpec as ServerSpec,
+)
+from .options import (
+    logger as logger,
+)
+from .options import (
+    server_name as server_name,
+)
 from .protocol import (
-    END,
-    MAX_KEY_LENGTH,
-    NEED_DATA,
-    RULES,
+    END as END,
+)
+from .protocol import (
+    MAX_KEY_LENGTH as MAX_KEY_LENGTH,
+)
+from .protocol import (
+    NEED_DATA as NEED_DATA,
+)
+from .protocol import (
+    RULES as RULES,
+)
+from .protocol import (
     SPEEDUPS,
-    STORED,
-    ClusterConfig,
-    ErrorReply,
-    Expect,
-    ExpectConfig,
-    ExpectRaw,
-    ExpectReplies,
-    ExpectStats,
-    ExpectSync,
-    ExpectValues,
-    Reader,
-    Reply,
-    Rule,
-    asks_for_auth,
-    encode_auth,
-    encode_auth_probe,
-    encode_cache_memlimit,
-    encode_config_get,
-    encode_delete,
-    encode_flush_all,
-    encode_incr_decr,
-    encode_retrieval,
-    encode_shutdown,
-    encode_stats,
-    encode_storage,
-    encode_sync,
-    encode_touch,
-    encode_verbosity,
-    expect_auth_probe,
-    validate_key,
-    validate_keys,
+)
+from .protocol import (
+    STORED as STORED,
+)
+from .protocol import (
+    ClusterConfig as ClusterConfig,
+)
+from .protocol import (
+    ErrorReply as ErrorReply,
+)
+from .protocol import (
+    Expect as Expect,
+)
+from .protocol import (
+    ExpectConfig as ExpectConfig,
+)
+from .protocol import (
+    ExpectRaw as ExpectRaw,
+)
+from .protocol import (
+    ExpectReplies as ExpectReplies,
+)
+from .protocol import (
+    ExpectStats as ExpectStats,
+)
+from .protocol import (
+    ExpectSync as ExpectSync,
+)
+from .protocol import (
+    ExpectValues as ExpectValues,
+)
+from .protocol import (
+    Reader as Reader,
+)
+from .protocol import (
+    Reply as Reply,
+)
+from .protocol import (
+    Rule as Rule,
+)
+from .protocol import (
+    asks_for_auth as asks_for_auth,
+)
+from .protocol import (
+    encode_auth as encode_auth,
+)
+from .protocol import (
+    encode_auth_probe as encode_auth_probe,
+)
+from .protocol import (
+    encode_cache_memlimit as encode_cache_memlimit,
+)
+from .protocol import (
+    encode_config_get as encode_config_get,
+)
+from .protocol import (
+    encode_delete as encode_delete,
+)
+from .protocol import (
+    encode_flush_all as encode_flush_all,
+)
+from .protocol import (
+    encode_incr_decr as encode_incr_decr,
+)
+from .protocol import (
+    encode_retrieval as encode_retrieval,
+)
+from .protocol import (
+    encode_shutdown as encode_shutdown,
+)
+from .protocol import (
+    encode_stats as encode_stats,
+)
+from .protocol import (
+    encode_storage as encode_storage,
+)
+from .protocol import (
+    encode_sync as encode_sync,
+)
+from .protocol import (
+    encode_touch as encode_touch,
+)
+from .protocol import (
+    encode_verbosity as encode_verbosity,
+)
+from .protocol import (
+    expect_auth_probe as expect_auth_probe,
+)
+from .protocol import (
+    validate_key as validate_key,
+)
+from .protocol import (
+    validate_keys as validate_keys,
 )
 from .protocol.meta import (
-    OPAQUE_MASK,
-    ExpectMeta,
-    ExpectMetaEach,
-    ExpectMetaQuiet,
-    MetaResult,
-    encode_meta_arithmetic,
-    encode_meta_delete,
-    encode_meta_get,
-    encode_meta_noop,
-    encode_meta_set,
-    encode_quiet_gets,
-    flags_vivify,
-    lease_get_template,
-    lease_key,
-    meta_key,
+    OPAQUE_MASK as OPAQUE_MASK,
+)
+from .protocol.meta import (
+    ExpectMeta as ExpectMeta,
+)
+from .protocol.meta import (
+    ExpectMetaEach as ExpectMetaEach,
+)
+from .protocol.meta import (
+    ExpectMetaQuiet as ExpectMetaQuiet,
+)
+from .protocol.meta import (
+    MetaResult as MetaResult,
+)
+from .protocol.meta import (
+    encode_meta_arithmetic as encode_meta_arithmetic,
+)
+from .protocol.meta import (
+    encode_meta_delete as encode_meta_delete,
+)
+from .protocol.meta import (
+    encode_meta_get as encode_meta_get,
+)
+from .protocol.meta import (
+    encode_meta_noop as encode_meta_noop,
+)
+from .protocol.meta import (
+    encode_meta_set as encode_meta_set,
+)
+from .protocol.meta import (
+    encode_quiet_gets as encode_quiet_gets,
+)
+from .protocol.meta import (
+    flags_vivify as flags_vivify,
+)
+from .protocol.meta import (
+    lease_get_template as lease_get_template,
+)
+from .protocol.meta import (
+    lease_key as lease_key,
+)
+from .protocol.meta import (
+    meta_key as meta_key,
 )
 from .protocol.metaplans import (
-    QUIET_BATCH_BYTES,
-    QuietBatch,
+    QUIET_BATCH_BYTES as QUIET_BATCH_BYTES,
+)
+from .protocol.metaplans import (
+    QuietBatch as QuietBatch,
+)
+from .protocol.metaplans import (
     meta_batches,
     quiet_deletes,
     quiet_gets,
 )
-from .protocol.plans import PIPELINE_BYTES, request_chunks, resolve_noreply
+from .protocol.plans import PIPELINE_BYTES as PIPELINE_BYTES
+from .protocol.plans import request_chunks, resolve_noreply
 from .protocol.results import (
-    Item,
-    decode_parts,
+    Item as Item,
+)
+from .protocol.results import (
+    decode_parts as decode_parts,
+)
+from .protocol.results import (
     decode_values,
-    merge_values,
-    merge_values_py,
     per_key_results,
 )
-from .serde import DefaultSerde, LegacyWrappingSerde, Serde, coerce_to_bytes
+from .protocol.results import (
+    merge_values as merge_values,
+)
+from .protocol.results import (
+    merge_values_py as merge_values_py,
+)
+from .serde import Serde
 from .transport import (
     DEADLINE_SLACK,
-    RECV_SIZE,
     Connection,
-    Exchange,
-    Sender,
     command_deadline,
-    quiet_connections,
     readiness_poll,
     refused_by_close,
     time_left,
+)
+from .transport import (
+    RECV_SIZE as RECV_SIZE,
+)
+from .transport import (
+    Exchange as Exchange,
+)
+from .transport import (
+    Sender as Sender,
+)
+from .transport import (
+    quiet_connections as quiet_connections,
 )
 
 __all__ = [
@@ -207,30 +378,8 @@ __all__ = [
 T = TypeVar("T")
 A = TypeVar("A")
 
-# Re-exported for the importers of pymc.client: every public name it held before the
-# layers moved out of it (its own, and those it imported) is still importable from here.
-_REEXPORTED = (
-    *(COMMANDS, LEASE_TEMPLATES, MAX_GET_LINE, PIPELINE_BYTES, QUIET_BATCH_BYTES, RECV_SIZE),
-    *(Exchange, Item, Key, QuietBatch, Sender, ServerSpec, decode_parts, logger, merge_values),
-    *(merge_values_py, server_name, dataclasses, errno, importlib, logging, select, selectors),
-    *(struct, sys, time, types, Container, Final, Iterable, List, Mapping, NoReturn, Sequence),
-    *(MemcacheAuthenticationError, MemcacheAuthNotRequiredError, MemcacheConnectError),
-    *(MemcacheConnectTimeoutError, MemcacheError, MemcacheIllegalInputError),
-    *(MemcacheLeaseTimeoutError, MemcacheNetworkError, MemcacheProtocolError),
-    *(MemcacheTimeoutError, MemcacheUnexpectedCloseError, MemcacheUnknownCommandError),
-    *(MemcacheUnsupportedCommandError, network_error, END, MAX_KEY_LENGTH, NEED_DATA, RULES),
-    *(SPEEDUPS, STORED, ClusterConfig, ErrorReply, Expect, ExpectConfig, ExpectRaw),
-    *(ExpectReplies, ExpectStats, ExpectSync, ExpectValues, Reader, Reply, Rule, asks_for_auth),
-    *(encode_auth, encode_auth_probe, encode_cache_memlimit, encode_config_get, encode_delete),
-    *(encode_flush_all, encode_incr_decr, encode_retrieval, encode_shutdown, encode_stats),
-    *(encode_storage, encode_sync, encode_touch, encode_verbosity, expect_auth_probe),
-    *(validate_key, validate_keys, OPAQUE_MASK, ExpectMeta, ExpectMetaEach, ExpectMetaQuiet),
-    *(MetaResult, encode_meta_arithmetic, encode_meta_delete, encode_meta_get, encode_meta_noop),
-    *(encode_meta_set, encode_quiet_gets, flags_vivify, lease_get_template, lease_key, meta_key),
-    *(DefaultSerde, LegacyWrappingSerde, coerce_to_bytes, quiet_connections),
-)
 if SPEEDUPS:
-    from .protocol import speedups  # noqa: F401  (as before the split)
+    from .protocol import speedups as speedups  # (importable from here, as before)
 
 
 class Client(Connection, TextCommands, MetaCommands, LeaseCommands):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import socket
 from typing import TYPE_CHECKING, Any, Dict, List, NoReturn, Optional, Sequence, Tuple
 
+from ..exceptions import MemcacheUnknownCommandError
 from ..options import ClientOptions, Key, ServerSpec
 from ..protocol import ErrorReply, Expect, Rule, validate_key
 from ..protocol.meta import MetaResult
@@ -63,6 +64,24 @@ class CommandBase:
         def _one(self, rule: Rule, request: bytes, noreply: bool) -> Any: ...
 
         def _meta_checked(self, command: str) -> None: ...
+
+        def _no_meta(self, command: str) -> MemcacheUnknownCommandError: ...
+
+        def _deadline_for(self, requests: int) -> Optional[float]: ...
+
+        def meta_arithmetic(
+            self,
+            key: Key,
+            delta: int = 1,
+            *,
+            decrement: bool = False,
+            initial: Optional[int] = None,
+            vivify_on_miss: Optional[int] = None,
+            ttl: Optional[int] = None,
+            compare_cas: Optional[int] = None,
+            return_cas: bool = False,
+            flags: str = "",
+        ) -> MetaResult: ...
 
     def _key(self, key: Key) -> bytes:
         return validate_key(key, self._prefix, self._unicode)

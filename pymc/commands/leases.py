@@ -161,7 +161,7 @@ class LeaseCommands(CommandBase):
         opaque = self._opaque()
         wire = lease_key(key, self._prefix)
         request = encode_meta_delete(wire, base64=True, compare_cas=cas, opaque=opaque)
-        return self.execute(meta_plan("md", request, opaque)).status == "deleted"
+        return self.execute(meta_plan("md", request, opaque)).status == "deleted"  # type: ignore[no-any-return]
 
     def lease_set(self, key: Key, value: Any, ttl: int, lease: MetaResult) -> bool:
         """Store ``value`` as what this caller's win or lease (``lease``, from
@@ -286,7 +286,7 @@ class LeaseCommands(CommandBase):
             opaque=opaque,
         )
         if not lease.stale:
-            return self.execute(meta_plan("ms", request, opaque)).status == "stored"
+            return self.execute(meta_plan("ms", request, opaque)).status == "stored"  # type: ignore[no-any-return]
         # A stale value goes back stale: the mark goes in the same request, so that no
         # reader (nor an interruption between two round trips) finds it fresh. Whatever is
         # there then is marked (a newer value that won the add is served stale while one
@@ -311,7 +311,7 @@ class LeaseCommands(CommandBase):
             request = encode_meta_delete(
                 wire, base64=b64, compare_cas=lease.cas, invalidate=True, opaque=opaque
             )
-            return self.execute(meta_plan("md", request, opaque)).status == "deleted"
+            return self.execute(meta_plan("md", request, opaque)).status == "deleted"  # type: ignore[no-any-return]
         request = encode_meta_get(wire, base64=b64, value=False, return_ttl=True, opaque=opaque)
         before = self.execute(meta_plan("mg", request, opaque))
         if not before.hit:

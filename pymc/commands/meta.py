@@ -130,7 +130,7 @@ class MetaCommands(CommandBase):
             opaque=opaque,
             flags=flags,
         )
-        return self.execute(meta_plan("ms", request, opaque))
+        return self.execute(meta_plan("ms", request, opaque))  # type: ignore[no-any-return]
 
     def meta_delete(
         self,
@@ -155,7 +155,7 @@ class MetaCommands(CommandBase):
             opaque=opaque,
             flags=flags,
         )
-        return self.execute(meta_plan("md", request, opaque))
+        return self.execute(meta_plan("md", request, opaque))  # type: ignore[no-any-return]
 
     def meta_arithmetic(
         self,
@@ -188,7 +188,7 @@ class MetaCommands(CommandBase):
             opaque=opaque,
             flags=flags,
         )
-        return self.execute(meta_plan("ma", request, opaque))
+        return self.execute(meta_plan("ma", request, opaque))  # type: ignore[no-any-return]
 
     def meta_noop(self) -> MetaResult:
         """``mn``: a round trip that does nothing (``status`` ``"noop"``)."""

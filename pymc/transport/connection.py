@@ -14,7 +14,7 @@ import functools
 import logging
 import socket
 import ssl
-from typing import Any, Callable, Generator, List, NoReturn, Optional, Sequence, Tuple, TypeVar
+from typing import Any, Callable, NoReturn, Optional, Tuple, TypeVar
 
 from ..exceptions import (
     MemcacheError,
@@ -39,17 +39,15 @@ from ..protocol import (
     validate_key,
 )
 from ..protocol.meta import ExpectMeta, ExpectMetaEach, ExpectMetaQuiet
-from ..protocol.metaplans import NoMetaCommands
-from ..protocol.plans import Plan
 from ..protocol.results import decode_values
 from ..serde import DefaultSerde
 from .connect import Connector
+from .execute import Executor, Flow
 from .io import (
     DEADLINE_SLACK,
     KERNEL_TIMEOUT_ERRNOS,
     RECV_SIZE,
     Sender,
-    command_deadline,
     exchange,
     monotonic,
     send_plain,
@@ -67,16 +65,30 @@ logger = logging.getLogger("pymc")
 #: commands (see :meth:`Connection.send`'s check before an ``ms``).
 META_READERS = frozenset((ExpectMeta, ExpectMetaEach, ExpectMetaQuiet))
 
-#: A command of several dependent round trips: yields plans, is sent their results.
-Flow = Generator[Plan, Any, Any]
 
 _exchange = exchange
 
 C = TypeVar("C", bound="Connection")
+
+
+def _leftover(server: ServerSpec, reader: Reader) -> str:
+    return (
+        f"{server_name(server)} sent {reader.buffered} byte(s) more than the "
+        "reply; the connection is out of step and was closed"
+    )
+
+
+def _network_error(server: ServerSpec, exc: OSError) -> MemcacheNetworkError:
+    name = server_name(server)
+    if isinstance(exc, socket.timeout) or exc.errno in KERNEL_TIMEOUT_ERRNOS:
+        return MemcacheTimeoutError(exc.errno, f"timed out talking to {name}")
+    return network_error(MemcacheNetworkError, exc, f"connection to {name} failed: {exc}")
+
+
 _monotonic = monotonic
 
 
-class Connection(Connector, SyncMarker):
+class Connection(Executor, Connector, SyncMarker):
     """One blocking socket to one memcached server (see the module's docstring)."""
 
     def _setup(self, server: ServerSpec, options: ClientOptions) -> None:
@@ -306,7 +318,7 @@ class Connection(Connector, SyncMarker):
                     return NEED_DATA
                 reader.feed(sock.recv(RECV_SIZE))
             if reader.buffered:
-                raise MemcacheProtocolError(self._leftover(reader))
+                raise MemcacheProtocolError(_leftover(self.server, reader))
         except BaseException as exc:
             self._abort(exc)
         self._pending = False
@@ -340,7 +352,7 @@ class Connection(Connector, SyncMarker):
                 parse = functools.partial(expect.step, reader)
                 result = self._read_rest(sock, reader, parse, deadline)
         if reader.buffered:
-            raise MemcacheProtocolError(self._leftover(reader))
+            raise MemcacheProtocolError(_leftover(self.server, reader))
         return result
 
     def _read_rest(
@@ -429,12 +441,6 @@ class Connection(Connector, SyncMarker):
         self._pending = False
         return result
 
-    def _leftover(self, reader: Reader) -> str:
-        return (
-            f"{server_name(self.server)} sent {reader.buffered} byte(s) more than the "
-            "reply; the connection is out of step and was closed"
-        )
-
     def _abort(self, exc: BaseException, request: bytes = b"") -> NoReturn:
         """Close the connection (its state is unknown) and raise ``exc`` as pymc's (a close
         in answer to ``request`` as :func:`refused_by_close` says)."""
@@ -444,14 +450,8 @@ class Connection(Connector, SyncMarker):
             if refused is not exc:
                 raise refused from exc
         if isinstance(exc, OSError) and not isinstance(exc, MemcacheError):
-            raise self._network_error(exc) from exc
+            raise _network_error(self.server, exc) from exc
         raise exc
-
-    def _network_error(self, exc: OSError) -> MemcacheNetworkError:
-        name = server_name(self.server)
-        if isinstance(exc, socket.timeout) or exc.errno in KERNEL_TIMEOUT_ERRNOS:
-            return MemcacheTimeoutError(exc.errno, f"timed out talking to {name}")
-        return network_error(MemcacheNetworkError, exc, f"connection to {name} failed: {exc}")
 
     def _closed_mid_reply(self) -> MemcacheUnexpectedCloseError:
         error = MemcacheUnexpectedCloseError(
@@ -506,61 +506,13 @@ class Connection(Connector, SyncMarker):
                         f"unexpected reply to {rule.command}: {reply!r}"[:300]
                     )
                 if reader.buffered:
-                    raise MemcacheProtocolError(self._leftover(reader))
+                    raise MemcacheProtocolError(_leftover(self.server, reader))
             except BaseException as exc:
                 self._abort(exc, request)
             self._pending = False
         if type(reply) is ErrorReply:
             self.raise_error(reply, rule.command)
         return rule.result(reply)
-
-    # ------------------------------------------------------------------ plans
-
-    def execute(self, plan: Plan, deadline: Optional[float] = None) -> Any:
-        """Run ``plan`` on this connection: send its request (``noreply`` when it expects
-        nothing), read its reply with a fresh ``plan.expect()``, and return
-        ``plan.finish(reply)``. An error reply that leaves the connection out of step
-        closes it first; so does a server without meta commands (whose error then names
-        the version it reports). ``deadline``: see :meth:`request`."""
-        expect = plan.expect
-        if expect is None:
-            self.send(plan.request, True, deadline)
-            return plan.finish(None)
-        reply = self.request(plan.request, expect(), deadline)
-        last = reply[-1] if type(reply) is list and reply else reply  # (a pipeline's stop)
-        if type(last) is ErrorReply and not last.in_step:
-            self.close()
-        try:
-            return plan.finish(reply)
-        except NoMetaCommands as exc:
-            raise self._no_meta(exc.command) from None
-
-    def _deadline_for(self, requests: int) -> Optional[float]:
-        """One deadline for a command of several requests (None for one: see receive)."""
-        return command_deadline(self.options.timeout) if requests > 1 else None
-
-    def execute_all(self, plans: Sequence[Plan]) -> List[Any]:
-        """Run ``plans`` in order, under one deadline when there are several (a command of
-        several requests); their results, in order."""
-        deadline = self._deadline_for(len(plans))
-        return [self.execute(plan, deadline) for plan in plans]
-
-    def run_flow(self, flow: Flow) -> Any:
-        """Drive a command of several dependent round trips (a generator that yields a
-        :class:`~pymc.protocol.plans.Plan` and is sent its result, and returns the
-        command's): each plan runs through :meth:`execute`; an exception a plan raised is
-        thrown into the flow, which may handle it."""
-        try:
-            plan = next(flow)
-            while True:
-                try:
-                    result = self.execute(plan)
-                except BaseException as exc:
-                    plan = flow.throw(exc)
-                else:
-                    plan = flow.send(result)
-        except StopIteration as stop:
-            return stop.value
 
     # ------------------------------------------------------------------ the get fast path
 
@@ -608,7 +560,7 @@ class Connection(Connector, SyncMarker):
                         deadline = self._deadline_from(started)
                         status = self._read_rest(sock, reader, parse, deadline)
                     if reader.buffered:
-                        raise MemcacheProtocolError(self._leftover(reader))
+                        raise MemcacheProtocolError(_leftover(self.server, reader))
                 except BaseException as exc:
                     self._abort(exc)
                 self._pending = False
