@@ -494,6 +494,6 @@ def test_interrupted_slow_path_never_leaves_a_cut_wait_in_the_pool(
         else:
             raise AssertionError("still injecting after 1000 lines")
         assert n > 10
-        assert {"_read_rest", "_set_wait"} <= seen, seen  # the wait was cut, and restored
+        assert {"_read_rest", "set_wait"} <= seen, seen  # the wait was cut, and restored
     finally:
         proxy.stop()

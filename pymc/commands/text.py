@@ -180,7 +180,10 @@ class TextCommands(CommandBase):
             command, wanted, list(wanted), expire, with_cas, self.options.max_get_line
         )
         try:
-            self.execute_all(plans)
+            if len(plans) == 1:
+                self.execute(plans[0])
+            else:
+                self.execute_all(plans)
         except Exception:
             if self._ignore_exc:
                 return {}

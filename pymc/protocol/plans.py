@@ -299,14 +299,23 @@ def retrieval_plans(
     For one node's keys of a fan-out, as for a Client's."""
     found: Dict[bytes, Item] = {}
     chunks = request_chunks(raws, max_line)
-    name = command.decode()
-    finish = _raise_or(name, _same)
+    name, finish = _RETRIEVALS.get(command) or (
+        command.decode(),
+        _raise_or(command.decode(), _same),
+    )
     plans = []
     for chunk in chunks:
         keys: Container[bytes] = wanted if len(chunks) == 1 else set(chunk)
         expect = functools.partial(ExpectValues, keys, found, with_cas)
         plans.append(Plan(name, encode_retrieval(command, chunk, expire), expect, finish))
     return plans, found
+
+
+#: The name and the finish of each retrieval command (made once).
+_RETRIEVALS = {
+    command: (command.decode(), _raise_or(command.decode(), _same))
+    for command in (b"get", b"gets", b"gat", b"gats")
+}
 
 
 def pipeline_plans(command: str, requests: Sequence[bytes], noreply: bool) -> List[Plan]:
