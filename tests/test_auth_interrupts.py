@@ -19,12 +19,15 @@ from support.helpers import Interrupt, source_files, tcp
 from support.servers import MemcachedProcess
 
 import pymc.client
+import pymc.commands
+import pymc.options
 import pymc.protocol
+import pymc.transport
 from pymc import Client, HashClient, PooledClient
 
 pytestmark = pytest.mark.timeout(180)
 
-TRACED = source_files(pymc.client, pymc.protocol)
+TRACED = source_files(pymc.client, pymc.transport, pymc.commands, pymc.options, pymc.protocol)
 MAX_LINES = 3000
 
 

@@ -21,6 +21,7 @@ import pymc.cluster
 import pymc.pool
 import pymc.pool.objectpool
 import pymc.pool.pooled
+import pymc.transport.connection
 from pymc import Client, HashClient, MemcachePoolTimeoutError, MemcacheTimeoutError
 from pymc.client import server_name
 
@@ -144,7 +145,14 @@ _TRACED: Dict[str, Optional[Set[str]]] = {
         "_note_failures",
         "_give_back",
     },
-    pymc.client.__file__: {"send", "receive", "receive_some", "_read_to_end", "_abort", "close"},
+    pymc.transport.connection.__file__: {
+        "send",
+        "receive",
+        "receive_some",
+        "_read_to_end",
+        "_abort",
+        "close",
+    },
 }
 
 

@@ -29,6 +29,8 @@ from test_deadline import SlowReader as _SlowReader
 
 import pymc
 import pymc.client
+import pymc.transport.connect
+import pymc.transport.connection
 from pymc import (
     Client,
     MemcacheNetworkError,
@@ -36,7 +38,7 @@ from pymc import (
     MemcacheUnexpectedCloseError,
 )
 
-COMPILED = pymc.client._COMPILED_EXCHANGE
+COMPILED = pymc.transport.COMPILED_EXCHANGE
 _tags = itertools.count()
 
 
@@ -50,7 +52,7 @@ def path(request: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[List[int]]:
     compiled exchanges made (it must be > 0 on the compiled path when a command ran)."""
     calls = [0]
     if request.param == "pure":
-        monkeypatch.setattr(pymc.client, "_COMPILED_EXCHANGE", None)
+        monkeypatch.setattr(pymc.transport.connect, "COMPILED_EXCHANGE", None)
     else:
         if COMPILED is None:
             pytest.skip("the compiled exchange is not in use (pure build or not Linux)")
@@ -60,7 +62,7 @@ def path(request: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[List[int]]:
             calls[0] += 1
             return real(sock, data, started)
 
-        monkeypatch.setattr(pymc.client, "_exchange", counting)
+        monkeypatch.setattr(pymc.transport.connection, "_exchange", counting)
     yield calls
     if request.param == "compiled":
         assert calls[0] > 0, "the compiled exchange was never used"
@@ -340,7 +342,7 @@ def test_signals_during_the_exchange_do_not_extend_the_deadline(
     goes on after each, and the command still ends by its deadline. (Python's own recv,
     retried after EINTR, waits the kernel's timeout afresh each time: the pure path has no
     such bound, so this is checked on the compiled one.)"""
-    if pymc.client._COMPILED_EXCHANGE is None:
+    if pymc.transport.connect.COMPILED_EXCHANGE is None:
         pytest.skip("the pure path retries each recv with a fresh kernel timeout")
     proxy, client = proxied(memcached, fault_proxy, timeout=0.4)
     proxy.set_mode("stall")
@@ -458,13 +460,13 @@ def test_only_plain_stdlib_sockets_take_the_exchange(
     object standing in for the socket keep Python's calls; a UNIX socket, a plain stdlib
     one, takes the exchange."""
     calls = [0]
-    real = pymc.client._exchange
+    real = pymc.transport.connection._exchange
 
     def counting(sock: Any, data: bytes, started: float) -> bytes:
         calls[0] += 1
         return real(sock, data, started)
 
-    monkeypatch.setattr(pymc.client, "_exchange", counting)
+    monkeypatch.setattr(pymc.transport.connection, "_exchange", counting)
     if kind == "tls":
         server = request.getfixturevalue("memcached_tls")
         client = Client(tcp(server), tls_context=server.client_ssl_context(), timeout=2.0)

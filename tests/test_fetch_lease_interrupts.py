@@ -22,6 +22,7 @@ from support.helpers import Interrupt, tcp
 from support.servers import MemcachedProcess
 
 import pymc
+import pymc.transport.io
 from pymc import Client, HashClient, PooledClient
 from pymc.meta import lease_key
 
@@ -85,7 +86,9 @@ def _lines_after_the_send(function: Any) -> Set[str]:
 
 
 #: ... and the lines of the senders after the bytes went out.
-SENT = _lines_after_the_send(pymc.client._send) | _lines_after_the_send(pymc.client._send_tls)
+SENT = _lines_after_the_send(pymc.transport.io.send_plain) | _lines_after_the_send(
+    pymc.transport.io.send_tls
+)
 
 
 def lease_ttl_left(sock: socket.socket, key: str) -> Optional[int]:

@@ -19,10 +19,15 @@ from support.servers import MemcachedProcess
 
 import pymc.client
 import pymc.cluster
+import pymc.commands
+import pymc.options
 import pymc.protocol
+import pymc.transport
 from pymc import Client, HashClient, PooledClient
 
-FILES = source_files(pymc.client, pymc.cluster, pymc.protocol)
+FILES = source_files(
+    pymc.client, pymc.transport, pymc.commands, pymc.options, pymc.cluster, pymc.protocol
+)
 MAX_LINES = 20000  # a bound on the runs: no scenario executes more lines than this
 
 Tracer = Callable[[FrameType, str, Any], Any]

@@ -25,12 +25,15 @@ from support.servers import MemcachedProcess
 
 import pymc
 import pymc.client
+import pymc.commands
 import pymc.meta
+import pymc.options
 import pymc.protocol
+import pymc.transport
 
 pytestmark = pytest.mark.timeout(180)
 
-TRACED = source_files(pymc.client, pymc.protocol)
+TRACED = source_files(pymc.client, pymc.transport, pymc.commands, pymc.options, pymc.protocol)
 MAX_LINES = 2000
 _counter = itertools.count()
 
