@@ -111,7 +111,7 @@ test-all: memcached nutcracker libmemcached-dev
 # The layers (and what else may import what) are import-linter's contracts, in setup.cfg.
 # What it cannot check: no module uses another module's private names (PRIVATE_REACH counts
 # them; the count must be 0).
-PRIVATE_REACH ?= /work/shared/tools/private_reach.py
+PRIVATE_REACH ?= tools/private_reach.py
 
 lint: $(VENV)/.lint-deps
 	$(BIN)/ruff check pymc tests benchmarks
