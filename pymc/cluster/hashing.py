@@ -29,6 +29,8 @@ The locators live in :mod:`pymc.cluster.rendezvous`, :mod:`pymc.cluster.ketama` 
 :mod:`pymc.cluster.locators`; this module re-exports them (``pymc.hashing`` too).
 """
 
+from __future__ import annotations
+
 from .ketama import KetamaHash, ketama_points
 from .locators import build_locator
 from .rendezvous import KB as KB
