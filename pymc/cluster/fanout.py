@@ -22,7 +22,6 @@ from typing import (
     Dict,
     List,
     Mapping,
-    NamedTuple,
     Optional,
     Protocol,
     Set,
@@ -54,18 +53,30 @@ _POLLIN: int = getattr(select, "POLLIN", 1)
 FANOUT_MAX_COMMANDS = 2048
 
 
-class Plan(NamedTuple):
+class Plan:
     """A node's part of a fan-out: one request on one connection and how its reply is read
-    and judged (the shape of :mod:`pymc.protocol`'s plans)."""
+    and judged (the shape of :mod:`pymc.protocol`'s plans: four attributes, no I/O)."""
 
-    #: For errors and hooks ("get_many", "set_many", ...).
-    command: str
-    #: The complete request bytes.
-    request: bytes
-    #: Makes a fresh reader of the reply; None: a noreply request.
-    expect: Optional[Callable[[], Expect]]
-    #: The reply -> the node's result; raises what an error reply means.
-    finish: Callable[[Any], Any]
+    __slots__ = ("command", "expect", "finish", "request")
+
+    def __init__(
+        self,
+        command: str,
+        request: bytes,
+        expect: Optional[Callable[[], Expect]],
+        finish: Callable[[Any], Any],
+    ) -> None:
+        #: For errors and hooks ("get_many", "set_many", ...).
+        self.command = command
+        #: The complete request bytes.
+        self.request = request
+        #: Makes a fresh reader of the reply; None: a noreply request.
+        self.expect = expect
+        #: The reply -> the node's result; raises what an error reply means.
+        self.finish = finish
+
+    def __repr__(self) -> str:
+        return f"<Plan {self.command} {len(self.request)} bytes>"
 
 
 #: A node's read in a fan-out: its name, connection, lease, reply reader and finish.
