@@ -16,11 +16,20 @@ from typing import Any, Callable, ClassVar, Dict, List, Optional, Tuple
 
 import pytest
 from support.faultproxy import FaultProxy
-from support.helpers import KINDS, Interrupt, one_node_client, run_in_child, stat, tcp
+from support.helpers import (
+    KINDS,
+    Interrupt,
+    one_node_client,
+    run_in_child,
+    source_files,
+    stat,
+    tcp,
+)
 from support.servers import MemcachedProcess
 
 import pymc
 import pymc.cluster
+import pymc.cluster.health
 import pymc.pool
 import pymc.pool.objectpool
 import pymc.pool.pooled
@@ -408,7 +417,8 @@ def test_a_fan_out_counts_a_failed_node_once_and_still_answers_from_the_others(
 
 # -- an exception at every line of the failure paths ----------------------------------------------
 
-_TRACED = {pymc.pool.objectpool.__file__, pymc.pool.pooled.__file__, pymc.cluster.__file__}
+_CLUSTER_FILES = source_files(pymc.cluster)
+_TRACED = source_files(pymc.pool) | _CLUSTER_FILES
 
 
 class Injected(Interrupt):
@@ -427,7 +437,7 @@ class _Injector:
     def _global(self, frame: FrameType, event: str, arg: Any) -> Any:
         code = frame.f_code
         if code.co_filename not in _TRACED or isinstance(
-            frame.f_locals.get("self"), pymc.cluster._ForkSafeLock
+            frame.f_locals.get("self"), pymc.cluster.health.ForkSafeLock
         ):
             return None  # (see _skipped)
         return self._local(frame, event, arg)
@@ -453,22 +463,22 @@ class _Injector:
         return self.count >= self.n
 
 
-#: cluster.py functions injected at every line (in the others, at their start only: a
+#: pymc.cluster functions injected at every line (in the others, at their start only: a
 #: signal handler's exception lands where a function starts, or a loop jumps back).
 _EVERY_LINE = {
     "_run",
-    "_count_failure",
-    "_failed",
+    "count_failure",
+    "failed",
     "_note_failures",
     "_take_and_exchange",
     "_exchange",
     "_read_as_they_come",
     "_lost",
-    "_still_usable",
-    "_still_usable_after_wait",
+    "still_usable",
+    "still_usable_after_wait",
     "_give_back",
-    "_succeeded",
-    "_fail_fast",
+    "succeeded",
+    "fail_fast",
 }
 
 
@@ -477,9 +487,7 @@ def _injectable(frame: FrameType, event: str) -> bool:
         return False
     if event == "call":
         return True
-    if frame.f_code.co_filename == pymc.cluster.__file__ and (
-        frame.f_code.co_name not in _EVERY_LINE
-    ):
+    if frame.f_code.co_filename in _CLUSTER_FILES and (frame.f_code.co_name not in _EVERY_LINE):
         return False
     return not _skipped(frame)
 

@@ -1063,7 +1063,7 @@ def test_a_fan_out_never_uses_a_connection_it_gave_back_when_its_node_failed_mea
     fan_out.start()
     try:
         wait_until(lambda: pool.stats()["waiting"] == 1, what="the fan-out waiting")
-        hc._failed(name, pymc.MemcacheUnexpectedCloseError("failed meanwhile"))
+        hc._health.failed(name, pymc.MemcacheUnexpectedCloseError("failed meanwhile"))
     finally:
         pool.release(held)
         fan_out.join(10)

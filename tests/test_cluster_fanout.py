@@ -9,15 +9,16 @@ import sys
 import threading
 import time
 from types import FrameType
-from typing import Any, Callable, ClassVar, Dict, List, Optional, Set, Tuple
+from typing import AbstractSet, Any, Callable, ClassVar, Dict, List, Optional, Set, Tuple
 
 import pytest
 from support.faultproxy import FaultProxy
-from support.helpers import Interrupt, tcp
+from support.helpers import Interrupt, source_files, tcp
 from support.servers import MemcachedProcess
 
 import pymc.client
 import pymc.cluster
+import pymc.cluster.fanout
 import pymc.pool
 import pymc.pool.objectpool
 import pymc.pool.pooled
@@ -133,26 +134,25 @@ def test_the_fan_out_reads_end_by_the_timeout_deadline(
 
 # -- an exception at every line of the fan-out --------------------------------------------------
 
-_TRACED: Dict[str, Optional[Set[str]]] = {
-    pymc.pool.objectpool.__file__: None,  # every function
-    pymc.pool.pooled.__file__: None,
-    pymc.cluster.__file__: {
-        "_fan_out",
+#: The fan-out's functions (in whichever file of pymc.cluster they are).
+_FAN_OUT = frozenset(
+    {
+        "execute",
         "_take_and_exchange",
         "_exchange",
         "_read_as_they_come",
         "_lost",
         "_note_failures",
         "_give_back",
-    },
-    pymc.transport.connection.__file__: {
-        "send",
-        "receive",
-        "receive_some",
-        "_read_to_end",
-        "_abort",
-        "close",
-    },
+    }
+)
+_TRACED: Dict[str, Optional[AbstractSet[str]]] = {
+    **dict.fromkeys(source_files(pymc.pool), None),  # every function
+    **dict.fromkeys(source_files(pymc.cluster), _FAN_OUT),
+    **dict.fromkeys(
+        source_files(pymc.transport),
+        frozenset({"send", "receive", "receive_some", "_read_to_end", "_abort", "close"}),
+    ),
 }
 
 
@@ -321,7 +321,7 @@ def test_without_a_poll_each_node_is_read_in_turn(
 ) -> None:
     """Where the sockets have no poll (eventlet's, Windows), each node's reply is read in
     turn through the connection's own recv, and every connection goes back clean."""
-    monkeypatch.setattr(pymc.cluster, "readiness_poll", lambda sock: None)
+    monkeypatch.setattr(pymc.cluster.fanout, "readiness_poll", lambda sock: None)
     client = HashClient([tcp(n) for n in memcached_nodes[:3]], use_pooling=True, timeout=5)
     values = {f"turn-{i}": b"%d" % i * (1 + i * 1000) for i in range(30)}
     assert len({client.snapshot.node_for(k) for k in values}) == 3

@@ -291,11 +291,11 @@ def test_a_child_forked_during_a_probe_still_probes_and_revives_the_node(
             client.get("k")  # all nodes down: raises, and starts the probe
         except MemcacheError:
             pass
-        return bool(client._probe_lock.locked())
+        return bool(client._health.probe_lock.locked())
 
     wait_until(probe_running, timeout=3.0, what="a probe in progress")
     time.sleep(0.3)  # its version request went through and the reply was dropped
-    assert client._probe_lock.locked(), "the probe must still be waiting when we fork"
+    assert client._health.probe_lock.locked(), "the probe must still be waiting when we fork"
     proxy.set_mode("pass")  # new probes get answers; the parent's keeps waiting (3 s)
 
     read_end, write_end = os.pipe()
