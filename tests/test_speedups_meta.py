@@ -1,6 +1,6 @@
 """The compiled meta reply-line parser against the pure one: pure logic, no server.
 
-``pymc/speedups.c``'s ``parse_meta_head`` is the twin of :func:`pymc.meta._parse_head`; the
+``pymc/speedups.c``'s ``parse_meta_head`` is the twin of :func:`pymc.metareplies._parse_head`; the
 pure function (kept as ``_parse_head_py``) is the reference. Hypothesis feeds both the same
 lines (valid ones with every flag, duplicates, empty tokens, numbers at the 2**32 and 2**64
 edges and of 20 and 21 digits, odd ttls, bad base64 keys, unknown flags, MN with flags,
@@ -25,9 +25,9 @@ from hypothesis import strategies as st
 
 from pymc import protocol
 from pymc.exceptions import MemcacheProtocolError
-from pymc.protocol import PyReader, meta
+from pymc.protocol import PyReader, metareplies
 
-SPEEDUPS_META = protocol.SPEEDUPS and meta._parse_head is not meta._parse_head_py
+SPEEDUPS_META = protocol.SPEEDUPS and metareplies._parse_head is not metareplies._parse_head_py
 compiled = pytest.mark.skipif(not SPEEDUPS_META, reason="the compiled meta parser is not in use")
 MANY = settings(max_examples=600, deadline=None, suppress_health_check=list(HealthCheck))
 
@@ -61,8 +61,8 @@ def _outcome(parse: Callable[..., Any], line: bytes) -> Outcome:
 
 
 def _same(line: bytes) -> Outcome:
-    pure = _outcome(meta._parse_head_py, line)
-    fast = _outcome(meta._parse_head, line)
+    pure = _outcome(metareplies._parse_head_py, line)
+    fast = _outcome(metareplies._parse_head, line)
     assert fast == pure, line
     return pure
 
@@ -72,9 +72,9 @@ def _same(line: bytes) -> Outcome:
 
 def test_compiled_parser_is_chosen_with_the_compiled_reader() -> None:
     if protocol.SPEEDUPS:
-        assert meta._parse_head is not meta._parse_head_py
+        assert metareplies._parse_head is not metareplies._parse_head_py
     else:
-        assert meta._parse_head is meta._parse_head_py
+        assert metareplies._parse_head is metareplies._parse_head_py
 
 
 # --------------------------------------------------------------------------- edge cases
@@ -243,7 +243,7 @@ def test_compiled_meta_parser_matches_on_edge_cases(line: bytes) -> None:
 @compiled
 def test_compiled_meta_parser_results_on_a_hit() -> None:
     """Not only equal to the pure parser: the values a hit reply is known to give."""
-    head = meta._parse_head(PyReader(), b"VA 5 c7 f4294967295 s5 t-1 h1 W Oop kYWJj b zz")
+    head = metareplies._parse_head(PyReader(), b"VA 5 c7 f4294967295 s5 t-1 h1 W Oop kYWJj b zz")
     assert (head.code, head.size) == (b"VA", 5)
     assert head.fields == {
         "c": 7,
@@ -256,7 +256,7 @@ def test_compiled_meta_parser_results_on_a_hit() -> None:
         "k": b"abc",
         "b": True,
     }
-    assert meta._parse_head(PyReader(), b"OK").code == b"HD"
+    assert metareplies._parse_head(PyReader(), b"OK").code == b"HD"
 
 
 # --------------------------------------------------------------------------- hypothesis
@@ -411,7 +411,7 @@ def test_compiled_meta_parser_refuses_what_is_not_bytes() -> None:
     from pymc.protocol import speedups
 
     with pytest.raises(TypeError):
-        speedups.parse_meta_head(bytearray(b"HD"), meta._Head)  # type: ignore[arg-type]
+        speedups.parse_meta_head(bytearray(b"HD"), metareplies._Head)  # type: ignore[arg-type]
     with pytest.raises(TypeError):
         speedups.parse_meta_head(b"HD")  # type: ignore[call-arg]
 
@@ -444,7 +444,7 @@ def test_compiled_meta_parser_leaks_nothing() -> None:
         for _ in range(200):
             for line in lines:
                 try:
-                    meta._parse_head(PyReader(), line)
+                    metareplies._parse_head(PyReader(), line)
                 except MemcacheProtocolError:
                     pass
 

@@ -3,7 +3,7 @@ logic, no server.
 
 ``pymc/speedups.c``'s ``scan_meta_quiet`` takes the common replies of an
 :class:`~pymc.meta.ExpectMetaQuiet` in one call, and leaves every other reply to the pure
-loop, which is the reference (``meta._scan_quiet = None`` runs the loop alone). Hypothesis
+loop, which is the reference (``mr._scan_quiet = None`` runs the loop alone). Hypothesis
 feeds both the same pipelines (every reply code, every flag, opaques of other requests,
 out of order and twice, keys that match and keys that do not, base64 keys, error lines
 mid-pipeline, MN with flags and bytes after it, data blocks over the cap and without their
@@ -40,12 +40,13 @@ from pymc.meta import (
     encode_meta_noop,
     encode_quiet_gets,
 )
-from pymc.protocol import NEED_DATA, ErrorReply, PyReader, meta
+from pymc.protocol import NEED_DATA, ErrorReply, PyReader
+from pymc.protocol import metareplies as mr
 
-SCAN = meta._scan_quiet if meta._scan_quiet is not meta._scan_quiet_py else None
+SCAN = mr._scan_quiet if mr._scan_quiet is not mr._scan_quiet_py else None
 compiled = pytest.mark.skipif(SCAN is None, reason="the compiled quiet reader is not in use")
 #: Every reader of many replies at once in use here: the compiled one, and the pure twin.
-SCANNERS = [scan for scan in (SCAN, meta._scan_quiet_py) if scan is not None]
+SCANNERS = [scan for scan in (SCAN, mr._scan_quiet_py) if scan is not None]
 MANY = settings(max_examples=400, deadline=None, suppress_health_check=list(HealthCheck))
 
 Sent = List[Tuple[bytes, ...]]
@@ -67,8 +68,8 @@ def _run(
 ) -> Tuple[Any, ...]:
     """Feed ``data`` in ``pieces`` to a fresh ExpectMetaQuiet with ``scan`` as its
     compiled reader; the outcome with everything a caller can see."""
-    saved = meta._scan_quiet
-    meta._scan_quiet = scan
+    saved = mr._scan_quiet
+    mr._scan_quiet = scan
     try:
         expect = make()
         reader = PyReader(max_block=cap)
@@ -112,7 +113,7 @@ def _run(
             None if result is NEED_DATA else reader.buffered,
         )
     finally:
-        meta._scan_quiet = saved
+        mr._scan_quiet = saved
 
 
 def _pieces(data: bytes, rng: random.Random) -> List[List[int]]:
@@ -145,9 +146,9 @@ def _same(sent: Sent, data: bytes, cap: Optional[int] = None, seed: int = 0) -> 
 
 def test_the_compiled_quiet_reader_is_chosen_with_the_compiled_module() -> None:
     if protocol.SPEEDUPS:
-        assert meta._scan_quiet is not meta._scan_quiet_py and meta._encode_quiet is not None
+        assert mr._scan_quiet is not mr._scan_quiet_py and mr._encode_quiet is not None
     else:
-        assert meta._scan_quiet is meta._scan_quiet_py and meta._encode_quiet is None
+        assert mr._scan_quiet is mr._scan_quiet_py and mr._encode_quiet is None
 
 
 # --------------------------------------------------------------------------- named cases
@@ -261,11 +262,11 @@ def test_a_hundred_hits_are_read_in_one_scan() -> None:
             calls.append(1)
             return scan(*args)
 
-        meta._scan_quiet, saved = counted, meta._scan_quiet
+        mr._scan_quiet, saved = counted, mr._scan_quiet
         try:
             found = expect.step(reader)
         finally:
-            meta._scan_quiet = saved
+            mr._scan_quiet = saved
         assert len(calls) == 1  # (no reply went through the pure loop)
         assert isinstance(found, dict)
         assert [(k, r.value, r.client_flags) for k, r in found.items()] == [
@@ -405,13 +406,13 @@ def test_the_scanner_never_takes_what_the_pure_loop_would_not(
     expect = ExpectMetaQuiet(sent)
     expect._last = last
     reader = PyReader()
-    saved = meta._scan_quiet
-    meta._scan_quiet = None
+    saved = mr._scan_quiet
+    mr._scan_quiet = None
     try:
         reader.feed(data[pos:end] + (b"" if done else b"MN\r\n"))
         assert expect.step(reader) is expect.results
     finally:
-        meta._scan_quiet = saved
+        mr._scan_quiet = saved
     assert reader.buffered == 0
     assert _describe(expect.results) == _describe(results)
 
@@ -438,12 +439,12 @@ _WIRE = st.binary(min_size=1, max_size=12).filter(lambda b: all(0x20 < c != 0x7F
 )
 def test_quiet_gets_encode_as_encode_meta_get(wires: List[bytes], first: int) -> None:
     assert encode_quiet_gets(wires, first) == _reference(wires, first)
-    saved = meta._encode_quiet
-    meta._encode_quiet = None
+    saved = mr._encode_quiet
+    mr._encode_quiet = None
     try:
         assert encode_quiet_gets(wires, first) == _reference(wires, first)
     finally:
-        meta._encode_quiet = saved
+        mr._encode_quiet = saved
 
 
 @pytest.mark.parametrize(
@@ -452,14 +453,14 @@ def test_quiet_gets_encode_as_encode_meta_get(wires: List[bytes], first: int) ->
 def test_quiet_gets_refuse_what_encode_meta_get_refuses(bad: Any) -> None:
     with pytest.raises(MemcacheIllegalInputError) as reference:
         encode_meta_get(bad, opaque=b"1", quiet=True)
-    for encoder in (meta._encode_quiet, None):
-        saved = meta._encode_quiet
-        meta._encode_quiet = encoder
+    for encoder in (mr._encode_quiet, None):
+        saved = mr._encode_quiet
+        mr._encode_quiet = encoder
         try:
             with pytest.raises(MemcacheIllegalInputError) as got:
                 encode_quiet_gets([b"ok", bad], 1)
         finally:
-            meta._encode_quiet = saved
+            mr._encode_quiet = saved
         assert str(got.value) == str(reference.value)
 
 

@@ -41,6 +41,7 @@ from ..client import (
 from ..exceptions import MemcacheTimeoutError
 from ..pool import Lease
 from ..protocol import NEED_DATA, Expect
+from ..protocol.plans import Plan
 from ..retry import RetryPolicy, call_with_retry
 from .health import Health, is_connection_failure, retried_alone
 from .nodeset import NodeSet
@@ -51,33 +52,6 @@ __all__ = ["FANOUT_MAX_COMMANDS", "FanOut", "Observe", "Plan", "Reading"]
 _POLLIN: int = getattr(select, "POLLIN", 1)
 #: A fan-out sends at most this many commands to one node before reading its replies.
 FANOUT_MAX_COMMANDS = 2048
-
-
-class Plan:
-    """A node's part of a fan-out: one request on one connection and how its reply is read
-    and judged (the shape of :mod:`pymc.protocol`'s plans: four attributes, no I/O)."""
-
-    __slots__ = ("command", "expect", "finish", "request")
-
-    def __init__(
-        self,
-        command: str,
-        request: bytes,
-        expect: Optional[Callable[[], Expect]],
-        finish: Callable[[Any], Any],
-    ) -> None:
-        #: For errors and hooks ("get_many", "set_many", ...).
-        self.command = command
-        #: The complete request bytes.
-        self.request = request
-        #: Makes a fresh reader of the reply; None: a noreply request.
-        self.expect = expect
-        #: The reply -> the node's result; raises what an error reply means.
-        self.finish = finish
-
-    def __repr__(self) -> str:
-        return f"<Plan {self.command} {len(self.request)} bytes>"
-
 
 #: A node's read in a fan-out: its name, connection, lease, reply reader and finish.
 Reading = Tuple[str, Client, Lease[Client], Expect, Callable[[Any], Any]]

@@ -20,9 +20,7 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Mapping, 
 from ..client import (
     ClientOptions,
     CommandEnd,
-    Item,
     begin_command,
-    command_deadline,
     decode_parts,
     decode_values,
     end_command,
@@ -30,7 +28,6 @@ from ..client import (
     per_key_results,
     quiet_deletes,
     quiet_gets,
-    request_chunks,
     resolve_noreply,
 )
 from ..exceptions import AllNodesDownError, MemcacheIllegalInputError, MemcacheNetworkError
@@ -39,15 +36,14 @@ from ..protocol import (
     RULES,
     ErrorReply,
     ExpectReplies,
-    ExpectValues,
     Rule,
     encode_delete,
-    encode_retrieval,
     encode_storage,
     encode_touch,
     validate_keys,
 )
 from ..protocol.meta import ExpectMetaQuiet, encode_meta_noop, encode_meta_set, meta_key
+from ..protocol.plans import node_retrieval_plan, retrieval_plans
 from ..serde import coerce_to_bytes
 from .fanout import FANOUT_MAX_COMMANDS, FanOut, Observe, Plan
 from .health import Health, is_connection_failure
@@ -177,12 +173,9 @@ class ManyKeys:
         command = "gets_many" if with_cas else "get_many"
         plans: Dict[str, Optional[Plan]] = {}
         for name, wanted in wanted_by_node.items():
-            request = encode_retrieval(cmd, list(wanted))
-            if len(request) > opts.max_get_line:
-                plans[name] = None  # goes alone, in passes
-            else:
-                expect = partial(ExpectValues, wanted, None, with_cas)
-                plans[name] = Plan(command, request, expect, _items)
+            plan = node_retrieval_plan(cmd, wanted, with_cas)
+            # (one too long for a request line goes alone, in passes)
+            plans[name] = None if len(plan.request) > opts.max_get_line else plan
 
         observe = None
         if opts.on_command is not None:
@@ -200,19 +193,12 @@ class ManyKeys:
             return found
 
         def in_passes(name: str) -> Any:
-            raws = list(wanted_by_node[name])
+            wanted = wanted_by_node[name]
             with nodes.clients[name].client_pool.get_and_release() as conn:
-                found: Dict[bytes, Item] = {}
-                chunks = request_chunks(raws, opts.max_get_line)
-                # (The node's requests share one deadline, as a Client's get_many.)
-                deadline = command_deadline(opts.timeout) if len(chunks) > 1 else None
-                for chunk in chunks:
-                    reply = conn.request(
-                        encode_retrieval(cmd, chunk),
-                        ExpectValues(set(chunk), found, with_cas),
-                        deadline,
-                    )
-                    _items(reply)
+                passes, found = retrieval_plans(
+                    cmd, wanted, list(wanted), None, with_cas, opts.max_get_line
+                )
+                conn.execute_all(passes)  # (one deadline for all, as a Client's get_many)
                 return found
 
         found = self._fanout.execute(command, nodes, plans, alone, observe)

@@ -1,29 +1,15 @@
-"""The protocol layer, sans-IO: keys, requests, replies and what they mean, with no I/O."""
+"""The protocol layer, sans I/O: bytes in, replies out; no sockets, no threads, no clocks.
 
-from .text import (
-    AUTH_KEY,
-    DELETED,
-    END,
-    EXISTS,
-    LEGACY_CONFIG_KEY,
-    MAX_CONFIG_BYTES,
-    MAX_KEY_LENGTH,
-    MAX_LINE_LENGTH,
-    MAX_VALUE_BYTES,
-    MN,
-    NEED_DATA,
-    NOT_FOUND,
-    NOT_STORED,
-    OK,
-    RESET,
+Modules: :mod:`.keys` (what a key may be), :mod:`.requests` (the text commands' bytes),
+:mod:`.replies` (reply types), :mod:`.reader` (the reader fed chunks; its compiled twin is
+:mod:`.speedups`), :mod:`.expect` (what each reply means: ``RULES`` and the ``Expect*``
+readers), :mod:`.metarequests`/:mod:`.metareplies` (the meta commands, re-exported by
+:mod:`.meta`), and the commands' plans: :mod:`.plans`, :mod:`.metaplans`, :mod:`.results`
+(each command's request, the reply it expects and its result, written once for every client).
+"""
+
+from .expect import (
     RULES,
-    SPEEDUPS,
-    STORED,
-    TOUCHED,
-    ClusterConfig,
-    ClusterNode,
-    CReader,
-    ErrorReply,
     Expect,
     ExpectConfig,
     ExpectLegacyConfig,
@@ -32,15 +18,53 @@ from .text import (
     ExpectStats,
     ExpectSync,
     ExpectValues,
+    Rule,
+    asks_for_auth,
+    encode_sync,
+    expect_auth_probe,
+)
+from .keys import (
+    LEGACY_CONFIG_KEY,
+    MAX_CONFIG_BYTES,
+    MAX_KEY_LENGTH,
+    MAX_LINE_LENGTH,
+    MAX_VALUE_BYTES,
     Key,
+    key_bytes,
+    validate_key,
+    validate_keys_py,
+)
+from .reader import (
+    SPEEDUPS,
+    CReader,
     PyReader,
     Reader,
+    validate_keys,
+    validate_keys_c,
+)
+from .replies import (
+    DELETED,
+    END,
+    EXISTS,
+    MN,
+    NEED_DATA,
+    NOT_FOUND,
+    NOT_STORED,
+    OK,
+    RESET,
+    STORED,
+    TOUCHED,
+    ClusterConfig,
+    ClusterNode,
+    ErrorReply,
     Reply,
-    Rule,
     Stat,
     Value,
     Version,
-    asks_for_auth,
+    parse_cluster_config,
+)
+from .requests import (
+    AUTH_KEY,
     encode_auth,
     encode_auth_probe,
     encode_cache_memlimit,
@@ -54,17 +78,9 @@ from .text import (
     encode_shutdown,
     encode_stats,
     encode_storage,
-    encode_sync,
     encode_touch,
     encode_verbosity,
     encode_version,
-    expect_auth_probe,
-    key_bytes,
-    parse_cluster_config,
-    validate_key,
-    validate_keys,
-    validate_keys_c,
-    validate_keys_py,
 )
 
 __all__ = [

@@ -18,7 +18,7 @@ means.
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Container, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Container, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from ..exceptions import MemcacheIllegalInputError
 from . import (
@@ -57,6 +57,7 @@ __all__ = [
     "flush_all_plan",
     "incr_decr_plan",
     "many_result",
+    "node_retrieval_plan",
     "one_reply_plan",
     "pipeline_plans",
     "raw_command_plan",
@@ -311,11 +312,23 @@ def retrieval_plans(
     return plans, found
 
 
+def node_retrieval_plan(command: bytes, wanted: Mapping[bytes, Any], with_cas: bool) -> Plan:
+    """One node's part of a fan-out's ``get_many``/``gets_many``: one request for every raw
+    key in ``wanted`` (the caller checked it fits in one line), whose result is the node's
+    own ``{raw key: item}``; an error reply raises as a Client's ``get_many`` raises it."""
+    expect = functools.partial(ExpectValues, wanted, None, with_cas)
+    return Plan(_MANY[command], encode_retrieval(command, list(wanted)), expect, _MANY_FINISH)
+
+
 #: The name and the finish of each retrieval command (made once).
 _RETRIEVALS = {
     command: (command.decode(), _raise_or(command.decode(), _same))
     for command in (b"get", b"gets", b"gat", b"gats")
 }
+
+
+_MANY = {b"get": "get_many", b"gets": "gets_many"}
+_MANY_FINISH = _raise_or("get_many", _same)
 
 
 def pipeline_plans(command: str, requests: Sequence[bytes], noreply: bool) -> List[Plan]:
