@@ -4,7 +4,7 @@
 :func:`pymc.client.merge_values_py`. The pure functions are the reference: the same results
 (the same dicts, in the same order) and the same errors, and no reference leaked. Skipped
 when the compiled module is not in use (the pure functions are then the only ones, and
-tests/test_cluster*.py run them).
+tests/integration/cluster/ runs them).
 """
 
 from __future__ import annotations
