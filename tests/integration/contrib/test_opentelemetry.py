@@ -17,7 +17,7 @@ from support.helpers import tcp
 from support.servers import MemcachedProcess
 
 from pymc import Client, HashClient, PooledClient
-from pymc.contrib.opentelemetry import PymcInstrumentor, statement
+from pymc.contrib.opentelemetry import PymcInstrumentor
 from pymc.exceptions import MemcacheServerError
 
 
@@ -235,12 +235,6 @@ def test_nothing_is_recorded_without_the_hook(
     assert [s.name for s in exporter.get_finished_spans()] == ["request"]
 
 
-def test_statement_formats_keys_as_pymemcache_does() -> None:
-    assert statement("stats", ()) == "stats"
-    assert statement("get_many", ("a", b"b", ("server", "c"))) == "get_many a b c"
-    assert statement("get", ("caf\u00e9".encode(),)) == "get caf\u00e9"
-
-
 def test_the_instrumentor_is_the_hook_too(
     memcached: MemcachedProcess, provider: Tuple[TracerProvider, InMemorySpanExporter]
 ) -> None:
@@ -285,13 +279,6 @@ def test_stats_with_an_argument_names_it_in_the_statement(
         ("stats", attrs("stats", "", server)),
     ]
     client.close()
-
-
-def test_statement_of_stats_is_pymemcaches() -> None:
-    assert statement("stats", ("slabs",)) == "stats slabs"
-    assert statement("stats", (b"items",)) == "stats items"
-    # pymemcache's instrumentation shows the first argument only.
-    assert statement("stats", ("cachedump", "1", "10")) == "stats cachedump"
 
 
 def new_attrs(command: str, keys: str, server: Tuple[str, int]) -> Dict[str, Any]:
