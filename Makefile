@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip --disable-pip-version-check -q
 
-.PHONY: test test-all bench lint memcached nutcracker libmemcached-dev clean
+.PHONY: test test-unit test-all bench lint memcached nutcracker libmemcached-dev clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -63,8 +63,8 @@ libmemcached-dev:
 	    exit 2; \
 	  fi; }
 
-# The suite runs twice: first with the compiled reader (pymc.speedups, when the install could
-# build it), then with the pure-Python one (PYMC_NO_EXTENSIONS=1). Each pass spreads the tests
+# The suite (tests/unit and tests/integration) runs twice: first with the compiled reader
+# (pymc.speedups, when the install could build it), then with the pure-Python one (PYMC_NO_EXTENSIONS=1). Each pass spreads the tests
 # over PYTEST_WORKERS pytest-xdist workers (4: most tests wait on servers, sleeps and timeouts,
 # not on the CPU, so 4 workers on 2 cores take each pass from about 6 minutes to under 3).
 # PYTEST_WORKERS=0 runs in one process. Without a built module the first pass already ran
@@ -78,6 +78,15 @@ test: $(VENV)/.test-deps memcached nutcracker
 	  echo "make test: again with the pure-Python reader (PYMC_NO_EXTENSIONS=1)"; \
 	  PYMC_NO_EXTENSIONS=1 $(BIN)/python -m pytest $(XDIST) $(PYTEST_ARGS); \
 	else echo "make test: the compiled reader is not built: the pure-Python pass above was the only one"; fi
+
+# The unit half alone (tests/unit: no server, no network), with both readers like `make test`.
+# It needs no memcached and no twemproxy: a quick check while working on the code.
+test-unit: $(VENV)/.test-deps
+	$(BIN)/python -m pytest $(XDIST) tests/unit $(PYTEST_ARGS)
+	@if $(BIN)/python -c "import pymc, sys; sys.exit(not pymc.__speedups__)"; then \
+	  echo "make test-unit: again with the pure-Python reader (PYMC_NO_EXTENSIONS=1)"; \
+	  PYMC_NO_EXTENSIONS=1 $(BIN)/python -m pytest $(XDIST) tests/unit $(PYTEST_ARGS); \
+	else echo "make test-unit: the compiled reader is not built: the pure-Python pass above was the only one"; fi
 
 # Every Python version the README claims, each in its own venv (.venv-3.10, ...). A version
 # that pyenv (or PATH, as pythonX.Y) does not have is skipped with a message; any failure

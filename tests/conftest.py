@@ -1,141 +1,34 @@
-"""Fixtures for network tests: real memcached servers and a fault proxy.
+"""What both halves of the suite share.
 
-Session-scoped servers: ``memcached_server`` (plain, ``-I 1m``), ``memcached_nodes`` (4 plain),
-``memcached_tls``, ``memcached_auth`` (``.username``/``.password``), ``memcached_unix``
-(``.server`` is the socket path). Per test: ``memcached`` (the plain server, flushed, restarted if
-a test killed it), ``new_memcached(*args, **kw)`` (a private server for kill/restart tests) and
-``fault_proxy(address)`` (a started FaultProxy), ``twemproxy(backends)`` (a started real
-twemproxy). All are stopped at teardown.
+``tests/unit/`` needs no server and no network: ``pytest tests/unit`` (``make test-unit``)
+passes on a machine without memcached. ``tests/integration/`` runs real memcached servers, the
+fault proxy and twemproxy; its fixtures are in ``tests/integration/conftest.py``.
+
+``tests/`` has no ``__init__.py``, so pytest puts it on ``sys.path`` (for this conftest): both
+halves and the scripts run in subprocesses (with ``tests/`` on their ``PYTHONPATH``) import the
+helpers as ``support.*``. The test folders are packages (``unit.protocol``,
+``integration.client``, ...), so two test files may share a name in different folders.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable, Iterator, List, Sequence, Tuple
+from typing import List
 
 import pytest
-from support.faultproxy import FaultProxy
-from support.nutcracker import NUTCRACKER, NutcrackerProcess, nutcracker_path
-from support.servers import MEMCACHED, MemcachedProcess, memcached_path
+from support.servers import MEMCACHED, memcached_path
+
+INTEGRATION = Path(__file__).resolve().parent / "integration"
 
 
-def pytest_sessionstart(session: pytest.Session) -> None:
-    if memcached_path() is None:
+def pytest_collection_modifyitems(config: pytest.Config, items: List[pytest.Item]) -> None:
+    """Stop at once, with the reason, when integration tests are to run without memcached."""
+    if memcached_path() is not None or config.option.collectonly:
+        return
+    if any(INTEGRATION in Path(str(item.path)).parents for item in items):
         pytest.exit(
-            f"{MEMCACHED!r} not found on PATH: the network tests need a real memcached "
-            "(`make test` installs it with apt-get; or set MEMCACHED_BIN)",
+            f"{MEMCACHED!r} not found on PATH: the integration tests need a real memcached "
+            "(`make test` installs it with apt-get; or set MEMCACHED_BIN); "
+            "`make test-unit` runs the unit tests alone, without it",
             returncode=pytest.ExitCode.USAGE_ERROR,
         )
-
-
-def _serve(*args: str, **kw: Any) -> Iterator[MemcachedProcess]:
-    server = MemcachedProcess(args, **kw)
-    try:
-        yield server.start()
-    finally:
-        server.close()
-
-
-@pytest.fixture(scope="session")
-def memcached_server() -> Iterator[MemcachedProcess]:
-    yield from _serve("-I", "1m")
-
-
-@pytest.fixture(scope="session")
-def memcached_nodes() -> Iterator[List[MemcachedProcess]]:
-    nodes = [MemcachedProcess() for _ in range(4)]
-    try:
-        yield [node.start() for node in nodes]
-    finally:
-        for node in nodes:
-            node.close()
-
-
-@pytest.fixture(scope="session")
-def memcached_tls() -> Iterator[MemcachedProcess]:
-    yield from _serve(tls=True)
-
-
-@pytest.fixture(scope="session")
-def memcached_auth() -> Iterator[MemcachedProcess]:
-    yield from _serve(auth=("pymc", "s3cret-pw"))
-
-
-@pytest.fixture(scope="session")
-def memcached_unix(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MemcachedProcess]:
-    path: Path = tmp_path_factory.mktemp("mcsock") / "memcached.sock"
-    yield from _serve(unix_path=path)
-
-
-@pytest.fixture
-def memcached(memcached_server: MemcachedProcess) -> MemcachedProcess:
-    """The session's plain server, running and empty."""
-    if not memcached_server.is_running():
-        memcached_server.start()
-    memcached_server.flush_all()
-    return memcached_server
-
-
-@pytest.fixture
-def new_memcached() -> Iterator[Callable[..., MemcachedProcess]]:
-    """``new_memcached(*args, unix_path=..., tls=..., auth=...)``: a private started server."""
-    servers: List[MemcachedProcess] = []
-
-    def factory(*args: str, **kw: Any) -> MemcachedProcess:
-        server = MemcachedProcess(args, **kw)
-        servers.append(server)
-        return server.start()
-
-    yield factory
-    for server in servers:
-        server.close()
-
-
-@pytest.fixture
-def fault_proxy() -> Iterator[Callable[[Tuple[str, int]], FaultProxy]]:
-    """``fault_proxy(server.address)``: a started FaultProxy in "pass" mode."""
-    proxies: List[FaultProxy] = []
-
-    def factory(upstream: Tuple[str, int]) -> FaultProxy:
-        proxy = FaultProxy(upstream)
-        proxies.append(proxy)
-        return proxy.start()
-
-    yield factory
-    for proxy in proxies:
-        proxy.stop()
-
-
-@pytest.fixture
-def twemproxy() -> Iterator[Callable[..., NutcrackerProcess]]:
-    """``twemproxy(backends, **options)``: a started real twemproxy (Debian ``nutcracker``)
-    over ``backends`` (``(host, port)`` pairs; :func:`support.nutcracker.down_address` gives
-    one nobody listens on), with ``auto_eject_hosts: false``. A test that asks for it FAILS
-    when nutcracker is not installed (``make test`` installs it), as the suite does without
-    memcached; the other tests do not need it."""
-    if nutcracker_path() is None:
-        pytest.fail(
-            f"{NUTCRACKER!r} not found (on PATH or in /usr/sbin): the twemproxy tests need a "
-            "real twemproxy (`make test` installs it with apt-get: Debian/Ubuntu package "
-            "`nutcracker`; or set NUTCRACKER_BIN)",
-            pytrace=False,
-        )
-    proxies: List[NutcrackerProcess] = []
-
-    def factory(backends: Sequence[Tuple[str, int]], **options: Any) -> NutcrackerProcess:
-        proxy = NutcrackerProcess(backends, **options)
-        proxies.append(proxy)
-        return proxy.start()
-
-    yield factory
-    for proxy in proxies:
-        proxy.close()
-
-
-@pytest.fixture
-def nodes(memcached_nodes: List[MemcachedProcess]) -> Iterator[List[MemcachedProcess]]:
-    """The session's 4 plain servers, running (not flushed: tests use keys of their own)."""
-    for node in memcached_nodes:
-        if not node.is_running():
-            node.start()
-    yield memcached_nodes

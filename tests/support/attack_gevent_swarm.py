@@ -2,8 +2,9 @@
 
     python tests/support/attack_gevent_swarm.py '{"servers": [[host, port], ...], "seed": 1}'
 
-Run by tests/test_attack.py in a fresh process (patch_all first). Exits 0 when no read ever
-returned a wrong value and every pool is back to 0 connections in use; prints what it saw.
+Run by tests/integration/transport/test_gevent_swarm.py in a fresh process (patch_all first). Exits
+0 when no read ever returned a wrong value and every pool is back to 0 connections in use; prints
+what it saw.
 """
 
 from __future__ import annotations

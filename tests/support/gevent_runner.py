@@ -15,7 +15,10 @@ ROOT = Path(__file__).resolve().parent.parent.parent
 
 
 def run_scenario(script: str, name: str, args: Dict[str, Any], timeout: float = 90) -> str:
-    """``python tests/<script> NAME ARGS`` under a deadline; its output, or a test failure."""
+    """``python tests/<script> NAME ARGS`` under a deadline; its output, or a test failure.
+
+    ``script`` is the scenario script's path below ``tests/`` (it sits beside its runner test,
+    e.g. ``integration/transport/fair_gevent_scenarios.py``)."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "tests")]))
     env.pop("PYTEST_ADDOPTS", None)
     try:
