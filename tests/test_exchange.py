@@ -342,7 +342,7 @@ def test_signals_during_the_exchange_do_not_extend_the_deadline(
     goes on after each, and the command still ends by its deadline. (Python's own recv,
     retried after EINTR, waits the kernel's timeout afresh each time: the pure path has no
     such bound, so this is checked on the compiled one.)"""
-    if pymc.transport.COMPILED_EXCHANGE is None:
+    if pymc.transport.connect.COMPILED_EXCHANGE is None:
         pytest.skip("the pure path retries each recv with a fresh kernel timeout")
     proxy, client = proxied(memcached, fault_proxy, timeout=0.4)
     proxy.set_mode("stall")

@@ -46,7 +46,7 @@ from .io import (
 )
 from .poll import stray_check, unpatched_poll
 
-__all__ = ["Connector"]
+__all__ = ["COMPILED_EXCHANGE", "Connector"]  # (the one new connections look at)
 
 
 class Connector:
