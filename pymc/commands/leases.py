@@ -16,6 +16,7 @@ from ..exceptions import MemcacheError, MemcacheLeaseTimeoutError
 from ..options import Key
 from ..protocol import ErrorReply
 from ..protocol.meta import (
+    ExpectMeta,
     MetaResult,
     encode_meta_delete,
     encode_meta_get,
@@ -130,7 +131,10 @@ class LeaseCommands(CommandBase):
                     self._lease_templates.clear()
                 self._lease_templates[memo] = template
         opaque = self._opaque()
-        result = self.execute(meta_plan("mg", template[0] + opaque + template[1], opaque))
+        # (meta_plan("mg", ...) run without making the plan: the probe of every fetch)
+        result = self.request(template[0] + opaque + template[1], ExpectMeta(opaque))
+        if type(result) is ErrorReply:
+            self._meta_result(result, "mg")  # (raises)
         if result.status == "miss" and not result.won_elsewhere:
             result = self._take_lease(key, lease_ttl, template)
         return self._decoded(key, result)

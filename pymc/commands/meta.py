@@ -15,12 +15,14 @@ from ..options import Key
 from ..protocol import MAX_KEY_LENGTH, ErrorReply, validate_keys
 from ..protocol.meta import (
     OPAQUE_MASK,
+    ExpectMetaQuiet,
     MetaResult,
     encode_meta_arithmetic,
     encode_meta_delete,
     encode_meta_get,
     encode_meta_noop,
     encode_meta_set,
+    encode_quiet_gets,
     flags_vivify,
     meta_key,
 )
@@ -36,7 +38,6 @@ from ..protocol.metaplans import (
     quiet_get_plan,
     quiet_plan,
     quiet_set_plan,
-    text_quiet_get_plan,
 )
 from .base import CommandBase
 
@@ -49,6 +50,8 @@ class MetaCommands(CommandBase):
     def _meta_result(self, result: Any, command: str) -> MetaResult:
         """``result`` (one reply of a meta pipeline), or its error raised (a server
         without meta commands: see :class:`~pymc.protocol.metaplans.NoMetaCommands`)."""
+        if type(result) is ErrorReply and not result.in_step:
+            self.close()  # (ERROR Too many open connections: nothing more comes)
         try:
             meta_reply(result, command)
         except NoMetaCommands:
@@ -232,8 +235,11 @@ class MetaCommands(CommandBase):
                 return {}
             first = self._opaque_counter + 1  # (the opaques _opaque would give, in turn)
             self._opaque_counter = (self._opaque_counter + len(text)) & OPAQUE_MASK
-            plan, opaques = text_quiet_get_plan(list(text), first)
-            found = self.execute(plan)
+            # (text_quiet_get_plan's request and reader, without making the plan)
+            request, opaques = encode_quiet_gets(list(text), first)
+            found = self.request(request, ExpectMetaQuiet.gets(opaques))
+            if type(found) is ErrorReply:
+                self._meta_result(found, "mg")  # (raises)
             self._meta_ok = True
             return self.meta_values(found, dict(zip(opaques, text.values())))
         out: Dict[Key, Any] = {}
