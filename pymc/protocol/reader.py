@@ -437,7 +437,7 @@ class PyReader:
 # pymc/speedups.c compiles the value loop of ``read_values`` and the fast path of
 # ``validate_keys`` (see setup.py). They keep no state: the reader's buffer, position and
 # poisoning stay here, in the same code paths as PyReader's, so the two readers differ only
-# in the loop. tests/test_speedups.py checks them against the pure code, which is the
+# in the loop. tests/unit/protocol/test_speedups.py checks them against the pure code, which is the
 # reference. ``PYMC_NO_EXTENSIONS=1`` (any value but empty or "0") ignores a built module.
 
 

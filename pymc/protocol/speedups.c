@@ -1579,7 +1579,7 @@ init_exchange(void)
 /* ---------------------------------------------------------------------- cluster fan-out
  *
  * Two per-key loops of a HashClient multi-get (pymc/cluster.py and pymc/client.py hold
- * the pure-Python references, place_keys_py and merge_values_py; tests/test_speedups_fanout.py
+ * the pure-Python references, place_keys_py and merge_values_py; tests/unit/protocol/test_speedups_fanout.py
  * checks that the two agree). No state, no I/O.
  *
  *   place_keys(checked, cache) -> (placed, unseen)
