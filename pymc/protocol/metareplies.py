@@ -166,8 +166,8 @@ def _parse_head(reader: Reader, line: bytes) -> _Head:
     return _Head(code, size, fields)
 
 
-# pymc/protocol/speedups.c holds a compiled twin of _parse_head (tests/unit/protocol/test_speedups_meta.py checks
-# it against the pure one, the reference, kept as _parse_head_py). It returns the message
+# pymc/protocol/speedups.c holds a compiled twin of _parse_head
+# (tests/unit/protocol/test_speedups_meta.py checks it against the pure one, the reference, kept as _parse_head_py). It returns the message
 # of a malformed line, which is raised here through reader.fail as the pure code does.
 _parse_head_py = _parse_head
 if SPEEDUPS:
@@ -518,9 +518,10 @@ def _scan_quiet_py(
 # its pure twin. Each takes the replies it can take whole (well-formed, complete,
 # matched, answers their request can get), making of each the MetaResult _result makes,
 # and stops before any other, which the loop reads (and judges). None: every reply goes
-# through the loop (the reference; tests/unit/protocol/test_speedups_quiet.py checks that all agree).
+# through the loop (the reference; tests/unit/protocol/test_speedups_quiet.py checks that
+# all agree).
 _scan_quiet: Optional[Any] = _scan_quiet_py
-#: pymc/speedups.c's encode_meta_quiet (see :func:`encode_quiet_gets`), or None.
+#: pymc/protocol/speedups.c's encode_meta_quiet (see :func:`encode_quiet_gets`), or None.
 _encode_quiet: Optional[Any] = None
 if SPEEDUPS:
     from . import speedups
