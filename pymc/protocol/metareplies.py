@@ -167,7 +167,8 @@ def _parse_head(reader: Reader, line: bytes) -> _Head:
 
 
 # pymc/protocol/speedups.c holds a compiled twin of _parse_head
-# (tests/unit/protocol/test_speedups_meta.py checks it against the pure one, the reference, kept as _parse_head_py). It returns the message
+# (tests/unit/protocol/test_speedups_meta.py checks it against the pure one, the
+# reference, kept as _parse_head_py). It returns the message
 # of a malformed line, which is raised here through reader.fail as the pure code does.
 _parse_head_py = _parse_head
 if SPEEDUPS:
