@@ -42,6 +42,7 @@ def read_through(
     lease_ttl: int = 30,
     recache_ttl: Optional[int] = None,
     wait: Optional[float] = None,
+    sleep: Optional[Callable[[float], Any]] = None,
 ) -> Any:
     """``fetch()`` for any client with ``lease_get``/``lease_set``/``lease_release`` (each
     call of which takes its own connection, so nothing is held while a caller waits).
@@ -55,6 +56,9 @@ def read_through(
     at most ``lease_ttl`` (or ``wait``) seconds, then read it. If ``compute()`` raises, or
     its value cannot be stored, the current value stays as it was and the win or the lease
     is given back, so the next caller tries again.
+
+    ``sleep``: how to wait between tries (default: ``time.sleep`` as it is then; the
+    asyncio clients pass one that waits on the event loop).
     """
     patience = lease_ttl if wait is None else wait
     deadline = None
@@ -75,7 +79,7 @@ def read_through(
             raise MemcacheLeaseTimeoutError(
                 f"{key!r} was not stored by the lease holder within {patience} s"
             )
-        time.sleep(min(delay, deadline - now))
+        (sleep or time.sleep)(min(delay, deadline - now))
         delay = min(delay * 2, 0.1)
 
 

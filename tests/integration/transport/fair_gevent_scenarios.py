@@ -165,7 +165,7 @@ def idle_check_does_not_yield(args: Args) -> None:
     did, a trip costing every other greenlet's turn in between (and each round of a pool
     whose connections all idled began with a thousand of them). It still sees unread bytes
     and the server's close."""
-    import greenlet  # type: ignore[import-untyped]
+    import greenlet
 
     monkey.patch_all()
     server = (args["server"][0], int(args["server"][1]))
