@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import inspect
 from functools import partial
-from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 from ..client import ServerSpec, server_name
 from ..cluster import HashClient as SyncHashClient
@@ -147,6 +147,10 @@ class HashClient:
         "retry_timeout", "Seconds a node that failed is not tried again."
     )
     dead_timeout = _health_setting("dead_timeout", "Seconds before an ejected node is probed.")
+
+    if TYPE_CHECKING:  # the commands are installed below, from the sync client's list
+
+        def __getattr__(self, name: str) -> Any: ...
 
     def __init__(
         self,

@@ -159,6 +159,15 @@ class ElastiCacheCore(FollowsConfig, ClusterCore):
         self._state_lock = threading.Lock()  # (held for no await: the node-set swap)
         super().__init__(owner, [], *args, **kwargs)
 
+    def discovery(self, tls_context: Any, deadline: float) -> Discovery:
+        """The next discovery: the endpoint, then the nodes in use, before ``deadline``."""
+        known = self._known_nodes()
+        return Discovery(self.endpoint, known, tls_context, self._stop, {}, None, deadline)
+
+    def apply(self, outcome: Outcome) -> Tuple[bool, Optional[Change]]:
+        """Apply a discovery's outcome: whether the node set changed, and the change."""
+        return self._take_outcome(outcome)
+
 
 class ElastiCacheClient(HashClient):
     """An asyncio :class:`HashClient` whose nodes come from an ElastiCache configuration
@@ -308,12 +317,11 @@ class ElastiCacheClient(HashClient):
                 return False, None
             if time.monotonic() >= deadline:
                 return False, None  # another discovery took the whole deadline
-            known = core.known_nodes()
-            job = Discovery(core.endpoint, known, self._tls_context, core._stop, {}, None, deadline)
+            job = core.discovery(self._tls_context, deadline)
             outcome = await outcome_of(job)
             if core._stop.is_set():
                 return False, None
-            return core.take_outcome(outcome)
+            return core.apply(outcome)
         finally:
             lock.release()
 
