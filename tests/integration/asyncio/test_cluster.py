@@ -271,3 +271,42 @@ def test_cancel_at_every_await(nodes: List[MemcachedProcess], command: str) -> N
         await client.close()
 
     run(main(), timeout=50)
+
+
+def test_ejected_node_is_revived(new_memcached: Callable[..., MemcachedProcess]) -> None:
+    live = new_memcached()
+    flaky = new_memcached()
+    servers = [live.address, flaky.address]
+    flaky_name = pymc.client.server_name(flaky.address)
+    events: List[str] = []
+
+    async def main() -> None:
+        client = HashClient(
+            servers,
+            retry_attempts=1,
+            retry_timeout=0,
+            dead_timeout=0.2,
+            connect_timeout=0.5,
+            timeout=0.5,
+            ignore_exc=True,
+            on_event=lambda event, node, info: events.append(event),
+        )
+        key = next(
+            f"rv-{i}" for i in range(100) if client.snapshot.node_for(f"rv-{i}") == flaky_name
+        )
+        assert await client.set(key, b"1")
+        flaky.stop()
+        assert await client.get(key, b"d") == b"d"  # failed: ejected (retry_attempts=1)
+        assert flaky_name not in client.snapshot.names
+        flaky.start()
+        for _ in range(100):  # a request past dead_timeout starts the probe
+            await client.get("other")
+            if flaky_name in client.snapshot.names:
+                break
+            await asyncio.sleep(0.05)
+        assert flaky_name in client.snapshot.names
+        assert "node_revived" in events
+        assert await client.set(key, b"2") and await client.get(key) == b"2"
+        await client.close()
+
+    run(main())
