@@ -165,7 +165,7 @@ class ElastiCacheClient(FollowsConfig, HashClient, Polled):
                 lock.release()
                 return None
             logger.debug("pymc: ElastiCache poll of %s", server_name(self.endpoint))
-            known = self.known_nodes()
+            known = self._known_nodes()
             return Discovery(
                 self.endpoint, known, self._tls_context, self._stop, self._sockets, lock, deadline
             )
@@ -178,7 +178,7 @@ class ElastiCacheClient(FollowsConfig, HashClient, Polled):
     ) -> Tuple[bool, Optional[Change]]:
         """Apply a discovery's outcome and release the refresh lock."""
         try:
-            return self.take_outcome(outcome)
+            return self._take_outcome(outcome)
         finally:
             job.lock.release()
 

@@ -63,7 +63,7 @@ class FollowsConfig:
             )
         return cast(Any, super())._no_nodes()  # type: ignore[no-any-return]
 
-    def known_nodes(self) -> List[Tuple[str, ServerSpec, Optional[str]]]:
+    def _known_nodes(self) -> List[Tuple[str, ServerSpec, Optional[str]]]:
         """The nodes a discovery asks when the endpoint fails: ``(name, address, TLS
         hostname)`` of the node set in use (none before the first node list)."""
         if self.config_version is None:
@@ -73,7 +73,7 @@ class FollowsConfig:
             for name, spec in self.snapshot.servers.items()
         ]
 
-    def take_outcome(
+    def _take_outcome(
         self, outcome: Union[ClusterConfig, Exception, None]
     ) -> Tuple[bool, Optional[Change]]:
         """Apply a discovery's outcome: whether the node set changed, and the ``(old,
