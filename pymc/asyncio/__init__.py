@@ -4,7 +4,7 @@ method that does I/O a coroutine (``await c.get(k)``, ``await c.close()``, ``asy
 The command set is the sync one, run unchanged through a greenlet bridge
 (:mod:`pymc.asyncio.bridge`) over an asyncio transport (:mod:`pymc.asyncio.connection`);
 the hot paths (``get``) are native coroutines. Needs the ``asyncio`` extra (greenlet):
-``pip install 'pymc[asyncio]'``.
+``pip install 'pymc-memcached[asyncio]'``.
 
 Layer: asyncio (above elasticache, below contrib).
 """

@@ -19,7 +19,7 @@ try:
 except ImportError as exc:  # pragma: no cover (the extra is not installed)
     raise ImportError(
         "pymc.asyncio needs greenlet: install pymc with its asyncio extra "
-        "(pip install 'pymc[asyncio]')"
+        "(pip install 'pymc-memcached[asyncio]')"
     ) from exc
 
 __all__ = ["BridgeError", "await_", "in_bridge", "run_sync"]

@@ -13,11 +13,12 @@ Layer: asyncio.
 from __future__ import annotations
 
 import inspect
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from ..client import Client as SyncClient
 from ..commands import LeaseCommands, MetaCommands, TextCommands, observe
 from ..options import ClientOptions, Key, ServerSpec, normalize_server_spec, server_name
+from ..protocol.plans import Plan
 from .bridge import run_sync
 from .commands import Commands
 from .connection import AsyncConnection
@@ -64,6 +65,8 @@ class Client(Commands):
         self.conn = AsyncConnection(server, options)
         self.core = Core(self.conn)
         self.get = self.conn.get  # type: ignore[method-assign] # (the native hot path)
+        self.execute = self.conn.execute  # type: ignore[method-assign]
+        self.execute_all = self.conn.execute_all  # type: ignore[method-assign]
 
     def __repr__(self) -> str:
         return f"<pymc.asyncio.Client {server_name(self.server)}>"
@@ -97,6 +100,15 @@ class Client(Commands):
     async def run(self, name: str, args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> Any:
         """Run the sync command ``name`` on this client's :class:`Core`, in the bridge."""
         return await run_sync(getattr(Core, name), self.core, *args, **kwargs)
+
+    async def execute(self, plan: Plan, deadline: Optional[float] = None) -> Any:
+        """Run one protocol :class:`~pymc.protocol.plans.Plan` on the connection (see
+        :meth:`AsyncConnection.execute`): what the cluster clients' fan-out sends."""
+        return await self.conn.execute(plan, deadline)
+
+    async def execute_all(self, plans: Sequence[Plan]) -> List[Any]:
+        """Run ``plans`` in order on the connection, under one deadline."""
+        return await self.conn.execute_all(plans)
 
     async def close(self) -> None:
         """Close the connection, if open. The next command reconnects."""

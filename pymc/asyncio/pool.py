@@ -25,6 +25,7 @@ from ..options import Key, server_name
 from ..pool import PooledClient as SyncPooledClient
 from ..pool.objectpool import DEFAULT_POOL_TIMEOUT, connection_is_reusable
 from ..protocol import validate_key
+from ..retry import replayable
 from .client import Client
 from .commands import Commands
 from .retry import retry_call
@@ -64,7 +65,8 @@ class AsyncObjectPool(Generic[T]):
         self._born: Dict[int, Tuple[int, float]] = {}  # id: (generation, created at)
         self._generation = 0
         self._out = 0  # objects taken and not given back
-        self._waiters: Deque[asyncio.Future[None]] = collections.deque()
+        self._waiters: Deque[asyncio.Future[Optional[T]]] = collections.deque()
+        self._retired = False
 
     def stats(self) -> Dict[str, int]:
         """How many objects are taken, idle, and tasks waiting for one."""
@@ -110,22 +112,36 @@ class AsyncObjectPool(Generic[T]):
             return obj
         return None
 
+    def try_get(self) -> Optional[T]:
+        """An object if one can be had without waiting (an idle one, or a new one below
+        ``max_size``) and no task is queued for one, else None."""
+        if self._waiters:
+            return None  # (the queued tasks come first)
+        return self._take()
+
     async def get(self) -> T:
-        """Take an object, waiting up to ``timeout`` for a free slot."""
-        obj = self._take()
-        if obj is not None:
-            return obj
+        """Take an object, waiting up to ``timeout`` for a free slot. Tasks that wait are
+        served in turn: an object given back goes straight to the oldest of them."""
+        if not self._waiters:
+            obj = self._take()
+            if obj is not None:
+                return obj
         loop = asyncio.get_running_loop()
         deadline = None if self.timeout is None else loop.time() + self.timeout
         while True:
-            waiter: asyncio.Future[None] = loop.create_future()
+            waiter: asyncio.Future[Optional[T]] = loop.create_future()
             self._waiters.append(waiter)
             timer = None if deadline is None else loop.call_at(deadline, _time_out, waiter)
             try:
-                await waiter
+                handed = await waiter
             except BaseException:
                 if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
-                    self._wake()  # woken, then interrupted: the wake goes to the next one
+                    # Served, then interrupted before it ran: what it got goes to the next.
+                    handed = waiter.result()
+                    if handed is None:
+                        self._wake()
+                    else:
+                        self.put(handed, True)
                 else:
                     try:
                         self._waiters.remove(waiter)
@@ -135,21 +151,43 @@ class AsyncObjectPool(Generic[T]):
             finally:
                 if timer is not None:
                     timer.cancel()
-            obj = self._take()
+            if handed is not None:
+                return handed  # (its slot came with it)
+            obj = self._take()  # a slot was freed (its object destroyed): take it
             if obj is not None:
                 return obj
 
     def put(self, obj: T, reusable: bool = True) -> None:
-        """Give ``obj``'s slot back: the object itself back to the idle ones when
-        ``reusable``, else destroyed."""
+        """Give ``obj``'s slot back: the object itself to the oldest waiting task, or to
+        the idle ones, when ``reusable``; else destroyed."""
         self._out -= 1
         now = _monotonic()
-        if reusable and not self._expired(obj, now):
-            self._idle.append((obj, now))
+        if reusable and not self._retired and not self._expired(obj, now):
+            self._pass_on(obj)
             self._reap(now)
         else:
             self._discard(obj)
-        self._wake()
+            self._wake()
+
+    def release(self, obj: T) -> None:
+        """Give ``obj`` back for reuse (see :meth:`put`)."""
+        self.put(obj, True)
+
+    def destroy(self, obj: T) -> None:
+        """Drop ``obj`` for good (it saw an error) and free its slot."""
+        self.put(obj, False)
+
+    def _pass_on(self, obj: T) -> None:
+        """A free, reusable ``obj`` (its slot not counted): to the oldest waiting task with
+        its slot, or to the idle ones."""
+        waiters = self._waiters
+        while waiters:
+            waiter = waiters.popleft()
+            if not waiter.done():
+                self._out += 1
+                waiter.set_result(obj)
+                return
+        self._idle.append((obj, _monotonic()))
 
     def _reap(self, now: float) -> None:
         """Give up the objects idle longer than ``idle_timeout`` (the oldest come first)."""
@@ -159,6 +197,7 @@ class AsyncObjectPool(Generic[T]):
                 self._discard(idle.pop(0)[0])
 
     def _wake(self) -> None:
+        """A slot was freed with no object in it: the oldest waiting task takes it."""
         while self._waiters:
             waiter = self._waiters.popleft()
             if not waiter.done():
@@ -172,8 +211,19 @@ class AsyncObjectPool(Generic[T]):
         for obj, _ in idle:
             self._discard(obj)
 
+    def retire(self) -> None:
+        """Wind the pool down (its node left the cluster): idle objects are dropped now,
+        objects in use when they come back; later checkouts still get new ones."""
+        self._retired = True
+        self.clear()
 
-def _time_out(waiter: asyncio.Future[None]) -> None:
+    @property
+    def retired(self) -> bool:
+        """Whether :meth:`retire` was called."""
+        return self._retired
+
+
+def _time_out(waiter: asyncio.Future[Any]) -> None:
     if not waiter.done():
         waiter.set_exception(
             MemcachePoolTimeoutError("no connection became free in the pool in time")
@@ -224,20 +274,50 @@ class PooledClient(Commands):
         prefix = self.options.key_prefix if key_prefix is None else key_prefix
         return validate_key(key, prefix, self.options.allow_unicode_keys)
 
-    async def run(self, name: str, args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> Any:
+    async def run(
+        self,
+        name: str,
+        args: Tuple[Any, ...],
+        kwargs: Dict[str, Any],
+        check: Optional[Callable[[], None]] = None,
+        failed: Optional[Callable[[Exception], None]] = None,
+    ) -> Any:
         """Run the Client command ``name`` on a pooled connection (with the retry policy,
-        if any)."""
+        if any). ``check`` and ``failed`` are :meth:`pymc.PooledClient.run`'s: ``check``
+        runs when the call had to wait for its connection (what it raises is raised),
+        ``failed`` gets a failure (without a retry policy) before the connection is
+        destroyed."""
         if self.retry is not None:
-            return await retry_call(self.retry, name, self._once, name, args, kwargs)
-        return await self._once(name, args, kwargs)
+            args, kwargs = replayable(name, args, kwargs)
+            return await retry_call(self.retry, name, self._once, name, args, kwargs, check)
+        return await self._once(name, args, kwargs, check, failed)
 
-    async def _once(self, name: str, args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> Any:
+    async def _once(
+        self,
+        name: str,
+        args: Tuple[Any, ...],
+        kwargs: Dict[str, Any],
+        check: Optional[Callable[[], None]] = None,
+        failed: Optional[Callable[[Exception], None]] = None,
+    ) -> Any:
         pool = self.client_pool
-        client = await pool.get()
+        client = pool.try_get()
+        if client is None:
+            client = await pool.get()
+            if check is not None:
+                try:
+                    check()
+                except BaseException:
+                    pool.put(client, True)  # (unused)
+                    raise
         clean = False
         try:
             result = await getattr(client, name)(*args, **kwargs)
             clean = True
+        except Exception as exc:
+            if failed is not None:
+                failed(exc)  # before the connection goes back
+            raise
         finally:
             pool.put(client, clean)
         return result

@@ -32,7 +32,7 @@ def run(coro: Awaitable[Any], timeout: float = 30) -> Any:
 
 def idle_everywhere(client: HashClient) -> bool:
     """No connection of any node is checked out."""
-    return all(pool.client_pool.used == 0 for pool in client.clients.values())
+    return all(pool.client_pool.stats()["in_use"] == 0 for pool in client.clients.values())
 
 
 # (command, args, kwargs): a script run on both clients, each on keys of its own prefix.
@@ -222,7 +222,7 @@ def test_slow_node_holds_nothing_of_the_others(
         assert time.monotonic() - started < 0.5
         for name, pool in client.clients.items():
             if name != slow_name:
-                assert pool.client_pool.used == 0
+                assert pool.client_pool.stats()["in_use"] == 0
         assert await many == {k: b"v" for k in keys}
         proxy.set_mode("pass")
         assert idle_everywhere(client)
