@@ -32,6 +32,8 @@ import sys
 import time
 from typing import Any, Awaitable, Callable, Dict, List, Optional, Sequence, Tuple
 
+from .cases import selected
+
 VALUE = b"v" * 100
 ONE = b"bench:one"
 MANY = [b"bench:many:%d" % i for i in range(100)]
@@ -43,6 +45,9 @@ Op = Callable[[], Awaitable[Any]]
 #: case name -> (tasks, {client: op})
 Cases = Dict[str, Tuple[int, Dict[str, Op]]]
 Closers = List[Callable[[], Awaitable[Any]]]
+
+#: Connections per node each client may open, by default (``--pool-size``).
+POOL_SIZE = 8
 
 #: What a client is left out for, by the name it is imported as.
 MISSING = {
@@ -61,10 +66,6 @@ def case_names(loop: str, tasks: int = 100, many_tasks: int = 1000) -> List[str]
         f"{loop} HashClient.get x{tasks}",
         f"{loop} HashClient.get_many(100) x{tasks}",
     ]
-
-
-def selected(case: str, patterns: Optional[str]) -> bool:
-    return not patterns or any(p in case for p in patterns.split(","))
 
 
 async def run_tasks(op: Op, tasks: int, seconds: float) -> Tuple[float, List[int]]:
@@ -279,7 +280,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--tasks", type=int, default=100)
     parser.add_argument("--many-tasks", type=int, default=1000)
-    parser.add_argument("--pool-size", type=int, default=8, help="connections per node")
+    parser.add_argument("--pool-size", type=int, default=POOL_SIZE, help="connections per node")
     parser.add_argument("--clients", help="comma-separated: only these clients")
     parser.add_argument("--cases", help="comma-separated substrings of the cases' names")
     args = parser.parse_args(argv)
