@@ -12,7 +12,10 @@ connection included). The clients, on the same servers with the same keys and va
 * pymc: ``pymc.asyncio.PooledClient`` on one node, ``pymc.asyncio.HashClient(use_pooling=
   True)`` on four;
 * emcache: ``emcache.create_client`` (one node, or the four);
-* aiomcache: ``aiomcache.Client`` (one node only: it has no cluster).
+* aiomcache: ``aiomcache.Client`` (one node only: it has no cluster);
+* bare protocol (the single-node gets only): the floor, no client library at all: the same
+  ``get`` over an :class:`asyncio.Protocol` per connection, a pool of ``--pool-size`` of
+  them, the value cut out of the reply with no checks.
 
 Fairness: every client may open the same number of connections per node (``--pool-size``:
 pymc's ``max_pool_size``, emcache's ``max_connections``, aiomcache's ``pool_size``), and no
@@ -26,11 +29,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import json
 import resource
 import sys
 import time
-from typing import Any, Awaitable, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Awaitable, Callable, Deque, Dict, List, Optional, Sequence, Tuple
 
 from .cases import selected
 
@@ -70,7 +74,15 @@ def case_names(loop: str, tasks: int = 100, many_tasks: int = 1000) -> List[str]
 
 async def run_tasks(op: Op, tasks: int, seconds: float) -> Tuple[float, List[int]]:
     """``tasks`` tasks calling ``op`` for about ``seconds``: ops/s and each call's latency
-    in ns."""
+    in ns.
+
+    Each task yields to the loop once between two calls, as a request handler does when it
+    goes on to its next ``await``: without it, the tasks that hold the pool's connections
+    take them again at once, before the tasks woken for them run (every one of the three
+    clients' pools lets a caller take an idle connection ahead of the waiters), so a few
+    tasks do all the calls while the others wait out the whole round, and p99 is the
+    round's length."""
+    pause = asyncio.sleep
     clock = time.perf_counter_ns
     samples: List[int] = []
     append = samples.append
@@ -82,7 +94,8 @@ async def run_tasks(op: Op, tasks: int, seconds: float) -> Tuple[float, List[int
             await op()
             after = clock()
             append(after - now)
-            now = after
+            await pause(0)  # (see above: the task yields between two calls)
+            now = clock()
 
     start = clock()
     await asyncio.gather(*(worker() for _ in range(tasks)))
@@ -189,6 +202,62 @@ async def aiomcache_clients(
     }
 
 
+class _Bare(asyncio.Protocol):
+    """One connection of the floor: the reply's bytes, until ``END``, wake ``waiter``."""
+
+    def __init__(self) -> None:
+        self.transport: Any = None
+        self.data = b""
+        self.waiter: Optional[asyncio.Future[bytes]] = None
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.data += data
+        if self.data.endswith(b"END\r\n") and self.waiter is not None:
+            self.waiter.set_result(self.data)
+            self.data, self.waiter = b"", None
+
+
+async def bare_clients(
+    addresses: Sequence[Address], pool: int, notes: List[str], closers: Closers
+) -> Dict[str, Op]:
+    """The floor (see the module's docstring): a LIFO pool that hands a connection given
+    back straight to the task waiting longest."""
+    loop = asyncio.get_running_loop()
+    host, port = addresses[0]
+    idle: List[_Bare] = []
+    for _ in range(pool):
+        idle.append((await loop.create_connection(_Bare, host, port))[1])
+    waiting: Deque[asyncio.Future[_Bare]] = collections.deque()
+    request = b"get " + ONE + b"\r\n"
+
+    async def close() -> None:
+        for conn in idle:
+            conn.transport.close()
+
+    closers.append(close)
+
+    async def get() -> bytes:
+        if idle:
+            conn = idle.pop()
+        else:
+            turn: asyncio.Future[_Bare] = loop.create_future()
+            waiting.append(turn)
+            conn = await turn
+        conn.waiter = loop.create_future()
+        conn.transport.write(request)
+        reply = await conn.waiter
+        if waiting:
+            waiting.popleft().set_result(conn)
+        else:
+            idle.append(conn)
+        return reply[reply.index(b"\r\n") + 2 : -7]
+
+    return {"get": get}
+
+
 async def build(
     addresses: Sequence[Address],
     loop: str,
@@ -197,7 +266,12 @@ async def build(
     closers: Closers,
 ) -> Cases:
     wanted = args.clients.split(",") if args.clients else None
-    makers = {"pymc": pymc_clients, "emcache": emcache_clients, "aiomcache": aiomcache_clients}
+    makers = {
+        "pymc": pymc_clients,
+        "emcache": emcache_clients,
+        "aiomcache": aiomcache_clients,
+        "bare protocol": bare_clients,
+    }
     by_client: Dict[str, Dict[str, Op]] = {}
     for name, maker in makers.items():
         if wanted is None or name in wanted:
