@@ -13,6 +13,7 @@ COLORS = {
     "pylibmc": "tab:green",
     "emcache": "tab:red",
     "aiomcache": "tab:purple",
+    "bare protocol": "tab:gray",
 }
 
 
@@ -102,7 +103,7 @@ def chart(results: List[Result], path: str, title: str) -> Optional[str]:
         ax.set_title(titles[kind])
         ax.grid(True, alpha=0.3)
         if clients:  # (a run of selected cases may have none of this kind)
-            ax.legend()
+            ax.legend(fontsize="small")
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
