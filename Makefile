@@ -19,8 +19,15 @@ $(VENV)/.lint-deps: setup.cfg setup.py pymc/protocol/speedups.c | $(BIN)/python
 	$(PIP) install -e '.[test,lint]'
 	touch $@
 
-$(VENV)/.bench-deps: setup.cfg setup.py pymc/protocol/speedups.c | $(BIN)/python
-	$(PIP) install -e '.[bench]'
+# The asyncio peers (only for `make bench`, never pymc's dependencies): each is installed on
+# its own, and one that cannot be (no wheel, no compiler) leaves its cases out with a note.
+BENCH_ASYNC_PEERS ?= 'aiomcache>=0.8' 'emcache>=1.3' 'uvloop>=0.19'
+
+$(VENV)/.bench-deps: setup.cfg setup.py pymc/protocol/speedups.c Makefile | $(BIN)/python
+	$(PIP) install -e '.[bench,asyncio]'
+	@for peer in $(BENCH_ASYNC_PEERS); do \
+	  $(PIP) install "$$peer" || echo "make bench: $$peer could not be installed: its cases are left out"; \
+	done
 	touch $@
 
 # memcached must be on PATH. As root with apt-get we install it; otherwise we say how, and stop.

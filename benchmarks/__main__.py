@@ -1,4 +1,5 @@
-"""``make bench``: pymc against pymemcache, pylibmc and a bare socket, in one run.
+"""``make bench``: pymc against pymemcache, pylibmc and a bare socket, in one run; and
+pymc.asyncio against emcache and aiomcache (on the default event loop, then uvloop).
 
 Every client runs every case on the same servers with the same keys and values. Rounds are
 interleaved (pymc, then each peer, then again) so that drift in the machine's speed hits
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import json
 import os
 import platform
@@ -24,7 +26,9 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import pymc
 
+from . import async_case
 from . import cases as bench_cases
+from .cases import selected
 from .report import Result, chart, table
 from .servers import Address, LocalCluster
 
@@ -167,8 +171,62 @@ def run_gevent(
     return results
 
 
-def selected(case: str, patterns: Optional[str]) -> bool:
-    return not patterns or any(p in case for p in patterns.split(","))
+#: The event loops the asyncio cases run on, each in a process of its own.
+LOOPS = ("asyncio", "uvloop")
+
+
+def async_loops(patterns: Optional[str]) -> List[str]:
+    """The loops with at least one asyncio case chosen by ``patterns``."""
+    return [
+        loop for loop in LOOPS if any(selected(n, patterns) for n in async_case.case_names(loop))
+    ]
+
+
+def run_async(
+    addresses: Sequence[Address],
+    loops: Sequence[str],
+    args: argparse.Namespace,
+    pure: bool,
+    progress: Progress,
+    notes: List[str],
+) -> List[Result]:
+    """The asyncio cases (:mod:`benchmarks.async_case`), one process per event loop; with
+    ``pure``, pymc's again in a PYMC_NO_EXTENSIONS=1 process ('pymc pure'). What was left
+    out, and why, goes to ``notes``."""
+    results: List[Result] = []
+    for loop in loops:
+        passes: List[Tuple[str, Dict[str, str]]] = [("", {})]
+        passes += [("pymc pure", {"PYMC_NO_EXTENSIONS": "1"})] if pure else []
+        if loop == "uvloop" and importlib.util.find_spec("uvloop") is None:
+            notes.append("uvloop is not installed (pip install uvloop): its cases are skipped")
+            for _ in passes:
+                progress.step("uvloop: not installed")
+            continue
+        for name, env in passes:
+            command = [
+                sys.executable, "-m", "benchmarks.async_case", "--loop", loop,
+                "--servers", ",".join(bench_cases.spec(a) for a in addresses),
+                "--seconds", str(args.seconds), "--rounds", str(args.rounds),
+                "--pool-size", str(args.async_pool_size),
+            ]  # fmt: skip
+            if args.cases:
+                command += ["--cases", args.cases]
+            if name or args.clients:
+                command += ["--clients", "pymc" if name else args.clients]
+            proc = subprocess.run(
+                command, capture_output=True, text=True, timeout=1800, check=False,
+                env={**os.environ, **env},
+                cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+            )  # fmt: skip
+            if proc.returncode != 0:
+                raise SystemExit(f"the {loop} cases failed:\n{proc.stderr}")
+            out = json.loads(proc.stdout.strip().splitlines()[-1])
+            if not name:
+                notes += [note for note in out["notes"] if note not in notes]
+            for row in out["results"]:
+                results.append(Result(**{**row, "client": name or row["client"]}))
+            progress.step(f"{loop} cases" + (f", {name}" if name else ""))
+    return results
 
 
 def select(
@@ -205,7 +263,8 @@ def run_pure(
     if gevent:
         command += ["--cases", "gevent get"]
     else:
-        command += ["--no-gevent"] + (["--cases", args.cases] if args.cases else [])
+        command += ["--no-gevent", "--no-async"]
+        command += ["--cases", args.cases] if args.cases else []
     proc = subprocess.run(
         command, capture_output=True, text=True, timeout=3600, check=False,
         env={**os.environ, "PYMC_NO_EXTENSIONS": "1"},
@@ -228,6 +287,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument(
+        "--async-pool-size",
+        type=int,
+        default=async_case.POOL_SIZE,
+        help="connections per node every asyncio client may open (pymc's max_pool_size, "
+        "emcache's max_connections, aiomcache's pool_size)",
+    )
+    parser.add_argument(
         "--cases",
         "--only",
         help="comma-separated substrings: only the cases whose name holds one (the gevent "
@@ -243,6 +309,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--clients", help=argparse.SUPPRESS)  # comma-separated, for that pass
     parser.add_argument("--json", action="store_true", help=argparse.SUPPRESS)  # results only
     parser.add_argument("--no-gevent", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--no-async", action="store_true", help=argparse.SUPPRESS)
     # The local servers' pids, for a pass run on another process's servers (see Cpus).
     parser.add_argument("--server-pids", default="", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -274,11 +341,14 @@ def main(argv: Optional[List[str]] = None) -> int:
         bench_cases.check(cases)
         gevent = selected("gevent get", args.cases) and not args.no_gevent
         gevent_counts = (100, 1000) if gevent else ()
+        loops = [] if args.no_async else async_loops(args.cases)
+        notes: List[str] = []
         # Both readers: each round of the compiled one (this process) is followed by a round
         # of the pure one (a PYMC_NO_EXTENSIONS=1 process), so drift hits both alike.
         pure = args.readers == "both" and pymc.__speedups__ and not args.json
         total = args.rounds * (sum(len(v) for v in cases.values()) + pure)
-        progress = Progress(total + len(gevent_counts) * (1 + pure), not args.no_progress)
+        total += (len(gevent_counts) + len(loops)) * (1 + pure)
+        progress = Progress(total, not args.no_progress)
         best: Dict[Tuple[str, str], Result] = {}
         for _ in range(args.rounds):
             part = run(cases, 1, args.seconds, progress, cpus)
@@ -294,6 +364,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             results += run_pure(addresses, args, pin, args.rounds, gevent=True, cpus=cpus)
             for _ in gevent_counts:
                 progress.step("gevent, pymc pure")
+        results += run_async(addresses, loops, args, bool(pure), progress, notes)
         progress.finish()
         if args.clients:
             results = [r for r in results if r.client in args.clients.split(",")]
@@ -316,11 +387,15 @@ def main(argv: Optional[List[str]] = None) -> int:
         f"Python {platform.python_version()}, {len(addresses)} memcached nodes; "
         f"{READER}"
     )
-    text = table(results)
+    text = table(results) + "".join(f"\nnot run: {note}" for note in notes)
     print(f"{READER}\n{text}")
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "latest.json"), "w") as f:
-        json.dump({"machine": machine, "results": [r.__dict__ for r in results]}, f, indent=1)
+        json.dump(
+            {"machine": machine, "results": [r.__dict__ for r in results], "notes": notes},
+            f,
+            indent=1,
+        )
     with open(os.path.join(args.out, "latest.txt"), "w") as f:
         f.write(f"{machine}\n\n{text}\n")
     png = chart(results, os.path.join(args.out, "throughput.png"), machine)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import itertools
 import socket
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from .servers import Address
 
@@ -29,6 +29,11 @@ class Threaded:
     op: Op
     threads: int
     all_cpus: bool = False
+
+
+def selected(case: str, patterns: Optional[str]) -> bool:
+    """Whether ``case`` is chosen by ``--cases`` (comma-separated substrings; None: all)."""
+    return not patterns or any(p in case for p in patterns.split(","))
 
 
 def spec(address: Address) -> str:

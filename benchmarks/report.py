@@ -11,6 +11,9 @@ COLORS = {
     "pymc pure": "tab:cyan",
     "pymemcache": "tab:orange",
     "pylibmc": "tab:green",
+    "emcache": "tab:red",
+    "aiomcache": "tab:purple",
+    "bare protocol": "tab:gray",
 }
 
 
@@ -46,8 +49,8 @@ def table(results: List[Result]) -> str:
 
 
 def chart(results: List[Result], path: str, title: str) -> Optional[str]:
-    """Throughput against concurrency per client (threads and greenlets); None without
-    matplotlib."""
+    """Throughput against concurrency per client (threads, greenlets and asyncio tasks, the
+    uvloop lines dashed); None without matplotlib."""
     try:
         import matplotlib
 
@@ -59,11 +62,13 @@ def chart(results: List[Result], path: str, title: str) -> Optional[str]:
         "threads": {},
         "threads, 4 nodes, all CPUs": {},
         "greenlets": {},
+        "asyncio tasks": {},
     }
     titles = {
         "threads": "pooled get under threads",
         "threads, 4 nodes, all CPUs": "pooled HashClient.get, 4 nodes, all CPUs",
         "greenlets": "pooled get under greenlets",
+        "asyncio tasks": "pooled get under asyncio tasks",
     }
     for r in results:
         if r.case.startswith("HashClient.get pooled x"):
@@ -75,11 +80,18 @@ def chart(results: List[Result], path: str, title: str) -> Optional[str]:
         elif r.case.startswith("gevent get"):
             n = int(r.case.rsplit("x", 1)[1])
             series["greenlets"].setdefault(r.client, {})[n] = r.ops_per_sec
-    fig, axes = plt.subplots(1, 3, figsize=(16, 4.2))
+        elif re.match(r"(asyncio|uvloop) get x\d+$", r.case):
+            loop, tasks = r.case.split(" get x")
+            label = r.client + (" (uvloop)" if loop == "uvloop" else "")
+            series["asyncio tasks"].setdefault(label, {})[int(tasks)] = r.ops_per_sec
+    fig, axes = plt.subplots(1, 4, figsize=(21, 4.2))
     for ax, (kind, clients) in zip(axes, series.items()):
         for client, points in sorted(clients.items()):
             xs = sorted(points)
-            ax.plot(xs, [points[x] for x in xs], marker="o", label=client, color=COLORS.get(client))
+            base = client.split(" (")[0]
+            style = "--" if client.endswith("(uvloop)") else "-"
+            ax.plot(xs, [points[x] for x in xs], style, marker="o", label=client,
+                    color=COLORS.get(base))  # fmt: skip
         ax.set_xscale("log")
         ticks = sorted({x for points in clients.values() for x in points})
         if ticks:  # (the counts themselves, not powers of ten)
@@ -91,7 +103,7 @@ def chart(results: List[Result], path: str, title: str) -> Optional[str]:
         ax.set_title(titles[kind])
         ax.grid(True, alpha=0.3)
         if clients:  # (a run of selected cases may have none of this kind)
-            ax.legend()
+            ax.legend(fontsize="small")
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
