@@ -20,6 +20,7 @@ from ..exceptions import (
     MemcacheError,
     MemcacheIllegalInputError,
     MemcacheNetworkError,
+    MemcachePoolTimeoutError,
     MemcacheServerError,
     MemcacheTimeoutError,
     MemcacheUnexpectedCloseError,
@@ -27,9 +28,12 @@ from ..exceptions import (
 from .bridge import BridgeError, await_, in_bridge, run_sync
 from .client import Client
 from .connection import AsyncConnection
+from .pool import AsyncObjectPool, PooledClient
+from .retry import RetryingClient
 
 __all__ = [
     "AsyncConnection",
+    "AsyncObjectPool",
     "BridgeError",
     "Client",
     "MemcacheClientError",
@@ -38,9 +42,12 @@ __all__ = [
     "MemcacheError",
     "MemcacheIllegalInputError",
     "MemcacheNetworkError",
+    "MemcachePoolTimeoutError",
     "MemcacheServerError",
     "MemcacheTimeoutError",
     "MemcacheUnexpectedCloseError",
+    "PooledClient",
+    "RetryingClient",
     "await_",
     "in_bridge",
     "run_sync",

@@ -13,37 +13,17 @@ Layer: asyncio.
 from __future__ import annotations
 
 import inspect
-from typing import (
-    Any,
-    Callable,
-    Concatenate,
-    Coroutine,
-    Optional,
-    ParamSpec,
-    Tuple,
-    TypeVar,
-)
+from typing import Any, Dict, Optional, Tuple
 
 from ..client import Client as SyncClient
-from ..client import Commands as SyncCommands
-from ..commands import LeaseCommands, MetaCommands, TextCommands, observe, read_through
+from ..commands import LeaseCommands, MetaCommands, TextCommands, observe
 from ..options import ClientOptions, Key, ServerSpec, normalize_server_spec, server_name
-from .bridge import await_, run_sync
+from .bridge import run_sync
+from .commands import Commands
 from .connection import AsyncConnection
 from .core import BridgedTransport
 
-__all__ = ["COMMAND_NAMES", "Client", "Core", "SyncFacade", "fetch_through"]
-
-P = ParamSpec("P")
-R = TypeVar("R")
-
-#: The public commands of :class:`pymc.Client` (those every client runs: see
-#: :class:`pymc.client.Commands`); each asyncio client has each as a coroutine.
-COMMAND_NAMES: Tuple[str, ...] = tuple(
-    name
-    for name, value in vars(SyncCommands).items()
-    if not name.startswith("_") and name != "run" and callable(value)
-)
+__all__ = ["Client", "Core"]
 
 
 class Core(BridgedTransport, TextCommands, MetaCommands, LeaseCommands):
@@ -57,79 +37,7 @@ class Core(BridgedTransport, TextCommands, MetaCommands, LeaseCommands):
             observe(self)  # (the hook runs in the bridge, around the sync command)
 
 
-def _bridged(
-    method: Callable[Concatenate[Core, P], R],
-) -> Callable[Concatenate[Client, P], Coroutine[Any, Any, R]]:
-    """The coroutine that runs the sync command ``method`` on the client's core."""
-    name = method.__name__
-    sync = getattr(SyncClient, name)
-
-    async def command(self: Client, /, *args: P.args, **kwargs: P.kwargs) -> R:
-        return await run_sync(method, self.core, *args, **kwargs)
-
-    command.__name__ = name
-    command.__qualname__ = f"Client.{name}"
-    command.__doc__ = sync.__doc__
-    command.__signature__ = inspect.signature(sync)  # type: ignore[attr-defined]
-    return command
-
-
-def _sync_compute(compute: Callable[[], Any]) -> Callable[[], Any]:
-    """``compute`` as the sync read-through calls it: a coroutine function's result is
-    awaited (on the loop, through the bridge)."""
-
-    def call() -> Any:
-        value = compute()
-        if inspect.isawaitable(value):
-            value = await_(value)
-        return value
-
-    return call
-
-
-class SyncFacade:
-    """An asyncio client seen from inside the bridge as a sync one: each method call
-    awaits the client's coroutine (what the sync read-through calls)."""
-
-    def __init__(self, client: Any) -> None:
-        self._client = client
-
-    def __getattr__(self, name: str) -> Callable[..., Any]:
-        method = getattr(self._client, name)
-
-        def call(*args: Any, **kwargs: Any) -> Any:
-            return await_(method(*args, **kwargs))
-
-        return call
-
-
-async def fetch_through(
-    client: Any,
-    key: Key,
-    compute: Callable[[], Any],
-    ttl: int,
-    lease_ttl: int,
-    recache_ttl: Optional[int],
-    wait: Optional[float],
-) -> Any:
-    """``fetch`` for an asyncio client: the sync read-through (:func:`read_through`) on
-    ``client`` (its lease commands awaited through the bridge), waiting on the loop;
-    ``compute`` may be a coroutine function."""
-    sleep = BridgedTransport.sleep
-    return await run_sync(
-        read_through,
-        SyncFacade(client),
-        key,
-        _sync_compute(compute),
-        ttl,
-        lease_ttl,
-        recache_ttl,
-        wait,
-        sleep,
-    )
-
-
-class Client:
+class Client(Commands):
     """An asyncio client for one memcached server over one connection (see the module's
     docstring). The arguments are :class:`pymc.Client`'s. Not shared by concurrent tasks:
     share a :class:`~pymc.asyncio.PooledClient`. Nothing connects until the first
@@ -186,6 +94,10 @@ class Client:
         """Whether the connection can take a command as it is (see the connection's)."""
         return self.conn.is_clean()
 
+    async def run(self, name: str, args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> Any:
+        """Run the sync command ``name`` on this client's :class:`Core`, in the bridge."""
+        return await run_sync(getattr(Core, name), self.core, *args, **kwargs)
+
     async def close(self) -> None:
         """Close the connection, if open. The next command reconnects."""
         self.conn.close()
@@ -204,61 +116,4 @@ class Client:
         return await self.conn.get(key, default)
 
     get.__signature__ = inspect.signature(SyncClient.get)  # type: ignore[attr-defined]
-
-    async def fetch(
-        self,
-        key: Key,
-        compute: Callable[[], Any],
-        ttl: int = 0,
-        *,
-        lease_ttl: int = 30,
-        recache_ttl: Optional[int] = None,
-        wait: Optional[float] = None,
-    ) -> Any:
-        """As :meth:`pymc.Client.fetch`; ``compute`` may be a coroutine function."""
-        return await fetch_through(self, key, compute, ttl, lease_ttl, recache_ttl, wait)
-
-    set = _bridged(Core.set)
-    set_many = _bridged(Core.set_many)
-    set_multi = set_many
-    add = _bridged(Core.add)
-    replace = _bridged(Core.replace)
-    append = _bridged(Core.append)
-    prepend = _bridged(Core.prepend)
-    cas = _bridged(Core.cas)
-    get_many = _bridged(Core.get_many)
-    get_multi = get_many
-    gets = _bridged(Core.gets)
-    gets_many = _bridged(Core.gets_many)
-    gets_multi = gets_many
-    gat = _bridged(Core.gat)
-    gats = _bridged(Core.gats)
-    delete = _bridged(Core.delete)
-    delete_many = _bridged(Core.delete_many)
-    delete_multi = delete_many
-    incr = _bridged(Core.incr)
-    decr = _bridged(Core.decr)
-    touch = _bridged(Core.touch)
-    stats = _bridged(Core.stats)
-    cache_memlimit = _bridged(Core.cache_memlimit)
-    version = _bridged(Core.version)
-    verbosity = _bridged(Core.verbosity)
-    flush_all = _bridged(Core.flush_all)
-    quit = _bridged(Core.quit)
-    shutdown = _bridged(Core.shutdown)
-    raw_command = _bridged(Core.raw_command)
-    cluster_config = _bridged(Core.cluster_config)
-    meta_get = _bridged(Core.meta_get)
-    lease_get = _bridged(Core.lease_get)
-    lease_set = _bridged(Core.lease_set)
-    lease_release = _bridged(Core.lease_release)
-    meta_set = _bridged(Core.meta_set)
-    meta_delete = _bridged(Core.meta_delete)
-    meta_arithmetic = _bridged(Core.meta_arithmetic)
-    meta_noop = _bridged(Core.meta_noop)
-    meta_get_many = _bridged(Core.meta_get_many)
-    meta_set_many = _bridged(Core.meta_set_many)
-    meta_delete_many = _bridged(Core.meta_delete_many)
-    get_cas = _bridged(Core.get_cas)
-    set_cas = _bridged(Core.set_cas)
-    invalidate = _bridged(Core.invalidate)
+    get.__doc__ = SyncClient.get.__doc__

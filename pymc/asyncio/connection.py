@@ -156,6 +156,7 @@ class AsyncConnection(SyncMarker):
         self._deadline: Optional[float] = None
         self._timer: Optional[asyncio.TimerHandle] = None
         self._timer_at = 0.0
+        self._over = False  # the deadline passed while the command was between waits
         self._view: Optional[BridgedTransport] = None
 
     def __repr__(self) -> str:
@@ -303,6 +304,7 @@ class AsyncConnection(SyncMarker):
     def _arm(self, deadline: Optional[float]) -> None:
         """Make ``deadline`` the one the waiting command is held to."""
         self._deadline = deadline
+        self._over = False
         if deadline is not None and (self._timer is None or deadline < self._timer_at):
             if self._timer is not None:
                 self._timer.cancel()
@@ -321,21 +323,27 @@ class AsyncConnection(SyncMarker):
             self._timer = loop.call_at(deadline, self._expire)
             self._timer_at = deadline
             return
+        # (The command may be between two waits, bytes having just woken it: the flag
+        # stops it at its next wait.)
+        self._over = True
         waiter = link.waiter
         if waiter is not None and not waiter.done():
             link.waiter = None
-            waiter.set_exception(
-                MemcacheTimeoutError(
-                    errno.ETIMEDOUT,
-                    f"timed out talking to {server_name(self.server)}: the command did "
-                    "not finish within its timeout",
-                )
-            )
+            waiter.set_exception(self._timed_out())
+
+    def _timed_out(self) -> MemcacheTimeoutError:
+        return MemcacheTimeoutError(
+            errno.ETIMEDOUT,
+            f"timed out talking to {server_name(self.server)}: the command did not "
+            "finish within its timeout",
+        )
 
     async def _more(self, link: Link) -> None:
         """Wait for bytes (or the server's close, or the deadline: then raise)."""
         if link.gone:
             raise self._closed_mid_reply()
+        if self._over:
+            raise self._timed_out()
         waiter = link.waiter = (self._loop or asyncio.get_running_loop()).create_future()
         await self._wait(waiter)
 
