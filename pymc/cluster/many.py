@@ -194,12 +194,11 @@ class ManyKeys:
 
         def in_passes(name: str) -> Any:
             wanted = wanted_by_node[name]
-            with nodes.clients[name].client_pool.get_and_release() as conn:
-                passes, found = retrieval_plans(
-                    cmd, wanted, list(wanted), None, with_cas, opts.max_get_line
-                )
-                conn.execute_all(passes)  # (one deadline for all, as a Client's get_many)
-                return found
+            passes, found = retrieval_plans(
+                cmd, wanted, list(wanted), None, with_cas, opts.max_get_line
+            )
+            self._execute_alone(nodes.clients[name], passes)
+            return found
 
         found = self._fanout.execute(command, nodes, plans, alone, observe)
         if checked is not None:  # each raw key on one node: decoded together, in one call
@@ -208,6 +207,12 @@ class ManyKeys:
         for name, items in found.items():
             out.update(decode_values(items, wanted_by_node[name], opts, with_cas))
         return out
+
+    def _execute_alone(self, client: PooledClient, passes: List[Plan]) -> None:
+        """Run ``passes`` (one node's batch, too big for one pass) on one connection of that
+        node's ``client``, under one deadline, as a Client's get_many does."""
+        with client.client_pool.get_and_release() as conn:
+            conn.execute_all(passes)
 
     def _placed(
         self, nodes: NodeSet, checked: Dict[bytes, AnyKey]

@@ -14,13 +14,14 @@ import os
 import socket
 import threading
 import time
-from typing import Any, Dict, List, Optional, Tuple, Union
+from typing import Any, Dict, Optional, Tuple, Union
 
 from ..client import normalize_server_spec, server_name
 from ..cluster import HashClient
-from ..exceptions import AllNodesDownError, ClusterNotReadyError
+from ..exceptions import ClusterNotReadyError
 from ..protocol import ClusterConfig
 from .discovery import DISCOVERY_TIMEOUT, Discovery, stop_discoveries
+from .following import FollowsConfig
 from .poller import Change, ChangeHook, Polled, run_hook
 
 __all__ = ["AWSElastiCacheHashClient", "ElastiCacheClient"]
@@ -43,7 +44,7 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-class ElastiCacheClient(HashClient, Polled):
+class ElastiCacheClient(FollowsConfig, HashClient, Polled):
     """A :class:`HashClient` whose nodes come from an ElastiCache configuration endpoint.
 
     ``endpoint`` is ``"host:port"`` (the ``.cfg.`` name). ``use_vpc=True`` connects to
@@ -122,23 +123,10 @@ class ElastiCacheClient(HashClient, Polled):
 
     # ------------------------------------------------------------------ readiness
 
-    @property
-    def ready(self) -> bool:
-        """Whether a node list (or a plain server) is known."""
-        return self._ready.is_set()
-
     def wait_ready(self, timeout: Optional[float] = None) -> bool:
         """Wait up to ``timeout`` seconds for the first node list; return whether it came."""
         self._check_fork()
-        return self._ready.wait(timeout)
-
-    def _no_nodes(self) -> AllNodesDownError:
-        if not self._ready.is_set():
-            return ClusterNotReadyError(
-                f"no node list from {server_name(self.endpoint)} yet (discovery is retrying "
-                "in the background; wait_ready() waits for it)"
-            )
-        return super()._no_nodes()
+        return bool(self._ready.wait(timeout))
 
     # ------------------------------------------------------------------ discovery
 
@@ -177,12 +165,7 @@ class ElastiCacheClient(HashClient, Polled):
                 lock.release()
                 return None
             logger.debug("pymc: ElastiCache poll of %s", server_name(self.endpoint))
-            known = []
-            if self.config_version is not None:  # nodes to ask when the endpoint fails
-                known = [
-                    (name, spec, self._tls_hostnames.get(name))
-                    for name, spec in self.snapshot.servers.items()
-                ]
+            known = self.known_nodes()
             return Discovery(
                 self.endpoint, known, self._tls_context, self._stop, self._sockets, lock, deadline
             )
@@ -195,87 +178,9 @@ class ElastiCacheClient(HashClient, Polled):
     ) -> Tuple[bool, Optional[Change]]:
         """Apply a discovery's outcome and release the refresh lock."""
         try:
-            if isinstance(outcome, Exception):
-                if not self._stop.is_set():
-                    self._discovery_failed(repr(outcome))
-                return False, None
-            if outcome is None:
-                if self.config_version is not None:  # it had a config: this is news, not truth
-                    self._discovery_failed("the endpoint now says it has no cluster configuration")
-                    return False, None
-                return self._become_plain(), None
-            change = self._apply(outcome)
-            return change is not None, change
+            return self.take_outcome(outcome)
         finally:
             job.lock.release()
-
-    def _discovery_failed(self, why: str) -> None:
-        if not self._failing:
-            self._failing = True
-            state = "keeping the last good node set" if self.ready else "not ready yet, retrying"
-            logger.warning(
-                "pymc: ElastiCache discovery at %s is failing (%s); %s",
-                server_name(self.endpoint),
-                why,
-                state,
-            )
-
-    def _discovery_recovered(self) -> None:
-        if self._failing:
-            self._failing = False
-            logger.info("pymc: ElastiCache discovery at %s works again", server_name(self.endpoint))
-
-    def _become_plain(self) -> bool:
-        with self._state_lock:
-            if self._closed:
-                return False
-            logger.info(
-                "pymc: %s has no ElastiCache cluster configuration (plain memcached or "
-                "Serverless): using it as the only node",
-                server_name(self.endpoint),
-            )
-            self.plain = True
-            self.set_servers([self.endpoint])
-            self._ready.set()
-        self._discovery_recovered()
-        return True
-
-    def _servers_of(self, config: ClusterConfig) -> List[Tuple[str, int]]:
-        servers = []
-        for node in config.nodes:
-            host = node.ip if self.use_vpc and node.ip else node.hostname
-            servers.append((host, node.port))
-            if host != node.hostname:
-                self._tls_hostnames[server_name((host, node.port))] = node.hostname
-        return servers
-
-    def _apply(self, config: ClusterConfig) -> Optional[Change]:
-        """Use ``config`` if it is newer than what we have. Returns ``(old, new)`` node
-        lists when the node set changed after the first, for ``on_change``; else None."""
-        self._discovery_recovered()
-        current = self.config_version
-        if current is not None and config.version <= current:
-            if config.version < current and self._older_seen != config.version:
-                self._older_seen = config.version
-                logger.info(
-                    "pymc: ElastiCache %s reported version %d, older than %d; keeping %d",
-                    server_name(self.endpoint),
-                    config.version,
-                    current,
-                    current,
-                )
-            return None
-        with self._state_lock:
-            if self._closed:
-                return None
-            old = self.nodes
-            changed = self.set_servers(self._servers_of(config))
-            self.config_version = config.version
-            first = not self._ready.is_set()
-            self._ready.set()
-        if changed and not first:
-            return old, self.nodes
-        return None
 
     # ------------------------------------------------------------------ the poller
 

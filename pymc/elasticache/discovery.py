@@ -15,7 +15,7 @@ import socket
 import ssl
 import threading
 import time
-from typing import Any, Callable, Dict, List, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Generator, List, Optional, Tuple, Union
 
 from ..client import ServerSpec, normalize_server_spec, server_name
 from ..exceptions import (
@@ -42,10 +42,14 @@ from ..protocol import (
 
 __all__ = [
     "DISCOVERY_TIMEOUT",
+    "Ask",
+    "Attempt",
     "Discovery",
+    "config_exchange",
     "cut_off",
     "discover",
     "fetch_config",
+    "is_bare_error",
     "stop_discoveries",
 ]
 
@@ -55,8 +59,32 @@ logger = logging.getLogger("pymc")
 DISCOVERY_TIMEOUT = 5.0
 
 
-def _is_bare_error(reply: object) -> bool:
+def is_bare_error(reply: object) -> bool:
+    """Whether ``reply`` is a bare ``ERROR`` (the server knows no such command)."""
     return type(reply) is ErrorReply and reply.kind == b"ERROR" and not reply.message
+
+
+#: One step of a discovery exchange: the request to send and the reader of its answer.
+Ask = Tuple[bytes, Expect]
+
+
+def config_exchange() -> Generator[Ask, Any, Optional[ClusterConfig]]:
+    """The discovery exchange without I/O, for any transport: yields ``(request, reader)``
+    and is sent each answer; returns the cluster's config, or None when the server has none
+    (a bare ``ERROR`` to ``config get cluster`` and then a miss or a bare ``ERROR`` to
+    ``get AmazonElastiCache:cluster``); raises the error any other answer means."""
+    reply = yield encode_config_get(), ExpectConfig()
+    if type(reply) is ClusterConfig:
+        return reply
+    if not is_bare_error(reply):
+        raise reply.exception("config get cluster")
+    # An engine before 1.4.14, or no cluster at all: ask the legacy way.
+    legacy = yield encode_legacy_config_get(), ExpectLegacyConfig()
+    if type(legacy) is ClusterConfig:
+        return legacy
+    if legacy is None or is_bare_error(legacy):
+        return None
+    raise legacy.exception("get AmazonElastiCache:cluster")
 
 
 def fetch_config(
@@ -95,20 +123,14 @@ def fetch_config(
             if on_socket is not None:
                 on_socket(sock)
         reader = Reader(max_block=max_bytes)
-        reply = _ask(sock, reader, encode_config_get(), ExpectConfig(), deadline, name)
-        if type(reply) is ClusterConfig:
-            return reply
-        if not _is_bare_error(reply):
-            raise reply.exception("config get cluster")
-        # An engine before 1.4.14, or no cluster at all: ask the legacy way.
-        legacy = _ask(
-            sock, reader, encode_legacy_config_get(), ExpectLegacyConfig(), deadline, name
-        )
-        if type(legacy) is ClusterConfig:
-            return legacy
-        if legacy is None or _is_bare_error(legacy):
-            return None
-        raise legacy.exception("get AmazonElastiCache:cluster")
+        steps = config_exchange()
+        request, expect = next(steps)
+        while True:
+            reply = _ask(sock, reader, request, expect, deadline, name)
+            try:
+                request, expect = steps.send(reply)
+            except StopIteration as done:
+                return done.value  # type: ignore[no-any-return]
     except MemcacheError:
         raise
     except socket.timeout as exc:
@@ -159,6 +181,10 @@ def discover(
     return config
 
 
+#: One try of a discovery: the address to ask, its share of the time, its TLS hostname.
+Attempt = Tuple[ServerSpec, float, Optional[str]]
+
+
 class Discovery:
     """One discovery, described by plain data so that it runs without its client (a
     poller in the middle of one holds no client): the endpoint, then, when it fails, the
@@ -174,7 +200,7 @@ class Discovery:
         endpoint: ServerSpec,
         known: List[Tuple[str, ServerSpec, Optional[str]]],
         tls_context: Optional[ssl.SSLContext],
-        stop: threading.Event,
+        stop: Any,
         sockets: Dict[int, socket.socket],
         lock: Any,
         deadline: float,
@@ -199,11 +225,32 @@ class Discovery:
             raise
 
     def run(self) -> Optional[ClusterConfig]:
+        steps = self.attempts()
+        address, timeout, hostname = next(steps)
+        while True:
+            failure: Optional[BaseException] = None
+            try:
+                config = self._fetch(address, timeout, hostname)
+            except (MemcacheError, OSError) as exc:
+                failure = exc  # (thrown in below, outside this handler: no chained context)
+            try:
+                if failure is None:
+                    address, timeout, hostname = steps.send(config)
+                else:
+                    address, timeout, hostname = steps.throw(failure)
+            except StopIteration as done:
+                return done.value  # type: ignore[no-any-return]
+
+    def attempts(self) -> Generator[Attempt, Optional[ClusterConfig], Optional[ClusterConfig]]:
+        """The order and the time shares of a discovery, without I/O (for any transport):
+        yields ``(address, timeout, TLS hostname)`` to ask, and is sent what that answered
+        (or thrown the error it raised); returns the outcome, or raises the error that
+        ended the discovery."""
         known = list(self.known)
         random.shuffle(known)
         remaining = self.deadline - time.monotonic()
         try:
-            return self._fetch(self.endpoint, remaining / 2 if known else remaining)
+            return (yield self.endpoint, remaining / 2 if known else remaining, None)
         except (MemcacheError, OSError) as exc:
             if self.stop.is_set() or not known:
                 raise
@@ -213,7 +260,7 @@ class Discovery:
             if self.stop.is_set() or remaining <= 0:
                 break
             try:
-                config = self._fetch(spec, remaining / (len(known) - asked), hostname)
+                config = yield spec, remaining / (len(known) - asked), hostname
             except (MemcacheError, OSError):
                 continue
             if config is not None:

@@ -1,0 +1,67 @@
+"""What the asyncio cluster clients do with one node's pool: take a connection for a fan-out
+and give it back, run a big batch alone, and the read-through (``fetch``) in the bridge.
+
+Layer: this package's ``bridge`` and ``pool``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Callable, List, Tuple
+
+from ..protocol.plans import Plan
+from .bridge import await_, run_sync
+
+__all__ = ["bridged_fetch", "checkout", "execute_alone", "give_back"]
+
+
+async def checkout(pool: Any) -> Tuple[Any, bool]:
+    """A connection of ``pool`` (a node's asyncio pooled client), and whether the call had
+    to wait for it (or make it): the node may have failed meanwhile. A cancellation while
+    it waits loses no slot."""
+    objects = pool.client_pool
+    conn = objects.try_get()
+    if conn is not None:
+        return conn, False
+    return await objects.get(), True
+
+
+def give_back(pool: Any, conn: Any, destroy: bool) -> None:
+    """Give ``conn`` back to ``pool``: for reuse, or closed (``destroy``: its reply may be
+    unread, or it saw an error)."""
+    if destroy:
+        pool.client_pool.destroy(conn)
+    else:
+        pool.client_pool.release(conn)
+
+
+async def execute_alone(pool: Any, passes: List[Plan]) -> None:
+    """Run ``passes`` (a node's batch too big for one pass) on one connection of ``pool``,
+    under one deadline."""
+    conn, _ = await checkout(pool)
+    clean = False
+    try:
+        await conn.execute_all(passes)
+        clean = True
+    finally:
+        give_back(pool, conn, not clean)
+
+
+async def bridged_fetch(
+    fetch: Callable[..., Any],
+    client: Any,
+    key: Any,
+    compute: Callable[[], Any],
+    *args: Any,
+    **kwargs: Any,
+) -> Any:
+    """``fetch(client, key, compute, ...)``, a sync read-through over ``client`` (whose
+    commands hand their I/O to the loop), run in the bridge; ``compute`` may be a coroutine
+    function (awaited on the loop)."""
+    if asyncio.iscoroutinefunction(compute):
+        coroutine_function = compute
+
+        def compute() -> Any:
+            return await_(coroutine_function())
+
+    return await run_sync(fetch, client, key, compute, *args, **kwargs)
