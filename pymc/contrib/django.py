@@ -255,7 +255,14 @@ def _loop_client(loop: asyncio.AbstractEventLoop, kind: Any, where: Any, options
 
 def _asyncio_class(name: str) -> Any:
     """``pymc.asyncio.<name>``, imported at the first async call (it needs greenlet)."""
-    return getattr(importlib.import_module("pymc.asyncio"), name)
+    try:
+        module = importlib.import_module("pymc.asyncio")
+    except ImportError as exc:  # say which extra brings it
+        raise ImportError(
+            "the async methods of pymc.contrib.django need pymc.asyncio: "
+            f"pip install 'pymc-memcached[asyncio]' ({exc})"
+        ) from exc
+    return getattr(module, name)
 
 
 # --------------------------------------------------------------------------- PymcCache
