@@ -29,7 +29,7 @@ from typing import Any, Dict, Iterator, List, Tuple
 from unittest import mock
 
 import pytest
-from django.core.cache import InvalidCacheKey, cache
+from django.core.cache import InvalidCacheKey, cache, caches
 from django.core.cache.backends.base import BaseCache
 from django.core.cache.backends.memcached import BaseMemcachedCache
 from django.http import HttpRequest, JsonResponse
@@ -87,7 +87,18 @@ class AsyncSuite(DjangoSuiteBase):  # type: ignore[misc]
         cache.set("driven", 1)
         self.assertEqual(cache.get("driven"), 1)
         self.assertEqual(DRIVER.calls, calls + 2)
-        self.assertIs(type(cache).aget, PymcCache.aget)
+        self.assertIs(type(caches["default"]).aget, PymcCache.aget)
+
+    # Pickling a lazy QuerySet runs its query. In the event loop Django forbids that
+    # (SynchronousOnlyOperation: evaluate it first, list(qs)); here the loop is in another
+    # thread, which does not see the test's transaction.
+    lazy_queryset = "pickles a lazy QuerySet, which queries the database in the event loop"
+
+    def test_cache_read_for_model_instance_with_deferred(self) -> None:
+        pytest.skip(self.lazy_queryset)
+
+    def test_cache_write_for_model_instance_with_deferred(self) -> None:
+        pytest.skip(self.lazy_queryset)
 
 
 class TestDjangoSuiteAsyncPymcCache(AsyncSuite):
