@@ -66,7 +66,7 @@ def driver_loop() -> Iterator[None]:
 # --------------------------------------------------------------------------- Django's suite
 
 
-class AsyncSuite(DjangoSuiteBase):  # type: ignore[misc]
+class AsyncSuite(DjangoSuiteBase):
     """Django's memcached suite with every call going through an async method."""
 
     __test__ = False
@@ -279,7 +279,8 @@ def test_values_cross_between_sync_and_async(memcached: MemcachedProcess) -> Non
         async def read_and_write() -> Dict[str, Any]:
             await cache.aset_many({f"async-{k}": v for k, v in values.items()})
             await cache.aincr("sync-i", 1)
-            return await cache.aget_many([f"sync-{k}" for k in values])
+            found: Dict[str, Any] = await cache.aget_many([f"sync-{k}" for k in values])
+            return found
 
         read = asyncio.run(read_and_write())
         assert read == {f"sync-{k}": v for k, v in values.items() if k != "i"} | {"sync-i": 43}
@@ -565,7 +566,7 @@ def test_a_call_cancelled_at_each_point_then_the_next_call(
             await asyncio.sleep(0)
             if task.done():
                 break
-        cancelled = task.cancel()
+        cancelled: bool = task.cancel()
         try:
             await task
         except asyncio.CancelledError:
