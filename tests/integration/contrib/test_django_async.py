@@ -22,9 +22,11 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import socket
 import subprocess
 import sys
 import threading
+import time
 from typing import Any, Dict, Iterator, List, Tuple
 from unittest import mock
 
@@ -38,8 +40,15 @@ from django.urls import path
 from support.helpers import stat, wait_until
 from support.servers import MemcachedProcess
 
+import pymc
 import pymc.contrib.django as pymc_django
-from pymc.contrib.django import ElastiCacheCache, PymcCache, aclose_clients, close_clients
+from pymc.contrib.django import (
+    DEFAULT_TIMEOUT,
+    ElastiCacheCache,
+    PymcCache,
+    aclose_clients,
+    close_clients,
+)
 
 from .django_async_driven import DRIVER, TWINNED, async_client_of
 from .test_django import (  # noqa: F401  (fixtures, used by name)
@@ -594,6 +603,81 @@ def test_a_call_cancelled_at_each_point_then_the_next_call(
 
     assert asyncio.run(run()) > 40
     assert backend.get("a") == "A"
+    close_clients()
+
+
+# --------------------------------------------------------------------------- dead servers
+
+
+async def _max_tick_gap(call: Any) -> Tuple[Tuple[str, Any], float]:
+    """Run ``call`` while a task ticks every 10 ms: its outcome, and the longest gap
+    between two ticks (the loop was blocked that long at most)."""
+    gaps = [0.0]
+
+    async def ticker() -> None:
+        last = time.monotonic()
+        while True:
+            await asyncio.sleep(0.01)
+            now = time.monotonic()
+            gaps[0] = max(gaps[0], now - last)
+            last = now
+
+    tick = asyncio.ensure_future(ticker())
+    try:
+        outcome: Tuple[str, Any] = ("ok", await call)
+    except Exception as exc:
+        outcome = (type(exc).__name__, exc)
+    finally:
+        tick.cancel()
+    return outcome, gaps[0]
+
+
+@pytest.mark.timeout(30)
+def test_a_dead_server_does_not_hang_an_async_request() -> None:
+    """A server that accepts and never answers: aget fails after the default timeout (or
+    gives the default with ignore_exc), and the loop keeps running meanwhile."""
+    with socket.socket() as mute:
+        mute.bind(("127.0.0.1", 0))
+        mute.listen(64)
+        host, port = mute.getsockname()
+        backend = PymcCache(f"{host}:{port}", {})
+        quiet = PymcCache(f"{host}:{port}", {"OPTIONS": {"ignore_exc": True, "timeout": 0.3}})
+
+        async def run() -> None:
+            started = time.monotonic()
+            (kind, exc), gap = await _max_tick_gap(backend.aget("k"))
+            assert isinstance(exc, pymc.MemcacheError), (kind, exc)
+            assert time.monotonic() - started < DEFAULT_TIMEOUT + 1.5
+            assert gap < 0.25
+            started = time.monotonic()
+            assert await quiet.aget("k", "default") == "default"
+            assert await quiet.aadd("k", 1) is False
+            await quiet.aset("k", 1)
+            assert time.monotonic() - started < 3 * 0.3 + 1.5
+
+        asyncio.run(run())
+
+
+@pytest.mark.timeout(30)
+def test_a_dead_elasticache_endpoint_does_not_hang_an_async_request() -> None:
+    with socket.socket() as mute:
+        mute.bind(("127.0.0.1", 0))
+        mute.listen(64)
+        host, port = mute.getsockname()
+        backend = ElastiCacheCache(f"{host}:{port}", {"OPTIONS": {"discovery_timeout": 0.5}})
+        quiet = ElastiCacheCache(
+            f"{host}:{port}", {"OPTIONS": {"discovery_timeout": 0.4, "ignore_exc": True}}
+        )
+
+        async def run() -> None:
+            started = time.monotonic()
+            (kind, exc), gap = await _max_tick_gap(backend.aget("k"))
+            assert isinstance(exc, pymc.ClusterNotReadyError), (kind, exc)
+            assert time.monotonic() - started < 0.5 + 1.5
+            assert gap < 0.25
+            assert await quiet.aget("k") is None
+
+        asyncio.run(run())
     close_clients()
 
 
