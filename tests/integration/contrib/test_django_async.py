@@ -442,6 +442,27 @@ def test_a_backend_used_from_several_loops(new_memcached: Any) -> None:
 
 
 @pytest.mark.timeout(30)
+def test_under_uvloop(new_memcached: Any) -> None:
+    """The same under uvloop's loop (where installed): its client closed at its end."""
+    uvloop = pytest.importorskip("uvloop")
+    server = new_memcached()
+    base = stat(server, "curr_connections")
+    backend = PymcCache(server.server, {})
+
+    async def use() -> None:
+        await asyncio.gather(*(backend.aset(f"u{i}", i) for i in range(50)))
+        assert await backend.aget_many([f"u{i}" for i in range(50)]) == {
+            f"u{i}": i for i in range(50)
+        }
+
+    uvloop.run(use())
+    wait_until(lambda: stat(server, "curr_connections") <= base, timeout=10, what="closed")
+    uvloop.run(use())
+    assert backend.get("u49") == 49
+    close_clients()
+
+
+@pytest.mark.timeout(30)
 def test_backends_of_one_loop_share_its_client(memcached: MemcachedProcess) -> None:
     """Django makes a backend per request context under ASGI: they share the loop's."""
 
