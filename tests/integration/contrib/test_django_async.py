@@ -58,6 +58,7 @@ from .test_django import (  # noqa: F401  (fixtures, used by name)
     elasticache_cluster,
     end_request,
     one_server,
+    run_threads,
 )
 
 DRIVEN = "integration.contrib.django_async_driven."
@@ -418,20 +419,7 @@ def test_a_backend_used_from_several_loops(new_memcached: Any) -> None:
 
     for i in range(3):
         asyncio.run(use(f"run{i}"))
-    errors: List[BaseException] = []
-
-    def thread(i: int) -> None:
-        try:
-            asyncio.run(use(f"thread{i}", 50))
-        except BaseException as exc:
-            errors.append(exc)
-
-    threads = [threading.Thread(target=thread, args=(i,), daemon=True) for i in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(30)
-    assert not errors and not any(t.is_alive() for t in threads)
+    run_threads(lambda i: asyncio.run(use(f"thread{i}", 50)), 4, timeout=30)
     assert len({id(c) for c in clients}) == 7  # one per loop
     # Each loop closed its client at its end: no connection of ours is left open.
     wait_until(lambda: stat(server, "curr_connections") <= base, timeout=10, what="closed")
