@@ -47,7 +47,7 @@ import threading
 import weakref
 from typing import (
     Any,
-    AsyncIterator,
+    AsyncGenerator,
     Dict,
     Hashable,
     Iterable,
@@ -197,11 +197,11 @@ class _LoopClients:
         # Started now (it yields at once, without waiting): the loop's firstiter hook now
         # knows it, and its finally runs at shutdown.
         try:
-            self.shutdown.__anext__().send(None)  # type: ignore[attr-defined]
+            self.shutdown.__anext__().send(None)
         except StopIteration:
             pass
 
-    async def _until_shutdown(self) -> AsyncIterator[None]:
+    async def _until_shutdown(self) -> AsyncGenerator[None, None]:
         try:
             yield
         finally:
@@ -222,8 +222,8 @@ class _LoopClients:
     async def close_retired(self) -> None:
         with _clients_lock:
             clients, self.retired = self.retired, []
-        for client in clients:
-            await asyncio.shield(client.close())  # (a cancelled closer still closes)
+        if clients:  # (a cancelled caller leaves them closing)
+            await asyncio.shield(asyncio.gather(*(client.close() for client in clients)))
 
 
 # event loop -> its clients. A closed loop's entry is dropped at the next new loop's first
@@ -239,6 +239,8 @@ def _loop_client(loop: asyncio.AbstractEventLoop, kind: Any, where: Any, options
     books = _loops.get(loop)
     if books is None:
         with _clients_lock:
+            # A loop closed without shutdown_asyncgens (not by asyncio.run): its clients
+            # cannot be closed any more; dropped (their loop's hook ignores a closed loop).
             for old in [old for old in _loops if old.is_closed()]:
                 del _loops[old]
         books = _LoopClients()

@@ -20,6 +20,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import random
 import socket
@@ -426,6 +427,30 @@ def test_a_backend_used_from_several_loops(new_memcached: Any) -> None:
     assert backend.get("thread3:49") == ("thread3", 49)
     books = _loop_books()
     assert all(not books[loop].clients for loop in loops if loop in books)
+    close_clients()
+
+
+@pytest.mark.timeout(30)
+def test_a_loop_closed_without_finalizing(memcached: MemcachedProcess) -> None:
+    """A loop closed with loop.close() alone (no shutdown_asyncgens, unlike asyncio.run):
+    its clients cannot be closed any more; they are dropped at the next loop's first use,
+    with no error from the closed loop's async-generator hook."""
+    backend = PymcCache(memcached.server, {})
+    loop = asyncio.new_event_loop()
+    loop.run_until_complete(backend.aset("k", 1))
+    old = backend._aheld[2]
+    loop.close()
+    reported: List[Any] = []
+    previous = sys.unraisablehook
+    sys.unraisablehook = reported.append
+    try:
+        assert asyncio.run(backend.aget("k")) == 1
+        assert loop not in pymc_django._loops
+        del old, loop
+        gc.collect()
+    finally:
+        sys.unraisablehook = previous
+    assert [r for r in reported if "generator" in repr(r.object)] == []
     close_clients()
 
 
