@@ -268,13 +268,13 @@ class AsyncConnection(SyncMarker):
             self._reader = None
             self._owes_sync = self._syncing = self._pending = False
             link.abort()
-            if isinstance(exc, MemcacheError) or not isinstance(exc, OSError):
-                raise
             name = server_name(server)
-            if isinstance(exc, TimeoutError):
+            if isinstance(exc, asyncio.TimeoutError):  # (not an OSError before 3.11)
                 raise MemcacheConnectTimeoutError(
                     errno.ETIMEDOUT, f"timed out connecting to {name}"
                 ) from exc
+            if isinstance(exc, MemcacheError) or not isinstance(exc, OSError):
+                raise
             raise network_error(
                 MemcacheConnectError, exc, f"cannot connect to {name}: {exc}"
             ) from exc

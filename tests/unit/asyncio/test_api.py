@@ -131,7 +131,7 @@ def test_a_cancellation_is_thrown_into_the_function_at_its_await() -> None:
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
-        with pytest.raises(TimeoutError):
+        with pytest.raises(asyncio.TimeoutError):
             await asyncio.wait_for(run_sync(work), 0.01)
 
     asyncio.run(asyncio.wait_for(main(), 5))
