@@ -233,3 +233,158 @@ def test_idle_objects_are_reaped_and_clear_destroys() -> None:
         assert b.destroyed and pool.stats()["idle"] == 0
 
     asyncio.run(asyncio.wait_for(main(), 5))
+
+
+def test_waiting_tasks_are_served_in_turn_and_nobody_jumps_the_queue() -> None:
+    """A connection given back goes to the oldest waiting task, with its slot: a task that
+    arrives meanwhile (get or try_get) queues behind, it does not take it."""
+
+    async def main() -> None:
+        pool = make_pool(max_size=1, timeout=1)
+        a = await pool.get()
+        order: List[int] = []
+
+        async def waiter(n: int) -> None:
+            obj = await pool.get()
+            order.append(n)
+            await asyncio.sleep(0)
+            pool.put(obj)
+
+        tasks = [asyncio.ensure_future(waiter(n)) for n in range(5)]
+        await asyncio.sleep(0.01)
+        assert pool.stats() == {"in_use": 1, "idle": 0, "waiting": 5}
+        pool.put(a)  # handed to task 0 at once ...
+        assert pool.stats()["in_use"] == 1 and pool.stats()["idle"] == 0
+        assert pool.try_get() is None  # ... so a newcomer finds nothing free
+        late = asyncio.ensure_future(waiter(99))
+        await asyncio.gather(*tasks, late)
+        assert order == [0, 1, 2, 3, 4, 99]
+        assert pool.stats() == {"in_use": 0, "idle": 1, "waiting": 0}
+
+    asyncio.run(asyncio.wait_for(main(), 5))
+
+
+def test_a_destroyed_object_frees_its_slot_for_the_next_waiter() -> None:
+    async def main() -> None:
+        pool = make_pool(max_size=1, timeout=1)
+        a = await pool.get()
+        waiting = asyncio.ensure_future(pool.get())
+        await asyncio.sleep(0.01)
+        pool.destroy(a)
+        b = await waiting
+        assert a.destroyed and b is not a and not b.destroyed
+        pool.release(b)
+        assert pool.stats() == {"in_use": 0, "idle": 1, "waiting": 0}
+
+    asyncio.run(asyncio.wait_for(main(), 5))
+
+
+def test_a_waiter_that_times_out_leaves_the_queue() -> None:
+    async def main() -> None:
+        pool = make_pool(max_size=1, timeout=0.02)
+        a = await pool.get()
+        with pytest.raises(pymc.MemcachePoolTimeoutError):
+            await pool.get()
+        assert pool.stats() == {"in_use": 1, "idle": 0, "waiting": 0}
+        pool.put(a)
+        assert (await pool.get()) is a
+
+    asyncio.run(asyncio.wait_for(main(), 5))
+
+
+def test_a_retired_pool_destroys_what_comes_back() -> None:
+    async def main() -> None:
+        pool = make_pool(max_size=2)
+        a = await pool.get()
+        b = await pool.get()
+        pool.put(b)
+        pool.retire()
+        assert pool.retired and b.destroyed and not a.destroyed
+        pool.release(a)
+        assert a.destroyed and pool.stats() == {"in_use": 0, "idle": 0, "waiting": 0}
+        c = await pool.get()  # later checkouts still work (a request that chose the node)
+        pool.release(c)
+        assert c.destroyed
+
+    asyncio.run(asyncio.wait_for(main(), 5))
+
+
+class _Recorder:
+    """A stand-in client for the pool's run(): records its calls, fails on demand."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.calls: List[Any] = []
+        self.fail: Any = None
+
+    async def delete_many(self, keys: Any) -> Any:
+        self.calls.append(list(keys))
+        if self.fail is not None:
+            raise self.fail
+        return True
+
+
+def _pooled_with(clients: List[_Recorder], **kw: Any) -> Any:
+    pc = aio.PooledClient(("127.0.0.1", 1), max_pool_size=1, **kw)
+    made = iter(clients)
+    pc.client_pool = aio.AsyncObjectPool(lambda: next(made), lambda c: None, max_size=1)
+    return pc
+
+
+def test_run_calls_check_only_after_a_wait_and_failed_before_the_give_back() -> None:
+    async def main() -> None:
+        first, second = _Recorder(1), _Recorder(2)
+        pc = _pooled_with([first, second])
+        seen: List[Any] = []
+
+        def check() -> None:
+            seen.append(("check", pc.client_pool.stats()["in_use"]))
+
+        def failed(exc: Exception) -> None:
+            seen.append(("failed", type(exc).__name__, pc.client_pool.stats()["in_use"]))
+
+        await pc.run("delete_many", (["a"],), {}, check, failed)
+        assert seen == []  # a free connection: no check
+        first.fail = pymc.MemcacheUnexpectedCloseError()
+        held = pc.client_pool.try_get()
+        blocked = asyncio.ensure_future(pc.run("delete_many", (["b"],), {}, check, failed))
+        await asyncio.sleep(0.01)
+        pc.client_pool.release(held)
+        with pytest.raises(pymc.MemcacheUnexpectedCloseError):
+            await blocked
+        # checked once (it waited), the failure seen while the connection was still out
+        assert seen == [("check", 1), ("failed", "MemcacheUnexpectedCloseError", 1)]
+        assert pc.client_pool.stats() == {"in_use": 0, "idle": 0, "waiting": 0}
+
+    asyncio.run(asyncio.wait_for(main(), 5))
+
+
+def test_a_check_that_raises_gives_the_connection_back_unused() -> None:
+    async def main() -> None:
+        rec = _Recorder(1)
+        pc = _pooled_with([rec])
+        held = pc.client_pool.try_get()
+
+        def check() -> None:
+            raise pymc.MemcacheError("node failed meanwhile")
+
+        blocked = asyncio.ensure_future(pc.run("delete_many", (["b"],), {}, check))
+        await asyncio.sleep(0.01)
+        pc.client_pool.release(held)
+        with pytest.raises(pymc.MemcacheError, match="meanwhile"):
+            await blocked
+        assert rec.calls == [] and pc.client_pool.stats() == {"in_use": 0, "idle": 1, "waiting": 0}
+
+    asyncio.run(asyncio.wait_for(main(), 5))
+
+
+def test_a_retried_command_gets_its_generator_argument_again() -> None:
+    async def main() -> None:
+        recs = [_Recorder(1), _Recorder(2)]
+        recs[0].fail = pymc.MemcacheUnexpectedCloseError()
+        pc = _pooled_with(recs, retry=pymc.RetryPolicy(attempts=2, backoff=0))
+        assert await pc.run("delete_many", ((k for k in "xyz"),), {}) is True
+        # a generator is read once: the retry must send the same keys, not none
+        assert recs[0].calls == [["x", "y", "z"]] and recs[1].calls == [["x", "y", "z"]]
+
+    asyncio.run(asyncio.wait_for(main(), 5))
