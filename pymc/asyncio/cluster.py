@@ -58,7 +58,7 @@ class _BridgedFanOut:
         self._fanout = fanout
 
     def execute(self, *args: Any, **kwargs: Any) -> Dict[str, Any]:
-        return await_(self._fanout.execute(*args, **kwargs))  # type: ignore[no-any-return]
+        return await_(self._fanout.execute(*args, **kwargs))
 
 
 class _BridgedNode:
@@ -108,7 +108,7 @@ class ClusterCore(SyncHashClient):
         return await_(self._owner._run(command, key, args, kwargs, on_failure))
 
     def _each(self, command: str, *args: Any, **kwargs: Any) -> Dict[str, Any]:
-        return await_(self._owner._each(command, *args, **kwargs))  # type: ignore[no-any-return]
+        return await_(self._owner._each(command, *args, **kwargs))
 
     def _nodes_client(self, name: str) -> Any:
         return _BridgedNode(super()._nodes_client(name))

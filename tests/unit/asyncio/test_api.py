@@ -325,7 +325,7 @@ class _Recorder:
 
 
 def _pooled_with(clients: List[_Recorder], **kw: Any) -> Any:
-    pc = aio.PooledClient(("127.0.0.1", 1), max_pool_size=1, **kw)
+    pc: Any = aio.PooledClient(("127.0.0.1", 1), max_pool_size=1, **kw)
     made = iter(clients)
     pc.client_pool = aio.AsyncObjectPool(lambda: next(made), lambda c: None, max_size=1)
     return pc
