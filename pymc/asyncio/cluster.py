@@ -25,7 +25,9 @@ package's ``bridge``, ``client``, ``pool``, ``fanout`` and ``nodes``.
 
 from __future__ import annotations
 
+import asyncio
 import inspect
+import logging
 from functools import partial
 from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Optional, Tuple
 
@@ -42,10 +44,12 @@ from ..retry import RetryPolicy
 from .bridge import await_, run_sync
 from .client import Client
 from .fanout import AsyncFanOut
-from .nodes import bridged_fetch, execute_alone
+from .nodes import bridged_fetch, execute_alone, probe_dead
 from .pool import PooledClient
 
 __all__ = ["HashClient"]
+
+logger = logging.getLogger("pymc")
 
 _MISSING: Any = object()
 
@@ -58,7 +62,7 @@ class _BridgedFanOut:
         self._fanout = fanout
 
     def execute(self, *args: Any, **kwargs: Any) -> Dict[str, Any]:
-        return await_(self._fanout.execute(*args, **kwargs))  # type: ignore[no-any-return]
+        return await_(self._fanout.execute(*args, **kwargs))
 
 
 class _BridgedNode:
@@ -84,6 +88,28 @@ class ClusterCore(SyncHashClient):
         super().__init__(servers, *args, **kwargs)
         self.fanout = AsyncFanOut(self, self._health)
         self._fanout = _BridgedFanOut(self.fanout)  # type: ignore[assignment]
+        #: The probe of the dead nodes while it runs: a task of the loop (no thread).
+        self.probe_task: Optional[asyncio.Task[None]] = None
+        self._health.start_probe = self._start_probe
+
+    def _start_probe(self) -> None:
+        """Start the probe of the dead nodes as a task of the running loop (called, with
+        the probe's turn taken, by ``maybe_probe`` on the loop or in the bridge)."""
+        task = asyncio.get_running_loop().create_task(probe_dead(self._health), name="pymc-probe")
+        task.add_done_callback(self._probe_ended)
+        self.probe_task = task
+
+    def _probe_ended(self, task: asyncio.Task[None]) -> None:
+        self._health.probe_ended()
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("pymc: the probe of the dead nodes failed", exc_info=task.exception())
+
+    async def stop_probe(self) -> None:
+        """Cancel the probe in flight, if any, and wait for its end."""
+        task = self.probe_task
+        if task is not None and not task.done() and task is not asyncio.current_task():
+            task.cancel()
+            await asyncio.wait([task])  # (its cancellation is not this caller's)
 
     def _make_pool(self, server: ServerSpec) -> Any:
         hostname = self._tls_hostnames.get(server_name(server))
@@ -108,7 +134,7 @@ class ClusterCore(SyncHashClient):
         return await_(self._owner._run(command, key, args, kwargs, on_failure))
 
     def _each(self, command: str, *args: Any, **kwargs: Any) -> Dict[str, Any]:
-        return await_(self._owner._each(command, *args, **kwargs))  # type: ignore[no-any-return]
+        return await_(self._owner._each(command, *args, **kwargs))
 
     def _nodes_client(self, name: str) -> Any:
         return _BridgedNode(super()._nodes_client(name))
@@ -376,7 +402,9 @@ class HashClient:
             await self._each("quit")
 
     async def close(self) -> None:
-        """Close every idle connection of every node (live or dead)."""
+        """Cancel the probe of the dead nodes in flight, if any, and close every idle
+        connection of every node (live or dead)."""
+        await self._core.stop_probe()
         pools = list(self._core.snapshot.clients.values())
         pools += [pool for _, pool, _ in list(self._dead.values())]
         for pool in pools:
