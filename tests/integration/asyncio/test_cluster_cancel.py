@@ -160,9 +160,10 @@ async def cancelled_after(ticks: int, call: Awaitable[Any]) -> bool:
     return True
 
 
-@pytest.mark.parametrize("call", ["refresh", "wait_ready"])
+@pytest.mark.parametrize("call", ["refresh", "wait_ready", "first_command"])
 def test_cancel_discovery_at_every_step(nodes: List[MemcachedProcess], call: str) -> None:
-    """ElastiCacheClient's own coroutines, cancelled after 0, 1, 2, ... turns of the loop
+    """ElastiCacheClient's own coroutines (and a first command, which waits for the first
+    discovery), cancelled after 0, 1, 2, ... turns of the loop
     (discovery's waits are on its own connections): the client stays whole (the node set,
     the poller, the next refresh) and serves right values."""
     servers: List[Tuple[str, int]] = [n.address for n in nodes[:3]]  # type: ignore[misc]
@@ -173,8 +174,10 @@ def test_cancel_discovery_at_every_step(nodes: List[MemcachedProcess], call: str
         if call == "refresh":
             assert await ec.wait_ready(5)
             completed = await cancelled_after(ticks, ec.refresh())
-        else:
+        elif call == "wait_ready":
             completed = await cancelled_after(ticks, ec.wait_ready(5))
+        else:  # a command, which first waits for the first discovery
+            completed = await cancelled_after(ticks, ec.get_many(SPREAD))
         assert await ec.wait_ready(5)
         assert await asyncio.wait_for(ec.refresh(), 3) is False  # (nothing changed)
         assert set(ec.nodes) == set(servers) and ec.config_version == 1

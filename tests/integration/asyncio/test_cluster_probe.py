@@ -93,8 +93,8 @@ def test_killed_node_comes_back_by_a_task_of_the_loop(
             await asyncio.sleep(0.05)
         assert flaky_name not in client.snapshot.names
         flaky.start()  # the same port
-        for _ in range(100):  # a request past dead_timeout starts the probe
-            await client.get("other")
+        for _ in range(100):  # a request past dead_timeout starts the probe (here in the
+            await client.get_many(["other", "other2"])  # bridge, from the many-key code)
             if flaky_name in client.snapshot.names:
                 break
             await asyncio.sleep(0.05)
