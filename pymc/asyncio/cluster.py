@@ -14,7 +14,10 @@ greenlet:
 * the fan-out of the many-key commands (:mod:`pymc.asyncio.fanout`): each node's plan
   (``node_retrieval_plan`` for ``get_many``) is executed by the connection itself, the
   replies are read as they arrive, and each connection goes back at once;
-* the commands sent to every node (``stats``, ``version``, ``flush_all``, ...).
+* the commands sent to every node (``stats``, ``version``, ``flush_all``, ...);
+* the probe of the ejected nodes (:func:`~pymc.asyncio.nodes.probe_dead`): a task of the
+  loop, one at a time, each dead node asked for its version on a connection of its own
+  under the probe's timeouts; ``close()`` cancels it.
 
 The many-key commands' own logic (checking and placing keys, building each node's plan,
 decoding) runs in the bridge, as the sync code it is.

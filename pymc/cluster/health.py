@@ -3,9 +3,10 @@
 A connection-level failure (network error, timeout, unexpected close, malformed reply) counts
 against its node. After ``retry_attempts`` failures the node is ejected: a new snapshot without
 it is swapped in and its keys move to the other nodes. After ``dead_timeout`` seconds a
-background probe (a thread, or a greenlet under gevent) asks it for its version and re-admits it
-if it answers. A node that failed less than ``retry_timeout`` ago is not tried again yet: a
-request for it fails fast with :class:`NodeRestingError`.
+background probe (a thread, or a greenlet under gevent; an asyncio client's is a task of its
+loop: see ``Health.start_probe``) asks it for its version and re-admits it if it answers. A
+node that failed less than ``retry_timeout`` ago is not tried again yet: a request for it fails
+fast with :class:`NodeRestingError`.
 
 :class:`Health` has its own locks, which a forked child finds free (:class:`ForkSafeLock`).
 
