@@ -14,7 +14,10 @@ greenlet:
 * the fan-out of the many-key commands (:mod:`pymc.asyncio.fanout`): each node's plan
   (``node_retrieval_plan`` for ``get_many``) is executed by the connection itself, the
   replies are read as they arrive, and each connection goes back at once;
-* the commands sent to every node (``stats``, ``version``, ``flush_all``, ...).
+* the commands sent to every node (``stats``, ``version``, ``flush_all``, ...);
+* the probe of the ejected nodes (:func:`~pymc.asyncio.nodes.probe_dead`): a task of the
+  loop, one at a time, each dead node asked for its version on a connection of its own
+  under the probe's timeouts; ``close()`` cancels it.
 
 The many-key commands' own logic (checking and placing keys, building each node's plan,
 decoding) runs in the bridge, as the sync code it is.
@@ -25,7 +28,9 @@ package's ``bridge``, ``client``, ``pool``, ``fanout`` and ``nodes``.
 
 from __future__ import annotations
 
+import asyncio
 import inspect
+import logging
 from functools import partial
 from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Optional, Tuple
 
@@ -42,10 +47,12 @@ from ..retry import RetryPolicy
 from .bridge import await_, run_sync
 from .client import Client
 from .fanout import AsyncFanOut
-from .nodes import bridged_fetch, execute_alone
+from .nodes import bridged_fetch, execute_alone, probe_dead
 from .pool import PooledClient
 
 __all__ = ["HashClient"]
+
+logger = logging.getLogger("pymc")
 
 _MISSING: Any = object()
 
@@ -84,6 +91,28 @@ class ClusterCore(SyncHashClient):
         super().__init__(servers, *args, **kwargs)
         self.fanout = AsyncFanOut(self, self._health)
         self._fanout = _BridgedFanOut(self.fanout)  # type: ignore[assignment]
+        #: The probe of the dead nodes while it runs: a task of the loop (no thread).
+        self.probe_task: Optional[asyncio.Task[None]] = None
+        self._health.start_probe = self._start_probe
+
+    def _start_probe(self) -> None:
+        """Start the probe of the dead nodes as a task of the running loop (called, with
+        the probe's turn taken, by ``maybe_probe`` on the loop or in the bridge)."""
+        task = asyncio.get_running_loop().create_task(probe_dead(self._health), name="pymc-probe")
+        task.add_done_callback(self._probe_ended)
+        self.probe_task = task
+
+    def _probe_ended(self, task: asyncio.Task[None]) -> None:
+        self._health.probe_ended()
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("pymc: the probe of the dead nodes failed", exc_info=task.exception())
+
+    async def stop_probe(self) -> None:
+        """Cancel the probe in flight, if any, and wait for its end."""
+        task = self.probe_task
+        if task is not None and not task.done() and task is not asyncio.current_task():
+            task.cancel()
+            await asyncio.wait([task])  # (its cancellation is not this caller's)
 
     def _make_pool(self, server: ServerSpec) -> Any:
         hostname = self._tls_hostnames.get(server_name(server))
@@ -376,7 +405,9 @@ class HashClient:
             await self._each("quit")
 
     async def close(self) -> None:
-        """Close every idle connection of every node (live or dead)."""
+        """Cancel the probe of the dead nodes in flight, if any, and close every idle
+        connection of every node (live or dead)."""
+        await self._core.stop_probe()
         pools = list(self._core.snapshot.clients.values())
         pools += [pool for _, pool, _ in list(self._dead.values())]
         for pool in pools:

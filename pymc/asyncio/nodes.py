@@ -1,7 +1,8 @@
 """What the asyncio cluster clients do with one node's pool: take a connection for a fan-out
-and give it back, run a big batch alone, and the read-through (``fetch``) in the bridge.
+and give it back, run a big batch alone, the read-through (``fetch``) in the bridge, and the
+probe of the dead nodes (an asyncio task).
 
-Layer: this package's ``bridge`` and ``pool``.
+Layer: imports ``cluster`` (the health books) and this package's ``bridge`` and ``pool``.
 """
 
 from __future__ import annotations
@@ -9,10 +10,11 @@ from __future__ import annotations
 import asyncio
 from typing import Any, Callable, List, Tuple
 
+from ..cluster.health import Health
 from ..protocol.plans import Plan
 from .bridge import await_, run_sync
 
-__all__ = ["bridged_fetch", "checkout", "execute_alone", "give_back"]
+__all__ = ["bridged_fetch", "checkout", "execute_alone", "give_back", "probe_dead"]
 
 
 async def checkout(pool: Any) -> Tuple[Any, bool]:
@@ -65,3 +67,38 @@ async def bridged_fetch(
             return await_(coroutine_function())
 
     return await run_sync(fetch, client, key, compute, *args, **kwargs)
+
+
+async def probe_dead(health: Health) -> None:
+    """The probe of the dead nodes of ``health`` (the task a cluster client starts when
+    :meth:`Health.maybe_probe` finds one due): each dead node past ``dead_timeout`` is asked
+    for its version at once, on a new asyncio connection of its own with the probe's
+    timeouts (``connect_timeout`` and ``timeout``, never unbounded); those that answer are
+    re-admitted. The task's end gives the probe's turn back (:meth:`Health.probe_ended`)."""
+    due = [name for name, _ in health.due()]
+    if len(due) == 1:
+        await _probe_one(health, due[0])
+    elif due:  # (every one to its end, even when cancelled: then the first error)
+        outcomes = await asyncio.gather(
+            *(_probe_one(health, name) for name in due), return_exceptions=True
+        )
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
+
+
+async def _probe_one(health: Health, name: str) -> None:
+    record = health.dead.get(name)
+    if record is None:  # removed meanwhile
+        return
+    spec, pool, _ = record
+    probe: Any = pool.client_class.from_options(spec, health.probe_options)
+    probe.tls_hostname = pool.tls_hostname
+    try:
+        await probe.version()
+    except Exception:
+        health.probe_failed(name)
+        return
+    finally:
+        await probe.close()
+    health.revive(name)

@@ -3,9 +3,10 @@
 A connection-level failure (network error, timeout, unexpected close, malformed reply) counts
 against its node. After ``retry_attempts`` failures the node is ejected: a new snapshot without
 it is swapped in and its keys move to the other nodes. After ``dead_timeout`` seconds a
-background probe (a thread, or a greenlet under gevent) asks it for its version and re-admits it
-if it answers. A node that failed less than ``retry_timeout`` ago is not tried again yet: a
-request for it fails fast with :class:`NodeRestingError`.
+background probe (a thread, or a greenlet under gevent; an asyncio client's is a task of its
+loop: see ``Health.start_probe``) asks it for its version and re-admits it if it answers. A
+node that failed less than ``retry_timeout`` ago is not tried again yet: a request for it fails
+fast with :class:`NodeRestingError`.
 
 :class:`Health` has its own locks, which a forked child finds free (:class:`ForkSafeLock`).
 
@@ -165,7 +166,10 @@ class Health:
         self.last_failure: Dict[str, BaseException] = {}
         self.dead: Dict[str, Dead] = {}
         self.next_probe = 0.0
-        self._probe_lock = ForkSafeLock(threading.Lock)  # held while a probe thread runs
+        self._probe_lock = ForkSafeLock(threading.Lock)  # held while a probe runs
+        #: Starts a probe of the dead nodes, with ``probe_lock`` held (given back by
+        #: :meth:`probe_ended`): a thread by default; an asyncio client puts a task here.
+        self.start_probe: Callable[[], None] = self._start_thread
 
     @property
     def lock(self) -> ForkSafeLock:
@@ -293,40 +297,62 @@ class Health:
         if time.monotonic() < self.next_probe or not self._probe_lock.acquire(blocking=False):
             return
         try:
-            threading.Thread(target=self._probe, name="pymc-probe", daemon=True).start()
+            self.start_probe()
         except BaseException:
             self._probe_lock.release()
             raise
 
+    def _start_thread(self) -> None:
+        threading.Thread(target=self._probe, name="pymc-probe", daemon=True).start()
+
     def _probe(self) -> None:
         """Ask every dead node past dead_timeout for its version; re-admit those that answer."""
         try:
-            now = time.monotonic()
-            due = [(n, v) for n, v in list(self.dead.items()) if now - v[2] >= self.dead_timeout]
-            for name, (spec, pool, _) in due:
+            for name, (spec, _, _) in self.due():
                 probe = Client.from_options(spec, self.probe_options)
                 try:
                     probe.version()
                 except Exception:
-                    with self._lock:
-                        if name in self.dead:
-                            self.dead[name] = (spec, pool, time.monotonic())
+                    self.probe_failed(name)
                     continue
                 finally:
                     probe.close()
-                with self._change_lock:
-                    if name not in self.dead:  # removed meanwhile
-                        continue
-                    nodes = self._current()
-                    new = self._rebuild(
-                        {**nodes.servers, name: spec}, {**nodes.clients, name: pool}
-                    )  # outside _lock
-                    with self._lock:
-                        del self.dead[name]
-                        self._publish(new)
-                self._emit("node_revived", name, version=new.version)
+                self.revive(name)
         finally:
+            self.probe_ended()
+
+    def due(self) -> List[Tuple[str, Dead]]:
+        """The dead nodes past dead_timeout: a probe asks each for its version."""
+        now = time.monotonic()
+        return [(n, v) for n, v in list(self.dead.items()) if now - v[2] >= self.dead_timeout]
+
+    def probe_failed(self, name: str) -> None:
+        """Dead node ``name`` did not answer its probe: dead_timeout counts from now."""
+        with self._lock:
+            record = self.dead.get(name)
+            if record is not None:
+                self.dead[name] = (record[0], record[1], time.monotonic())
+
+    def revive(self, name: str) -> None:
+        """Dead node ``name`` answered its probe: re-admit it (unless removed meanwhile)."""
+        with self._change_lock:
+            record = self.dead.get(name)
+            if record is None:  # removed meanwhile
+                return
+            spec, pool, _ = record
+            nodes = self._current()
+            new = self._rebuild(
+                {**nodes.servers, name: spec}, {**nodes.clients, name: pool}
+            )  # outside _lock
             with self._lock:
-                deadlines = [v[2] + self.dead_timeout for v in self.dead.values()]
-                self.next_probe = min(deadlines) if deadlines else 0.0
-            self._probe_lock.release()
+                del self.dead[name]
+                self._publish(new)
+        self._emit("node_revived", name, version=new.version)
+
+    def probe_ended(self) -> None:
+        """The probe started by :meth:`maybe_probe` ended: the next is due when the first
+        dead node passes dead_timeout."""
+        with self._lock:
+            deadlines = [v[2] + self.dead_timeout for v in self.dead.values()]
+            self.next_probe = min(deadlines) if deadlines else 0.0
+        self._probe_lock.release()

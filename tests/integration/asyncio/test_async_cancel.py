@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import random
-from typing import Any, Awaitable, Callable, Dict, List, Tuple
+from typing import Any, Awaitable, Callable, Dict, List, Optional, Tuple
 
 import pytest
 from support.servers import MemcachedProcess
@@ -84,16 +84,18 @@ def test_every_command_is_covered() -> None:
 
 
 class CancelAt:
-    """Wraps AsyncConnection's one waiting point: the ``at``-th wait cancels the task."""
+    """Wraps AsyncConnection's one waiting point: the ``at``-th wait cancels the task
+    (``target``, when set: the command's task, whose fan-out waits in tasks of its own)."""
 
     def __init__(self) -> None:
         self.at = 0
         self.count = 0
+        self.target: Optional[asyncio.Task[Any]] = None
 
     async def wait(self, conn: AsyncConnection, awaitable: Any) -> Any:
         self.count += 1
         if self.count == self.at:
-            task = asyncio.current_task()
+            task = self.target or asyncio.current_task()
             assert task is not None
             task.cancel()
         return await awaitable

@@ -201,29 +201,46 @@ def test_dead_node_raises_without_ignore_exc(
     run(main())
 
 
+SLOW_VALUES = {f"slow-{i}": b"v" for i in range(60)}
+SLOW_KEYS = list(SLOW_VALUES)
+#: Each many-key command, and its result when every node answers.
+FAN_OUTS: Dict[str, Tuple[Callable[[HashClient], Awaitable[Any]], Any]] = {
+    "get_many": (lambda c: c.get_many(SLOW_KEYS), SLOW_VALUES),
+    "set_many": (lambda c: c.set_many(SLOW_VALUES), []),
+    "delete_many": (lambda c: c.delete_many(SLOW_KEYS), True),
+    "touch_many": (lambda c: c.touch_many(SLOW_KEYS, 0), dict.fromkeys(SLOW_KEYS, True)),
+    "meta_get_many": (lambda c: c.meta_get_many(SLOW_KEYS), SLOW_VALUES),
+    "meta_set_many": (lambda c: c.meta_set_many(SLOW_VALUES), []),
+}
+
+
+@pytest.mark.parametrize("command", sorted(FAN_OUTS))
 def test_slow_node_holds_nothing_of_the_others(
-    nodes: List[MemcachedProcess], fault_proxy: Callable[[Addr], Any]
+    nodes: List[MemcachedProcess], fault_proxy: Callable[[Addr], Any], command: str
 ) -> None:
     proxy = fault_proxy(addrs(nodes)[0])
     servers = [("127.0.0.1", proxy.port), *addrs(nodes)[1:3]]
     slow_name = f"127.0.0.1:{proxy.port}"
+    call, expected = FAN_OUTS[command]
 
     async def main() -> None:
-        client = HashClient(servers, use_pooling=True, max_pool_size=1, timeout=5)
-        keys = [f"slow-{i}" for i in range(60)]
-        await client.set_many({k: b"v" for k in keys})
-        fast_key = next(k for k in keys if client.snapshot.node_for(k) != slow_name)
-        proxy.set_mode("delay", seconds=1.0)
-        many = asyncio.ensure_future(client.get_many(keys))
-        await asyncio.sleep(0.2)
+        client = HashClient(
+            servers, use_pooling=True, max_pool_size=1, timeout=5, key_prefix=command.encode()
+        )
+        assert await client.set_many(SLOW_VALUES) == []
+        fast_key = next(k for k in SLOW_KEYS if client.snapshot.node_for(k) != slow_name)
+        proxy.set_mode("delay", seconds=0.5)
+        many = asyncio.ensure_future(call(client))
+        await asyncio.sleep(0.1)
         # The fan-out waits for the slow node; the others' connections are back already.
-        started = time.monotonic()
-        assert await client.get(fast_key) == b"v"
-        assert time.monotonic() - started < 0.5
+        assert not many.done()
         for name, pool in client.clients.items():
             if name != slow_name:
-                assert pool.client_pool.stats()["in_use"] == 0
-        assert await many == {k: b"v" for k in keys}
+                assert pool.client_pool.stats()["in_use"] == 0, f"{name}'s is held"
+        started = time.monotonic()
+        assert await client.set(fast_key, b"v")  # (one connection a node: it is free)
+        assert time.monotonic() - started < 0.2
+        assert await many == expected
         proxy.set_mode("pass")
         assert idle_everywhere(client)
         await client.close()
@@ -271,42 +288,3 @@ def test_cancel_at_every_await(nodes: List[MemcachedProcess], command: str) -> N
         await client.close()
 
     run(main(), timeout=50)
-
-
-def test_ejected_node_is_revived(new_memcached: Callable[..., MemcachedProcess]) -> None:
-    live = new_memcached()
-    flaky = new_memcached()
-    servers = [live.address, flaky.address]
-    flaky_name = pymc.client.server_name(flaky.address)
-    events: List[str] = []
-
-    async def main() -> None:
-        client = HashClient(
-            servers,
-            retry_attempts=1,
-            retry_timeout=0,
-            dead_timeout=0.2,
-            connect_timeout=0.5,
-            timeout=0.5,
-            ignore_exc=True,
-            on_event=lambda event, node, info: events.append(event),
-        )
-        key = next(
-            f"rv-{i}" for i in range(100) if client.snapshot.node_for(f"rv-{i}") == flaky_name
-        )
-        assert await client.set(key, b"1")
-        flaky.stop()
-        assert await client.get(key, b"d") == b"d"  # failed: ejected (retry_attempts=1)
-        assert flaky_name not in client.snapshot.names
-        flaky.start()
-        for _ in range(100):  # a request past dead_timeout starts the probe
-            await client.get("other")
-            if flaky_name in client.snapshot.names:
-                break
-            await asyncio.sleep(0.05)
-        assert flaky_name in client.snapshot.names
-        assert "node_revived" in events
-        assert await client.set(key, b"2") and await client.get(key) == b"2"
-        await client.close()
-
-    run(main())
