@@ -70,7 +70,9 @@ class Link(asyncio.Protocol):
     at once (so bytes nobody asked for show as ``reader.buffered``), and wake the one
     command waiting for them."""
 
-    def __init__(self) -> None:
+    def __init__(self, loop: Optional[asyncio.AbstractEventLoop] = None) -> None:
+        #: The event loop the connection was made on (its transport's).
+        self.loop = loop
         self.reader = Reader()
         self.transport: Optional[asyncio.Transport] = None
         #: The future the connection's command waits on (bytes, EOF, the deadline).
@@ -112,10 +114,32 @@ class Link(asyncio.Protocol):
             self.transport.write(data)
 
     def abort(self) -> None:
-        """Drop the connection at once, whatever is queued or unread."""
+        """Drop the connection at once, whatever is queued or unread (from any loop, or
+        none: a transport is only touched on its own loop, and a closed loop runs nothing,
+        so then the socket is shut down, and closed when the transport is collected)."""
         self.gone = True
-        if self.transport is not None:
-            self.transport.abort()
+        transport = self.transport
+        if transport is None:
+            return
+        loop = self.loop
+        if loop is not None and (loop.is_closed() or _running_loop() not in (None, loop)):
+            sock = transport.get_extra_info("socket")
+            if sock is not None:
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+            if not loop.is_closed():
+                loop.call_soon_threadsafe(transport.abort)
+            return
+        transport.abort()
+
+
+def _running_loop() -> Optional[asyncio.AbstractEventLoop]:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
 
 
 def _leftover(server: ServerSpec, reader: Reader) -> MemcacheProtocolError:
@@ -235,8 +259,11 @@ class AsyncConnection(SyncMarker):
     async def _connect(self) -> Link:
         opts = self.options
         server = self.server
-        loop = self._loop = asyncio.get_running_loop()
-        link = Link()
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:
+            self._timer = None  # (the old loop's; see _expire)
+            self._loop = loop
+        link = Link(loop)
         context = opts.tls_context
         try:
             if isinstance(server, str):
@@ -313,12 +340,14 @@ class AsyncConnection(SyncMarker):
             self._timer_at = deadline
 
     def _expire(self) -> None:
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:  # a timer of a loop the connection left
+            return
         self._timer = None
         deadline = self._deadline
         link = self.sock
         if deadline is None or link is None:
             return
-        loop = self._loop or asyncio.get_running_loop()
         if loop.time() + _EARLY < deadline:  # a later command's deadline: wait for it
             self._timer = loop.call_at(deadline, self._expire)
             self._timer_at = deadline
@@ -373,15 +402,17 @@ class AsyncConnection(SyncMarker):
         if (
             link is None
             or self._pending
+            or self._loop is not asyncio.get_running_loop()
             or link.gone
             or link.reader.broken
             or (link.reader.buffered and not self._owes_sync)
         ):
             # A reply never read to its end (an interrupted command), a reader that gave
-            # up, bytes after the last complete reply (a proxy's late duplicate), or the
-            # server's close: a new connection before anything is sent. (After noreply
-            # commands, bytes are their error lines, which the marker reads; a close is
-            # their refusal, counted and logged.)
+            # up, bytes after the last complete reply (a proxy's late duplicate), the
+            # server's close, or a connection made on another event loop (a client used
+            # by one asyncio.run after another): a new connection before anything is
+            # sent. (After noreply commands, bytes are their error lines, which the
+            # marker reads; a close is their refusal, counted and logged.)
             if link is not None:
                 if link.gone and self._owes_sync:
                     self._noreply_refused()
@@ -538,6 +569,7 @@ class AsyncConnection(SyncMarker):
                 link is None
                 or self._pending
                 or self._owes_sync
+                or self._loop is not asyncio.get_running_loop()
                 or link.gone
                 or link.reader.buffered
                 or link.reader.broken
