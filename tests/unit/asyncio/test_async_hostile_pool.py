@@ -21,6 +21,7 @@ def test_a_slot_freed_by_a_destroy_goes_to_the_waiting_task() -> None:
         made = itertools.count()
         pool = aio.AsyncObjectPool(lambda: next(made), lambda obj: None, max_size=1, timeout=0.3)
         first = pool.try_get()
+        assert first is not None
         waiting = asyncio.ensure_future(pool.get())
         await asyncio.sleep(0.01)
         pool.destroy(first)
@@ -68,6 +69,7 @@ def test_a_woken_task_cancelled_before_it_runs_passes_its_slot_on() -> None:
         made = itertools.count()
         pool = aio.AsyncObjectPool(lambda: next(made), lambda obj: None, max_size=1, timeout=1)
         first = pool.try_get()
+        assert first is not None
         woken = asyncio.ensure_future(pool.get())
         second = asyncio.ensure_future(pool.get())
         await asyncio.sleep(0.01)
