@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from typing import Any, Awaitable
+from typing import Any, Awaitable, Dict, List, Tuple
 
 import pytest
 from support.servers import MemcachedProcess
 
+import pymc
 import pymc.asyncio as aio
 
 KINDS = ["Client", "PooledClient", "RetryingClient"]
@@ -71,3 +72,105 @@ def test_a_client_moves_to_another_threads_loop(memcached: MemcachedProcess, kin
         thread.join(5)
         loop.close()
     assert arun(set_get(client, b"closed")) == (b"closed", {"loop": b"closed"})
+
+
+# --------------------------------------------------------------------------- the swarm
+
+
+def owned(key: str) -> bytes:
+    """The one value the swarm ever stores under ``key``."""
+    return b"value-of-" + key.encode()
+
+
+async def mixed_round(c: Any, i: int, r: int, counter: List[int]) -> Dict[str, Any]:
+    """One command (chosen by ``r``) on task ``i``'s own keys (one of three, so a stale
+    reply would be another key's value): what it read, by the key it asked for."""
+    key = f"hs{i}-{r % 3}"
+    op = r % 8
+    if op == 0:
+        return {key: await c.get(key)}
+    if op == 1:
+        other = f"hs{i}-{(r + 1) % 3}"
+        return dict(await c.get_many([key, other]))
+    if op == 2:
+        assert await c.set(key, owned(key)) is True
+        return {}
+    if op == 3:
+        value, token = await c.gets(key)
+        if token is not None:
+            assert await c.cas(key, owned(key), token) in (True, False)
+        return {key: value}
+    if op == 4:
+        counter[0] += 1  # (an interrupted incr may have been applied)
+        n = await c.incr(f"hn{i}", 1)
+        assert 1000 < int(n) <= 1000 + counter[0], (i, n)  # this task's own counter
+        return {}
+    if op == 5:
+        fkey = f"hf{i}-{r}"
+
+        async def compute() -> bytes:
+            await asyncio.sleep(0.001)
+            return owned(fkey)
+
+        return {fkey: await c.fetch(fkey, compute, 0, lease_ttl=1)}
+    if op == 6:
+        return {key: (await c.meta_get(key)).value}
+    return {k: value for k, (value, _) in (await c.gets_many([key])).items()}
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_swarm_of_mixed_commands_under_asyncio_timeout(
+    memcached: MemcachedProcess, fault_proxy: Any, kind: str
+) -> None:
+    """Tasks run every kind of command (reads, writes, gets/cas, incr, a fetch with a
+    coroutine compute, meta) inside ``asyncio.timeout`` of a few ms over a delaying
+    proxy, on a shared pool or each on a Client of its own that it keeps using after
+    every timeout: no read ever returns another key's value, no slot is lost, and every
+    connection works after."""
+    import random
+
+    proxy = fault_proxy(memcached.address)
+    tasks, rounds = 48, 16
+    keys = [f"hs{i}-{n}" for i in range(tasks) for n in range(3)]
+    sync = pymc.Client(memcached.server)
+    sync.set_many({key: owned(key) for key in keys})
+    sync.set_many({f"hn{i}": b"1000" for i in range(tasks)})
+    proxy.set_mode("delay", seconds=0.002)
+    rng = random.Random(2111)
+
+    async def main() -> Tuple[int, int, int]:
+        pooled = aio.PooledClient(proxy.server, timeout=1, max_pool_size=16, pool_timeout=5)
+        shared = pooled if kind != "RetryingClient" else aio.RetryingClient(pooled, attempts=2)
+        foreign = timeouts = done = 0
+
+        async def worker(i: int) -> None:
+            nonlocal foreign, timeouts, done
+            c = aio.Client(proxy.server, timeout=1) if kind == "Client" else shared
+            counter = [0]
+            for r in range(rounds):
+                try:
+                    async with asyncio.timeout(rng.uniform(0.001, 0.03)):
+                        got = await mixed_round(c, i, r + i, counter)
+                except (TimeoutError, pymc.MemcacheTimeoutError):
+                    timeouts += 1
+                    continue
+                done += 1
+                foreign += sum(1 for k, v in got.items() if v is not None and v != owned(k))
+            proxy_mode = proxy.mode.name
+            if kind == "Client" and proxy_mode == "delay":  # the same Client, in step
+                assert await c.get_many(keys[3 * i : 3 * i + 3]) == {
+                    k: owned(k) for k in keys[3 * i : 3 * i + 3]
+                }
+                await c.close()
+
+        await asyncio.gather(*(worker(i) for i in range(tasks)))
+        assert pooled.client_pool.stats()["in_use"] == 0
+        proxy.set_mode("pass")
+        results = await asyncio.gather(*(shared.get(k) for k in keys[:32]))
+        assert results == [owned(k) for k in keys[:32]]
+        assert pooled.client_pool.stats()["in_use"] == 0
+        return foreign, timeouts, done
+
+    foreign, timeouts, done = arun(main(), 50)
+    assert foreign == 0
+    assert timeouts > 0 and done > 0  # (both outcomes happened)
