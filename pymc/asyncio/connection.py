@@ -79,6 +79,8 @@ class Link(asyncio.Protocol):
         self.waiter: Optional[asyncio.Future[None]] = None
         #: The server closed the connection (EOF or a reset): what came before is readable.
         self.gone = False
+        #: How it was lost, when not by a clean close (a reset: an OSError).
+        self.error: Optional[OSError] = None
         self.paused = False  # the transport's write buffer is full (see pause_writing)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -86,6 +88,10 @@ class Link(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.reader.feed(data)
+        self.wake()
+
+    def wake(self) -> None:
+        """Wake the command waiting (for bytes, the close, room in the write buffer)."""
         waiter = self.waiter
         if waiter is not None:
             self.waiter = None
@@ -98,15 +104,19 @@ class Link(asyncio.Protocol):
 
     def connection_lost(self, exc: Optional[Exception]) -> None:
         self.gone = True
+        if isinstance(exc, OSError):
+            self.error = exc
         self.paused = False
-        self.data_received(b"")  # (wakes the waiter)
+        # (Not through data_received: a reader that gave up on a bad reply raises when
+        # fed, which the loop would log as an error of its own.)
+        self.wake()
 
     def pause_writing(self) -> None:
         self.paused = True
 
     def resume_writing(self) -> None:
         self.paused = False
-        self.data_received(b"")
+        self.wake()
 
     def sendall(self, data: bytes) -> None:
         """Queue ``data`` (what the sync command set's ``quit`` calls on ``sock``)."""
@@ -370,7 +380,7 @@ class AsyncConnection(SyncMarker):
     async def _more(self, link: Link) -> None:
         """Wait for bytes (or the server's close, or the deadline: then raise)."""
         if link.gone:
-            raise self._closed_mid_reply()
+            raise self._closed_mid_reply(link)
         if self._over:
             raise self._timed_out()
         waiter = link.waiter = (self._loop or asyncio.get_running_loop()).create_future()
@@ -505,9 +515,11 @@ class AsyncConnection(SyncMarker):
             ) from exc
         raise exc
 
-    def _closed_mid_reply(self) -> BaseException:
+    def _closed_mid_reply(self, link: Link) -> BaseException:
         if self._syncing:  # (before the marker's answer: a close after noreply commands)
             return self._noreply_refused()
+        if link.error is not None:  # a reset: a network error (see _abort), as in sync
+            return link.error
         error = MemcacheUnexpectedCloseError(
             f"{server_name(self.server)} closed the connection mid-reply"
         )

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from typing import Any, Awaitable, Dict, List, Tuple
+from typing import Any, Awaitable, Callable, Dict, List, Tuple
 
 import pytest
 from support.servers import MemcachedProcess
@@ -174,3 +174,103 @@ def test_a_swarm_of_mixed_commands_under_asyncio_timeout(
     foreign, timeouts, done = arun(main(), 50)
     assert foreign == 0
     assert timeouts > 0 and done > 0  # (both outcomes happened)
+
+
+# --------------------------------------------------------------------------- misbehaving servers
+
+
+def _replace_reply(data: bytes) -> Callable[[bytes], bytes]:
+    return lambda chunk: data
+
+
+# A server or network that misbehaves, as the fault proxy's modes.
+MISBEHAVIOURS: Dict[str, Dict[str, Any]] = {
+    "reset": {"name": "reset"},
+    "close": {"name": "close"},
+    "garbage": {"name": "garbage"},
+    "close_after_5": {"name": "close_after", "nbytes": 5},
+    "too_many_connections": {
+        "name": "rewrite",
+        "fn": _replace_reply(b"ERROR Too many open connections\r\n"),
+    },
+    "server_error": {
+        "name": "rewrite",
+        "fn": _replace_reply(b"SERVER_ERROR out of memory storing object\r\n"),
+    },
+    "another_keys_value": {"name": "rewrite", "fn": _replace_reply(b"VALUE x 0 1\r\nx\r\nEND\r\n")},
+    "bare_hd": {"name": "rewrite", "fn": _replace_reply(b"HD\r\n")},
+}
+
+MISBEHAVED_CALLS: Dict[str, Callable[[Any], Any]] = {
+    "get": lambda c: c.get("k"),
+    "get_many": lambda c: c.get_many(["k", "k2"]),
+    "set": lambda c: c.set("k", b"v"),
+    "incr": lambda c: c.incr("n", 1),
+    "meta_get": lambda c: c.meta_get("k"),
+    "stats": lambda c: c.stats(),
+    "fetch": lambda c: c.fetch("k", lambda: b"v"),
+}
+
+
+def outcome_of(result: Any) -> Any:
+    if isinstance(result, BaseException):
+        cause = result.__cause__
+        return (type(result).__name__, type(cause).__name__ if cause is not None else None)
+    return ("ok", repr(result))
+
+
+@pytest.mark.parametrize("mode", sorted(MISBEHAVIOURS))
+def test_a_misbehaving_server_gets_the_sync_clients_answer(
+    memcached: MemcachedProcess, fault_proxy: Any, mode: str
+) -> None:
+    """Each command, against a server that resets, closes, sends garbage, refuses the
+    connection, or answers another key's value: the asyncio Client and PooledClient raise
+    (or return) what the sync Client does, and are in step for the next command; the
+    event loop logs no error of its own (an exception in a protocol callback)."""
+    proxy = fault_proxy(memcached.address)
+    spec = dict(MISBEHAVIOURS[mode])
+    name = spec.pop("name")
+    pymc.Client(memcached.server).set("k", b"v")
+
+    def sync_outcome(call: Callable[[Any], Any]) -> Any:
+        proxy.set_mode("pass")
+        c = pymc.Client(proxy.server, timeout=1)
+        c.meta_noop()  # (connected, meta checked)
+        proxy.set_mode(name, **spec)
+        try:
+            result = call(c)
+        except Exception as exc:
+            result = exc
+        proxy.set_mode("pass")
+        assert c.get("k") == b"v"
+        c.close()
+        return outcome_of(result)
+
+    async def async_outcome(kind: str, call: Callable[[Any], Any]) -> Any:
+        proxy.set_mode("pass")
+        c = make(kind, proxy.server, timeout=1)
+        await c.meta_noop()
+        proxy.set_mode(name, **spec)
+        try:
+            result = await call(c)
+        except Exception as exc:
+            result = exc
+        proxy.set_mode("pass")
+        assert await c.get("k") == b"v"
+        await c.close()
+        return outcome_of(result)
+
+    async def main() -> List[Any]:
+        logged: List[Any] = []
+        asyncio.get_running_loop().set_exception_handler(lambda loop, ctx: logged.append(ctx))
+        out = []
+        for call_name, call in sorted(MISBEHAVED_CALLS.items()):
+            want = sync_outcome(call)
+            for kind in ("Client", "PooledClient"):
+                out.append((call_name, kind, await async_outcome(kind, call), want))
+        await asyncio.sleep(0.05)  # (the closed connections' callbacks run)
+        assert logged == []
+        return out
+
+    for call_name, kind, have, want in arun(main(), 40):
+        assert have == want, (call_name, kind)
