@@ -54,6 +54,7 @@ from ..protocol.plans import Plan
 from ..protocol.results import decode_values
 from ..serde import DefaultSerde
 from ..transport import refused_by_close
+from ..transport.poll import stray_check
 from ..transport.sync import SyncMarker
 from .bridge import run_sync
 from .core import BridgedTransport
@@ -82,6 +83,9 @@ class Link(asyncio.Protocol):
         #: How it was lost, when not by a clean close (a reset: an OSError).
         self.error: Optional[OSError] = None
         self.paused = False  # the transport's write buffer is full (see pause_writing)
+        #: ``look(0)``: whether the socket holds bytes or a close that the loop has not
+        #: delivered yet (None over TLS, where a readable socket need not hold any).
+        self.look: Optional[Callable[[int], Any]] = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -293,6 +297,8 @@ class AsyncConnection(SyncMarker):
             sock = link.transport.get_extra_info("socket") if link.transport else None
             if sock is not None and sock.family != socket.AF_UNIX:
                 self._socket_options(sock)
+            if sock is not None and context is None:
+                link.look = stray_check(sock)
             self.sock = link
             self._reader = link.reader
             if opts.username is not None:
@@ -386,6 +392,24 @@ class AsyncConnection(SyncMarker):
         waiter = link.waiter = (self._loop or asyncio.get_running_loop()).create_future()
         await self._wait(waiter)
 
+    async def _settle(self, link: Link) -> None:
+        """The socket of an idle connection holds bytes or the server's close that the loop
+        has not delivered yet (its read runs after this task's step: a proxy's close right
+        after its reply always comes so): let the loop deliver them, so that what ``send``
+        checks before reusing the connection sees them, as the sync transport's look
+        before each send does. Nothing is sent or pending; bounded by ``timeout``."""
+        if self._pending or self._loop is not asyncio.get_running_loop():
+            return  # (a new connection anyway)
+        timeout = self._timeout
+        self._arm(None if timeout is None else self._loop.time() + timeout)
+        try:
+            waiter = link.waiter = self._loop.create_future()
+            await self._wait(waiter)
+        except MemcacheTimeoutError:
+            pass  # (nothing came: the checks decide)
+        finally:
+            self._arm(None)
+
     async def _until(self, link: Link, parse: Callable[[], Any]) -> Any:
         """``parse()`` over what the reader holds, waiting for more until it has a result.
         Inside the callers' safety net."""
@@ -409,6 +433,8 @@ class AsyncConnection(SyncMarker):
         on any failure the connection is closed). ``looked`` is accepted for the
         signature's sake."""
         link = self.sock
+        if link is not None and link.look is not None and link.look(0) and not link.gone:
+            await self._settle(link)
         if (
             link is None
             or self._pending
@@ -577,6 +603,8 @@ class AsyncConnection(SyncMarker):
         raw = validate_key(key, self._prefix, self._unicode)
         try:
             link = self.sock
+            if link is not None and link.look is not None and link.look(0) and not link.gone:
+                await self._settle(link)
             if (
                 link is None
                 or self._pending

@@ -8,13 +8,22 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from typing import Any, Awaitable, Callable, Dict, List, Tuple
+import time
+from typing import Any, Awaitable, Callable, Dict, List, Optional, Tuple
+from unittest import mock
 
 import pytest
+from support.nutcracker import NutcrackerProcess
 from support.servers import MemcachedProcess
 
 import pymc
 import pymc.asyncio as aio
+from integration.client import test_twemproxy
+
+# The sync suite's twemproxy fixtures (a backend down, every backend down) and key tags.
+half_down = test_twemproxy.half_down
+all_down = test_twemproxy.all_down
+tag = test_twemproxy.tag
 
 KINDS = ["Client", "PooledClient", "RetryingClient"]
 
@@ -283,3 +292,116 @@ def test_a_misbehaving_server_gets_the_sync_clients_answer(
 
     for call_name, kind, have, want in arun(main(), 40):
         assert have == want, (call_name, kind)
+
+
+# --------------------------------------------------------------------------- twemproxy
+
+
+@pytest.mark.parametrize("timeout", [3.0, None])
+@pytest.mark.parametrize("kind", KINDS)
+def test_twemproxy_with_a_backend_down(
+    half_down: NutcrackerProcess, kind: str, timeout: Optional[float]
+) -> None:
+    """Behind twemproxy with a backend down (the one ``version``, the sync marker, goes
+    to, so every marker is answered SERVER_ERROR): noreply writes then reads of live
+    keys answer right; a key on the down backend gets twemproxy's error at once; a lone
+    marker (raw_command) is survived; nothing ever waits for a reply that never comes."""
+    live = half_down.keys(tag(), live=True, count=2)
+    (dead,) = half_down.keys(tag(), live=False)
+
+    async def main() -> None:
+        c = make(kind, half_down.server, timeout=timeout)
+        loop = asyncio.get_running_loop()
+        for round_ in range(3):
+            await c.set(live[0], b"v%d" % round_, noreply=True)
+            assert await c.get(live[0]) == b"v%d" % round_
+            await c.set_many({live[1]: b"a"}, noreply=True)
+            assert await c.get_many(live) == {live[0]: b"v%d" % round_, live[1]: b"a"}
+            await c.set(live[0], b"w", noreply=True)
+            start = loop.time()
+            with pytest.raises(pymc.MemcacheServerError, match="Connection refused"):
+                await c.get(dead)
+            assert loop.time() - start < 1.5
+            await c.delete(dead, noreply=True)  # (twemproxy drops what comes back)
+            assert await c.gets(live[0]) == (b"w", mock.ANY)
+            reply = await c.raw_command(f"get {live[1]}", "END\r\n")
+            assert reply.startswith(b"VALUE")
+        await c.close()
+
+    arun(main(), 15)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_twemproxy_with_every_backend_down(all_down: NutcrackerProcess, kind: str) -> None:
+    """Marker and command both answered with errors: the command's error, at once, with
+    or without a timeout."""
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        for timeout in (3.0, None):
+            c = make(kind, all_down.server, timeout=timeout)
+            for _ in range(2):
+                await c.set("k", b"v", noreply=True)
+                start = loop.time()
+                with pytest.raises(pymc.MemcacheServerError, match="Connection refused"):
+                    await c.get("k")
+                with pytest.raises(pymc.MemcacheServerError, match="Connection refused"):
+                    await c.gets("k")
+                assert loop.time() - start < 1.5
+            await c.close()
+
+    arun(main(), 15)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_twemproxy_closes_on_a_noreply_flush_all(
+    memcached: MemcachedProcess, twemproxy: Callable[..., NutcrackerProcess], kind: str
+) -> None:
+    """twemproxy closes the connection on ``flush_all`` (sent noreply, nothing answers
+    it): the next command is served on a new connection, or, if it crossed the close,
+    raises MemcacheUnsupportedCommandError; the one after is served at once."""
+    proxy = twemproxy([(memcached.address[0], memcached.address[1])])
+    key = tag()
+
+    async def main() -> None:
+        c = make(kind, proxy.server, timeout=3.0)
+        assert await c.set(key, b"v") is True
+        for pause in (0.2, 0.2, 0, 0, 0):
+            await c.flush_all(noreply=True)
+            await asyncio.sleep(pause)
+            try:
+                assert await c.get(key) == b"v"
+            except pymc.MemcacheUnsupportedCommandError as exc:
+                assert pause == 0 and "noreply" in str(exc)
+            assert await c.get(key) == b"v"
+        await c.close()
+
+    arun(main(), 15)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_write_after_a_reply_the_server_closes_on_is_not_lost(
+    memcached: MemcachedProcess, fault_proxy: Any, kind: str
+) -> None:
+    """The server (a proxy: twemproxy does so after an error to a multi-key get) closes
+    the connection right after a complete reply. A noreply write that follows at once goes
+    out on a new connection and is stored, not into the closed one, lost; and the read
+    after it gets the value, not an error saying the server refused the write. (The close
+    is in the socket before the write, but the loop has not read it yet: its read comes
+    after the task's step.)"""
+    proxy = fault_proxy(memcached.address)
+
+    async def main() -> None:
+        c = make(kind, proxy.server, timeout=3.0)
+        for n in range(3):
+            proxy.set_mode("pass")
+            await c.meta_noop()  # (connected, the meta check made)
+            proxy.set_mode("close_after", nbytes=5)
+            assert await c.get("gone") is None  # END, then the close
+            time.sleep(0.02)  # (the loop blocked: the close is in the socket, not yet read)
+            await c.set("w", b"after-%d" % n, noreply=True)
+            proxy.set_mode("pass")
+            assert await c.get("w") == b"after-%d" % n
+        await c.close()
+
+    arun(main(), 15)
