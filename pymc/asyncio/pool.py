@@ -336,7 +336,7 @@ class PooledClient(Commands):
         client = await pool.get()
         clean = False
         try:
-            result = await client.conn.get(key, default)
+            result = await client.get(key, default)
             clean = True
         finally:
             pool.put(client, clean)

@@ -13,17 +13,21 @@ from typing import Any, Awaitable, Callable, Dict, List, Optional, Tuple
 from unittest import mock
 
 import pytest
+from support.helpers import Interrupt, run_in_child
 from support.nutcracker import NutcrackerProcess
 from support.servers import MemcachedProcess
 
 import pymc
 import pymc.asyncio as aio
 from integration.client import test_twemproxy
+from integration.transport import test_auth_proxy
+from pymc.asyncio.connection import AsyncConnection
 
 # The sync suite's twemproxy fixtures (a backend down, every backend down) and key tags.
 half_down = test_twemproxy.half_down
 all_down = test_twemproxy.all_down
 tag = test_twemproxy.tag
+mixed_backends = test_auth_proxy.mixed_backends  # (a backend with auth, one without)
 
 KINDS = ["Client", "PooledClient", "RetryingClient"]
 
@@ -405,3 +409,237 @@ def test_a_write_after_a_reply_the_server_closes_on_is_not_lost(
         await c.close()
 
     arun(main(), 15)
+
+
+def test_credentials_never_reach_a_backend_without_auth_through_twemproxy(
+    twemproxy: Callable[..., NutcrackerProcess],
+    mixed_backends: Tuple[MemcachedProcess, MemcachedProcess],
+) -> None:
+    """ASCII auth through twemproxy whose backend for the key ``auth`` has no auth: the
+    asyncio client does not send the credentials (they would be stored there, an item
+    anyone can read), as the sync one does not."""
+    with_auth, plain = mixed_backends
+    proxy = test_auth_proxy.layout_splitting_auth(twemproxy, with_auth, plain)
+
+    async def main() -> None:
+        for kind in KINDS:
+            c = make(kind, proxy.server, username="pymc", password="s3cret-pw")
+            try:
+                await c.get("some-key")
+            except Exception as exc:
+                assert isinstance(exc, pymc.MemcacheAuthNotRequiredError), repr(exc)
+            else:
+                raise AssertionError("no error from a backend that does not take auth")
+            await c.close()
+
+    arun(main())
+    with pymc.Client(plain.address) as raw:
+        assert raw.get("auth") is None, "the credentials were stored in a backend without auth"
+
+
+# --------------------------------------------------------------------------- the bridge
+
+
+INTERRUPTED: Dict[str, Callable[[Any], Any]] = {
+    "get": lambda c: c.get("k"),
+    "get_many": lambda c: c.get_many(["k", "k2"]),
+    "set_many": lambda c: c.set_many({"k": b"v", "k2": b"v2"}),
+    "meta_set": lambda c: c.meta_set("k", b"v"),
+    "gets": lambda c: c.gets("k"),
+    "fetch": lambda c: c.fetch("k", lambda: b"v"),
+}
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("name", sorted(INTERRUPTED))
+def test_a_base_exception_at_every_await(
+    memcached: MemcachedProcess, monkeypatch: pytest.MonkeyPatch, kind: str, name: str
+) -> None:
+    """A BaseException that is not a cancellation (KeyboardInterrupt, SystemExit, a
+    gevent.Timeout-like one) raised at each wait of a command, through the greenlet
+    bridge: it leaves unchanged, the connection is closed, the pool slot comes back, and
+    the next commands get their own values."""
+    state = {"at": 0, "count": 0}
+    original = AsyncConnection._wait
+
+    async def wait(conn: AsyncConnection, awaitable: Any) -> Any:
+        state["count"] += 1
+        if state["count"] == state["at"]:
+            close = getattr(awaitable, "close", None)
+            if close is not None:
+                close()  # (a coroutine never awaited)
+            raise Interrupt("at a wait")
+        return await original(conn, awaitable)
+
+    monkeypatch.setattr(AsyncConnection, "_wait", wait)
+
+    async def main() -> int:
+        c = make(kind, memcached.server)
+        await c.set("k2", b"v2")
+        for at in range(1, 20):
+            await c.set("k", b"v")
+            state["at"], state["count"] = at, 0
+            try:
+                await INTERRUPTED[name](c)
+            except Interrupt:
+                pass
+            else:
+                return at
+            finally:
+                state["at"] = 0
+            pooled = getattr(c, "_client", c)
+            if isinstance(pooled, aio.PooledClient):
+                assert pooled.client_pool.stats()["in_use"] == 0
+            else:
+                assert not pooled.conn.pending and pooled.conn.sock is None
+            assert await c.get_many(["k", "k2"]) == {"k": b"v", "k2": b"v2"}
+        raise AssertionError("more waits than any of these commands makes")
+
+    assert arun(main()) > 1
+
+
+def test_a_base_exception_from_a_fetch_compute_gives_the_lease_back(
+    memcached: MemcachedProcess,
+) -> None:
+    """fetch's coroutine compute raises a BaseException (or is cancelled, or outlasts an
+    asyncio timeout): it leaves unchanged, the lease is given back (the next fetch
+    computes at once instead of waiting out lease_ttl), and no lease placeholder is ever
+    returned as a value."""
+
+    async def main() -> None:
+        c = aio.Client(memcached.server, timeout=2)
+        other = aio.Client(memcached.server, timeout=2)
+        loop = asyncio.get_running_loop()
+
+        async def interrupted() -> bytes:
+            await asyncio.sleep(0.001)
+            raise Interrupt("in compute")
+
+        async def slow() -> bytes:
+            await asyncio.sleep(5)
+            return b"slow"
+
+        for n, failing in enumerate((interrupted, slow)):
+            key = f"lease{n}"
+            with pytest.raises((Interrupt, TimeoutError)):
+                await within(0.2, c.fetch(key, failing, 0, lease_ttl=30))
+            assert await other.get(key) is None  # (nothing stored, no placeholder)
+            start = loop.time()
+            assert await other.fetch(key, lambda: b"computed", 0, lease_ttl=30) == b"computed"
+            assert loop.time() - start < 1
+            assert await c.get(key) == b"computed"
+
+    arun(main())
+
+
+def test_commands_see_the_callers_context_variables(memcached: MemcachedProcess) -> None:
+    """A bridged command runs in the calling task's context: an on_command hook and a
+    fetch compute see its context variables; each task its own."""
+    import contextvars
+
+    request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id")
+    seen: List[Tuple[str, str]] = []
+
+    def hook(command: str, *args: Any, **kwargs: Any) -> None:
+        seen.append((command, request_id.get("unset")))
+
+    async def main() -> None:
+        c = aio.PooledClient(memcached.server, timeout=2, max_pool_size=2, on_command=hook)
+
+        async def one(i: int) -> bytes:
+            request_id.set(f"r{i}")
+            await c.set(f"cv{i}", b"x")
+            return await c.fetch(f"cf{i}", lambda: request_id.get().encode(), 0)  # type: ignore[no-any-return]
+
+        assert await asyncio.gather(*(one(i) for i in range(4))) == [b"r0", b"r1", b"r2", b"r3"]
+
+    arun(main())
+    assert seen and all(rid != "unset" for _, rid in seen)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_the_on_command_hook_sees_what_it_sees_in_sync(
+    memcached: MemcachedProcess, kind: str
+) -> None:
+    """``on_command`` (a tracer's hook) is called for each command of an asyncio client
+    as for the sync Client: the same commands, keys and server, in the same order."""
+
+    def scenario(log: List[Any]) -> Callable[[str, Any, Any], None]:
+        return lambda command, keys, server: log.append((command, keys, server))
+
+    want: List[Any] = []
+    sync = pymc.Client(memcached.server, on_command=scenario(want))
+    for call in SCENARIO_CALLS:
+        call(sync)
+    sync.close()
+    memcached.flush_all()
+
+    async def main() -> List[Any]:
+        have: List[Any] = []
+        c = make(kind, memcached.server, on_command=scenario(have))
+        for call in SCENARIO_CALLS:
+            await call(c)
+        await c.close()
+        return have
+
+    assert arun(main()) == want and len(want) == 7
+
+
+SCENARIO_CALLS: List[Callable[[Any], Any]] = [
+    lambda c: c.set("a", b"1"),
+    lambda c: c.get("a"),
+    lambda c: c.get("missing", b"default"),
+    lambda c: c.get_many(["a", "b"]),
+    lambda c: c.stats("slabs"),
+    lambda c: c.fetch("f", lambda: b"computed"),  # (lease_get, lease_set)
+]
+
+
+def test_descriptors_above_1024(memcached: MemcachedProcess) -> None:
+    """With more than 1024 descriptors open (select() cannot watch them), the asyncio
+    clients work: the connection's descriptor is above 1024, its look before each send
+    and the loop's own polling both handle it."""
+    server = memcached.server
+
+    def body() -> Dict[str, Any]:
+        import os
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if hard != resource.RLIM_INFINITY and hard < 1200:
+            return {"skip": f"RLIMIT_NOFILE hard limit {hard}"}
+        resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 1200), hard))
+        held = [os.open(os.devnull, os.O_RDONLY) for _ in range(1100)]
+
+        async def main() -> Dict[str, Any]:
+            c = aio.Client(server, timeout=2)
+            await c.set("high", b"fd")
+            await c.set("nr", b"quiet", noreply=True)
+            link = c.conn.sock
+            assert link is not None and link.transport is not None
+            fd = link.transport.get_extra_info("socket").fileno()
+            pc = aio.PooledClient(server, timeout=2, max_pool_size=4)
+            values = await asyncio.gather(*(pc.get("high") for _ in range(16)))
+            return {
+                "fd": fd,
+                "get": (await c.get("high")).decode(),
+                "many": sorted((await c.get_many(["high", "nr"])).values()),
+                "pooled": sorted(set(v.decode() for v in values)),
+            }
+
+        try:
+            return {
+                k: v if not isinstance(v, list) else [str(x) for x in v]
+                for k, v in arun(main()).items()
+            }
+        finally:
+            for fd in held:
+                os.close(fd)
+
+    report = run_in_child(body, timeout=20)
+    if "skip" in report:
+        pytest.skip(report["skip"])
+    assert "error" not in report, report["error"]
+    assert report["fd"] > 1024
+    assert report["get"] == "fd" and report["pooled"] == ["fd"]
+    assert report["many"] == ["b'fd'", "b'quiet'"]
