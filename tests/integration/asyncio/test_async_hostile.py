@@ -643,3 +643,50 @@ def test_descriptors_above_1024(memcached: MemcachedProcess) -> None:
     assert report["fd"] > 1024
     assert report["get"] == "fd" and report["pooled"] == ["fd"]
     assert report["many"] == ["b'fd'", "b'quiet'"]
+
+
+def test_a_thousand_tasks_on_four_connections(memcached: MemcachedProcess) -> None:
+    """1000 tasks on a pool of 4 with a pool_timeout of 20 ms, a third of them under
+    wait_for timeouts of a few ms: those that wait too long get MemcachePoolTimeoutError
+    (or the timeout), the others their own value; afterwards no slot is taken, each idle
+    connection is clean, and 4 concurrent callers are all served."""
+    import random
+
+    async def main() -> Dict[str, int]:
+        pc = aio.PooledClient(memcached.server, timeout=1, max_pool_size=4, pool_timeout=0.02)
+        await pc.set_many({f"t{i}": b"v%d" % i for i in range(50)})
+        rng = random.Random(4)
+        counts = {"ok": 0, "wrong": 0, "pool_timeout": 0, "timeout": 0}
+
+        async def one(i: int) -> None:
+            key, want = f"t{i % 50}", b"v%d" % (i % 50)
+            try:
+                if i % 3 == 0:
+                    got = await asyncio.wait_for(pc.get(key), rng.uniform(0.001, 0.03))
+                elif i % 3 == 1:
+                    got = (await pc.get_many([key])).get(key)
+                else:
+                    got = (await pc.gets(key))[0]
+            except pymc.MemcachePoolTimeoutError:
+                counts["pool_timeout"] += 1
+                return
+            except asyncio.TimeoutError:
+                counts["timeout"] += 1
+                return
+            counts["ok" if got == want else "wrong"] += 1
+
+        await asyncio.gather(*(one(i) for i in range(1000)))
+        stats = pc.client_pool.stats()
+        assert stats["in_use"] == 0 and stats["waiting"] == 0 and stats["idle"] <= 4
+        assert all(client.is_clean() for client, _ in pc.client_pool._idle)
+        assert await asyncio.gather(*(pc.get(f"t{i}") for i in range(4))) == [
+            b"v0",
+            b"v1",
+            b"v2",
+            b"v3",
+        ]
+        return counts
+
+    counts = arun(main())
+    assert counts["wrong"] == 0
+    assert counts["ok"] > 0 and counts["pool_timeout"] > 0
