@@ -64,7 +64,8 @@ class Client(Commands):
         self.options = options
         self.conn = AsyncConnection(server, options)
         self.core = Core(self.conn)
-        self.get = self.conn.get  # type: ignore[method-assign] # (the native hot path)
+        if options.on_command is None:  # (else observed, in the bridge: see get)
+            self.get = self.conn.get  # type: ignore[method-assign] # (the native hot path)
         self.execute = self.conn.execute  # type: ignore[method-assign]
         self.execute_all = self.conn.execute_all  # type: ignore[method-assign]
 
@@ -98,8 +99,9 @@ class Client(Commands):
         return self.conn.is_clean()
 
     async def run(self, name: str, args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> Any:
-        """Run the sync command ``name`` on this client's :class:`Core`, in the bridge."""
-        return await run_sync(getattr(Core, name), self.core, *args, **kwargs)
+        """Run the sync command ``name`` on this client's :class:`Core`, in the bridge
+        (the core's own class: with an ``on_command`` hook, its observed twin)."""
+        return await run_sync(getattr(type(self.core), name), self.core, *args, **kwargs)
 
     async def execute(self, plan: Plan, deadline: Optional[float] = None) -> Any:
         """Run one protocol :class:`~pymc.protocol.plans.Plan` on the connection (see
@@ -124,7 +126,10 @@ class Client(Commands):
 
     async def get(self, key: Key, default: Any = None) -> Any:
         """The value of ``key``, or ``default`` when it is missing (the connection's
-        native coroutine: see :meth:`AsyncConnection.get`)."""
+        native coroutine: see :meth:`AsyncConnection.get`; with an ``on_command`` hook,
+        the observed sync command in the bridge)."""
+        if self.options.on_command is not None:
+            return await self.run("get", (key, default), {})
         return await self.conn.get(key, default)
 
     get.__signature__ = inspect.signature(SyncClient.get)  # type: ignore[attr-defined]

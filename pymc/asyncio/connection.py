@@ -54,6 +54,7 @@ from ..protocol.plans import Plan
 from ..protocol.results import decode_values
 from ..serde import DefaultSerde
 from ..transport import refused_by_close
+from ..transport.poll import stray_check
 from ..transport.sync import SyncMarker
 from .bridge import run_sync
 from .core import BridgedTransport
@@ -70,20 +71,31 @@ class Link(asyncio.Protocol):
     at once (so bytes nobody asked for show as ``reader.buffered``), and wake the one
     command waiting for them."""
 
-    def __init__(self) -> None:
+    def __init__(self, loop: Optional[asyncio.AbstractEventLoop] = None) -> None:
+        #: The event loop the connection was made on (its transport's).
+        self.loop = loop
         self.reader = Reader()
         self.transport: Optional[asyncio.Transport] = None
         #: The future the connection's command waits on (bytes, EOF, the deadline).
         self.waiter: Optional[asyncio.Future[None]] = None
         #: The server closed the connection (EOF or a reset): what came before is readable.
         self.gone = False
+        #: How it was lost, when not by a clean close (a reset: an OSError).
+        self.error: Optional[OSError] = None
         self.paused = False  # the transport's write buffer is full (see pause_writing)
+        #: ``look(0)``: whether the socket holds bytes or a close that the loop has not
+        #: delivered yet (None over TLS, where a readable socket need not hold any).
+        self.look: Optional[Callable[[int], Any]] = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
         self.reader.feed(data)
+        self.wake()
+
+    def wake(self) -> None:
+        """Wake the command waiting (for bytes, the close, room in the write buffer)."""
         waiter = self.waiter
         if waiter is not None:
             self.waiter = None
@@ -96,15 +108,19 @@ class Link(asyncio.Protocol):
 
     def connection_lost(self, exc: Optional[Exception]) -> None:
         self.gone = True
+        if isinstance(exc, OSError):
+            self.error = exc
         self.paused = False
-        self.data_received(b"")  # (wakes the waiter)
+        # (Not through data_received: a reader that gave up on a bad reply raises when
+        # fed, which the loop would log as an error of its own.)
+        self.wake()
 
     def pause_writing(self) -> None:
         self.paused = True
 
     def resume_writing(self) -> None:
         self.paused = False
-        self.data_received(b"")
+        self.wake()
 
     def sendall(self, data: bytes) -> None:
         """Queue ``data`` (what the sync command set's ``quit`` calls on ``sock``)."""
@@ -112,10 +128,32 @@ class Link(asyncio.Protocol):
             self.transport.write(data)
 
     def abort(self) -> None:
-        """Drop the connection at once, whatever is queued or unread."""
+        """Drop the connection at once, whatever is queued or unread (from any loop, or
+        none: a transport is only touched on its own loop, and a closed loop runs nothing,
+        so then the socket is shut down, and closed when the transport is collected)."""
         self.gone = True
-        if self.transport is not None:
-            self.transport.abort()
+        transport = self.transport
+        if transport is None:
+            return
+        loop = self.loop
+        if loop is not None and (loop.is_closed() or _running_loop() not in (None, loop)):
+            sock = transport.get_extra_info("socket")
+            if sock is not None:
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+            if not loop.is_closed():
+                loop.call_soon_threadsafe(transport.abort)
+            return
+        transport.abort()
+
+
+def _running_loop() -> Optional[asyncio.AbstractEventLoop]:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
 
 
 def _leftover(server: ServerSpec, reader: Reader) -> MemcacheProtocolError:
@@ -235,8 +273,11 @@ class AsyncConnection(SyncMarker):
     async def _connect(self) -> Link:
         opts = self.options
         server = self.server
-        loop = self._loop = asyncio.get_running_loop()
-        link = Link()
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:
+            self._timer = None  # (the old loop's; see _expire)
+            self._loop = loop
+        link = Link(loop)
         context = opts.tls_context
         try:
             if isinstance(server, str):
@@ -256,6 +297,8 @@ class AsyncConnection(SyncMarker):
             sock = link.transport.get_extra_info("socket") if link.transport else None
             if sock is not None and sock.family != socket.AF_UNIX:
                 self._socket_options(sock)
+            if sock is not None and context is None:
+                link.look = stray_check(sock)
             self.sock = link
             self._reader = link.reader
             if opts.username is not None:
@@ -313,12 +356,14 @@ class AsyncConnection(SyncMarker):
             self._timer_at = deadline
 
     def _expire(self) -> None:
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:  # a timer of a loop the connection left
+            return
         self._timer = None
         deadline = self._deadline
         link = self.sock
         if deadline is None or link is None:
             return
-        loop = self._loop or asyncio.get_running_loop()
         if loop.time() + _EARLY < deadline:  # a later command's deadline: wait for it
             self._timer = loop.call_at(deadline, self._expire)
             self._timer_at = deadline
@@ -341,11 +386,29 @@ class AsyncConnection(SyncMarker):
     async def _more(self, link: Link) -> None:
         """Wait for bytes (or the server's close, or the deadline: then raise)."""
         if link.gone:
-            raise self._closed_mid_reply()
+            raise self._closed_mid_reply(link)
         if self._over:
             raise self._timed_out()
         waiter = link.waiter = (self._loop or asyncio.get_running_loop()).create_future()
         await self._wait(waiter)
+
+    async def _settle(self, link: Link) -> None:
+        """The socket of an idle connection holds bytes or the server's close that the loop
+        has not delivered yet (its read runs after this task's step: a proxy's close right
+        after its reply always comes so): let the loop deliver them, so that what ``send``
+        checks before reusing the connection sees them, as the sync transport's look
+        before each send does. Nothing is sent or pending; bounded by ``timeout``."""
+        if self._pending or self._loop is not asyncio.get_running_loop():
+            return  # (a new connection anyway)
+        timeout = self._timeout
+        self._arm(None if timeout is None else self._loop.time() + timeout)
+        try:
+            waiter = link.waiter = self._loop.create_future()
+            await self._wait(waiter)
+        except MemcacheTimeoutError:
+            pass  # (nothing came: the checks decide)
+        finally:
+            self._arm(None)
 
     async def _until(self, link: Link, parse: Callable[[], Any]) -> Any:
         """``parse()`` over what the reader holds, waiting for more until it has a result.
@@ -370,18 +433,22 @@ class AsyncConnection(SyncMarker):
         on any failure the connection is closed). ``looked`` is accepted for the
         signature's sake."""
         link = self.sock
+        if link is not None and link.look is not None and link.look(0) and not link.gone:
+            await self._settle(link)
         if (
             link is None
             or self._pending
+            or self._loop is not asyncio.get_running_loop()
             or link.gone
             or link.reader.broken
             or (link.reader.buffered and not self._owes_sync)
         ):
             # A reply never read to its end (an interrupted command), a reader that gave
-            # up, bytes after the last complete reply (a proxy's late duplicate), or the
-            # server's close: a new connection before anything is sent. (After noreply
-            # commands, bytes are their error lines, which the marker reads; a close is
-            # their refusal, counted and logged.)
+            # up, bytes after the last complete reply (a proxy's late duplicate), the
+            # server's close, or a connection made on another event loop (a client used
+            # by one asyncio.run after another): a new connection before anything is
+            # sent. (After noreply commands, bytes are their error lines, which the
+            # marker reads; a close is their refusal, counted and logged.)
             if link is not None:
                 if link.gone and self._owes_sync:
                     self._noreply_refused()
@@ -474,9 +541,11 @@ class AsyncConnection(SyncMarker):
             ) from exc
         raise exc
 
-    def _closed_mid_reply(self) -> BaseException:
+    def _closed_mid_reply(self, link: Link) -> BaseException:
         if self._syncing:  # (before the marker's answer: a close after noreply commands)
             return self._noreply_refused()
+        if link.error is not None:  # a reset: a network error (see _abort), as in sync
+            return link.error
         error = MemcacheUnexpectedCloseError(
             f"{server_name(self.server)} closed the connection mid-reply"
         )
@@ -534,10 +603,13 @@ class AsyncConnection(SyncMarker):
         raw = validate_key(key, self._prefix, self._unicode)
         try:
             link = self.sock
+            if link is not None and link.look is not None and link.look(0) and not link.gone:
+                await self._settle(link)
             if (
                 link is None
                 or self._pending
                 or self._owes_sync
+                or self._loop is not asyncio.get_running_loop()
                 or link.gone
                 or link.reader.buffered
                 or link.reader.broken

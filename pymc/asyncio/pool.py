@@ -138,7 +138,8 @@ class AsyncObjectPool(Generic[T]):
                 if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
                     # Served, then interrupted before it ran: what it got goes to the next.
                     handed = waiter.result()
-                    if handed is None:
+                    if handed is None:  # (the slot reserved for it)
+                        self._out -= 1
                         self._wake()
                     else:
                         self.put(handed, True)
@@ -153,7 +154,10 @@ class AsyncObjectPool(Generic[T]):
                     timer.cancel()
             if handed is not None:
                 return handed  # (its slot came with it)
-            obj = self._take()  # a slot was freed (its object destroyed): take it
+            # A slot was freed (its object destroyed) and kept for this task by _wake, so
+            # that no caller that did not wait takes it first: take it now.
+            self._out -= 1
+            obj = self._take()
             if obj is not None:
                 return obj
 
@@ -197,10 +201,12 @@ class AsyncObjectPool(Generic[T]):
                 self._discard(idle.pop(0)[0])
 
     def _wake(self) -> None:
-        """A slot was freed with no object in it: the oldest waiting task takes it."""
+        """A slot was freed with no object in it: the oldest waiting task takes it (it is
+        counted as taken until that task runs, so no other caller gets it first)."""
         while self._waiters:
             waiter = self._waiters.popleft()
             if not waiter.done():
+                self._out += 1
                 waiter.set_result(None)
                 return
 
@@ -330,7 +336,7 @@ class PooledClient(Commands):
         client = await pool.get()
         clean = False
         try:
-            result = await client.conn.get(key, default)
+            result = await client.get(key, default)
             clean = True
         finally:
             pool.put(client, clean)

@@ -33,13 +33,13 @@ def mixed_backends() -> Iterator[Tuple[MemcachedProcess, MemcachedProcess]]:
         plain.close()
 
 
-def test_credentials_never_reach_a_backend_without_auth_through_twemproxy(
+def layout_splitting_auth(
     twemproxy: Callable[..., NutcrackerProcess],
-    mixed_backends: Tuple[MemcachedProcess, MemcachedProcess],
-) -> None:
-    with_auth, plain = mixed_backends
-    # A layout where the proxy sends ``version`` to the auth backend and the key ``auth``
-    # to the plain one (found by asking, whatever twemproxy's routing details).
+    with_auth: MemcachedProcess,
+    plain: MemcachedProcess,
+) -> NutcrackerProcess:
+    """A twemproxy over both backends that sends ``version`` to the auth backend and the
+    key ``auth`` to the plain one (found by asking, whatever twemproxy's routing details)."""
     proxy: Any = None
     for names in [("a", "b"), ("b", "a"), ("n0", "n1"), ("n1", "n0"), ("x", "y"), ("y", "x")]:
         for order in ([with_auth, plain], [plain, with_auth]):
@@ -56,6 +56,15 @@ def test_credentials_never_reach_a_backend_without_auth_through_twemproxy(
         break
     else:
         pytest.fail("no layout routes version and the key auth to different backends")
+    return proxy  # type: ignore[no-any-return]
+
+
+def test_credentials_never_reach_a_backend_without_auth_through_twemproxy(
+    twemproxy: Callable[..., NutcrackerProcess],
+    mixed_backends: Tuple[MemcachedProcess, MemcachedProcess],
+) -> None:
+    with_auth, plain = mixed_backends
+    proxy = layout_splitting_auth(twemproxy, with_auth, plain)
     error: Optional[Exception] = None
     client = Client(proxy.address, username="pymc", password="s3cret-pw", timeout=2.0)
     try:
