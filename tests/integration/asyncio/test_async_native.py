@@ -87,16 +87,16 @@ OPTIONS: Dict[str, Dict[str, Any]] = {
 }
 
 
-def outcome(call: Callable[[], Any]) -> Any:
+def outcome(call: Callable[..., Any], args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> Any:
     try:
-        return ("ok", normalize(call()))
+        return ("ok", normalize(call(*args, **kwargs)))
     except Exception as exc:
         return ("raised", type(exc), str(exc))
 
 
-async def aoutcome(call: Callable[[], Any]) -> Any:
+async def aoutcome(call: Callable[..., Any], args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> Any:
     try:
-        return ("ok", normalize(await call()))
+        return ("ok", normalize(await call(*args, **kwargs)))
     except Exception as exc:
         return ("raised", type(exc), str(exc))
 
@@ -155,20 +155,20 @@ def test_native_matches_sync_and_bridged(
         bridged = aio.Client(server, **opts)  # (its run(): the sync command in the bridge)
         for name, args, kwargs in CASES:
             seed(server)
-            want = outcome(lambda: getattr(sync, name)(*args, **kwargs))
+            want = outcome(getattr(sync, name), args, kwargs)
             noreply = option == "default-noreply" or kwargs.get("noreply")
             if noreply:
                 sync.get("k")  # (the sync marker: the noreply command was served)
             want_state = state(server)
             seed(server)
-            got = await aoutcome(lambda: getattr(client, name)(*args, **kwargs))
+            got = await aoutcome(getattr(client, name), args, kwargs)
             assert got == want, (name, args, kwargs)
             if noreply:
                 await client.get("k")
             assert state(server) == want_state, (name, args, kwargs)
             if kind == "Client":
                 seed(server)
-                again = await aoutcome(lambda: bridged.run(name, args, kwargs))
+                again = await aoutcome(bridged.run, (name, args, kwargs), {})
                 assert again == want, ("bridged", name, args, kwargs)
         await client.close()
         await bridged.close()
