@@ -18,8 +18,17 @@ from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Seque
 from ..client import Client as SyncClient
 from ..commands import LeaseCommands, MetaCommands, TextCommands, observe
 from ..options import ClientOptions, Key, ServerSpec, normalize_server_spec, server_name
-from ..protocol import validate_keys
-from ..protocol.plans import Plan, many_result, one_reply_plan, retrieval_plans
+from ..protocol import validate_key, validate_keys
+from ..protocol.plans import (
+    Plan,
+    delete_plan,
+    incr_decr_plan,
+    many_result,
+    resolve_noreply,
+    retrieval_plans,
+    store_plan,
+    touch_plan,
+)
 from ..protocol.results import decode_values
 from .bridge import run_sync
 from .commands import Commands
@@ -29,8 +38,8 @@ from .core import BridgedTransport
 __all__ = ["NATIVE", "Client", "Core"]
 
 #: The commands the asyncio Client runs natively (no bridge): the plan the sync command
-#: builds (:mod:`pymc.commands`'s ``*_plan_for``/``store_request``, or the protocol's
-#: retrieval plans), executed by the connection. The others run the sync command in the
+#: builds (from the protocol's plan builders: ``store_plan``, ``retrieval_plans``,
+#: ``delete_plan``, ...), executed by the connection. The others run the sync command in the
 #: bridge (so do these when an ``on_command`` hook observes the commands).
 NATIVE = (
     "get",
@@ -174,8 +183,13 @@ class Client(Commands):
         noreply: Optional[bool],
         flags: Optional[int],
     ) -> bool:
-        request, noreply = self.core.store_request(command, key, value, expire, noreply, flags)
-        return bool(await self.conn.execute(one_reply_plan(command, request, noreply)))
+        # The sync command's steps (pymc.commands.TextCommands._store), on its plan.
+        opts = self.options
+        raw = validate_key(key, opts.key_prefix, opts.allow_unicode_keys)
+        data, data_flags = self.core.serialize(key, value, flags)
+        noreply = resolve_noreply(noreply, opts.default_noreply)
+        plan = store_plan(command, raw, data, data_flags, expire, noreply)
+        return bool(await self.conn.execute(plan))
 
     async def set(
         self,
@@ -291,7 +305,10 @@ class Client(Commands):
         return found[key] if found else (default, cas_default)
 
     async def delete(self, key: Key, noreply: Optional[bool] = None) -> bool:
-        return bool(await self.conn.execute(self.core.delete_plan_for(key, noreply)))
+        opts = self.options
+        noreply = resolve_noreply(noreply, opts.default_noreply)
+        plan = delete_plan(validate_key(key, opts.key_prefix, opts.allow_unicode_keys), noreply)
+        return bool(await self.conn.execute(plan))
 
     async def _arith(
         self,
@@ -304,7 +321,9 @@ class Client(Commands):
     ) -> Any:
         if initial is not None or ttl is not None:  # (meta arithmetic: the sync command)
             return await self.run(command, (key, value, noreply), {"initial": initial, "ttl": ttl})
-        return await self.conn.execute(self.core.arith_plan_for(command, key, value, noreply))
+        raw = validate_key(key, self.options.key_prefix, self.options.allow_unicode_keys)
+        # (pymemcache: incr/decr are noreply only when asked)
+        return await self.conn.execute(incr_decr_plan(command, raw, value, bool(noreply)))
 
     async def incr(
         self,
@@ -331,7 +350,10 @@ class Client(Commands):
         return result
 
     async def touch(self, key: Key, expire: int = 0, noreply: Optional[bool] = None) -> bool:
-        return bool(await self.conn.execute(self.core.touch_plan_for(key, expire, noreply)))
+        opts = self.options
+        noreply = resolve_noreply(noreply, opts.default_noreply)
+        raw = validate_key(key, opts.key_prefix, opts.allow_unicode_keys)
+        return bool(await self.conn.execute(touch_plan(raw, expire, noreply)))
 
 
 def _same_face(name: str) -> None:

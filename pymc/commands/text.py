@@ -13,7 +13,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple, Union
 
 from ..exceptions import MemcacheIllegalInputError, MemcacheUnexpectedCloseError
 from ..options import Key
-from ..protocol import RULES, ClusterConfig, encode_storage, validate_key, validate_keys
+from ..protocol import RULES, ClusterConfig, encode_storage, validate_keys
 from ..protocol.plans import (
     Plan,
     cache_memlimit_plan,
@@ -59,30 +59,14 @@ class TextCommands(CommandBase):
         cas: object = None,
     ) -> Optional[bool]:
         # store_plan's request and rule, through the transport's one-reply fast path.
-        request, noreply = self.store_request(command, key, value, expire, noreply, flags, cas)
+        raw = self._key(key)
+        data, data_flags = self._serialize(key, value, flags)
+        noreply = resolve_noreply(noreply, self._noreply_default)
+        request = encode_storage(command.encode(), raw, data, data_flags, expire, noreply, cas)
         if noreply:
             self.send(request, True)
             return True
         return self._one(RULES[command], request, False)  # type: ignore[no-any-return]
-
-    def store_request(
-        self,
-        command: str,
-        key: Key,
-        value: Any,
-        expire: int = 0,
-        noreply: Optional[bool] = None,
-        flags: Optional[int] = None,
-        cas: object = None,
-    ) -> Tuple[bytes, bool]:
-        """The request of storage ``command`` (``set``, ``add``, ...: ``store_plan``'s,
-        judged by ``RULES[command]``) for these arguments, and whether it is ``noreply``:
-        what every transport sends for it (the key checked, the value serialized, no I/O)."""
-        raw = validate_key(key, self._prefix, self._unicode)  # (self._key, one call less)
-        data, data_flags = self._serialize(key, value, flags)
-        noreply = resolve_noreply(noreply, self._noreply_default)
-        request = encode_storage(command.encode(), raw, data, data_flags, expire, noreply, cas)
-        return request, noreply
 
     def set(
         self,
@@ -255,15 +239,10 @@ class TextCommands(CommandBase):
 
     def delete(self, key: Key, noreply: Optional[bool] = None) -> bool:
         """Delete ``key``. False when it did not exist (always True with ``noreply``)."""
-        plan = self.delete_plan_for(key, noreply)
-        noreply = plan.expect is None
+        noreply = resolve_noreply(noreply, self._noreply_default)
+        plan = delete_plan(self._key(key), noreply)
         result = self._one(RULES["delete"], plan.request, noreply)
         return True if noreply else bool(result)
-
-    def delete_plan_for(self, key: Key, noreply: Optional[bool] = None) -> Plan:
-        """The plan of ``delete(key, noreply)`` (the key checked, no I/O)."""
-        noreply = resolve_noreply(noreply, self._noreply_default)
-        return delete_plan(validate_key(key, self._prefix, self._unicode), noreply)
 
     def delete_many(self, keys: Iterable[Key], noreply: Optional[bool] = None) -> bool:
         """Delete many keys in one pipelined pass. True (missing keys are not an error)."""
@@ -277,18 +256,9 @@ class TextCommands(CommandBase):
     delete_multi = delete_many
 
     def _arith(self, command: str, key: Key, value: int, noreply: Optional[bool]) -> Optional[int]:
-        plan = self.arith_plan_for(command, key, value, noreply)
-        return self._one(RULES[command], plan.request, plan.expect is None)  # type: ignore[no-any-return]
-
-    def arith_plan_for(
-        self, command: str, key: Key, value: int, noreply: Optional[bool] = False
-    ) -> Plan:
-        """The plan of ``incr``/``decr`` (``command``) of ``key`` by ``value`` (the key
-        checked, no I/O)."""
         noreply = bool(noreply)  # pymemcache: incr/decr are noreply only when asked
-        return incr_decr_plan(
-            command, validate_key(key, self._prefix, self._unicode), value, noreply
-        )
+        plan = incr_decr_plan(command, self._key(key), value, noreply)
+        return self._one(RULES[command], plan.request, noreply)  # type: ignore[no-any-return]
 
     def incr(
         self,
@@ -335,15 +305,10 @@ class TextCommands(CommandBase):
 
     def touch(self, key: Key, expire: int = 0, noreply: Optional[bool] = None) -> bool:
         """Set a new expiry. False when the key did not exist."""
-        plan = self.touch_plan_for(key, expire, noreply)
-        noreply = plan.expect is None
+        noreply = resolve_noreply(noreply, self._noreply_default)
+        plan = touch_plan(self._key(key), expire, noreply)
         result = self._one(RULES["touch"], plan.request, noreply)
         return True if noreply else bool(result)
-
-    def touch_plan_for(self, key: Key, expire: int = 0, noreply: Optional[bool] = None) -> Plan:
-        """The plan of ``touch(key, expire, noreply)`` (the key checked, no I/O)."""
-        noreply = resolve_noreply(noreply, self._noreply_default)
-        return touch_plan(validate_key(key, self._prefix, self._unicode), expire, noreply)
 
     def stats(self, *args: Union[str, bytes]) -> Dict[bytes, Any]:
         """The server's ``stats`` (with optional sub-command), values typed like pymemcache."""
