@@ -208,3 +208,40 @@ def test_native_paths_skip_the_bridge(
 
     assert asyncio.run(main(False)) == []
     assert len(asyncio.run(main(True))) == len(calls)
+
+
+def test_hash_get_many_skips_the_bridge(
+    memcached_nodes: List[MemcachedProcess], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """HashClient.get_many of plain keys fans out with no bridge, and gets what the sync
+    HashClient gets; a bad key still raises the sync client's error."""
+    import pymc.asyncio.cluster as cluster_module
+
+    entered: List[Any] = []
+    original = cluster_module.run_sync
+
+    async def spy(fn: Any, *args: Any, **kwargs: Any) -> Any:
+        entered.append(fn)
+        return await original(fn, *args, **kwargs)
+
+    monkeypatch.setattr(cluster_module, "run_sync", spy)
+    servers = [node.server for node in memcached_nodes]
+    sync = pymc.HashClient(servers)
+    values = {f"hk{i}": b"%d" % i for i in range(50)}
+    sync.set_many(values)
+    keys = [*values, "absent", b"hk1"]
+
+    async def main() -> Tuple[Any, Any]:
+        hc = aio.HashClient(servers, use_pooling=True)
+        got = await hc.get_many(keys)
+        with pytest.raises(pymc.MemcacheIllegalInputError) as bad:
+            await hc.get_many(["hk1", "bad key"])
+        await hc.close()
+        return got, bad.value
+
+    got, bad = asyncio.run(main())
+    assert got == sync.get_many(keys)
+    assert len(entered) == 1  # (the bad key only: the sync command's checks)
+    with pytest.raises(pymc.MemcacheIllegalInputError) as sync_bad:
+        sync.get_many(["hk1", "bad key"])
+    assert str(bad) == str(sync_bad.value)
