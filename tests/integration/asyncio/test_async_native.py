@@ -215,10 +215,11 @@ def test_hash_get_many_skips_the_bridge(
 ) -> None:
     """HashClient.get_many of plain keys fans out with no bridge, and gets what the sync
     HashClient gets; a bad key still raises the sync client's error."""
+    import pymc.asyncio.bridge as bridge
     import pymc.asyncio.cluster as cluster_module
 
     entered: List[Any] = []
-    original = cluster_module.run_sync
+    original = bridge.run_sync
 
     async def spy(fn: Any, *args: Any, **kwargs: Any) -> Any:
         entered.append(fn)
@@ -229,7 +230,7 @@ def test_hash_get_many_skips_the_bridge(
     sync = pymc.HashClient(servers)
     values = {f"hk{i}": b"%d" % i for i in range(50)}
     sync.set_many(values)
-    keys = [*values, "absent", b"hk1"]
+    keys: List[Any] = [*values, "absent", b"hk1"]
 
     async def main() -> Tuple[Any, Any]:
         hc = aio.HashClient(servers, use_pooling=True)
