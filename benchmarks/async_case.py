@@ -15,7 +15,9 @@ connection included). The clients, on the same servers with the same keys and va
 * aiomcache: ``aiomcache.Client`` (one node only: it has no cluster);
 * bare protocol (the single-node gets only): the floor, no client library at all: the same
   ``get`` over an :class:`asyncio.Protocol` per connection, a pool of ``--pool-size`` of
-  them, the value cut out of the reply with no checks.
+  them, the value cut out of the reply with no checks;
+* bare streams: the same floor on asyncio streams (``open_connection``, ``readuntil``,
+  ``readexactly``): which of the two transports is faster, measured side by side.
 
 Fairness: every client may open the same number of connections per node (``--pool-size``:
 pymc's ``max_pool_size``, emcache's ``max_connections``, aiomcache's ``pool_size``), and no
@@ -258,6 +260,51 @@ async def bare_clients(
     return {"get": get}
 
 
+async def bare_streams_clients(
+    addresses: Sequence[Address], pool: int, notes: List[str], closers: Closers
+) -> Dict[str, Op]:
+    """The streams floor, beside the Protocol one: the same ``get`` and the same pool, on
+    asyncio streams (``asyncio.open_connection``; the reply read with ``readuntil`` and
+    ``readexactly``, no checks; no ``drain()``, a write of a few bytes never waits)."""
+    loop = asyncio.get_running_loop()
+    host, port = addresses[0]
+    idle: List[Tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+    for _ in range(pool):
+        idle.append(await asyncio.open_connection(host, port))
+    waiting: Deque[asyncio.Future[Tuple[asyncio.StreamReader, asyncio.StreamWriter]]] = (
+        collections.deque()
+    )
+    request = b"get " + ONE + b"\r\n"
+
+    async def close() -> None:
+        for _, writer in idle:
+            writer.close()
+
+    closers.append(close)
+
+    async def get() -> Optional[bytes]:
+        if idle:
+            conn = idle.pop()
+        else:
+            turn: asyncio.Future[Tuple[asyncio.StreamReader, asyncio.StreamWriter]]
+            turn = loop.create_future()
+            waiting.append(turn)
+            conn = await turn
+        reader, writer = conn
+        writer.write(request)
+        header = await reader.readuntil(b"\r\n")
+        value = None
+        if header != b"END\r\n":
+            value = (await reader.readexactly(int(header.split()[3]) + 7))[:-7]
+        if waiting:
+            waiting.popleft().set_result(conn)
+        else:
+            idle.append(conn)
+        return value
+
+    return {"get": get}
+
+
 async def build(
     addresses: Sequence[Address],
     loop: str,
@@ -271,6 +318,7 @@ async def build(
         "emcache": emcache_clients,
         "aiomcache": aiomcache_clients,
         "bare protocol": bare_clients,
+        "bare streams": bare_streams_clients,
     }
     by_client: Dict[str, Dict[str, Op]] = {}
     for name, maker in makers.items():

@@ -14,6 +14,7 @@ COLORS = {
     "emcache": "tab:red",
     "aiomcache": "tab:purple",
     "bare protocol": "tab:gray",
+    "bare streams": "tab:brown",
 }
 
 

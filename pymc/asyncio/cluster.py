@@ -40,9 +40,11 @@ from ..cluster import NodeSet, RendezvousHash
 from ..cluster.health import is_connection_failure
 from ..cluster.keyed import NODE_CHECKS_KEY, ON_FAILURE, split_key, went_noreply
 from ..cluster.nodeset import AnyKey, Key
-from ..exceptions import MemcacheError, MemcacheIllegalInputError
+from ..exceptions import AllNodesDownError, MemcacheError, MemcacheIllegalInputError
 from ..pool import DEFAULT_POOL_TIMEOUT
-from ..protocol.plans import Plan
+from ..protocol import validate_keys
+from ..protocol.plans import Plan, node_retrieval_plan
+from ..protocol.results import decode_parts
 from ..retry import RetryPolicy
 from .bridge import await_, run_sync
 from .client import Client
@@ -144,6 +146,10 @@ class ClusterCore(SyncHashClient):
 
     def _execute_alone(self, client: Any, passes: List[Plan]) -> None:
         await_(execute_alone(client, passes))
+
+    def placed(self, nodes: NodeSet, checked: Dict[bytes, Any]) -> Dict[str, Dict[bytes, Any]]:
+        """Checked keys (``{raw: key}``) by node: the sync get_many's placement."""
+        return self._placed(nodes, checked)
 
 
 def _health_setting(name: str, doc: str) -> Any:
@@ -481,10 +487,44 @@ async def _get(self: HashClient, key: Key, default: Any = None) -> Any:
     return await self._run("get", key, (key, default), {}, ON_FAILURE["get"])
 
 
+def _no_alone(name: str) -> Any:  # pragma: no cover (every node has its plan, no retry)
+    raise AssertionError(f"{name} has no plan")
+
+
+async def _get_many(self: HashClient, keys: Iterable[AnyKey]) -> Dict[Any, Any]:
+    """The sync get_many's steps with no bridge, in the common case (plain keys that are
+    all valid, each node's keys in one request, no retry policy, no hook): the keys placed
+    as the sync client places them, each node's ``node_retrieval_plan`` fanned out, the
+    parts decoded by ``decode_parts``. Any other case is the sync command, in the bridge."""
+    core = self._core
+    if type(keys) is not list:
+        keys = list(keys)
+    if self._hooked or core.retry is not None or not keys:
+        return await self._bridged(SyncHashClient.get_many, keys)  # type: ignore[no-any-return]
+    opts = self.options
+    try:
+        checked = validate_keys(keys, opts.key_prefix, opts.allow_unicode_keys)  # type: ignore[arg-type]
+    except MemcacheIllegalInputError:  # (or (server_key, key) tuples: the sync rules)
+        return await self._bridged(SyncHashClient.get_many, keys)  # type: ignore[no-any-return]
+    nodes: NodeSet = core._nodes
+    try:
+        wanted_by_node = core.placed(nodes, checked)
+    except AllNodesDownError:
+        if core.ignore_exc:
+            return {}
+        raise
+    plans: Dict[str, Optional[Plan]] = {}
+    for name, wanted in wanted_by_node.items():
+        plan = plans[name] = node_retrieval_plan(b"get", wanted, False)
+        if len(plan.request) > opts.max_get_line:  # (goes alone, in passes: the sync way)
+            return await self._bridged(SyncHashClient.get_many, keys)  # type: ignore[no-any-return]
+    found = await self._fanout.execute("get_many", nodes, plans, _no_alone)
+    return decode_parts(list(found.values()), checked, opts, False)
+
+
 #: The keyed commands (the sync HashClient's, one key each) and the many-key ones.
 KEYED = [name for name in ON_FAILURE if name != "get"]
 MANY = [
-    "get_many",
     "gets_many",
     "set_many",
     "delete_many",
@@ -494,7 +534,7 @@ MANY = [
     "meta_delete_many",
 ]
 ALIASES = {
-    "get_multi": "get_many",
+    "get_multi": "get_many",  # (get_many: native, see _get_many)
     "gets_multi": "gets_many",
     "set_multi": "set_many",
     "delete_multi": "delete_many",
@@ -511,6 +551,7 @@ def _install(name: str, fn: Callable[..., Any]) -> None:
 
 
 _install("get", _get)
+_install("get_many", _get_many)
 for _name in KEYED:
     _install(_name, _keyed(_name))
 for _name in MANY:

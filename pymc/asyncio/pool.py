@@ -66,6 +66,12 @@ class AsyncObjectPool(Generic[T]):
         self._generation = 0
         self._out = 0  # objects taken and not given back
         self._waiters: Deque[asyncio.Future[Optional[T]]] = collections.deque()
+        # Each waiting task's deadline, and the one timer that enforces them all (armed for
+        # the earliest: a timer per wait would cost every wait a heap entry).
+        self._deadline_of: Dict[asyncio.Future[Optional[T]], float] = {}
+        self._timer: Optional[asyncio.TimerHandle] = None
+        self._timer_at = 0.0
+        self._timer_loop: Optional[asyncio.AbstractEventLoop] = None
         self._retired = False
 
     def stats(self) -> Dict[str, int]:
@@ -131,7 +137,10 @@ class AsyncObjectPool(Generic[T]):
         while True:
             waiter: asyncio.Future[Optional[T]] = loop.create_future()
             self._waiters.append(waiter)
-            timer = None if deadline is None else loop.call_at(deadline, _time_out, waiter)
+            if deadline is not None:
+                self._deadline_of[waiter] = deadline
+                if self._timer is None or deadline < self._timer_at or self._timer_loop is not loop:
+                    self._arm(loop, deadline)
             try:
                 handed = await waiter
             except BaseException:
@@ -150,8 +159,8 @@ class AsyncObjectPool(Generic[T]):
                         pass
                 raise
             finally:
-                if timer is not None:
-                    timer.cancel()
+                if deadline is not None:
+                    self._deadline_of.pop(waiter, None)
             if handed is not None:
                 return handed  # (its slot came with it)
             # A slot was freed (its object destroyed) and kept for this task by _wake, so
@@ -160,6 +169,29 @@ class AsyncObjectPool(Generic[T]):
             obj = self._take()
             if obj is not None:
                 return obj
+
+    def _arm(self, loop: asyncio.AbstractEventLoop, when: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = loop.call_at(when, self._expire, loop)
+        self._timer_at = when
+        self._timer_loop = loop
+
+    def _expire(self, loop: asyncio.AbstractEventLoop) -> None:
+        """The pool's timer: each waiting task whose deadline came gets its
+        :class:`~pymc.exceptions.MemcachePoolTimeoutError`; the timer is armed again for
+        the earliest deadline left."""
+        self._timer = None
+        now = loop.time() + 0.0005  # (a timer may run a little before its time)
+        later = None
+        for waiter, deadline in list(self._deadline_of.items()):
+            if deadline <= now:
+                del self._deadline_of[waiter]
+                _time_out(waiter)
+            elif later is None or deadline < later:
+                later = deadline
+        if later is not None:
+            self._arm(loop, later)
 
     def put(self, obj: T, reusable: bool = True) -> None:
         """Give ``obj``'s slot back: the object itself to the oldest waiting task, or to

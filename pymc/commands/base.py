@@ -99,6 +99,9 @@ class CommandBase:
             data = coerce_to_bytes(data, self.options.encoding, key)
         return data, data_flags if flags is None else flags
 
+    #: ``_serialize`` by a public name: the asyncio client's native stores call it.
+    serialize = _serialize
+
     def _opaque(self) -> bytes:
         self._opaque_counter = (self._opaque_counter + 1) & 0xFFFFFFF
         return b"%x" % self._opaque_counter

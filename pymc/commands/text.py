@@ -15,6 +15,7 @@ from ..exceptions import MemcacheIllegalInputError, MemcacheUnexpectedCloseError
 from ..options import Key
 from ..protocol import RULES, ClusterConfig, encode_storage, validate_keys
 from ..protocol.plans import (
+    Plan,
     cache_memlimit_plan,
     cluster_config_plan,
     delete_many_plans,
@@ -151,6 +152,24 @@ class TextCommands(CommandBase):
         A server error for one key (a value over the item size limit) raises
         :class:`MemcacheServerError` after every reply was read; the others were stored.
         """
+        keys, plans = self.set_many_plans_for(values, expire, noreply, flags)
+        if not plans:
+            return []
+        passes = self.execute_all(plans)
+        if plans[0].expect is None:  # noreply
+            return []
+        return many_result("set", keys, [reply for replies in passes for reply in replies])
+
+    def set_many_plans_for(
+        self,
+        values: Mapping[Any, Any],
+        expire: int = 0,
+        noreply: Optional[bool] = None,
+        flags: Optional[int] = None,
+    ) -> Tuple[List[Key], List[Plan]]:
+        """The keys of ``set_many(values, ...)`` in order, and its pipelined plans (none
+        when ``values`` is empty): every key checked and value serialized, no I/O. What
+        their replies mean is ``many_result("set", keys, replies)``."""
         noreply = resolve_noreply(noreply, self._noreply_default)
         keys: List[Key] = []
         items: List[Tuple[bytes, bytes, int]] = []
@@ -160,11 +179,8 @@ class TextCommands(CommandBase):
             items.append((raw, data, data_flags))
             keys.append(key)
         if not items:
-            return []
-        passes = self.execute_all(set_many_plans(items, expire, noreply))
-        if noreply:
-            return []
-        return many_result("set", keys, [reply for replies in passes for reply in replies])
+            return [], []
+        return keys, set_many_plans(items, expire, noreply)
 
     set_multi = set_many
 
