@@ -507,6 +507,8 @@ async def _get_many(self: HashClient, keys: Iterable[AnyKey]) -> Dict[Any, Any]:
     except MemcacheIllegalInputError:  # (or (server_key, key) tuples: the sync rules)
         return await self._bridged(SyncHashClient.get_many, keys)  # type: ignore[no-any-return]
     nodes: NodeSet = core._nodes
+    if not nodes.names:  # no node yet (an ElastiCacheClient's first discovery) or none left
+        return await self._bridged(SyncHashClient.get_many, keys)  # type: ignore[no-any-return]
     try:
         wanted_by_node = core.placed(nodes, checked)
     except AllNodesDownError:
