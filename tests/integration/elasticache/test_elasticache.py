@@ -464,7 +464,9 @@ def test_requests_never_wait_for_a_stalled_endpoint(
         client.get_many([f"s{i}" for i in range(10)])
         worst = max(worst, time.monotonic() - t0)
     assert n > 50
-    assert worst < 0.25, f"a request took {worst:.3f}s while discovery stalled"
+    # A request that waited for the stalled discovery would take about its 1 s; the bound
+    # leaves room for a loaded machine (0.28 s was seen on 2 busy cores).
+    assert worst < 0.6, f"a request took {worst:.3f}s while discovery stalled"
     refresher.join(3)
     assert not refresher.is_alive()
 
