@@ -262,7 +262,9 @@ def test_large_request_to_a_slow_reader_fails_within_the_timeout(kind: str) -> N
         with pytest.raises(MemcacheTimeoutError):
             client.set(tag(), b"s" * (32 << 20))
         elapsed = time.monotonic() - started
-        assert elapsed < BOUND, f"took {elapsed:.2f} s"
+        # Its own bound: copying 32 MB through the kernel (and the slow reader's thread) on
+        # a loaded machine took 1.05 s once; without the deadline it takes 3.6 s and more.
+        assert elapsed < 2 * TIMEOUT + 0.5, f"took {elapsed:.2f} s"
         if kind == "client":
             assert client.sock is None
     finally:
