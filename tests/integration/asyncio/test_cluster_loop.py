@@ -25,8 +25,9 @@ __all__ = ["holes"]  # (the fixture)
 pytestmark = pytest.mark.timeout(60)
 
 Addr = Tuple[str, int]
-#: The most a 10 ms tick may be late by (a blocking connect or read would be 300 ms).
-LATE = 0.08
+#: The most a 10 ms tick may be late by (a blocking connect or read would be 300 ms; a
+#: loaded machine made one 87 ms late once).
+LATE = 0.15
 BLACK_HOLED_DISCOVERY: Dict[str, Any] = dict(
     connect_timeout=0.3, timeout=0.3, discovery_timeout=0.3
 )
