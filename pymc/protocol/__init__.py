@@ -20,6 +20,7 @@ from .expect import (
     ExpectValues,
     Rule,
     asks_for_auth,
+    closes_after,
     encode_sync,
     expect_auth_probe,
 )
@@ -124,6 +125,7 @@ __all__ = [
     "Value",
     "Version",
     "asks_for_auth",
+    "closes_after",
     "encode_auth",
     "encode_auth_probe",
     "encode_cache_memlimit",

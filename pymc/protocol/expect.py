@@ -6,7 +6,7 @@ the resync marker's reader (:class:`ExpectSync`) and the auth probe's.
 from __future__ import annotations
 
 from typing import (
-    Container,
+    Collection,
     Dict,
     Final,
     List,
@@ -112,6 +112,20 @@ RULES: Dict[str, Rule] = {
 }
 
 
+def closes_after(reply: ErrorReply, keys: int) -> bool:
+    """Whether the connection is unusable after ``reply``, the answer to a retrieval
+    (``get``/``gets``/``gat``/``gats``) of ``keys`` keys: a ``SERVER_ERROR`` to one of
+    more than one key. twemproxy splits such a request into one per backend; when one of
+    them fails (a backend down or timing out) it answers ``SERVER_ERROR`` and then closes
+    the client's connection, maybe after the client sent its next command, which is then
+    lost unanswered (a noreply write lost without a sign). The connection is therefore
+    closed at once (the reply's ``in_step`` is False), as after ``ERROR Too many open
+    connections``. twemproxy closes on nothing else it answers with an error (one key's
+    retrieval, the storage commands, ``delete``, ``incr``, ``touch``, ``version``); from
+    memcached itself, such an answer is rare enough that a new connection costs nothing."""
+    return keys > 1 and reply.kind == b"SERVER_ERROR"
+
+
 class Expect:
     """Reads the reply to one request from a :class:`Reader`: ``step(reader)`` returns the
     finished result, or :data:`NEED_DATA` (call it again after feeding more bytes). A
@@ -163,7 +177,7 @@ class ExpectValues(Expect):
 
     def __init__(
         self,
-        wanted: Container[bytes],
+        wanted: Collection[bytes],
         found: Optional[Dict[bytes, Tuple[int, bytes, Optional[bytes]]]] = None,
         cas: bool = False,
     ) -> None:
@@ -181,6 +195,8 @@ class ExpectValues(Expect):
         if type(status) is ErrorReply:
             if len(self.found) != before:
                 raise reader.fail(f"an error in the middle of a retrieval: {status!r}")
+            if closes_after(status, len(self.wanted)):
+                return ErrorReply(status.kind, status.message, True)
             return status
         if self.cas:
             for raw, item in self.found.items():

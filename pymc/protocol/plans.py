@@ -18,7 +18,7 @@ means.
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Container, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Collection, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from ..exceptions import MemcacheIllegalInputError
 from . import (
@@ -288,7 +288,7 @@ def request_chunks(raws: List[bytes], max_line: int = MAX_GET_LINE) -> List[List
 
 def retrieval_plans(
     command: bytes,
-    wanted: Container[bytes],
+    wanted: Collection[bytes],
     raws: List[bytes],
     expire: Optional[int],
     with_cas: bool,
@@ -306,7 +306,7 @@ def retrieval_plans(
     )
     plans = []
     for chunk in chunks:
-        keys: Container[bytes] = wanted if len(chunks) == 1 else set(chunk)
+        keys: Collection[bytes] = wanted if len(chunks) == 1 else set(chunk)
         expect = functools.partial(ExpectValues, keys, found, with_cas)
         plans.append(Plan(name, encode_retrieval(command, chunk, expire), expect, finish))
     return plans, found

@@ -75,15 +75,23 @@ class ClusterConfig(NamedTuple):
 
 class ErrorReply(NamedTuple):
     """``ERROR``, ``CLIENT_ERROR <msg>`` or ``SERVER_ERROR <msg>``: the server refused
-    the command but the connection is still in step with it."""
+    the command but the connection is still in step with it (unless ``in_step`` says
+    otherwise). ``closes``: what the reply answered makes the server close the connection
+    after it (set by the reader of that reply, :mod:`pymc.protocol.expect`, which knows the
+    request; see :func:`~pymc.protocol.expect.closes_after`)."""
 
     kind: bytes
     message: str
+    closes: bool = False
 
     @property
     def in_step(self) -> bool:
-        """False when the server refused the connection itself (memcached's ``ERROR Too
-        many open connections``, sent before it hangs up): nothing more can be read."""
+        """False when the connection is unusable after this reply: the server refused the
+        connection itself (memcached's ``ERROR Too many open connections``, sent before it
+        hangs up), or closes it after this answer (``closes``). The transports then close
+        it before the error leaves, so the next command goes out on a new connection."""
+        if self.closes:
+            return False
         return self.kind != b"ERROR" or not self.message.startswith("Too many open connections")
 
     def exception(self, command: str = "") -> MemcacheError:

@@ -411,6 +411,36 @@ def test_a_write_after_a_reply_the_server_closes_on_is_not_lost(
     arun(main(), 15)
 
 
+@pytest.mark.parametrize("ignore_exc", [False, True])
+@pytest.mark.parametrize("kind", [*KINDS, "HashClient"])
+def test_a_noreply_write_after_a_multi_get_twemproxy_closes_on_is_not_lost(
+    half_down: NutcrackerProcess, kind: str, ignore_exc: bool
+) -> None:
+    """The sync suite's test of the same name: twemproxy answers a multi-key get touching
+    a down backend with ``SERVER_ERROR``, then closes the connection, maybe after the next
+    command went out. The noreply write that follows at once is stored, never lost, and
+    the read after it gets the value (no MemcacheUnsupportedCommandError)."""
+    (live,) = half_down.keys(tag(), live=True)
+    (dead,) = half_down.keys(tag(), live=False)
+
+    async def main() -> None:
+        if kind == "HashClient":
+            c = aio.HashClient([half_down.server], timeout=3, ignore_exc=ignore_exc)
+        else:
+            c = make(kind, half_down.server, timeout=3.0, ignore_exc=ignore_exc)
+        for n in range(test_twemproxy.CLOSE_RACE_ROUNDS):
+            if ignore_exc:
+                assert await c.get_many([live, dead]) == {}
+            else:
+                with pytest.raises(pymc.MemcacheServerError, match="Connection refused"):
+                    await c.get_many([live, dead])
+            await c.set(live, b"r%d" % n, noreply=True)
+            assert await c.get(live) == b"r%d" % n, n
+        await c.close()
+
+    arun(main(), 15)
+
+
 def test_credentials_never_reach_a_backend_without_auth_through_twemproxy(
     twemproxy: Callable[..., NutcrackerProcess],
     mixed_backends: Tuple[MemcachedProcess, MemcachedProcess],

@@ -264,3 +264,35 @@ def test_a_noreply_command_the_proxy_closes_on_is_not_the_next_commands_failure(
             assert client.noreply_errors >= 3  # each refusal is counted, as an error line is
     finally:
         client.close()
+
+
+#: Rounds of the multi-get/noreply race: the old code lost about one in three.
+CLOSE_RACE_ROUNDS = 30
+
+
+@pytest.mark.parametrize("ignore_exc", [False, True])
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_noreply_write_after_a_multi_get_the_proxy_closes_on_is_not_lost(
+    half_down: NutcrackerProcess, kind: str, ignore_exc: bool
+) -> None:
+    """twemproxy answers a multi-key get that touches a down backend with ``SERVER_ERROR``
+    and then closes the connection (it does not on a single-key get). A noreply write sent
+    at once must go out on a new connection, not into the closing one: there it was lost,
+    and the read after it got the old value, or MemcacheUnsupportedCommandError (the
+    close taken for a refusal of the write)."""
+    (live,) = half_down.keys(tag(), live=True)
+    (dead,) = half_down.keys(tag(), live=False)
+    client = make(kind, half_down, timeout=3.0, ignore_exc=ignore_exc)
+    try:
+        start = time.monotonic()
+        for n in range(CLOSE_RACE_ROUNDS):
+            if ignore_exc:
+                assert client.get_many([live, dead]) == {}
+            else:
+                with pytest.raises(MemcacheServerError, match="Connection refused"):
+                    client.get_many([live, dead])
+            client.set(live, b"r%d" % n, noreply=True)
+            assert client.get(live) == b"r%d" % n, n
+        assert time.monotonic() - start < 5.0
+    finally:
+        client.close()

@@ -13,7 +13,7 @@ from pymc.exceptions import (
     MemcacheServerError,
     MemcacheUnknownCommandError,
 )
-from pymc.protocol import ErrorReply, Reader
+from pymc.protocol import SPEEDUPS, CReader, ErrorReply, PyReader, Reader, closes_after
 from pymc.protocol.meta import MetaResult
 from pymc.protocol.metaplans import (
     NoMetaCommands,
@@ -35,6 +35,7 @@ from pymc.protocol.plans import (
     flush_all_plan,
     incr_decr_plan,
     many_result,
+    node_retrieval_plan,
     raw_command_plan,
     raw_reply_error,
     request_chunks,
@@ -130,6 +131,69 @@ def test_retrieval_error_raises() -> None:
     plans, _ = retrieval_plans(b"get", {b"a"}, [b"a"], None, False)
     with pytest.raises(MemcacheClientError):
         run(plans[0], b"CLIENT_ERROR bad data chunk\r\n")
+
+
+_READERS = [
+    PyReader,
+    pytest.param(
+        CReader if SPEEDUPS else PyReader,
+        marks=pytest.mark.skipif(not SPEEDUPS, reason="the compiled reader is not in use"),
+    ),
+]
+
+
+@pytest.mark.parametrize("reader_class", _READERS)
+@pytest.mark.parametrize("command", [b"get", b"gets", b"gat", b"gats"])
+def test_a_server_error_to_a_multi_key_retrieval_leaves_the_connection_unusable(
+    reader_class: Any, command: bytes
+) -> None:
+    """twemproxy closes the connection after a SERVER_ERROR to a retrieval of more than one
+    key (one of its per-backend fragments failed): the reply says so (``in_step`` False,
+    what makes every transport close the connection), with either reader; one key, or
+    another error kind, leaves the connection in step."""
+    expire = 5 if command in (b"gat", b"gats") else None
+
+    def reply_to(raws: List[bytes], answer: bytes, max_line: int = 16384) -> List[Any]:
+        plans, _ = retrieval_plans(command, set(raws), raws, expire, False, max_line)
+        replies = []
+        for plan in plans:
+            assert plan.expect is not None
+            reader = reader_class()
+            reader.feed(answer)
+            replies.append(plan.expect().step(reader))
+            assert not reader.buffered and not reader.broken
+            with pytest.raises((MemcacheServerError, MemcacheClientError)):
+                plan.finish(replies[-1])
+        return replies
+
+    refused = b"SERVER_ERROR Connection refused\r\n"
+    (one,) = reply_to([b"a"], refused)
+    assert one == ErrorReply(b"SERVER_ERROR", "Connection refused") and one.in_step
+    (two,) = reply_to([b"a", b"b"], refused)
+    assert two == ErrorReply(b"SERVER_ERROR", "Connection refused", closes=True)
+    assert not two.in_step
+    raws = [b"k%03d" % i for i in range(60)]
+    passes = reply_to(raws, refused, 256)  # (each pass a request of many keys)
+    assert len(passes) > 1 and not any(r.in_step for r in passes)
+    (client,) = reply_to([b"a", b"b"], b"CLIENT_ERROR bad command line format\r\n")
+    assert client.in_step
+    node = node_retrieval_plan(b"get", {b"a": "a", b"b": "b"}, False)
+    with pytest.raises(MemcacheServerError, match="Connection refused"):
+        run(node, refused)
+    assert node.expect is not None
+    reader = reader_class()
+    reader.feed(refused)
+    got = node.expect().step(reader)
+    assert type(got) is ErrorReply and not got.in_step
+
+
+def test_closes_after_is_the_one_rule() -> None:
+    server = ErrorReply(b"SERVER_ERROR", "Connection timed out")
+    assert closes_after(server, 2) and not closes_after(server, 1)
+    assert not closes_after(ErrorReply(b"CLIENT_ERROR", "x"), 2)
+    assert not closes_after(ErrorReply(b"ERROR", ""), 2)
+    assert server.in_step and not ErrorReply(server.kind, server.message, True).in_step
+    assert not ErrorReply(b"ERROR", "Too many open connections").in_step
 
 
 def test_pipelines_split_and_judge() -> None:
